@@ -1,0 +1,28 @@
+use clap::{Parser, Subcommand};
+use ember_cli::cmd;
+
+/// Ember: run, inspect and compare quantized `.ember` models.
+#[derive(Parser)]
+#[command(name = "ember", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Run(cmd::run::Args),
+    Inspect(cmd::inspect::Args),
+    Compare(cmd::compare::Args),
+    Demo(cmd::demo::Args),
+}
+
+fn main() {
+    let r = match Cli::parse().cmd {
+        Cmd::Run(a) => cmd::run::run(a),
+        Cmd::Inspect(a) => cmd::inspect::run(a),
+        Cmd::Compare(a) => cmd::compare::run(a),
+        Cmd::Demo(a) => cmd::demo::run(a),
+    };
+    ember_cli::exit_on_error(r);
+}

@@ -1,0 +1,6 @@
+use clap::Parser;
+
+fn main() {
+    let args = ember_cli::cmd::quantize::Args::parse();
+    ember_cli::exit_on_error(ember_cli::cmd::quantize::run(args));
+}

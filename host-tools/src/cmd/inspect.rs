@@ -1,0 +1,139 @@
+//! `ember inspect MODEL.ember [--json]`: tensors, dtypes, sizes, ops with their kernels, plans.
+
+use anyhow::Result;
+use clap::Parser;
+use ember_kernels::KernelSet;
+use ember_runtime::{FileBytes, Model, OpCode};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Show what a `.ember` file holds and which kernels its ops would run on this machine.
+#[derive(Parser, Debug)]
+pub struct Args {
+    pub model: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The kernel an op runs on with kernel set `k`, and its precision.
+pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
+    match code {
+        OpCode::LinearI8 => (format!("{} + {}", k.quantize_i8_name, k.i8_gemm_name), "int8"),
+        OpCode::LinearF32 => (k.f32_gemm_name.to_string(), "f32"),
+        OpCode::GatherRowsI8 => ("i8_gather_rows_dequant_generic".into(), "int8"),
+        OpCode::MatMulF32 => ("f32_matmul_generic".into(), "f32"),
+        OpCode::Binary | OpCode::Unary | OpCode::Softmax | OpCode::Reduce => {
+            (format!("f32_{}_generic", code.name()), "f32")
+        }
+        _ => (format!("{}_generic", code.name()), "data"),
+    }
+}
+
+pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
+    let k = KernelSet::detect();
+    let tensors: Vec<_> = model
+        .tensors
+        .iter()
+        .map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.dims, "bytes": t.nbytes, "role": format!("{:?}", t.role)}))
+        .collect();
+    let plans: Vec<_> = model
+        .plans
+        .iter()
+        .map(|p| {
+            let names: Vec<String> = model.meta(&format!("op_names.b{}", p.batch)).map(|s| s.lines().map(String::from).collect()).unwrap_or_default();
+            let ops: Vec<_> = p
+                .records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let code = OpCode::from_u16(r.opcode).unwrap_or(OpCode::Copy);
+                    let (kernel, precision) = kernel_of(code, &k);
+                    let out = &p.values[r.outputs[0] as usize];
+                    json!({"index": i, "op": code.name(), "node": names.get(i), "kernel": kernel, "precision": precision, "output_shape": out.dims, "output_dtype": out.dtype.name()})
+                })
+                .collect();
+            json!({"batch": p.batch, "arena_bytes": p.arena_size, "values": p.values.len(), "ops": ops})
+        })
+        .collect();
+    let sig = |v: &[ember_runtime::SigEntry]| -> Vec<serde_json::Value> {
+        v.iter()
+            .map(|s| json!({"name": s.name, "dtype": s.dtype.name(), "per_sample_shape": s.dims}))
+            .collect()
+    };
+    let weight_bytes: usize = model.tensors.iter().map(|t| t.nbytes).sum();
+    json!({
+        "file_bytes": file_len,
+        "weight_bytes": weight_bytes,
+        "inputs": sig(&model.inputs),
+        "outputs": sig(&model.outputs),
+        "batch_sizes": model.batch_sizes(),
+        "metadata": model.metadata.iter().filter(|(k, _)| !k.starts_with("op_names.")).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "tensors": tensors,
+        "plans": plans,
+    })
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let model = super::load(&a.model)?;
+    let len = std::fs::metadata(&a.model)?.len();
+    let d = describe(&model, len);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} bytes, {} tensors ({} bytes), plans for batch {:?}",
+        a.model.display(),
+        len,
+        model.tensors.len(),
+        d["weight_bytes"],
+        model.batch_sizes()
+    );
+    for (k, v) in d["metadata"].as_object().into_iter().flatten() {
+        println!("  {k}: {}", v.as_str().unwrap_or(""));
+    }
+    for s in &model.inputs {
+        println!("input  {:<20} {} [N, {:?}]", s.name, s.dtype.name(), s.dims);
+    }
+    for s in &model.outputs {
+        println!("output {:<20} {} [N, {:?}]", s.name, s.dtype.name(), s.dims);
+    }
+    println!("\n{:<32} {:<6} {:<16} {:>10}  role", "tensor", "dtype", "shape", "bytes");
+    for t in &model.tensors {
+        println!(
+            "{:<32} {:<6} {:<16} {:>10}  {:?}",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.dims),
+            t.nbytes,
+            t.role
+        );
+    }
+    for p in d["plans"].as_array().into_iter().flatten() {
+        println!(
+            "\nplan batch {}: arena {} bytes, {} values",
+            p["batch"], p["arena_bytes"], p["values"]
+        );
+        println!("{:>4} {:<16} {:<24} {:<6} {:<40} output", "#", "op", "node", "prec", "kernel");
+        for o in p["ops"].as_array().into_iter().flatten() {
+            println!(
+                "{:>4} {:<16} {:<24} {:<6} {:<40} {} {}",
+                o["index"],
+                o["op"].as_str().unwrap_or(""),
+                o["node"].as_str().unwrap_or("-"),
+                o["precision"].as_str().unwrap_or(""),
+                o["kernel"].as_str().unwrap_or(""),
+                o["output_dtype"].as_str().unwrap_or(""),
+                o["output_shape"]
+            );
+        }
+    }
+    let float_ops = d["plans"][0]["ops"]
+        .as_array()
+        .map(|o| o.iter().filter(|x| x["precision"] == "f32").count())
+        .unwrap_or(0);
+    if float_ops > 0 {
+        println!("\n{float_ops} op(s) of the first plan compute in float (precision f32 above).");
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! `quantize MODEL.onnx -o OUT.ember --calib CALIB.npz [...]`
+
+use crate::progress::Progress;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use ember_quantize::{atomic, Method, Options};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MethodArg {
+    Minmax,
+    Percentile,
+}
+
+/// Quantize an ONNX model into a `.ember` file, calibrated on sample inputs.
+#[derive(Parser, Debug)]
+#[command(name = "quantize", version, about)]
+pub struct Args {
+    /// The trained ONNX model.
+    pub model: PathBuf,
+    /// Where to write the `.ember` file (written atomically).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Calibration set: one array per model input, named as the input, first axis = samples.
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Weight/activation bits: 8 (INT8), or 32 to keep the model in float.
+    #[arg(long, default_value_t = 8)]
+    pub bits: u32,
+    /// A batch size to compile a plan for; repeat for several (default 1).
+    #[arg(long = "batch")]
+    pub batch: Vec<usize>,
+    /// Fix an input's dims after the batch axis, e.g. `--shape input_ids=128`.
+    #[arg(long = "shape", value_name = "NAME=D1,D2,...")]
+    pub shape: Vec<String>,
+    /// Activation range observer.
+    #[arg(long, value_enum, default_value_t = MethodArg::Minmax)]
+    pub method: MethodArg,
+    /// Percentile kept by `--method percentile`.
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f32,
+    /// Also write the accuracy report as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the report as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn parse_shapes(specs: &[String]) -> Result<HashMap<String, Vec<usize>>> {
+    let mut out = HashMap::new();
+    for s in specs {
+        let (name, dims) = s
+            .split_once('=')
+            .with_context(|| format!("--shape '{s}' must look like NAME=D1,D2,..."))?;
+        let dims: Vec<usize> = dims
+            .split(',')
+            .map(|d| d.trim().parse::<usize>().ok().filter(|v| *v > 0))
+            .collect::<Option<_>>()
+            .with_context(|| format!("--shape '{s}': dimensions must be positive integers"))?;
+        out.insert(name.to_string(), dims);
+    }
+    Ok(out)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(0.0..=100.0).contains(&a.percentile) || a.percentile < 50.0 {
+        bail!("--percentile must be between 50 and 100");
+    }
+    let onnx = super::read(&a.model)?;
+    let calib = super::read_npz(&a.calib)?;
+    let opts = Options {
+        bits: a.bits,
+        batches: if a.batch.is_empty() { vec![1] } else { a.batch.clone() },
+        shapes: parse_shapes(&a.shape)?,
+        method: match a.method {
+            MethodArg::Minmax => Method::MinMax,
+            MethodArg::Percentile => Method::Percentile,
+        },
+        percentile: a.percentile,
+        source_name: a
+            .model
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let mut prog = Progress::new(a.quiet || a.json);
+    let (bytes, report) =
+        ember_quantize::quantize(&onnx, &calib, &opts, &mut |s, d, t| prog.update(s, d, t))
+            .with_context(|| format!("quantizing {}", a.model.display()))?;
+    prog.finish();
+    atomic::write(&a.output, &bytes)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(r) = &a.report {
+        atomic::write(r, json.as_bytes())?;
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{}", report.table());
+        println!("wrote {} ({} bytes)", a.output.display(), bytes.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Every compute kernel of Ember.
+//!
+//! Contract: `generic/` holds the reference twin of every kernel family; it is the specification.
+//! Architecture overlays (`x86_64/`, `aarch64/`, `cuda/`) must match their twin bit-exactly for
+//! integer kernels and within the bound stated by the family for float kernels. Ops never call an
+//! overlay directly: they call through a [`KernelSet`], chosen once at start-up by
+//! [`KernelSet::detect`] (CPU features, with the `EMBER_KERNELS` override under `std`).
+//!
+//! Kernels never allocate, never lock and never panic on slices whose lengths satisfy the
+//! documented preconditions; callers (the runtime's plan validator) establish those preconditions.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod generic;
+mod set;
+
+pub use set::{Act, KernelSet, Kernels};

@@ -1,0 +1,358 @@
+//! Ember's quantizer: ONNX in, `.ember` out.
+//!
+//! Pipeline: [`import`] (ONNX → IR) → [`passes`] (fold constants, fuse Linear + bias + ReLU) →
+//! [`calibrate`] (float reference over the calibration set, observers) → [`lower`] (quantize,
+//! one op list per batch size, memory planning) → `.ember` bytes, plus a [`report::Report`].
+
+#[allow(clippy::all, clippy::undocumented_unsafe_blocks)]
+pub mod onnx {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+pub mod atomic;
+pub mod calibrate;
+pub mod error;
+pub mod exec;
+pub mod graph;
+pub mod import;
+pub mod lower;
+pub mod npz;
+pub mod passes;
+pub mod quant;
+pub mod reference;
+pub mod report;
+pub mod tensor;
+
+pub use calibrate::Method;
+pub use error::{Error, Result};
+pub use exec::IoSpec;
+pub use tensor::{Data, HostTensor};
+
+use ember_runtime::{AlignedBuf, DType, Model, Session};
+use graph::{Dim, ElemType, Graph};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// What `quantize` was asked for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// 8 (INT8) or 32 (float, no quantization).
+    pub bits: u32,
+    pub batches: Vec<usize>,
+    /// Per-sample dims for inputs whose dims the model leaves symbolic.
+    pub shapes: HashMap<String, Vec<usize>>,
+    pub method: Method,
+    /// Percentile kept by the percentile observer (e.g. 99.99).
+    pub percentile: f32,
+    /// Shown in the report and stored in the file's metadata.
+    pub source_name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            bits: 8,
+            batches: vec![1],
+            shapes: HashMap::new(),
+            method: Method::MinMax,
+            percentile: 99.99,
+            source_name: "model.onnx".into(),
+        }
+    }
+}
+
+/// Imports an ONNX model and runs the shape-independent passes.
+pub fn prepare_graph(onnx_bytes: &[u8]) -> Result<Graph> {
+    let mut g = import::import_bytes(onnx_bytes)?;
+    passes::fold_constants(&mut g)?;
+    passes::fuse_linear(&mut g)?;
+    Ok(g)
+}
+
+/// Per-sample dims of every graph input: fixed dims from the model, symbolic ones from `shapes`.
+pub fn input_specs(
+    g: &Graph,
+    shapes: &HashMap<String, Vec<usize>>,
+    batches: &[usize],
+) -> Result<Vec<IoSpec>> {
+    for k in shapes.keys() {
+        if !g.inputs.iter().any(|i| &i.name == k) {
+            let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(Error::Shape(format!(
+                "--shape names '{k}', which is not a model input (inputs: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    g.inputs
+        .iter()
+        .map(|d| {
+            if d.dims.is_empty() {
+                return Err(Error::Shape(format!("input '{}' is a scalar: it needs a batch axis", d.name)));
+            }
+            if let Dim::Fixed(b) = d.dims[0] {
+                if let Some(bad) = batches.iter().find(|x| **x != b) {
+                    return Err(Error::Shape(format!("input '{}' fixes its batch axis to {b}; cannot compile batch size {bad}", d.name)));
+                }
+            }
+            let dims = match shapes.get(&d.name) {
+                Some(s) if s.len() == d.dims.len() - 1 => s.clone(),
+                Some(s) => {
+                    return Err(Error::Shape(format!("--shape {}={:?} gives {} dims; the input has {} after the batch axis", d.name, s, s.len(), d.dims.len() - 1)))
+                }
+                None => d.dims[1..]
+                    .iter()
+                    .map(|x| match x {
+                        Dim::Fixed(v) => Ok(*v),
+                        Dim::Sym(s) => Err(Error::Shape(format!("input '{}' has a symbolic dimension '{s}': fix it with --shape {}=D1,D2,...", d.name, d.name))),
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            let dtype = match d.elem {
+                ElemType::F32 => DType::F32,
+                ElemType::I64 => DType::I64,
+            };
+            Ok(IoSpec { name: d.name.clone(), dtype, dims })
+        })
+        .collect()
+}
+
+/// Shapes and dtypes of every value at batch size `batch`, by evaluating the graph on zeros.
+pub fn freeze(g: &Graph, specs: &[IoSpec], batch: usize) -> Result<lower::Shapes> {
+    let mut inputs = HashMap::new();
+    for s in specs {
+        let mut shape = vec![batch];
+        shape.extend_from_slice(&s.dims);
+        inputs.insert(s.name.clone(), HostTensor::zeros(s.dtype, shape));
+    }
+    let mut names: HashSet<String> =
+        g.nodes.iter().flat_map(|n| n.outputs.iter().cloned()).collect();
+    names.extend(specs.iter().map(|s| s.name.clone()));
+    let mut shapes = lower::Shapes::new();
+    let mut f = |name: &str, t: &HostTensor| {
+        shapes.insert(name.to_string(), (t.dtype(), t.shape.clone()));
+    };
+    reference::evaluate(g, &inputs, Some((&names, &mut f)))?;
+    for (k, t) in &g.consts {
+        shapes.entry(k.clone()).or_insert((t.dtype(), t.shape.clone()));
+    }
+    Ok(shapes)
+}
+
+/// Quantizes `onnx_bytes` with calibration `calib`. Returns the `.ember` bytes and the report.
+/// `progress(stage, done, total)` is called during long stages.
+pub fn quantize(
+    onnx_bytes: &[u8],
+    calib: &BTreeMap<String, HostTensor>,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<(Vec<u8>, report::Report)> {
+    if opts.bits != 8 && opts.bits != 32 {
+        return Err(Error::Shape(format!(
+            "--bits {} is not supported (8, or 32 for float)",
+            opts.bits
+        )));
+    }
+    if opts.batches.is_empty() || opts.batches.contains(&0) {
+        return Err(Error::Shape("batch sizes must be >= 1".into()));
+    }
+    let mut batches = opts.batches.clone();
+    batches.sort_unstable();
+    batches.dedup();
+    let g = prepare_graph(onnx_bytes)?;
+    let specs = input_specs(&g, &opts.shapes, &batches)?;
+    let (samples, n) = exec::check_inputs(&specs, calib, "calibration set")?;
+    let linear_inputs: HashSet<String> = g
+        .nodes
+        .iter()
+        .filter(|n| n.op == reference::LINEAR_OP)
+        .map(|n| n.inputs[0].clone())
+        .collect();
+    let ranges = if opts.bits == 8 {
+        calibrate::calibrate(
+            &g,
+            &samples,
+            batches[0],
+            &linear_inputs,
+            opts.method,
+            opts.percentile,
+            |d, t| progress("calibrate", d, t),
+        )?
+    } else {
+        HashMap::new()
+    };
+    let mut lw = lower::Lowerer::new(&g, opts.bits, &ranges);
+    for s in &specs {
+        lw.writer.input(ember_runtime::format::writer::SigSpec {
+            name: s.name.clone(),
+            dtype: s.dtype,
+            dims: s.dims.iter().map(|d| *d as u32).collect(),
+        });
+    }
+    let mut op_reports = vec![];
+    let mut first_ids = HashMap::new();
+    let mut out_specs: Vec<IoSpec> = vec![];
+    for (i, b) in batches.iter().enumerate() {
+        progress("plan", i, batches.len());
+        let shapes = freeze(&g, &specs, *b)?;
+        if i == 0 {
+            for o in &g.outputs {
+                let (dt, dims) = shapes
+                    .get(&o.name)
+                    .cloned()
+                    .ok_or_else(|| Error::Shape(format!("output '{}' has no shape", o.name)))?;
+                out_specs.push(IoSpec {
+                    name: o.name.clone(),
+                    dtype: dt,
+                    dims: dims.get(1..).unwrap_or(&[]).to_vec(),
+                });
+            }
+            for s in &out_specs {
+                lw.writer.output(ember_runtime::format::writer::SigSpec {
+                    name: s.name.clone(),
+                    dtype: s.dtype,
+                    dims: s.dims.iter().map(|d| *d as u32).collect(),
+                });
+            }
+        }
+        let (plan, reps, names, ids) = lw.plan(*b, &shapes, i == 0)?;
+        if i == 0 {
+            op_reports = reps;
+            first_ids = ids;
+        }
+        lw.writer.meta(&format!("op_names.b{b}"), &names.join("\n"));
+        lw.writer.plan(plan);
+    }
+    lw.writer.meta("source", &opts.source_name);
+    lw.writer.meta("source_crc32", &format!("{:08x}", crc32(onnx_bytes)));
+    lw.writer.meta("source_bytes", &onnx_bytes.len().to_string());
+    lw.writer.meta("bits", &opts.bits.to_string());
+    lw.writer.meta("calibration", &format!("{:?} over {n} samples", opts.method).to_lowercase());
+    lw.writer.meta("producer", concat!("ember-quantize ", env!("CARGO_PKG_VERSION")));
+    let mut layers = std::mem::take(&mut lw.layers);
+    let bytes = std::mem::take(&mut lw.writer).finish();
+    let float_weight_bytes: usize =
+        g.consts.values().filter(|t| t.as_f32().is_some()).map(|t| t.numel() * 4).sum();
+
+    // Self-check: the file must pass the runtime's validator, and track the float reference.
+    let model = Model::parse(AlignedBuf::from_bytes(&bytes))?;
+    progress("report", 0, 1);
+    let outputs = measure(&g, &model, &samples, n, &mut layers, &first_ids)?;
+    let float_ops: Vec<report::OpReport> =
+        op_reports.iter().filter(|o| o.precision == "f32").cloned().collect();
+    let rep = report::Report {
+        source: opts.source_name.clone(),
+        bits: opts.bits,
+        method: if opts.bits == 8 {
+            format!("{:?}", opts.method).to_lowercase()
+        } else {
+            "none".into()
+        },
+        batches,
+        calib_samples: n,
+        file_bytes: bytes.len(),
+        float_weight_bytes,
+        layers,
+        ops: op_reports,
+        float_ops,
+        outputs,
+    };
+    Ok((bytes, rep))
+}
+
+/// Runs up to 256 calibration samples through the model and the float reference, filling each
+/// layer's cosine and returning per-output metrics.
+fn measure<B: AsRef<[u8]>>(
+    g: &Graph,
+    model: &Model<B>,
+    samples: &HashMap<String, HostTensor>,
+    n: usize,
+    layers: &mut [report::LayerReport],
+    ids: &HashMap<String, u32>,
+) -> Result<Vec<report::OutputMetrics>> {
+    let b = model.batch_sizes()[0];
+    let mut sess = Session::new(model, b)?;
+    let layer_out: HashMap<String, String> = g
+        .nodes
+        .iter()
+        .filter(|nd| layers.iter().any(|l| l.node == nd.name))
+        .map(|nd| (nd.outputs[0].clone(), nd.name.clone()))
+        .collect();
+    let watch: HashSet<String> = layer_out.keys().cloned().collect();
+    let mut got: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut want: HashMap<String, Vec<f32>> = HashMap::new();
+    let limit = n.min(256);
+    for (start, real, bb) in exec::schedule(limit, &[b]) {
+        let rows: Vec<usize> = (0..bb).map(|i| start + i.min(real - 1)).collect();
+        let chunk: HashMap<String, HostTensor> =
+            samples.iter().map(|(k, v)| (k.clone(), v.take_rows(&rows))).collect();
+        let mut f = |name: &str, t: &HostTensor| {
+            let v = t.to_f32_vec();
+            let keep = v.len() * real / bb;
+            want.entry(name.to_string()).or_default().extend_from_slice(&v[..keep]);
+        };
+        let outs = reference::evaluate(g, &chunk, Some((&watch, &mut f)))?;
+        for (k, v) in outs {
+            let v = v.to_f32_vec();
+            let keep = v.len() * real / bb;
+            want.entry(format!("out:{k}")).or_default().extend_from_slice(&v[..keep]);
+        }
+        let bufs: Vec<Vec<u8>> =
+            model.inputs.iter().map(|s| chunk[&s.name].to_le_bytes()).collect();
+        let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
+        sess.run(&refs)?;
+        for name in &watch {
+            if let Some(id) = ids.get(name) {
+                let bytes = sess.value(*id as usize).unwrap_or(&[]);
+                let vals: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let keep = vals.len() * real / bb;
+                got.entry(name.clone()).or_default().extend_from_slice(&vals[..keep]);
+            }
+        }
+        for (i, s) in model.outputs.iter().enumerate() {
+            let t = HostTensor::from_le_bytes(
+                s.dtype,
+                {
+                    let mut sh = vec![bb];
+                    sh.extend_from_slice(&s.dims);
+                    sh
+                },
+                sess.output(i),
+            )?;
+            let v = t.to_f32_vec();
+            let keep = v.len() * real / bb;
+            got.entry(format!("out:{}", s.name)).or_default().extend_from_slice(&v[..keep]);
+        }
+    }
+    for l in layers.iter_mut() {
+        if let Some((out, _)) = layer_out.iter().find(|(_, node)| **node == l.node) {
+            if let (Some(gv), Some(wv)) = (got.get(out), want.get(out)) {
+                let m = report::metrics(out, gv, wv);
+                l.cosine_to_float = Some(m.cosine);
+                l.sqnr_db_to_float = Some(if m.rel_l2_err > 0.0 {
+                    -20.0 * m.rel_l2_err.log10()
+                } else {
+                    f64::INFINITY
+                });
+            }
+        }
+    }
+    Ok(model
+        .outputs
+        .iter()
+        .map(|s| {
+            let k = format!("out:{}", s.name);
+            report::metrics(
+                &s.name,
+                got.get(&k).map(|v| v.as_slice()).unwrap_or(&[]),
+                want.get(&k).map(|v| v.as_slice()).unwrap_or(&[]),
+            )
+        })
+        .collect())
+}
+
+fn crc32(b: &[u8]) -> u32 {
+    crc32fast::hash(b)
+}

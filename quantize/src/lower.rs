@@ -1,0 +1,663 @@
+//! Lowering: the fused, frozen graph → one execution plan per batch size, with weights quantized
+//! and arena slots assigned.
+//!
+//! Memory planning is greedy first-fit over value lifetimes (a value lives from the op defining it
+//! to its last reader; graph inputs from the start, graph outputs to the end), every slot 64-byte
+//! aligned. The runtime re-checks that no live slots overlap.
+
+use crate::calibrate::Range;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node};
+use crate::quant;
+use crate::reference::LINEAR_OP;
+use crate::report::{LayerReport, OpReport};
+use ember_runtime::format::writer::{PlanSpec, Writer};
+use ember_runtime::format::{
+    align_up, OpRecord, TensorRole, ValueRecord, MAX_RANK, OP_MAX_INPUTS, REF_NONE, REF_TENSOR,
+};
+use ember_runtime::{BinaryKind, DType, OpCode, ReduceKind, UnaryKind};
+use std::collections::HashMap;
+
+/// Dtype and dims of every value of a frozen graph.
+pub type Shapes = HashMap<String, (DType, Vec<usize>)>;
+
+/// State shared by all plans of one file: tensors are written once and referenced by every plan.
+pub struct Lowerer<'a> {
+    pub graph: &'a Graph,
+    pub bits: u32,
+    pub ranges: &'a HashMap<String, Range>,
+    pub writer: Writer,
+    tensors: HashMap<String, u32>,
+    linear_i8: HashMap<String, [u32; 4]>,
+    emb_i8: HashMap<String, [u32; 3]>,
+    pub layers: Vec<LayerReport>,
+}
+
+struct PlanBuild<'s> {
+    shapes: &'s Shapes,
+    values: Vec<ValueRecord>,
+    ids: HashMap<String, u32>,
+    ops: Vec<OpRecord>,
+    op_names: Vec<String>,
+    op_reports: Vec<OpReport>,
+}
+
+impl PlanBuild<'_> {
+    fn new_value(&mut self, dtype: DType, dims: &[usize]) -> u32 {
+        let mut d = [0u32; MAX_RANK];
+        for (o, x) in d.iter_mut().zip(dims) {
+            *o = *x as u32;
+        }
+        let nbytes = dims.iter().product::<usize>() * dtype.size();
+        self.values.push(ValueRecord {
+            dtype: dtype as u32,
+            rank: dims.len() as u32,
+            dims: d,
+            offset: 0,
+            nbytes: nbytes as u64,
+        });
+        (self.values.len() - 1) as u32
+    }
+    fn define(&mut self, name: &str) -> Result<u32> {
+        let (dt, dims) = self
+            .shapes
+            .get(name)
+            .ok_or_else(|| Error::Shape(format!("no shape for '{name}'")))?
+            .clone();
+        if dims.len() > MAX_RANK {
+            return Err(Error::Shape(format!("'{name}' has rank {} (max {MAX_RANK})", dims.len())));
+        }
+        let id = self.new_value(dt, &dims);
+        self.ids.insert(name.to_string(), id);
+        Ok(id)
+    }
+    fn dims(&self, name: &str) -> Result<&[usize]> {
+        self.shapes
+            .get(name)
+            .map(|s| s.1.as_slice())
+            .ok_or_else(|| Error::Shape(format!("no shape for '{name}'")))
+    }
+    fn push(
+        &mut self,
+        node: &str,
+        code: OpCode,
+        inputs: &[u32],
+        out: u32,
+        params: &[u32],
+        precision: &str,
+    ) {
+        let mut r = OpRecord {
+            opcode: code as u16,
+            n_inputs: inputs.len() as u8,
+            n_outputs: 1,
+            ..Default::default()
+        };
+        r.inputs[..inputs.len()].copy_from_slice(inputs);
+        r.outputs[0] = out;
+        r.params[..params.len()].copy_from_slice(params);
+        self.ops.push(r);
+        self.op_names.push(node.to_string());
+        self.op_reports.push(OpReport {
+            node: node.to_string(),
+            op: code.name().to_string(),
+            precision: precision.to_string(),
+        });
+    }
+}
+
+fn dtype_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+fn norm_axis(a: i64, rank: usize, n: &Node) -> Result<usize> {
+    let x = if a < 0 { a + rank as i64 } else { a };
+    if x < 0 || x as usize >= rank.max(1) {
+        return Err(Error::node(&n.name, &n.op, format!("axis {a} out of range for rank {rank}")));
+    }
+    Ok(x as usize)
+}
+
+impl<'a> Lowerer<'a> {
+    pub fn new(graph: &'a Graph, bits: u32, ranges: &'a HashMap<String, Range>) -> Self {
+        Lowerer {
+            graph,
+            bits,
+            ranges,
+            writer: Writer::new(),
+            tensors: HashMap::new(),
+            linear_i8: HashMap::new(),
+            emb_i8: HashMap::new(),
+            layers: vec![],
+        }
+    }
+
+    fn const_ref(&mut self, name: &str) -> Result<u32> {
+        if let Some(r) = self.tensors.get(name) {
+            return Ok(*r);
+        }
+        let t = &self.graph.consts[name];
+        if t.shape.len() > MAX_RANK {
+            return Err(Error::Shape(format!("constant '{name}' has rank {}", t.shape.len())));
+        }
+        let dims: Vec<u32> = t.shape.iter().map(|d| *d as u32).collect();
+        let r = self.writer.tensor(
+            name,
+            t.dtype(),
+            &dims,
+            TensorRole::Plain,
+            REF_NONE,
+            &t.to_le_bytes(),
+        );
+        self.tensors.insert(name.to_string(), r);
+        Ok(r)
+    }
+
+    fn operand(&mut self, pb: &PlanBuild, name: &str, n: &Node) -> Result<u32> {
+        if let Some(id) = pb.ids.get(name) {
+            return Ok(*id);
+        }
+        if self.graph.consts.contains_key(name) {
+            return self.const_ref(name);
+        }
+        Err(Error::node(&n.name, &n.op, format!("input '{name}' is not computed before this node")))
+    }
+
+    /// Builds the plan for one batch size. `shapes` comes from [`crate::freeze`].
+    pub fn plan(
+        &mut self,
+        batch: usize,
+        shapes: &Shapes,
+        first: bool,
+    ) -> Result<(PlanSpec, Vec<OpReport>, Vec<String>, HashMap<String, u32>)> {
+        let g = self.graph;
+        let mut pb = PlanBuild {
+            shapes,
+            values: vec![],
+            ids: HashMap::new(),
+            ops: vec![],
+            op_names: vec![],
+            op_reports: vec![],
+        };
+        let mut inputs = vec![];
+        for d in &g.inputs {
+            inputs.push(pb.define(&d.name)?);
+        }
+        for n in &g.nodes {
+            self.lower_node(&mut pb, n, first)?;
+        }
+        let mut outputs = vec![];
+        for o in &g.outputs {
+            let produced_here = pb
+                .ids
+                .get(&o.name)
+                .copied()
+                .filter(|id| !inputs.contains(id) && !outputs.contains(id));
+            let id = match produced_here {
+                Some(id) => id,
+                None => {
+                    let src = self.operand(
+                        &pb,
+                        &o.name,
+                        &Node {
+                            name: o.name.clone(),
+                            op: "Output".into(),
+                            inputs: vec![],
+                            outputs: vec![],
+                            attrs: HashMap::new(),
+                        },
+                    )?;
+                    let (dt, dims) = pb.shapes[&o.name].clone();
+                    let id = pb.new_value(dt, &dims);
+                    pb.push(&o.name, OpCode::Copy, &[src], id, &[], "data");
+                    id
+                }
+            };
+            let dims = pb.dims(&o.name)?;
+            if dims.first() != Some(&batch) {
+                return Err(Error::Shape(format!(
+                    "output '{}' has shape {dims:?}: its first axis must be the batch ({batch})",
+                    o.name
+                )));
+            }
+            outputs.push(id);
+        }
+        let arena = plan_memory(&mut pb.values, &pb.ops, &inputs, &outputs);
+        let ids = pb.ids.clone();
+        Ok((
+            PlanSpec {
+                batch: batch as u32,
+                arena_size: arena,
+                inputs,
+                outputs,
+                values: pb.values,
+                ops: pb.ops,
+            },
+            pb.op_reports,
+            pb.op_names,
+            ids,
+        ))
+    }
+
+    fn lower_node(&mut self, pb: &mut PlanBuild, n: &Node, first: bool) -> Result<()> {
+        let err = |m: String| Error::node(&n.name, &n.op, m);
+        let inp = |i: usize| {
+            n.input(i).ok_or_else(|| Error::node(&n.name, &n.op, format!("input #{i} missing")))
+        };
+        let out_name = n.outputs[0].clone();
+        match n.op.as_str() {
+            LINEAR_OP => {
+                let x_name = inp(0)?;
+                let x = self.operand(pb, x_name, n)?;
+                let w = &self.graph.consts[&n.inputs[1]];
+                let (nn, k) = (w.shape[0], w.shape[1]);
+                let xd = pb.dims(x_name)?;
+                let m = xd.iter().product::<usize>() / k.max(1);
+                if xd.last() != Some(&k) {
+                    return Err(err(format!("input shape {xd:?} does not end in K={k}")));
+                }
+                let act = n.int("act").unwrap_or(0) as u32;
+                let y = pb.define(&out_name)?;
+                if self.bits == 8 {
+                    let range = *self
+                        .ranges
+                        .get(x_name)
+                        .ok_or_else(|| err(format!("no calibration range for '{x_name}'")))?;
+                    if !range.min.is_finite() || !range.max.is_finite() {
+                        return Err(err(format!(
+                            "calibration range of '{x_name}' is not finite ({}, {})",
+                            range.min, range.max
+                        )));
+                    }
+                    let (sx, zp) = quant::act_params(range.min, range.max);
+                    let refs = match self.linear_i8.get(&n.name) {
+                        Some(r) => *r,
+                        None => {
+                            let qw = quant::quantize_weights(w.as_f32().unwrap_or(&[]), nn, k);
+                            let comb: Vec<f32> = qw.scale.iter().map(|s| s * sx).collect();
+                            let bias: Vec<f32> = match n.input(2) {
+                                Some(b) => self.graph.consts[b].to_f32_vec(),
+                                None => vec![0.0; nn],
+                            };
+                            let wr = &mut self.writer;
+                            let sc = wr.tensor(
+                                &format!("{}.w_scale", n.name),
+                                DType::F32,
+                                &[nn as u32],
+                                TensorRole::QuantParam,
+                                REF_NONE,
+                                dtype_bytes(&qw.scale),
+                            );
+                            let wq = wr.tensor(
+                                &format!("{}.w_i8", n.name),
+                                DType::I8,
+                                &[nn as u32, k as u32],
+                                TensorRole::WeightI8PerChannel,
+                                sc,
+                                dtype_bytes(&qw.q),
+                            );
+                            let ws = wr.tensor(
+                                &format!("{}.w_sum", n.name),
+                                DType::I32,
+                                &[nn as u32],
+                                TensorRole::QuantParam,
+                                REF_NONE,
+                                dtype_bytes(&qw.sum),
+                            );
+                            let cs = wr.tensor(
+                                &format!("{}.scale", n.name),
+                                DType::F32,
+                                &[nn as u32],
+                                TensorRole::QuantParam,
+                                REF_NONE,
+                                dtype_bytes(&comb),
+                            );
+                            let bs = wr.tensor(
+                                &format!("{}.bias_f32", n.name),
+                                DType::F32,
+                                &[nn as u32],
+                                TensorRole::QuantParam,
+                                REF_NONE,
+                                dtype_bytes(&bias),
+                            );
+                            if first {
+                                self.layers.push(LayerReport::linear_i8(
+                                    &n.name, m, k, nn, range, sx, zp, qw.sqnr_db,
+                                ));
+                            }
+                            let r = [wq, ws, cs, bs];
+                            self.linear_i8.insert(n.name.clone(), r);
+                            r
+                        }
+                    };
+                    let params =
+                        [m as u32, k as u32, nn as u32, act, (1.0 / sx).to_bits(), zp as u32];
+                    pb.push(
+                        &n.name,
+                        OpCode::LinearI8,
+                        &[x, refs[0], refs[1], refs[2], refs[3]],
+                        y,
+                        &params,
+                        "int8",
+                    );
+                } else {
+                    let wr = self.const_ref(&n.inputs[1])?;
+                    let br = match n.input(2) {
+                        Some(b) => self.const_ref(b)?,
+                        None => REF_NONE,
+                    };
+                    if first {
+                        self.layers.push(LayerReport::float(&n.name, "linear", m, k, nn));
+                    }
+                    pb.push(
+                        &n.name,
+                        OpCode::LinearF32,
+                        &[x, wr, br],
+                        y,
+                        &[m as u32, k as u32, nn as u32, act],
+                        "f32",
+                    );
+                }
+            }
+            "MatMul" => {
+                let (an, bn) = (inp(0)?, inp(1)?);
+                let (ad, bd) = (pb.dims(an)?.to_vec(), pb.dims(bn)?.to_vec());
+                let od = pb.dims(&out_name)?.to_vec();
+                let (m, k, nn) = (ad[ad.len() - 2], ad[ad.len() - 1], bd[bd.len() - 1]);
+                let batch: usize = od[..od.len() - 2].iter().product();
+                let stride = |d: &[usize], per: usize| -> Result<u32> {
+                    let b: usize = d[..d.len() - 2].iter().product();
+                    if b == batch {
+                        Ok(if batch == 1 { 0 } else { per as u32 })
+                    } else if b == 1 {
+                        Ok(0)
+                    } else {
+                        Err(err(format!(
+                            "partial batch broadcasting {ad:?} x {bd:?} is not supported"
+                        )))
+                    }
+                };
+                let params = [
+                    batch as u32,
+                    m as u32,
+                    k as u32,
+                    nn as u32,
+                    stride(&ad, m * k)?,
+                    stride(&bd, k * nn)?,
+                ];
+                let (a, b) = (self.operand(pb, an, n)?, self.operand(pb, bn, n)?);
+                let y = pb.define(&out_name)?;
+                if first {
+                    self.layers.push(LayerReport::float(&n.name, "matmul", batch * m, k, nn));
+                }
+                pb.push(&n.name, OpCode::MatMulF32, &[a, b], y, &params, "f32");
+            }
+            "Add" | "Sub" | "Mul" | "Div" => {
+                let kind = match n.op.as_str() {
+                    "Add" => BinaryKind::Add,
+                    "Sub" => BinaryKind::Sub,
+                    "Mul" => BinaryKind::Mul,
+                    _ => BinaryKind::Div,
+                };
+                let (a, b) = (self.operand(pb, inp(0)?, n)?, self.operand(pb, inp(1)?, n)?);
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Binary, &[a, b], y, &[kind as u32], "f32");
+            }
+            "Relu" | "Sigmoid" | "Tanh" => {
+                let kind = match n.op.as_str() {
+                    "Relu" => UnaryKind::Relu,
+                    "Sigmoid" => UnaryKind::Sigmoid,
+                    _ => UnaryKind::Tanh,
+                };
+                let x = self.operand(pb, inp(0)?, n)?;
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Unary, &[x], y, &[kind as u32], "f32");
+            }
+            "Softmax" => {
+                let xn = inp(0)?;
+                let rank = pb.dims(xn)?.len();
+                let (axis, coerce) = if self.graph.opset < 13 {
+                    (norm_axis(n.int("axis").unwrap_or(1), rank, n)?, 1)
+                } else {
+                    (norm_axis(n.int("axis").unwrap_or(-1), rank, n)?, 0)
+                };
+                let x = self.operand(pb, xn, n)?;
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Softmax, &[x], y, &[axis as u32, coerce], "f32");
+            }
+            "Gather" => {
+                let (dn, iname) = (inp(0)?, inp(1)?);
+                let ix = self.operand(pb, iname, n)?;
+                let data_const = self
+                    .graph
+                    .consts
+                    .get(dn)
+                    .filter(|t| t.shape.len() == 2 && t.as_f32().is_some());
+                let axis = n.int("axis").unwrap_or(0);
+                if let (Some(t), 8, 0) = (data_const, self.bits, axis) {
+                    let (rows, d) = (t.shape[0], t.shape[1]);
+                    let refs = match self.emb_i8.get(dn) {
+                        Some(r) => *r,
+                        None => {
+                            let qr = quant::quantize_rows(t.as_f32().unwrap_or(&[]), rows, d);
+                            let wr = &mut self.writer;
+                            let s = wr.tensor(
+                                &format!("{dn}.row_scale"),
+                                DType::F16,
+                                &[rows as u32],
+                                TensorRole::QuantParam,
+                                REF_NONE,
+                                dtype_bytes(&qr.scale),
+                            );
+                            let b = wr.tensor(
+                                &format!("{dn}.row_bias"),
+                                DType::F16,
+                                &[rows as u32],
+                                TensorRole::QuantParam,
+                                REF_NONE,
+                                dtype_bytes(&qr.bias),
+                            );
+                            let q = wr.tensor(
+                                &format!("{dn}.i8"),
+                                DType::I8,
+                                &[rows as u32, d as u32],
+                                TensorRole::EmbeddingI8Rowwise,
+                                s,
+                                dtype_bytes(&qr.q),
+                            );
+                            if first {
+                                self.layers.push(LayerReport::embedding_i8(
+                                    &n.name, dn, rows, d, qr.sqnr_db,
+                                ));
+                            }
+                            let r = [q, s, b];
+                            self.emb_i8.insert(dn.to_string(), r);
+                            r
+                        }
+                    };
+                    let y = pb.define(&out_name)?;
+                    pb.push(
+                        &n.name,
+                        OpCode::GatherRowsI8,
+                        &[refs[0], refs[1], refs[2], ix],
+                        y,
+                        &[],
+                        "int8",
+                    );
+                } else {
+                    let rank = pb
+                        .shapes
+                        .get(dn)
+                        .map(|s| s.1.len())
+                        .or_else(|| self.graph.consts.get(dn).map(|t| t.shape.len()))
+                        .unwrap_or(0);
+                    let axis = norm_axis(axis, rank, n)?;
+                    let d = self.operand(pb, dn, n)?;
+                    let y = pb.define(&out_name)?;
+                    pb.push(&n.name, OpCode::Gather, &[d, ix], y, &[axis as u32], "data");
+                }
+            }
+            "Concat" => {
+                let names: Vec<String> =
+                    n.inputs.iter().filter(|s| !s.is_empty()).cloned().collect();
+                let rank = pb.dims(&out_name)?.len();
+                let axis = norm_axis(n.int("axis").unwrap_or(0), rank, n)?;
+                let mut refs: Vec<u32> =
+                    names.iter().map(|s| self.operand(pb, s, n)).collect::<Result<_>>()?;
+                let mut dims: Vec<Vec<usize>> = names
+                    .iter()
+                    .map(|s| {
+                        pb.shapes
+                            .get(s)
+                            .map(|x| x.1.clone())
+                            .or_else(|| self.graph.consts.get(s).map(|t| t.shape.clone()))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let dt = pb.shapes[&out_name].0;
+                while refs.len() > OP_MAX_INPUTS {
+                    let mut d = dims[0].clone();
+                    d[axis] = dims[..OP_MAX_INPUTS].iter().map(|x| x[axis]).sum();
+                    let tmp = pb.new_value(dt, &d);
+                    let head: Vec<u32> = refs.drain(..OP_MAX_INPUTS).collect();
+                    pb.push(&n.name, OpCode::Concat, &head, tmp, &[axis as u32], "data");
+                    refs.insert(0, tmp);
+                    dims.drain(..OP_MAX_INPUTS);
+                    dims.insert(0, d);
+                }
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Concat, &refs, y, &[axis as u32], "data");
+            }
+            "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => {
+                let x = self.operand(pb, inp(0)?, n)?;
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Copy, &[x], y, &[], "data");
+            }
+            "Transpose" => {
+                let xn = inp(0)?;
+                let rank = pb.dims(xn)?.len();
+                let perm: Vec<u32> = match n.ints("perm") {
+                    Some(p) => p
+                        .iter()
+                        .map(|a| norm_axis(*a, rank, n).map(|v| v as u32))
+                        .collect::<Result<_>>()?,
+                    None => (0..rank as u32).rev().collect(),
+                };
+                let x = self.operand(pb, xn, n)?;
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Transpose, &[x], y, &perm, "data");
+            }
+            "ReduceSum" | "ReduceMean" => {
+                let xn = inp(0)?;
+                let rank = pb.dims(xn)?.len();
+                let axes: Option<Vec<i64>> = match n.ints("axes") {
+                    Some(a) => Some(a.to_vec()),
+                    None => match n.input(1) {
+                        Some(an) => Some(
+                            self.graph
+                                .consts
+                                .get(an)
+                                .ok_or_else(|| err("axes must be a constant".into()))?
+                                .to_i64_vec(),
+                        ),
+                        None => None,
+                    },
+                };
+                let x = self.operand(pb, xn, n)?;
+                let y = pb.define(&out_name)?;
+                let axes = match axes {
+                    Some(a) if !a.is_empty() => a,
+                    _ if n.int("noop_with_empty_axes").unwrap_or(0) == 1 => {
+                        pb.push(&n.name, OpCode::Copy, &[x], y, &[], "data");
+                        return Ok(());
+                    }
+                    _ => (0..rank as i64).collect(),
+                };
+                let mut mask = 0u32;
+                for a in axes {
+                    mask |= 1 << norm_axis(a, rank, n)?;
+                }
+                let kind = if n.op == "ReduceSum" { ReduceKind::Sum } else { ReduceKind::Mean };
+                let keep = n.int("keepdims").unwrap_or(1) as u32;
+                pb.push(&n.name, OpCode::Reduce, &[x], y, &[kind as u32, mask, keep], "f32");
+            }
+            "Cast" => {
+                let xn = inp(0)?;
+                let x = self.operand(pb, xn, n)?;
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Cast, &[x], y, &[], "data");
+            }
+            "Gemm" => {
+                return Err(err(
+                    "Gemm with non-constant weights (B) or transA=1 is not supported".into()
+                ))
+            }
+            other => {
+                return Err(Error::UnsupportedOp {
+                    op: other.into(),
+                    node: n.name.clone(),
+                    supported: crate::import::SUPPORTED_OPS.join(", "),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Assigns 64-aligned arena offsets, first fit over lifetimes. Returns the arena size.
+pub fn plan_memory(
+    values: &mut [ValueRecord],
+    ops: &[OpRecord],
+    inputs: &[u32],
+    outputs: &[u32],
+) -> u64 {
+    let nv = values.len();
+    let end = ops.len() as i64;
+    let mut def = vec![i64::MAX; nv];
+    let mut last = vec![-1i64; nv];
+    for v in inputs {
+        def[*v as usize] = -1;
+    }
+    for (i, op) in ops.iter().enumerate() {
+        for x in &op.inputs[..op.n_inputs as usize] {
+            if *x != REF_NONE && *x & REF_TENSOR == 0 {
+                last[*x as usize] = last[*x as usize].max(i as i64);
+            }
+        }
+        def[op.outputs[0] as usize] = i as i64;
+    }
+    for v in outputs {
+        last[*v as usize] = end;
+    }
+    let mut live: Vec<(u64, u64, usize)> = vec![]; // (start, end, value), sorted by start
+    let mut arena = 0u64;
+    let mut place = |live: &mut Vec<(u64, u64, usize)>, v: usize, values: &mut [ValueRecord]| {
+        let size = align_up(values[v].nbytes);
+        if size == 0 {
+            values[v].offset = 0;
+            return;
+        }
+        let mut cand = 0u64;
+        let mut pos = live.len();
+        for (j, (s, e, _)) in live.iter().enumerate() {
+            if cand + size <= *s {
+                pos = j;
+                break;
+            }
+            cand = cand.max(align_up(*e));
+        }
+        values[v].offset = cand;
+        arena = arena.max(cand + size);
+        live.insert(pos, (cand, cand + values[v].nbytes, v));
+    };
+    for v in inputs {
+        place(&mut live, *v as usize, values);
+    }
+    let retire = |live: &mut Vec<(u64, u64, usize)>, step: i64, def: &[i64], last: &[i64]| {
+        live.retain(|(_, _, v)| last[*v].max(def[*v]) > step);
+    };
+    for i in 0..ops.len() {
+        place(&mut live, ops[i].outputs[0] as usize, values);
+        retire(&mut live, i as i64, &def, &last);
+    }
+    arena
+}

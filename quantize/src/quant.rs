@@ -1,0 +1,135 @@
+//! Quantization arithmetic: per-channel symmetric INT8 weights, asymmetric INT8 activations, and
+//! row-wise INT8 embedding tables with an f16 scale and bias per row.
+
+use ember_kernels::generic::round_half_even;
+use half::f16;
+
+/// INT8 weights `[N, K]` with one symmetric scale per output row.
+pub struct QuantWeights {
+    pub q: Vec<i8>,
+    pub scale: Vec<f32>,
+    /// Σ_k q[n, k], for the zero-point correction.
+    pub sum: Vec<i32>,
+    /// Signal-to-quantization-noise ratio of the weights, in dB.
+    pub sqnr_db: f32,
+}
+
+pub fn quantize_weights(w: &[f32], n: usize, k: usize) -> QuantWeights {
+    let mut q = vec![0i8; n * k];
+    let mut scale = vec![0f32; n];
+    let mut sum = vec![0i32; n];
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for r in 0..n {
+        let row = &w[r * k..(r + 1) * k];
+        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        scale[r] = s;
+        for (j, v) in row.iter().enumerate() {
+            let t = round_half_even((v / s).clamp(-127.0, 127.0));
+            q[r * k + j] = t as i8;
+            sum[r] += t as i32;
+            sig += (*v as f64).powi(2);
+            noise += (*v as f64 - t as f64 * s as f64).powi(2);
+        }
+    }
+    QuantWeights { q, scale, sum, sqnr_db: sqnr(sig, noise) }
+}
+
+pub fn sqnr(signal: f64, noise: f64) -> f32 {
+    if noise <= 0.0 {
+        return f32::INFINITY;
+    }
+    (10.0 * (signal / noise).log10()) as f32
+}
+
+/// Affine INT8 parameters for an activation range; the range always includes 0, so that zero is
+/// represented exactly. A zero-width range gets scale 1 (no division by zero).
+pub fn act_params(min: f32, max: f32) -> (f32, i32) {
+    let lo = min.min(0.0);
+    let hi = max.max(0.0);
+    let scale = if hi > lo && (hi - lo).is_finite() { (hi - lo) / 255.0 } else { 1.0 };
+    let zp = round_half_even((-128.0 - lo / scale).clamp(-128.0, 127.0)) as i32;
+    (scale, zp)
+}
+
+/// Row-wise INT8 embedding table: `value ≈ q · scale[r] + bias[r]`, scale and bias in f16.
+pub struct QuantRows {
+    pub q: Vec<i8>,
+    pub scale: Vec<u16>,
+    pub bias: Vec<u16>,
+    pub sqnr_db: f32,
+}
+
+pub fn quantize_rows(t: &[f32], rows: usize, d: usize) -> QuantRows {
+    let mut q = vec![0i8; rows * d];
+    let mut scale = vec![0u16; rows];
+    let mut bias = vec![0u16; rows];
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for r in 0..rows {
+        let row = &t[r * d..(r + 1) * d];
+        let lo = row.iter().fold(f32::INFINITY, |m, v| m.min(*v));
+        let hi = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let (lo, hi) = if d == 0 { (0.0, 0.0) } else { (lo, hi) };
+        let s16 = f16::from_f32((hi - lo) / 255.0);
+        let s = s16.to_f32();
+        let b16 = f16::from_f32(if s > 0.0 { lo + 128.0 * s } else { lo });
+        let b = b16.to_f32();
+        scale[r] = s16.to_bits();
+        bias[r] = b16.to_bits();
+        for (j, v) in row.iter().enumerate() {
+            let qv =
+                if s > 0.0 { round_half_even(((v - b) / s).clamp(-128.0, 127.0)) } else { 0.0 };
+            q[r * d + j] = qv as i8;
+            sig += (*v as f64).powi(2);
+            noise += (*v as f64 - (qv * s + b) as f64).powi(2);
+        }
+    }
+    QuantRows { q, scale, bias, sqnr_db: sqnr(sig, noise) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_round_trip_within_half_a_step() {
+        let w: Vec<f32> = (0..3 * 17).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 13.0).collect();
+        let qw = quantize_weights(&w, 3, 17);
+        for r in 0..3 {
+            for j in 0..17 {
+                let back = qw.q[r * 17 + j] as f32 * qw.scale[r];
+                assert!((back - w[r * 17 + j]).abs() <= qw.scale[r] * 0.5 + 1e-6);
+            }
+            assert_eq!(
+                qw.sum[r],
+                qw.q[r * 17..(r + 1) * 17].iter().map(|v| *v as i32).sum::<i32>()
+            );
+        }
+        assert!(qw.sqnr_db > 30.0);
+    }
+
+    #[test]
+    fn zero_weights_and_zero_ranges_do_not_divide_by_zero() {
+        let qw = quantize_weights(&[0.0; 8], 2, 4);
+        assert!(qw.q.iter().all(|v| *v == 0) && qw.scale.iter().all(|s| *s == 1.0));
+        assert_eq!(act_params(0.0, 0.0), (1.0, -128));
+        let (s, zp) = act_params(3.0, 3.0);
+        assert!(s > 0.0 && (-128..=127).contains(&zp));
+        let r = quantize_rows(&[2.5; 6], 2, 3);
+        for (i, q) in r.q.iter().enumerate() {
+            let v = *q as f32 * f16::from_bits(r.scale[i / 3]).to_f32()
+                + f16::from_bits(r.bias[i / 3]).to_f32();
+            assert!((v - 2.5).abs() < 1e-3);
+        }
+    }
+
+    #[test]
+    fn activation_zero_is_exact() {
+        for (lo, hi) in [(-1.0, 3.0), (0.0, 6.0), (-5.0, -1.0), (0.1, 0.2)] {
+            let (s, zp) = act_params(lo, hi);
+            let q0 = round_half_even(0.0 / s) + zp as f32;
+            assert_eq!((q0 - zp as f32) * s, 0.0);
+            assert!((-128..=127).contains(&zp));
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Ember runtime: maps a `.ember` file, validates it once, and runs its fixed-batch plans.
+//!
+//! Contract:
+//! - [`Model::parse`] validates every byte it will ever use (see [`format`] for the file layout)
+//!   and returns an [`Error`] naming the problem on any corruption. After it succeeds, running a
+//!   plan cannot index out of bounds.
+//! - [`Session::new`] allocates the arena and scratch once. [`Session::run`] then performs no heap
+//!   allocation, takes no lock and does no I/O.
+//! - The core is `no_std` + `alloc`; `std` adds file loading and memory maps (`mmap`).
+#![cfg_attr(not(feature = "std"), no_std)]
+extern crate alloc;
+
+mod error;
+pub mod format;
+#[cfg(feature = "std")]
+mod load;
+mod model;
+mod ops;
+mod session;
+
+pub use error::Error;
+pub use format::{DType, OpCode};
+#[cfg(feature = "std")]
+pub use load::{load_file, AlignedBuf, FileBytes};
+pub use model::{Model, Plan, SigEntry, TensorInfo, ValueInfo};
+pub use ops::{BinaryKind, ReduceKind, UnaryKind};
+pub use session::Session;
+
+pub type Result<T> = core::result::Result<T, Error>;

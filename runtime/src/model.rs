@@ -1,0 +1,630 @@
+//! Parsing and validation of a whole `.ember` file into a [`Model`].
+
+use crate::error::corrupt;
+use crate::format::*;
+use crate::ops::{self, Op, RefInfo};
+use crate::Error;
+use alloc::collections::{BTreeMap, BinaryHeap};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cmp::Reverse;
+
+/// A constant tensor of the file, validated: its bytes are `file[offset..offset + nbytes]`.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub dims: Vec<usize>,
+    pub role: TensorRole,
+    /// Absolute offset in the file.
+    pub offset: usize,
+    pub nbytes: usize,
+    pub scale_tensor: Option<u32>,
+}
+
+/// An arena value of a plan, validated to lie inside the arena.
+#[derive(Clone, Debug)]
+pub struct ValueInfo {
+    pub dtype: DType,
+    pub dims: Vec<usize>,
+    pub offset: usize,
+    pub nbytes: usize,
+}
+
+/// A model input or output: name, dtype, per-sample shape (batch axis excluded).
+#[derive(Clone, Debug)]
+pub struct SigEntry {
+    pub name: String,
+    pub dtype: DType,
+    pub dims: Vec<usize>,
+}
+
+/// One validated execution plan for one fixed batch size.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub batch: usize,
+    pub arena_size: usize,
+    pub inputs: Vec<u32>,
+    pub outputs: Vec<u32>,
+    pub values: Vec<ValueInfo>,
+    pub records: Vec<OpRecord>,
+    pub(crate) ops: Vec<Op>,
+    /// Bytes of i8 scratch the plan's integer ops need.
+    pub scratch_i8: usize,
+}
+
+/// A validated `.ember` model over its bytes `B` (a slice, a memory map, an aligned buffer).
+pub struct Model<B: AsRef<[u8]>> {
+    bytes: B,
+    pub strings: Vec<String>,
+    pub tensors: Vec<TensorInfo>,
+    pub inputs: Vec<SigEntry>,
+    pub outputs: Vec<SigEntry>,
+    pub plans: Vec<Plan>,
+    pub metadata: Vec<(String, String)>,
+}
+
+struct Section {
+    kind: SectionKind,
+    index: u32,
+    start: usize,
+    len: usize,
+}
+
+impl<B: AsRef<[u8]>> Model<B> {
+    /// Validates `bytes` as an `.ember` file. The buffer must be 8-byte aligned (a memory map, an
+    /// [`crate::AlignedBuf`], or a `#[repr(align(8))]` static in flash).
+    pub fn parse(bytes: B) -> Result<Self, Error> {
+        let parsed = parse_all(bytes.as_ref())?;
+        let (strings, tensors, inputs, outputs, plans, metadata) = parsed;
+        Ok(Model { bytes, strings, tensors, inputs, outputs, plans, metadata })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+
+    /// The plan compiled for `batch`, if any.
+    pub fn plan_index(&self, batch: usize) -> Option<usize> {
+        self.plans.iter().position(|p| p.batch == batch)
+    }
+
+    /// Batch sizes compiled into the file, ascending.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.plans.iter().map(|p| p.batch).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.bytes.as_ref()[t.offset..t.offset + t.nbytes]
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+type Parsed =
+    (Vec<String>, Vec<TensorInfo>, Vec<SigEntry>, Vec<SigEntry>, Vec<Plan>, Vec<(String, String)>);
+
+fn parse_all(file: &[u8]) -> Result<Parsed, Error> {
+    if file.len() < HEADER_LEN {
+        return Err(Error::Truncated {
+            what: "header",
+            need: HEADER_LEN as u64,
+            have: file.len() as u64,
+        });
+    }
+    if file[..8] != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    if (file.as_ptr() as usize) % 8 != 0 {
+        return Err(corrupt!(
+            "model buffer is not 8-byte aligned; load it with load_file or AlignedBuf"
+        ));
+    }
+    let mut c = Cursor::new(file, "header");
+    c.take(8)?;
+    let version = c.u32()?;
+    if version != VERSION {
+        return Err(Error::UnsupportedVersion(version));
+    }
+    let n_sections = c.u32()?;
+    let file_size = c.u64()?;
+    let table_crc = c.u32()?;
+    let header_crc = c.u32()?;
+    if crc32fast::hash(&file[..28]) != header_crc {
+        return Err(Error::Checksum { section: "header", index: 0 });
+    }
+    if file_size != file.len() as u64 {
+        return Err(Error::Truncated {
+            what: "file (header's file_size)",
+            need: file_size,
+            have: file.len() as u64,
+        });
+    }
+    if n_sections == 0 || n_sections > MAX_SECTIONS {
+        return Err(corrupt!("section count {n_sections} outside 1..={MAX_SECTIONS}"));
+    }
+    let table_end = HEADER_LEN + n_sections as usize * SECTION_ENTRY_LEN;
+    if table_end > file.len() {
+        return Err(Error::Truncated {
+            what: "section table",
+            need: table_end as u64,
+            have: file.len() as u64,
+        });
+    }
+    let table = &file[HEADER_LEN..table_end];
+    if crc32fast::hash(table) != table_crc {
+        return Err(Error::Checksum { section: "section table", index: 0 });
+    }
+    let mut c = Cursor::new(table, "section table");
+    let mut sections = Vec::new();
+    for i in 0..n_sections {
+        let kind_raw = c.u32()?;
+        let index = c.u32()?;
+        let offset = c.u64()?;
+        let len = c.u64()?;
+        let crc = c.u32()?;
+        c.u32()?;
+        let kind = SectionKind::from_u32(kind_raw)
+            .ok_or_else(|| corrupt!("section #{i} has unknown kind {kind_raw}"))?;
+        if offset % ALIGN as u64 != 0 {
+            return Err(corrupt!(
+                "{} section #{i} offset {offset} is not 64-byte aligned",
+                kind.name()
+            ));
+        }
+        let end = offset.checked_add(len).filter(|e| *e <= file.len() as u64).ok_or(
+            Error::Truncated {
+                what: kind.name(),
+                need: offset.saturating_add(len),
+                have: file.len() as u64,
+            },
+        )?;
+        if offset < table_end as u64 {
+            return Err(corrupt!("{} section #{i} overlaps the header", kind.name()));
+        }
+        let (start, end) = (offset as usize, end as usize);
+        if crc32fast::hash(&file[start..end]) != crc {
+            return Err(Error::Checksum { section: kind.name(), index: i });
+        }
+        sections.push(Section { kind, index, start, len: end - start });
+    }
+    let mut by_offset: Vec<&Section> = sections.iter().collect();
+    by_offset.sort_by_key(|s| s.start);
+    for w in by_offset.windows(2) {
+        if w[0].start + w[0].len > w[1].start {
+            return Err(corrupt!("{} and {} sections overlap", w[0].kind.name(), w[1].kind.name()));
+        }
+    }
+    let one = |k: SectionKind| -> Result<&[u8], Error> {
+        let mut it = sections.iter().filter(|s| s.kind == k);
+        let s = it.next().ok_or_else(|| corrupt!("missing {} section", k.name()))?;
+        if it.next().is_some() {
+            return Err(corrupt!("more than one {} section", k.name()));
+        }
+        Ok(&file[s.start..s.start + s.len])
+    };
+    let strings = parse_strings(one(SectionKind::Strings)?)?;
+    let data = one(SectionKind::Data)?;
+    let data_start = data.as_ptr() as usize - file.as_ptr() as usize;
+    let tensors = parse_tensors(one(SectionKind::Tensors)?, data.len(), data_start, &strings)?;
+    let (inputs, outputs) = parse_signature(one(SectionKind::Signature)?, &strings)?;
+    let metadata = parse_metadata(one(SectionKind::Metadata)?, &strings)?;
+    let mut plan_secs: Vec<&Section> =
+        sections.iter().filter(|s| s.kind == SectionKind::Plan).collect();
+    if plan_secs.is_empty() || plan_secs.len() > MAX_PLANS {
+        return Err(corrupt!("{} PLAN sections, expected 1..={MAX_PLANS}", plan_secs.len()));
+    }
+    plan_secs.sort_by_key(|s| s.index);
+    let mut plans: Vec<Plan> = Vec::new();
+    for s in plan_secs {
+        let p = parse_plan(&file[s.start..s.start + s.len], s.index, &tensors, &inputs, &outputs)?;
+        if plans.iter().any(|q| q.batch == p.batch) {
+            return Err(corrupt!("two plans for batch size {}", p.batch));
+        }
+        plans.push(p);
+    }
+    Ok((strings, tensors, inputs, outputs, plans, metadata))
+}
+
+fn string_at(strings: &[String], id: u32, what: &str) -> Result<String, Error> {
+    strings.get(id as usize).cloned().ok_or_else(|| corrupt!("{what}: string id {id} out of range"))
+}
+
+fn parse_strings(sec: &[u8]) -> Result<Vec<String>, Error> {
+    let mut c = Cursor::new(sec, "STRINGS");
+    let n = c.u32()?;
+    if n > MAX_STRINGS || 4 + n as usize * 8 > sec.len() {
+        return Err(corrupt!("string count {n} does not fit the STRINGS section"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let off = c.u32()? as usize;
+        let len = c.u32()? as usize;
+        let b = off.checked_add(len).and_then(|e| sec.get(off..e)).ok_or_else(|| {
+            corrupt!("string #{i} (offset {off}, length {len}) lies outside STRINGS")
+        })?;
+        let s = core::str::from_utf8(b).map_err(|_| corrupt!("string #{i} is not UTF-8"))?;
+        out.push(String::from(s));
+    }
+    Ok(out)
+}
+
+/// Checks a shape and returns (dims, byte length).
+fn shape(
+    dtype: DType,
+    rank: u32,
+    dims: &[u32; MAX_RANK],
+    what: &str,
+) -> Result<(Vec<usize>, usize), Error> {
+    if rank as usize > MAX_RANK {
+        return Err(corrupt!("{what}: rank {rank} exceeds {MAX_RANK}"));
+    }
+    let d: Vec<usize> = dims[..rank as usize].iter().map(|x| *x as usize).collect();
+    let mut n: usize = dtype.size();
+    for x in &d {
+        n = n
+            .checked_mul(*x)
+            .filter(|n| (*n as u64) <= MAX_ARENA)
+            .ok_or_else(|| corrupt!("{what}: shape {d:?} is absurdly large"))?;
+    }
+    Ok((d, n))
+}
+
+fn parse_tensors(
+    sec: &[u8],
+    data_len: usize,
+    data_start: usize,
+    strings: &[String],
+) -> Result<Vec<TensorInfo>, Error> {
+    let mut c = Cursor::new(sec, "TENSORS");
+    let n = c.u32()?;
+    c.u32()?;
+    if n > MAX_TENSORS || 8 + n as usize * TENSOR_RECORD_LEN > sec.len() {
+        return Err(corrupt!("tensor count {n} does not fit the TENSORS section"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let r = TensorRecord::read(&mut c)?;
+        let name = string_at(strings, r.name, "tensor name")?;
+        let what = alloc::format!("tensor #{i} '{name}'");
+        let dtype = DType::from_u32(r.dtype)
+            .ok_or_else(|| corrupt!("{what}: unknown dtype {}", r.dtype))?;
+        let (dims, nbytes) = shape(dtype, r.rank, &r.dims, &what)?;
+        if r.nbytes != nbytes as u64 {
+            return Err(corrupt!(
+                "{what}: byte length {} does not match its shape {dims:?} ({nbytes})",
+                r.nbytes
+            ));
+        }
+        if r.offset % ALIGN as u64 != 0 {
+            return Err(corrupt!("{what}: data offset {} is not 64-byte aligned", r.offset));
+        }
+        if r.offset.checked_add(r.nbytes).is_none_or(|e| e > data_len as u64) {
+            return Err(corrupt!(
+                "{what}: data [{}, +{}) lies outside DATA ({data_len} bytes)",
+                r.offset,
+                r.nbytes
+            ));
+        }
+        let role = match r.role {
+            0 => TensorRole::Plain,
+            1 => TensorRole::WeightI8PerChannel,
+            2 => TensorRole::EmbeddingI8Rowwise,
+            3 => TensorRole::QuantParam,
+            x => return Err(corrupt!("{what}: unknown role {x}")),
+        };
+        let scale_tensor = if r.scale_tensor == REF_NONE {
+            None
+        } else if r.scale_tensor < n {
+            Some(r.scale_tensor)
+        } else {
+            return Err(corrupt!("{what}: scale tensor {} out of range", r.scale_tensor));
+        };
+        out.push(TensorInfo {
+            name,
+            dtype,
+            dims,
+            role,
+            offset: data_start + r.offset as usize,
+            nbytes,
+            scale_tensor,
+        });
+    }
+    let mut spans: Vec<(usize, usize, usize)> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.nbytes > 0)
+        .map(|(i, t)| (t.offset, t.nbytes, i))
+        .collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[0].0 + w[0].1 > w[1].0 {
+            return Err(corrupt!(
+                "tensors '{}' and '{}' overlap in DATA",
+                out[w[0].2].name,
+                out[w[1].2].name
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_signature(
+    sec: &[u8],
+    strings: &[String],
+) -> Result<(Vec<SigEntry>, Vec<SigEntry>), Error> {
+    let mut c = Cursor::new(sec, "SIGNATURE");
+    let n_in = c.u32()?;
+    let n_out = c.u32()?;
+    if n_in == 0 || n_out == 0 || n_in > MAX_IO || n_out > MAX_IO {
+        return Err(corrupt!(
+            "signature has {n_in} inputs and {n_out} outputs (each must be 1..={MAX_IO})"
+        ));
+    }
+    let mut all = Vec::new();
+    for i in 0..n_in + n_out {
+        let r = SigRecord::read(&mut c)?;
+        let name = string_at(strings, r.name, "signature name")?;
+        let dtype = DType::from_u32(r.dtype)
+            .ok_or_else(|| corrupt!("signature '{name}': unknown dtype {}", r.dtype))?;
+        if r.rank as usize >= MAX_RANK {
+            return Err(corrupt!("signature entry #{i} '{name}': rank {} too large", r.rank));
+        }
+        let (dims, _) = shape(dtype, r.rank, &r.dims, &name)?;
+        all.push(SigEntry { name, dtype, dims });
+    }
+    let outputs = all.split_off(n_in as usize);
+    Ok((all, outputs))
+}
+
+fn parse_metadata(sec: &[u8], strings: &[String]) -> Result<Vec<(String, String)>, Error> {
+    let mut c = Cursor::new(sec, "METADATA");
+    let n = c.u32()?;
+    if 4 + n as u64 * 8 > sec.len() as u64 {
+        return Err(corrupt!("metadata count {n} does not fit its section"));
+    }
+    (0..n)
+        .map(|_| {
+            Ok((
+                string_at(strings, c.u32()?, "metadata key")?,
+                string_at(strings, c.u32()?, "metadata value")?,
+            ))
+        })
+        .collect()
+}
+
+fn parse_plan(
+    sec: &[u8],
+    index: u32,
+    tensors: &[TensorInfo],
+    sig_in: &[SigEntry],
+    sig_out: &[SigEntry],
+) -> Result<Plan, Error> {
+    let mut c = Cursor::new(sec, "PLAN");
+    let h = PlanHeader::read(&mut c)?;
+    let p = alloc::format!("plan #{index} (batch {})", h.batch);
+    if h.batch == 0 || h.batch > 1 << 20 {
+        return Err(corrupt!("{p}: batch size {} outside 1..=2^20", h.batch));
+    }
+    if h.n_values > MAX_VALUES || h.n_ops > MAX_OPS || h.n_ops == 0 {
+        return Err(corrupt!("{p}: {} values and {} ops exceed the caps", h.n_values, h.n_ops));
+    }
+    if h.arena_size > MAX_ARENA {
+        return Err(corrupt!(
+            "{p}: arena of {} bytes exceeds the cap of {MAX_ARENA}",
+            h.arena_size
+        ));
+    }
+    let n_io = sig_in.len() + sig_out.len();
+    let need = PLAN_HEADER_LEN as u64
+        + (n_io as u64 * 4).next_multiple_of(8)
+        + h.n_values as u64 * VALUE_RECORD_LEN as u64
+        + h.n_ops as u64 * OP_RECORD_LEN as u64;
+    if need != sec.len() as u64 {
+        return Err(corrupt!("{p}: section is {} bytes but its counts need {need}", sec.len()));
+    }
+    let mut io = Vec::with_capacity(n_io);
+    for _ in 0..n_io {
+        io.push(c.u32()?);
+    }
+    if n_io % 2 == 1 {
+        c.u32()?;
+    }
+    let mut values = Vec::with_capacity(h.n_values as usize);
+    for i in 0..h.n_values {
+        let r = ValueRecord::read(&mut c)?;
+        let dtype = DType::from_u32(r.dtype)
+            .ok_or_else(|| corrupt!("{p}: value #{i}: unknown dtype {}", r.dtype))?;
+        let (dims, nbytes) = shape(dtype, r.rank, &r.dims, &alloc::format!("{p}: value #{i}"))?;
+        if r.nbytes != nbytes as u64
+            || r.offset % ALIGN as u64 != 0
+            || r.offset + r.nbytes > h.arena_size
+        {
+            return Err(corrupt!(
+                "{p}: value #{i} (offset {}, {} bytes, shape {dims:?}) is misaligned, mis-sized or overruns the arena of {} bytes",
+                r.offset, r.nbytes, h.arena_size
+            ));
+        }
+        values.push(ValueInfo { dtype, dims, offset: r.offset as usize, nbytes });
+    }
+    let outputs = io.split_off(sig_in.len());
+    let inputs = io;
+    for (ids, sig, kind) in [(&inputs, sig_in, "input"), (&outputs, sig_out, "output")] {
+        for (id, s) in ids.iter().zip(sig) {
+            let v = values.get(*id as usize).ok_or_else(|| {
+                corrupt!("{p}: {kind} '{}' names value {id}, out of range", s.name)
+            })?;
+            let mut want = vec![h.batch as usize];
+            want.extend_from_slice(&s.dims);
+            if v.dtype != s.dtype || v.dims != want {
+                return Err(corrupt!(
+                    "{p}: {kind} '{}' value has {} {:?}, signature says {} {:?}",
+                    s.name,
+                    v.dtype.name(),
+                    v.dims,
+                    s.dtype.name(),
+                    want
+                ));
+            }
+        }
+    }
+    // Records, SSA order and liveness.
+    let nv = values.len();
+    let mut def_at: Vec<i64> = vec![i64::MAX; nv];
+    for (k, id) in inputs.iter().enumerate() {
+        if def_at[*id as usize] != i64::MAX {
+            return Err(corrupt!("{p}: input #{k} reuses value {id}"));
+        }
+        def_at[*id as usize] = -1;
+    }
+    let mut records = Vec::with_capacity(h.n_ops as usize);
+    let mut last_use: Vec<i64> = vec![-1; nv];
+    for i in 0..h.n_ops as usize {
+        let r = OpRecord::read(&mut c)?;
+        if r.n_inputs as usize > OP_MAX_INPUTS || r.n_outputs != 1 {
+            return Err(corrupt!(
+                "{p}: op #{i} has {} inputs and {} outputs",
+                r.n_inputs,
+                r.n_outputs
+            ));
+        }
+        for &x in &r.inputs[..r.n_inputs as usize] {
+            if x == REF_NONE {
+                continue;
+            }
+            if x & REF_TENSOR != 0 {
+                if (x & !REF_TENSOR) as usize >= tensors.len() {
+                    return Err(corrupt!(
+                        "{p}: op #{i} reads tensor {} which does not exist",
+                        x & !REF_TENSOR
+                    ));
+                }
+            } else if (x as usize) >= nv || def_at[x as usize] >= i as i64 {
+                return Err(corrupt!(
+                    "{p}: op #{i} reads value {x} before it is defined (or a cycle)"
+                ));
+            } else {
+                last_use[x as usize] = i as i64;
+            }
+        }
+        let o = r.outputs[0] as usize;
+        if o >= nv || def_at[o] != i64::MAX {
+            return Err(corrupt!(
+                "{p}: op #{i} writes value {o}, which is out of range or already defined"
+            ));
+        }
+        def_at[o] = i as i64;
+        records.push(r);
+    }
+    for id in &outputs {
+        if def_at[*id as usize] == i64::MAX {
+            return Err(corrupt!("{p}: output value {id} is never computed"));
+        }
+        last_use[*id as usize] = h.n_ops as i64;
+    }
+    check_liveness(&p, &values, &def_at, &last_use, &records)?;
+    let mut ops_v = Vec::with_capacity(records.len());
+    let mut scratch = 0usize;
+    for (i, r) in records.iter().enumerate() {
+        let info = |x: u32| -> RefInfo {
+            if x & REF_TENSOR != 0 {
+                let t = &tensors[(x & !REF_TENSOR) as usize];
+                RefInfo { dtype: t.dtype, dims: &t.dims, is_tensor: true }
+            } else {
+                let v = &values[x as usize];
+                RefInfo { dtype: v.dtype, dims: &v.dims, is_tensor: false }
+            }
+        };
+        let op = ops::prepare(r, &info).map_err(|m| {
+            corrupt!(
+                "{p}: op #{i} ({}): {m}",
+                OpCode::from_u16(r.opcode).map(|o| o.name()).unwrap_or("unknown")
+            )
+        })?;
+        scratch = scratch.max(op.scratch_i8());
+        ops_v.push(op);
+    }
+    Ok(Plan {
+        batch: h.batch as usize,
+        arena_size: h.arena_size as usize,
+        inputs,
+        outputs,
+        values,
+        records,
+        ops: ops_v,
+        scratch_i8: scratch,
+    })
+}
+
+/// No op may write over a value that is still to be read: live arena ranges never overlap.
+fn check_liveness(
+    p: &str,
+    values: &[ValueInfo],
+    def_at: &[i64],
+    last_use: &[i64],
+    records: &[OpRecord],
+) -> Result<(), Error> {
+    let mut live: BTreeMap<usize, (usize, usize)> = BTreeMap::new(); // start -> (end, value)
+    let mut deaths: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
+    let insert =
+        |live: &mut BTreeMap<usize, (usize, usize)>, v: usize, at: i64| -> Result<(), Error> {
+            let info = &values[v];
+            if info.nbytes == 0 {
+                return Ok(());
+            }
+            let (s, e) = (info.offset, info.offset + info.nbytes);
+            if let Some((_, (pe, pv))) = live.range(..=s).next_back() {
+                if *pe > s {
+                    return Err(corrupt!(
+                        "{p}: value {v} (defined by op #{at}) overwrites live value {pv}"
+                    ));
+                }
+            }
+            if let Some((_, (_, nv))) = live.range(s..e).next() {
+                return Err(corrupt!(
+                    "{p}: value {v} (defined by op #{at}) overwrites live value {nv}"
+                ));
+            }
+            live.insert(s, (e, v));
+            Ok(())
+        };
+    for (v, d) in def_at.iter().enumerate() {
+        if *d == -1 {
+            insert(&mut live, v, -1)?;
+            deaths.push(Reverse((last_use[v].max(-1), v)));
+        }
+    }
+    let mut by_def: Vec<(i64, usize)> = def_at
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d >= 0 && **d != i64::MAX)
+        .map(|(v, d)| (*d, v))
+        .collect();
+    by_def.sort_unstable();
+    let mut next_def = 0;
+    for i in 0..records.len() as i64 {
+        // Inputs read by op i are still live while it writes its output.
+        while next_def < by_def.len() && by_def[next_def].0 == i {
+            let v = by_def[next_def].1;
+            insert(&mut live, v, i)?;
+            deaths.push(Reverse((last_use[v].max(i), v)));
+            next_def += 1;
+        }
+        while let Some(Reverse((d, v))) = deaths.peek().copied() {
+            if d > i {
+                break;
+            }
+            deaths.pop();
+            let info = &values[v];
+            if info.nbytes > 0 && live.get(&info.offset).is_some_and(|(_, lv)| *lv == v) {
+                live.remove(&info.offset);
+            }
+        }
+    }
+    Ok(())
+}

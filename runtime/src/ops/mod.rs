@@ -1,0 +1,561 @@
+//! Ops of a plan: validation at load ([`prepare`]) and execution ([`exec`]).
+//!
+//! `prepare` turns an [`OpRecord`] into an [`Op`] with every size the executor needs derived and
+//! checked against the shapes of its inputs and output, so execution only indexes in bounds.
+
+pub(crate) mod exec;
+
+use crate::format::*;
+use ember_kernels::Act;
+
+/// Dtype and shape of a referenced value or tensor, as seen by the validator.
+pub(crate) struct RefInfo<'a> {
+    pub dtype: DType,
+    pub dims: &'a [usize],
+    pub is_tensor: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BinaryKind {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum UnaryKind {
+    Relu = 0,
+    Sigmoid = 1,
+    Tanh = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ReduceKind {
+    Sum = 0,
+    Mean = 1,
+}
+
+/// Up to [`MAX_RANK`] dims/strides without allocation.
+pub(crate) type Dims = [usize; MAX_RANK];
+
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    LinearF32 {
+        x: u32,
+        w: u32,
+        bias: u32,
+        m: usize,
+        k: usize,
+        n: usize,
+        act: Act,
+    },
+    LinearI8 {
+        x: u32,
+        w: u32,
+        w_sum: u32,
+        scale: u32,
+        bias: u32,
+        m: usize,
+        k: usize,
+        n: usize,
+        act: Act,
+        inv_scale: f32,
+        zp: i32,
+    },
+    MatMulF32 {
+        a: u32,
+        b: u32,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        a_bs: usize,
+        b_bs: usize,
+    },
+    Binary {
+        a: u32,
+        b: u32,
+        kind: BinaryKind,
+        dtype: DType,
+        rank: usize,
+        out: Dims,
+        sa: Dims,
+        sb: Dims,
+        fast: BinFast,
+    },
+    Unary {
+        x: u32,
+        kind: UnaryKind,
+    },
+    Softmax {
+        x: u32,
+        outer: usize,
+        n: usize,
+        inner: usize,
+    },
+    Gather {
+        data: u32,
+        idx: u32,
+        idx64: bool,
+        outer: usize,
+        dim: usize,
+        inner_bytes: usize,
+        n_idx: usize,
+    },
+    GatherRowsI8 {
+        table: u32,
+        scale: u32,
+        bias: u32,
+        idx: u32,
+        idx64: bool,
+        rows: usize,
+        d: usize,
+        n_idx: usize,
+    },
+    Concat {
+        inputs: [u32; OP_MAX_INPUTS],
+        n: usize,
+        outer: usize,
+        chunks: [usize; OP_MAX_INPUTS],
+    },
+    Copy {
+        x: u32,
+    },
+    Transpose {
+        x: u32,
+        elem: usize,
+        rank: usize,
+        out: Dims,
+        src_strides: Dims,
+    },
+    Reduce {
+        x: u32,
+        mean: bool,
+        rank: usize,
+        dims: Dims,
+        out_strides: Dims,
+        count: usize,
+    },
+    Cast {
+        x: u32,
+        from: DType,
+        to: DType,
+    },
+}
+
+/// Broadcast shortcuts for [`Op::Binary`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BinFast {
+    /// Both operands have the output's shape.
+    Same,
+    /// `b` repeats along the leading axes (its shape is a suffix of the output's).
+    BSuffix(usize),
+    /// `a` repeats along the leading axes.
+    ASuffix(usize),
+    General,
+}
+
+impl Op {
+    pub fn scratch_i8(&self) -> usize {
+        match self {
+            Op::LinearI8 { m, k, .. } => m * k,
+            _ => 0,
+        }
+    }
+}
+
+fn numel(d: &[usize]) -> usize {
+    d.iter().product()
+}
+
+macro_rules! ensure {
+    ($c:expr, $($arg:tt)*) => { if !$c { return Err(alloc::format!($($arg)*)); } };
+}
+
+/// Validates one op record; the error message is wrapped with the plan and op index by the caller.
+pub(crate) fn prepare<'a>(
+    r: &OpRecord,
+    info: &dyn Fn(u32) -> RefInfo<'a>,
+) -> Result<Op, alloc::string::String> {
+    let code =
+        OpCode::from_u16(r.opcode).ok_or_else(|| alloc::format!("unknown opcode {}", r.opcode))?;
+    let n_in = r.n_inputs as usize;
+    let ins = &r.inputs[..n_in];
+    let out = info(r.outputs[0]);
+    ensure!(!out.is_tensor, "output must be an arena value");
+    let p = &r.params;
+    let arity = |want: usize| -> Result<(), alloc::string::String> {
+        ensure!(n_in == want, "expects {want} inputs, has {n_in}");
+        for (j, x) in ins.iter().enumerate() {
+            ensure!(
+                *x != REF_NONE || (code == OpCode::LinearF32 && j == 2),
+                "input #{j} is missing"
+            );
+        }
+        Ok(())
+    };
+    let need = |x: u32, dt: &[DType], what: &str| -> Result<RefInfo<'a>, alloc::string::String> {
+        let i = info(x);
+        ensure!(
+            dt.contains(&i.dtype),
+            "{what} has dtype {}, expected one of {:?}",
+            i.dtype.name(),
+            dt
+        );
+        Ok(i)
+    };
+    let f32_only = [DType::F32];
+    Ok(match code {
+        OpCode::LinearF32 | OpCode::LinearI8 => {
+            let (m, k, n) = (p[0] as usize, p[1] as usize, p[2] as usize);
+            let act =
+                Act::from_u32(p[3]).ok_or_else(|| alloc::format!("unknown activation {}", p[3]))?;
+            ensure!(m > 0 && k > 0 && n > 0, "empty GEMM {m}x{k}x{n}");
+            let x = need(ins.first().copied().unwrap_or(REF_NONE), &f32_only, "x").ok();
+            if code == OpCode::LinearF32 {
+                arity(3)?;
+                let x = x.ok_or("x must be f32")?;
+                let w = need(ins[1], &f32_only, "weights")?;
+                ensure!(
+                    numel(x.dims) == m * k,
+                    "x has {} elements, expected {m}x{k}",
+                    numel(x.dims)
+                );
+                ensure!(w.dims == [n, k], "weights are {:?}, expected [{n}, {k}]", w.dims);
+                if ins[2] != REF_NONE {
+                    let b = need(ins[2], &f32_only, "bias")?;
+                    ensure!(b.dims == [n], "bias is {:?}, expected [{n}]", b.dims);
+                }
+                ensure!(
+                    out.dtype == DType::F32 && numel(out.dims) == m * n,
+                    "output must be f32 with {m}x{n} elements"
+                );
+                Op::LinearF32 { x: ins[0], w: ins[1], bias: ins[2], m, k, n, act }
+            } else {
+                arity(5)?;
+                let x = x.ok_or("x must be f32")?;
+                ensure!(k as u32 <= MAX_I8_K, "reduction depth {k} exceeds {MAX_I8_K}");
+                ensure!(
+                    numel(x.dims) == m * k,
+                    "x has {} elements, expected {m}x{k}",
+                    numel(x.dims)
+                );
+                let w = need(ins[1], &[DType::I8], "weights")?;
+                ensure!(w.dims == [n, k], "weights are {:?}, expected [{n}, {k}]", w.dims);
+                for (j, dt, nm) in [
+                    (2, DType::I32, "weight sums"),
+                    (3, DType::F32, "scales"),
+                    (4, DType::F32, "bias"),
+                ] {
+                    let t = need(ins[j], &[dt], nm)?;
+                    ensure!(t.dims == [n], "{nm} are {:?}, expected [{n}]", t.dims);
+                }
+                let inv_scale = f32::from_bits(p[4]);
+                let zp = p[5] as i32;
+                ensure!(
+                    inv_scale.is_finite() && inv_scale > 0.0,
+                    "activation scale {inv_scale} is not positive"
+                );
+                ensure!((-128..=127).contains(&zp), "zero point {zp} outside i8");
+                ensure!(
+                    out.dtype == DType::F32 && numel(out.dims) == m * n,
+                    "output must be f32 with {m}x{n} elements"
+                );
+                Op::LinearI8 {
+                    x: ins[0],
+                    w: ins[1],
+                    w_sum: ins[2],
+                    scale: ins[3],
+                    bias: ins[4],
+                    m,
+                    k,
+                    n,
+                    act,
+                    inv_scale,
+                    zp,
+                }
+            }
+        }
+        OpCode::MatMulF32 => {
+            arity(2)?;
+            let a = need(ins[0], &f32_only, "a")?;
+            let b = need(ins[1], &f32_only, "b")?;
+            let [batch, m, k, n, a_bs, b_bs] =
+                [p[0], p[1], p[2], p[3], p[4], p[5]].map(|v| v as usize);
+            ensure!(batch > 0 && m > 0 && k > 0 && n > 0, "empty matmul");
+            ensure!(a_bs == 0 || a_bs == m * k, "bad a batch stride {a_bs}");
+            ensure!(b_bs == 0 || b_bs == k * n, "bad b batch stride {b_bs}");
+            ensure!(
+                numel(a.dims) == if a_bs == 0 { m * k } else { batch * m * k },
+                "a has the wrong size"
+            );
+            ensure!(
+                numel(b.dims) == if b_bs == 0 { k * n } else { batch * k * n },
+                "b has the wrong size"
+            );
+            ensure!(
+                out.dtype == DType::F32 && numel(out.dims) == batch * m * n,
+                "output has the wrong size"
+            );
+            Op::MatMulF32 { a: ins[0], b: ins[1], batch, m, k, n, a_bs, b_bs }
+        }
+        OpCode::Binary => {
+            arity(2)?;
+            let kind = match p[0] {
+                0 => BinaryKind::Add,
+                1 => BinaryKind::Sub,
+                2 => BinaryKind::Mul,
+                3 => BinaryKind::Div,
+                x => return Err(alloc::format!("unknown binary kind {x}")),
+            };
+            let a = need(ins[0], &[DType::F32, DType::I64], "a")?;
+            let b = need(ins[1], &[a.dtype], "b")?;
+            ensure!(out.dtype == a.dtype, "output dtype differs from inputs");
+            let rank = out.dims.len();
+            ensure!(
+                a.dims.len() <= rank && b.dims.len() <= rank,
+                "inputs have higher rank than output"
+            );
+            let mut od = [1usize; MAX_RANK];
+            od[..rank].copy_from_slice(out.dims);
+            let strides = |d: &[usize]| -> Result<Dims, alloc::string::String> {
+                let mut s = [0usize; MAX_RANK];
+                let off = rank - d.len();
+                let mut acc = 1;
+                for j in (0..d.len()).rev() {
+                    ensure!(
+                        d[j] == od[off + j] || d[j] == 1,
+                        "shape {d:?} does not broadcast to {:?}",
+                        out.dims
+                    );
+                    s[off + j] = if d[j] == 1 { 0 } else { acc };
+                    acc *= d[j];
+                }
+                Ok(s)
+            };
+            let sa = strides(a.dims)?;
+            let sb = strides(b.dims)?;
+            let on = numel(out.dims);
+            let suffix = |d: &[usize]| {
+                d.len() <= rank && d == &out.dims[rank - d.len()..] && !d.is_empty() && numel(d) > 0
+            };
+            let fast = if a.dims == out.dims && b.dims == out.dims {
+                BinFast::Same
+            } else if a.dims == out.dims && suffix(b.dims) {
+                BinFast::BSuffix(numel(b.dims))
+            } else if b.dims == out.dims && suffix(a.dims) {
+                BinFast::ASuffix(numel(a.dims))
+            } else {
+                BinFast::General
+            };
+            let _ = on;
+            Op::Binary { a: ins[0], b: ins[1], kind, dtype: a.dtype, rank, out: od, sa, sb, fast }
+        }
+        OpCode::Unary => {
+            arity(1)?;
+            let kind = match p[0] {
+                0 => UnaryKind::Relu,
+                1 => UnaryKind::Sigmoid,
+                2 => UnaryKind::Tanh,
+                x => return Err(alloc::format!("unknown unary kind {x}")),
+            };
+            let x = need(ins[0], &f32_only, "x")?;
+            ensure!(
+                out.dtype == DType::F32 && numel(out.dims) == numel(x.dims),
+                "output size differs"
+            );
+            Op::Unary { x: ins[0], kind }
+        }
+        OpCode::Softmax => {
+            arity(1)?;
+            let x = need(ins[0], &f32_only, "x")?;
+            let axis = p[0] as usize;
+            ensure!(axis < x.dims.len(), "axis {axis} out of range for rank {}", x.dims.len());
+            ensure!(out.dtype == DType::F32 && out.dims == x.dims, "output shape differs");
+            let outer = numel(&x.dims[..axis]);
+            let (n, inner) = if p[1] == 1 {
+                (numel(&x.dims[axis..]), 1)
+            } else {
+                (x.dims[axis], numel(&x.dims[axis + 1..]))
+            };
+            Op::Softmax { x: ins[0], outer, n, inner }
+        }
+        OpCode::Gather => {
+            arity(2)?;
+            let d = need(ins[0], &[DType::F32, DType::I64, DType::I32], "data")?;
+            let ix = need(ins[1], &[DType::I64, DType::I32], "indices")?;
+            let axis = p[0] as usize;
+            ensure!(axis < d.dims.len(), "axis {axis} out of range for rank {}", d.dims.len());
+            ensure!(out.dtype == d.dtype, "output dtype differs from data");
+            let n_idx = numel(ix.dims);
+            let outer = numel(&d.dims[..axis]);
+            let inner = numel(&d.dims[axis + 1..]);
+            ensure!(numel(out.dims) == outer * n_idx * inner, "output has the wrong size");
+            Op::Gather {
+                data: ins[0],
+                idx: ins[1],
+                idx64: ix.dtype == DType::I64,
+                outer,
+                dim: d.dims[axis],
+                inner_bytes: inner * d.dtype.size(),
+                n_idx,
+            }
+        }
+        OpCode::GatherRowsI8 => {
+            arity(4)?;
+            let t = need(ins[0], &[DType::I8], "table")?;
+            ensure!(t.dims.len() == 2, "table must be 2-D");
+            let (rows, d) = (t.dims[0], t.dims[1]);
+            for (j, nm) in [(1, "scales"), (2, "biases")] {
+                let s = need(ins[j], &[DType::F16], nm)?;
+                ensure!(s.dims == [rows], "{nm} are {:?}, expected [{rows}]", s.dims);
+            }
+            let ix = need(ins[3], &[DType::I64, DType::I32], "indices")?;
+            let n_idx = numel(ix.dims);
+            ensure!(
+                out.dtype == DType::F32 && numel(out.dims) == n_idx * d,
+                "output has the wrong size"
+            );
+            Op::GatherRowsI8 {
+                table: ins[0],
+                scale: ins[1],
+                bias: ins[2],
+                idx: ins[3],
+                idx64: ix.dtype == DType::I64,
+                rows,
+                d,
+                n_idx,
+            }
+        }
+        OpCode::Concat => {
+            ensure!((1..=OP_MAX_INPUTS).contains(&n_in), "needs 1..=8 inputs");
+            let first = info(ins[0]);
+            let axis = p[0] as usize;
+            let rank = first.dims.len();
+            ensure!(axis < rank, "axis {axis} out of range for rank {rank}");
+            let mut chunks = [0usize; OP_MAX_INPUTS];
+            let mut total = 0;
+            for (j, x) in ins.iter().enumerate() {
+                ensure!(*x != REF_NONE, "input #{j} is missing");
+                let i = need(*x, &[first.dtype], "input")?;
+                ensure!(i.dims.len() == rank, "input #{j} has rank {}", i.dims.len());
+                for a in 0..rank {
+                    ensure!(
+                        a == axis || i.dims[a] == first.dims[a],
+                        "input #{j} shape {:?} differs off the axis",
+                        i.dims
+                    );
+                }
+                chunks[j] = numel(&i.dims[axis..]) * i.dtype.size();
+                total += i.dims[axis];
+            }
+            ensure!(
+                out.dtype == first.dtype && out.dims.len() == rank && out.dims[axis] == total,
+                "output shape is wrong"
+            );
+            ensure!(
+                (0..rank).all(|a| a == axis || out.dims[a] == first.dims[a]),
+                "output shape is wrong"
+            );
+            let mut inputs = [REF_NONE; OP_MAX_INPUTS];
+            inputs[..n_in].copy_from_slice(ins);
+            Op::Concat { inputs, n: n_in, outer: numel(&first.dims[..axis]), chunks }
+        }
+        OpCode::Copy => {
+            arity(1)?;
+            let x = info(ins[0]);
+            ensure!(
+                x.dtype == out.dtype && numel(x.dims) == numel(out.dims),
+                "copy changes size or dtype"
+            );
+            Op::Copy { x: ins[0] }
+        }
+        OpCode::Transpose => {
+            arity(1)?;
+            let x = info(ins[0]);
+            let rank = x.dims.len();
+            ensure!(
+                out.dtype == x.dtype && out.dims.len() == rank,
+                "output must keep dtype and rank"
+            );
+            let mut seen = [false; MAX_RANK];
+            let mut in_strides = [0usize; MAX_RANK];
+            let mut acc = 1;
+            for a in (0..rank).rev() {
+                in_strides[a] = acc;
+                acc *= x.dims[a];
+            }
+            let mut od = [1usize; MAX_RANK];
+            let mut src = [0usize; MAX_RANK];
+            for a in 0..rank {
+                let q = p[a] as usize;
+                ensure!(q < rank && !seen[q], "perm is not a permutation");
+                seen[q] = true;
+                ensure!(
+                    out.dims[a] == x.dims[q],
+                    "output dim {a} is {}, expected {}",
+                    out.dims[a],
+                    x.dims[q]
+                );
+                od[a] = out.dims[a];
+                src[a] = in_strides[q];
+            }
+            Op::Transpose { x: ins[0], elem: x.dtype.size(), rank, out: od, src_strides: src }
+        }
+        OpCode::Reduce => {
+            arity(1)?;
+            let x = need(ins[0], &f32_only, "x")?;
+            let rank = x.dims.len();
+            let mask = p[1];
+            ensure!(
+                mask != 0 && mask >> rank == 0,
+                "axes mask {mask:#b} out of range for rank {rank}"
+            );
+            let keep = p[2] == 1;
+            let mean = match p[0] {
+                0 => false,
+                1 => true,
+                k => return Err(alloc::format!("unknown reduce kind {k}")),
+            };
+            let mut want = alloc::vec::Vec::new();
+            let mut count = 1;
+            for a in 0..rank {
+                if mask & (1 << a) != 0 {
+                    count *= x.dims[a];
+                    if keep {
+                        want.push(1);
+                    }
+                } else {
+                    want.push(x.dims[a]);
+                }
+            }
+            ensure!(
+                out.dtype == DType::F32 && out.dims == want.as_slice(),
+                "output shape {:?}, expected {want:?}",
+                out.dims
+            );
+            let mut dims = [1usize; MAX_RANK];
+            dims[..rank].copy_from_slice(x.dims);
+            let mut os = [0usize; MAX_RANK];
+            let mut acc = 1;
+            for a in (0..rank).rev() {
+                if mask & (1 << a) == 0 {
+                    os[a] = acc;
+                    acc *= x.dims[a];
+                }
+            }
+            Op::Reduce { x: ins[0], mean, rank, dims, out_strides: os, count }
+        }
+        OpCode::Cast => {
+            arity(1)?;
+            let ok = [DType::F32, DType::I32, DType::I64];
+            let x = need(ins[0], &ok, "x")?;
+            ensure!(ok.contains(&out.dtype) && numel(x.dims) == numel(out.dims), "bad cast output");
+            Op::Cast { x: ins[0], from: x.dtype, to: out.dtype }
+        }
+    })
+}

@@ -1,0 +1,116 @@
+//! A [`Session`] runs one plan of a [`Model`] over an arena it owns.
+//!
+//! Usage: `Session::new(&model, batch)?`, then for each batch `run(&[input bytes...])?` and read
+//! `output(i)`. Inputs are the little-endian bytes of each signature input, batch-major, exactly
+//! the plan's size. `run` allocates nothing, locks nothing and does no I/O.
+
+use crate::model::{Model, Plan};
+use crate::ops::exec::{run_op, Ctx};
+use crate::{DType, Error};
+use alloc::vec::Vec;
+use ember_kernels::KernelSet;
+
+/// 64-byte aligned storage unit of the arena.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+pub(crate) struct Block(pub(crate) [u8; 64]);
+
+pub struct Session<'m, B: AsRef<[u8]>> {
+    model: &'m Model<B>,
+    plan: &'m Plan,
+    arena: Vec<Block>,
+    scratch: Vec<i8>,
+    kernels: KernelSet,
+}
+
+impl<'m, B: AsRef<[u8]>> Session<'m, B> {
+    /// Creates a session for the plan compiled for `batch`, with the detected kernels.
+    pub fn new(model: &'m Model<B>, batch: usize) -> Result<Self, Error> {
+        Self::with_kernels(model, batch, KernelSet::detect())
+    }
+
+    pub fn with_kernels(
+        model: &'m Model<B>,
+        batch: usize,
+        kernels: KernelSet,
+    ) -> Result<Self, Error> {
+        let idx = model.plan_index(batch).ok_or(Error::NoSuchPlan { batch: batch as u32 })?;
+        let plan = &model.plans[idx];
+        let blocks = plan.arena_size.div_ceil(64);
+        let mut arena = Vec::new();
+        arena
+            .try_reserve_exact(blocks)
+            .map_err(|_| Error::OutOfMemory { bytes: plan.arena_size as u64 })?;
+        arena.resize(blocks, Block([0; 64]));
+        let mut scratch = Vec::new();
+        scratch
+            .try_reserve_exact(plan.scratch_i8)
+            .map_err(|_| Error::OutOfMemory { bytes: plan.scratch_i8 as u64 })?;
+        scratch.resize(plan.scratch_i8, 0);
+        Ok(Session { model, plan, arena, scratch, kernels })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.plan.batch
+    }
+    pub fn plan(&self) -> &Plan {
+        self.plan
+    }
+    pub fn kernels(&self) -> &KernelSet {
+        &self.kernels
+    }
+
+    /// Byte length `run` expects for input `i`.
+    pub fn input_len(&self, i: usize) -> usize {
+        self.plan.values[self.plan.inputs[i] as usize].nbytes
+    }
+
+    /// Runs the plan on `inputs` (one byte slice per signature input).
+    pub fn run(&mut self, inputs: &[&[u8]]) -> Result<(), Error> {
+        let plan = self.plan;
+        if inputs.len() != plan.inputs.len() {
+            return Err(Error::InputCount { expected: plan.inputs.len(), got: inputs.len() });
+        }
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena[..]);
+        for (i, (id, data)) in plan.inputs.iter().zip(inputs).enumerate() {
+            let v = &plan.values[*id as usize];
+            if data.len() != v.nbytes {
+                return Err(Error::InputSize { input: i, expected: v.nbytes, got: data.len() });
+            }
+            arena[v.offset..v.offset + v.nbytes].copy_from_slice(data);
+        }
+        let ctx = Ctx {
+            file: self.model.bytes(),
+            tensors: &self.model.tensors,
+            values: &plan.values,
+            kernels: &self.kernels,
+        };
+        for (i, (op, rec)) in plan.ops.iter().zip(&plan.records).enumerate() {
+            run_op(op, i, rec.outputs[0], &ctx, arena, &mut self.scratch)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of output `i` after `run`.
+    pub fn output(&self, i: usize) -> &[u8] {
+        let v = &self.plan.values[self.plan.outputs[i] as usize];
+        let arena: &[u8] = bytemuck::cast_slice(&self.arena[..]);
+        &arena[v.offset..v.offset + v.nbytes]
+    }
+
+    /// Output `i` as f32, if it is an f32 output.
+    pub fn output_f32(&self, i: usize) -> Option<&[f32]> {
+        let v = &self.plan.values[self.plan.outputs[i] as usize];
+        if v.dtype != DType::F32 {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.output(i)).ok()
+    }
+
+    /// Bytes of arena value `id` after `run` (for debugging and per-layer comparisons).
+    pub fn value(&self, id: usize) -> Option<&[u8]> {
+        let v = self.plan.values.get(id)?;
+        let arena: &[u8] = bytemuck::cast_slice(&self.arena[..]);
+        Some(&arena[v.offset..v.offset + v.nbytes])
+    }
+}
