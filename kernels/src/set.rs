@@ -45,6 +45,9 @@ pub type F32GemmFn =
 /// `q[i] = clamp(round_half_even(x[i] · inv_scale) + zp, -128, 127)`; `q.len() >= x.len()`.
 pub type QuantizeI8Fn = fn(x: &[f32], inv_scale: f32, zp: i32, q: &mut [i8]);
 
+/// `q[r,j] = clamp(round_half_even(x[r,j] · mult[j]) + zp, -128, 127)` over rows of `k`.
+pub type QuantizeI8ChannelsFn = fn(x: &[f32], k: usize, mult: &[f32], zp: i32, q: &mut [i8]);
+
 /// The kernels chosen for this process. Plain function pointers: no dispatch cost beyond a call.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSet {
@@ -54,6 +57,8 @@ pub struct KernelSet {
     pub f32_gemm_name: &'static str,
     pub quantize_i8: QuantizeI8Fn,
     pub quantize_i8_name: &'static str,
+    pub quantize_i8_channels: QuantizeI8ChannelsFn,
+    pub quantize_i8_channels_name: &'static str,
 }
 
 /// Registry of every kernel variant, by family; tests iterate it against the generic twin.
@@ -70,6 +75,9 @@ impl Kernels {
     pub fn quantizers() -> &'static [(&'static str, QuantizeI8Fn)] {
         &[("f32_quantize_i8_generic", generic::quantize_i8)]
     }
+    pub fn channel_quantizers() -> &'static [(&'static str, QuantizeI8ChannelsFn)] {
+        &[("f32_quantize_i8_channels_generic", generic::quantize_i8_channels)]
+    }
 }
 
 impl KernelSet {
@@ -81,6 +89,8 @@ impl KernelSet {
         f32_gemm_name: "f32_gemm_generic",
         quantize_i8: generic::quantize_i8,
         quantize_i8_name: "f32_quantize_i8_generic",
+        quantize_i8_channels: generic::quantize_i8_channels,
+        quantize_i8_channels_name: "f32_quantize_i8_channels_generic",
     };
 
     /// Chooses the fastest variant of each family this CPU supports. Under `std`, the

@@ -1,6 +1,7 @@
-//! Calibration: runs the float reference over the calibration set and observes the inputs of
-//! every quantized layer. Observers: min-max, and percentile (clips the rare outliers that would
-//! otherwise stretch the scale).
+//! Calibration: runs the float reference over the calibration set and observes the input of every
+//! quantized layer: the tensor range, per-channel ranges (over the last axis), a subsample of values
+//! for percentile estimates, and the first rows, on which [`crate::quant::choose_linear`] simulates
+//! candidate schemes.
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -11,43 +12,102 @@ use std::collections::{HashMap, HashSet};
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
+    /// The observed minimum and maximum.
     MinMax,
+    /// Clip to a percentile of the observed values (default 99.99).
     Percentile,
+    /// Search clipping ratios of the min-max range for the least simulated output error.
+    Mse,
 }
 
-/// Observed range of one tensor.
+/// A range of values.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Range {
     pub min: f32,
     pub max: f32,
 }
 
-/// Cap on the values kept per tensor for percentile estimates (every k-th value is kept).
-const KEEP: usize = 1 << 21;
-
-struct Obs {
-    min: f32,
-    max: f32,
-    kept: Vec<f32>,
+/// What calibration saw of one tensor, viewed as rows of its last axis (K channels).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub k: usize,
+    pub ch_min: Vec<f32>,
+    pub ch_max: Vec<f32>,
+    /// Subsample of (value, channel) for percentiles.
+    pub kept: Vec<(f32, u32)>,
     seen: usize,
+    /// The first rows seen (row-major, `rows.len() / k` rows).
+    pub rows: Vec<f32>,
 }
 
-/// Observes `names` over `samples` (already validated), evaluated `batch` samples at a time.
-/// Returns a range per name.
+/// Cap on the values kept per tensor for percentile estimates.
+const KEEP: usize = 1 << 20;
+/// Rows kept per tensor for simulating candidate schemes.
+pub const SIM_ROWS: usize = 256;
+
+impl Stats {
+    fn observe(&mut self, v: &[f32], k: usize, keep_values: bool) {
+        if self.k == 0 {
+            self.k = k;
+            self.ch_min = vec![f32::INFINITY; k];
+            self.ch_max = vec![f32::NEG_INFINITY; k];
+        }
+        for row in v.chunks_exact(k) {
+            for ((lo, hi), x) in self.ch_min.iter_mut().zip(self.ch_max.iter_mut()).zip(row) {
+                *lo = lo.min(*x);
+                *hi = hi.max(*x);
+            }
+        }
+        let room = SIM_ROWS * k - self.rows.len().min(SIM_ROWS * k);
+        self.rows.extend_from_slice(&v[..room.min(v.len())]);
+        if keep_values {
+            let stride = (self.seen + v.len()).div_ceil(KEEP).max(1);
+            self.kept
+                .extend(v.iter().enumerate().step_by(stride).map(|(i, x)| (*x, (i % k) as u32)));
+            self.seen += v.len();
+        }
+    }
+
+    /// Range of `x_j / s_j` (s = None: of x) by min-max or percentile.
+    pub fn range(&self, s: Option<&[f32]>, method: Method, percentile: f32) -> Range {
+        let div = |j: usize| s.map(|s| s[j]).unwrap_or(1.0);
+        match method {
+            Method::MinMax | Method::Mse => {
+                let mut r = Range { min: f32::INFINITY, max: f32::NEG_INFINITY };
+                for j in 0..self.k {
+                    r.min = r.min.min(self.ch_min[j] / div(j));
+                    r.max = r.max.max(self.ch_max[j] / div(j));
+                }
+                r
+            }
+            Method::Percentile => {
+                let mut v: Vec<f32> = self.kept.iter().map(|(x, j)| x / div(*j as usize)).collect();
+                if v.is_empty() {
+                    return Range { min: 0.0, max: 0.0 };
+                }
+                v.sort_unstable_by(|a, b| a.total_cmp(b));
+                let q = |p: f32| v[(((v.len() - 1) as f32 * p).round() as usize).min(v.len() - 1)];
+                Range { min: q(1.0 - percentile / 100.0), max: q(percentile / 100.0) }
+            }
+        }
+    }
+}
+
+/// Observes `names` over `samples` (already validated), `batch` samples at a time (the last
+/// chunk padded with repeats, which are not observed).
 pub fn calibrate(
     g: &Graph,
     samples: &HashMap<String, HostTensor>,
     batch: usize,
     names: &HashSet<String>,
     method: Method,
-    percentile: f32,
     mut progress: impl FnMut(usize, usize),
-) -> Result<HashMap<String, Range>> {
+) -> Result<HashMap<String, Stats>> {
     let n = samples.values().next().map(|t| t.shape[0]).unwrap_or(0);
     if n == 0 {
         return Err(Error::Calib("the calibration set has no samples".into()));
     }
-    let mut obs: HashMap<String, Obs> = HashMap::new();
+    let mut obs: HashMap<String, Stats> = HashMap::new();
     let mut start = 0;
     while start < n {
         let take = batch.min(n - start);
@@ -55,42 +115,16 @@ pub fn calibrate(
         let chunk: HashMap<String, HostTensor> =
             samples.iter().map(|(k, v)| (k.clone(), v.take_rows(&rows))).collect();
         let mut f = |name: &str, t: &HostTensor| {
-            let Some(v) = t.as_f32() else { return };
+            let (Some(v), Some(k)) = (t.as_f32(), t.shape.last().copied()) else { return };
+            if k == 0 {
+                return;
+            }
             let v = &v[..v.len() * take / batch];
-            let o = obs.entry(name.to_string()).or_insert(Obs {
-                min: f32::INFINITY,
-                max: f32::NEG_INFINITY,
-                kept: vec![],
-                seen: 0,
-            });
-            for x in v {
-                o.min = o.min.min(*x);
-                o.max = o.max.max(*x);
-            }
-            if method == Method::Percentile {
-                let stride = (o.seen + v.len()).div_ceil(KEEP).max(1);
-                o.kept.extend(v.iter().step_by(stride));
-                o.seen += v.len();
-            }
+            obs.entry(name.to_string()).or_default().observe(v, k, method == Method::Percentile);
         };
         reference::evaluate(g, &chunk, Some((names, &mut f)))?;
         start += take;
         progress(start, n);
     }
-    let mut out = HashMap::new();
-    for (name, mut o) in obs {
-        let r = match method {
-            Method::MinMax => Range { min: o.min, max: o.max },
-            Method::Percentile => {
-                o.kept.sort_unstable_by(|a, b| a.total_cmp(b));
-                let q = |p: f32| -> f32 {
-                    let i = ((o.kept.len() - 1) as f32 * p).round() as usize;
-                    o.kept[i.min(o.kept.len() - 1)]
-                };
-                Range { min: q(1.0 - percentile / 100.0), max: q(percentile / 100.0) }
-            }
-        };
-        out.insert(name, r);
-    }
-    Ok(out)
+    Ok(obs)
 }

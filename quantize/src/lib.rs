@@ -53,7 +53,7 @@ impl Default for Options {
             bits: 8,
             batches: vec![1],
             shapes: HashMap::new(),
-            method: Method::MinMax,
+            method: Method::Mse,
             percentile: 99.99,
             source_name: "model.onnx".into(),
         }
@@ -167,20 +167,14 @@ pub fn quantize(
         .filter(|n| n.op == reference::LINEAR_OP)
         .map(|n| n.inputs[0].clone())
         .collect();
-    let ranges = if opts.bits == 8 {
-        calibrate::calibrate(
-            &g,
-            &samples,
-            batches[0],
-            &linear_inputs,
-            opts.method,
-            opts.percentile,
-            |d, t| progress("calibrate", d, t),
-        )?
+    let stats = if opts.bits == 8 {
+        calibrate::calibrate(&g, &samples, batches[0], &linear_inputs, opts.method, |d, t| {
+            progress("calibrate", d, t)
+        })?
     } else {
         HashMap::new()
     };
-    let mut lw = lower::Lowerer::new(&g, opts.bits, &ranges);
+    let mut lw = lower::Lowerer::new(&g, opts.bits, &stats, opts.method, opts.percentile);
     for s in &specs {
         lw.writer.input(ember_runtime::format::writer::SigSpec {
             name: s.name.clone(),
@@ -278,6 +272,16 @@ fn measure<B: AsRef<[u8]>>(
         .map(|nd| (nd.outputs[0].clone(), nd.name.clone()))
         .collect();
     let watch: HashSet<String> = layer_out.keys().cloned().collect();
+    // Op index (first plan) → the value name it defines, for the layers being measured.
+    let plan = &model.plans[model.plan_index(b).unwrap_or(0)];
+    let op_out: HashMap<usize, String> = plan
+        .records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            watch.iter().find(|w| ids.get(*w) == Some(&r.outputs[0])).map(|w| (i, w.clone()))
+        })
+        .collect();
     let mut got: HashMap<String, Vec<f32>> = HashMap::new();
     let mut want: HashMap<String, Vec<f32>> = HashMap::new();
     let limit = n.min(256);
@@ -299,18 +303,15 @@ fn measure<B: AsRef<[u8]>>(
         let bufs: Vec<Vec<u8>> =
             model.inputs.iter().map(|s| chunk[&s.name].to_le_bytes()).collect();
         let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
-        sess.run(&refs)?;
-        for name in &watch {
-            if let Some(id) = ids.get(name) {
-                let bytes = sess.value(*id as usize).unwrap_or(&[]);
-                let vals: Vec<f32> = bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                let keep = vals.len() * real / bb;
-                got.entry(name.clone()).or_default().extend_from_slice(&vals[..keep]);
-            }
-        }
+        sess.run_with(&refs, |i, bytes| {
+            let Some(name) = op_out.get(&i) else { return };
+            let vals: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let keep = vals.len() * real / bb;
+            got.entry(name.clone()).or_default().extend_from_slice(&vals[..keep]);
+        })?;
         for (i, s) in model.outputs.iter().enumerate() {
             let t = HostTensor::from_le_bytes(
                 s.dtype,

@@ -5,7 +5,7 @@
 //! to its last reader; graph inputs from the start, graph outputs to the end), every slot 64-byte
 //! aligned. The runtime re-checks that no live slots overlap.
 
-use crate::calibrate::Range;
+use crate::calibrate::{Method, Stats};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node};
 use crate::quant;
@@ -25,10 +25,12 @@ pub type Shapes = HashMap<String, (DType, Vec<usize>)>;
 pub struct Lowerer<'a> {
     pub graph: &'a Graph,
     pub bits: u32,
-    pub ranges: &'a HashMap<String, Range>,
+    pub stats: &'a HashMap<String, Stats>,
+    pub method: Method,
+    pub percentile: f32,
     pub writer: Writer,
     tensors: HashMap<String, u32>,
-    linear_i8: HashMap<String, [u32; 4]>,
+    linear_i8: HashMap<String, ([u32; 5], f32, i32)>,
     emb_i8: HashMap<String, [u32; 3]>,
     pub layers: Vec<LayerReport>,
 }
@@ -118,11 +120,19 @@ fn norm_axis(a: i64, rank: usize, n: &Node) -> Result<usize> {
 }
 
 impl<'a> Lowerer<'a> {
-    pub fn new(graph: &'a Graph, bits: u32, ranges: &'a HashMap<String, Range>) -> Self {
+    pub fn new(
+        graph: &'a Graph,
+        bits: u32,
+        stats: &'a HashMap<String, Stats>,
+        method: Method,
+        percentile: f32,
+    ) -> Self {
         Lowerer {
             graph,
             bits,
-            ranges,
+            stats,
+            method,
+            percentile,
             writer: Writer::new(),
             tensors: HashMap::new(),
             linear_i8: HashMap::new(),
@@ -258,87 +268,103 @@ impl<'a> Lowerer<'a> {
                 let act = n.int("act").unwrap_or(0) as u32;
                 let y = pb.define(&out_name)?;
                 if self.bits == 8 {
-                    let range = *self
-                        .ranges
-                        .get(x_name)
-                        .ok_or_else(|| err(format!("no calibration range for '{x_name}'")))?;
-                    if !range.min.is_finite() || !range.max.is_finite() {
-                        return Err(err(format!(
-                            "calibration range of '{x_name}' is not finite ({}, {})",
-                            range.min, range.max
-                        )));
-                    }
-                    let (sx, zp) = quant::act_params(range.min, range.max);
-                    let refs = match self.linear_i8.get(&n.name) {
+                    let (refs, sx, zp) = match self.linear_i8.get(&n.name) {
                         Some(r) => *r,
                         None => {
-                            let qw = quant::quantize_weights(w.as_f32().unwrap_or(&[]), nn, k);
+                            let st = self.stats.get(x_name).ok_or_else(|| {
+                                err(format!("no calibration data for '{x_name}'"))
+                            })?;
+                            let c = quant::choose_linear(
+                                w.as_f32().unwrap_or(&[]),
+                                nn,
+                                k,
+                                st,
+                                self.method,
+                                self.percentile,
+                            );
+                            if !c.range.min.is_finite() || !c.range.max.is_finite() {
+                                return Err(err(format!(
+                                    "calibration range of '{x_name}' is not finite ({}, {})",
+                                    c.range.min, c.range.max
+                                )));
+                            }
+                            let (sx, zp) = (c.act_scale, c.zp);
+                            let qw = &c.weights;
                             let comb: Vec<f32> = qw.scale.iter().map(|s| s * sx).collect();
                             let bias: Vec<f32> = match n.input(2) {
                                 Some(b) => self.graph.consts[b].to_f32_vec(),
                                 None => vec![0.0; nn],
                             };
+                            let name = &n.name;
+                            let (nu, ku) = (nn as u32, k as u32);
                             let wr = &mut self.writer;
+                            let qp = TensorRole::QuantParam;
                             let sc = wr.tensor(
-                                &format!("{}.w_scale", n.name),
+                                &format!("{name}.w_scale"),
                                 DType::F32,
-                                &[nn as u32],
-                                TensorRole::QuantParam,
+                                &[nu],
+                                qp,
                                 REF_NONE,
                                 dtype_bytes(&qw.scale),
                             );
                             let wq = wr.tensor(
-                                &format!("{}.w_i8", n.name),
+                                &format!("{name}.w_i8"),
                                 DType::I8,
-                                &[nn as u32, k as u32],
+                                &[nu, ku],
                                 TensorRole::WeightI8PerChannel,
                                 sc,
                                 dtype_bytes(&qw.q),
                             );
                             let ws = wr.tensor(
-                                &format!("{}.w_sum", n.name),
+                                &format!("{name}.w_sum"),
                                 DType::I32,
-                                &[nn as u32],
-                                TensorRole::QuantParam,
+                                &[nu],
+                                qp,
                                 REF_NONE,
                                 dtype_bytes(&qw.sum),
                             );
                             let cs = wr.tensor(
-                                &format!("{}.scale", n.name),
+                                &format!("{name}.scale"),
                                 DType::F32,
-                                &[nn as u32],
-                                TensorRole::QuantParam,
+                                &[nu],
+                                qp,
                                 REF_NONE,
                                 dtype_bytes(&comb),
                             );
                             let bs = wr.tensor(
-                                &format!("{}.bias_f32", n.name),
+                                &format!("{name}.bias_f32"),
                                 DType::F32,
-                                &[nn as u32],
-                                TensorRole::QuantParam,
+                                &[nu],
+                                qp,
                                 REF_NONE,
                                 dtype_bytes(&bias),
                             );
+                            let mr = match &c.smooth {
+                                Some(s) => {
+                                    let mult: Vec<f32> = s.iter().map(|v| 1.0 / (v * sx)).collect();
+                                    wr.tensor(
+                                        &format!("{name}.x_mult"),
+                                        DType::F32,
+                                        &[ku],
+                                        qp,
+                                        REF_NONE,
+                                        dtype_bytes(&mult),
+                                    )
+                                }
+                                None => REF_NONE,
+                            };
                             if first {
-                                self.layers.push(LayerReport::linear_i8(
-                                    &n.name, m, k, nn, range, sx, zp, qw.sqnr_db,
-                                ));
+                                self.layers.push(LayerReport::linear_i8(name, m, k, nn, &c));
                             }
-                            let r = [wq, ws, cs, bs];
+                            let r = ([wq, ws, cs, bs, mr], sx, zp);
                             self.linear_i8.insert(n.name.clone(), r);
                             r
                         }
                     };
                     let params =
                         [m as u32, k as u32, nn as u32, act, (1.0 / sx).to_bits(), zp as u32];
-                    pb.push(
-                        &n.name,
-                        OpCode::LinearI8,
-                        &[x, refs[0], refs[1], refs[2], refs[3]],
-                        y,
-                        &params,
-                        "int8",
-                    );
+                    let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
+                    pb.push(&n.name, OpCode::LinearI8, &ins, y, &params, "int8");
                 } else {
                     let wr = self.const_ref(&n.inputs[1])?;
                     let br = match n.input(2) {

@@ -133,3 +133,136 @@ mod tests {
         }
     }
 }
+
+/// How one Linear layer is quantized, chosen by simulation on calibration rows.
+pub struct LinearChoice {
+    pub weights: QuantWeights,
+    pub act_scale: f32,
+    pub zp: i32,
+    pub range: crate::calibrate::Range,
+    /// Per-input-channel smoothing divisors (SmoothQuant, α = 0.5), when chosen.
+    pub smooth: Option<Vec<f32>>,
+    /// Output SQNR (dB) of the chosen scheme on the calibration rows, and of the other one.
+    pub sqnr_db: f32,
+    pub other_sqnr_db: f32,
+}
+
+/// Simulates the integer layer `y = x·Wᵀ` with `s` smoothing on `rows` and returns its SQNR.
+fn candidate(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    st: &crate::calibrate::Stats,
+    s: Option<Vec<f32>>,
+    method: crate::Method,
+    pct: f32,
+    clip: f32,
+) -> LinearChoice {
+    let ws: Vec<f32> = match &s {
+        Some(s) => w.chunks_exact(k).flat_map(|r| r.iter().zip(s).map(|(a, b)| a * b)).collect(),
+        None => w.to_vec(),
+    };
+    let qw = quantize_weights(&ws, n, k);
+    let full = st.range(s.as_deref(), method, pct);
+    let range = crate::calibrate::Range { min: full.min * clip, max: full.max * clip };
+    let (sx, zp) = act_params(range.min, range.max);
+    let m = st.rows.len() / k;
+    let mult: Vec<f32> =
+        (0..k).map(|j| 1.0 / (sx * s.as_ref().map(|s| s[j]).unwrap_or(1.0))).collect();
+    let mut q = vec![0i8; m * k];
+    ember_kernels::generic::quantize_i8_channels(&st.rows, k, &mult, zp, &mut q);
+    let scale: Vec<f32> = qw.scale.iter().map(|v| v * sx).collect();
+    let mut yq = vec![0f32; m * n];
+    ember_kernels::generic::i8_gemm(
+        m,
+        k,
+        n,
+        &q,
+        zp,
+        &qw.q,
+        &qw.sum,
+        &scale,
+        &vec![0.0; n],
+        ember_kernels::Act::None,
+        &mut yq,
+    );
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for i in 0..m {
+        let x = &st.rows[i * k..(i + 1) * k];
+        for j in 0..n {
+            let yf: f64 =
+                x.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum();
+            sig += yf * yf;
+            noise += (yf - yq[i * n + j] as f64).powi(2);
+        }
+    }
+    LinearChoice {
+        weights: qw,
+        act_scale: sx,
+        zp,
+        range,
+        smooth: s,
+        sqnr_db: sqnr(sig, noise),
+        other_sqnr_db: f32::NAN,
+    }
+}
+
+/// Chooses the activation scheme of one Linear layer by simulating candidates on the
+/// calibration rows and keeping the closest to float: plain per-tensor quantization, or
+/// SmoothQuant-style migration (`x_j / s_j`, `W[:, j] · s_j`, `s_j = (max|x_j| / max|W[:, j]|)^α`)
+/// for α in {0.25, 0.5, 0.75}; with [`crate::Method::Mse`], also clipping ratios of the range.
+/// Migration must beat the plain scheme by 0.5 dB to be chosen.
+pub fn choose_linear(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    st: &crate::calibrate::Stats,
+    method: crate::Method,
+    pct: f32,
+) -> LinearChoice {
+    let clips: &[f32] =
+        if method == crate::Method::Mse { &[1.0, 0.9, 0.8, 0.7, 0.6, 0.5] } else { &[1.0] };
+    // Bound the simulation cost on large layers (rows · K · N multiply-adds per candidate).
+    let max_rows = ((1usize << 24) / (k * n).max(1)).clamp(16, crate::calibrate::SIM_ROWS);
+    let mut st_small;
+    let st = if st.rows.len() / k > max_rows {
+        st_small = st.clone();
+        st_small.rows.truncate(max_rows * k);
+        &st_small
+    } else {
+        st
+    };
+    let best = |s: Option<Vec<f32>>| -> LinearChoice {
+        let mut it = clips.iter().map(|c| candidate(w, n, k, st, s.clone(), method, pct, *c));
+        let first =
+            it.next().unwrap_or_else(|| candidate(w, n, k, st, s.clone(), method, pct, 1.0));
+        it.fold(first, |a, b| if b.sqnr_db > a.sqnr_db { b } else { a })
+    };
+    let plain = best(None);
+    let ax: Vec<f32> = (0..k).map(|j| st.ch_min[j].abs().max(st.ch_max[j].abs())).collect();
+    let aw: Vec<f32> =
+        (0..k).map(|j| (0..n).fold(0f32, |m, r| m.max(w[r * k + j].abs()))).collect();
+    let smooth = [0.25f32, 0.5, 0.75]
+        .iter()
+        .map(|alpha| {
+            let s: Vec<f32> = (0..k)
+                .map(|j| {
+                    if ax[j] > 0.0 && aw[j] > 0.0 && ax[j].is_finite() {
+                        (ax[j].powf(*alpha) / aw[j].powf(1.0 - alpha)).clamp(1e-4, 1e4)
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            best(Some(s))
+        })
+        .reduce(|a, b| if b.sqnr_db > a.sqnr_db { b } else { a });
+    match smooth {
+        Some(mut sm) if sm.sqnr_db > plain.sqnr_db + 0.5 => {
+            sm.other_sqnr_db = plain.sqnr_db;
+            sm
+        }
+        Some(sm) => LinearChoice { other_sqnr_db: sm.sqnr_db, ..plain },
+        None => plain,
+    }
+}

@@ -1,7 +1,6 @@
 //! The accuracy report: per layer and per op, what precision it runs in and how close it stays
 //! to float; per output, the final metrics. Written as JSON (`--report`) and printed as a table.
 
-use crate::calibrate::Range;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,23 +32,32 @@ impl LayerReport {
         m: usize,
         k: usize,
         n: usize,
-        r: Range,
-        scale: f32,
-        zp: i32,
-        sqnr: f32,
+        c: &crate::quant::LinearChoice,
     ) -> Self {
+        let r = c.range;
+        let scheme = if c.smooth.is_some() {
+            format!(
+                "W8 per output channel, A8 static per tensor after SmoothQuant migration (simulated {:.1} dB vs {:.1} dB without)",
+                c.sqnr_db, c.other_sqnr_db
+            )
+        } else {
+            format!(
+                "W8 per output channel, A8 static per tensor (simulated {:.1} dB; {:.1} dB with SmoothQuant)",
+                c.sqnr_db, c.other_sqnr_db
+            )
+        };
         LayerReport {
             node: node.into(),
             kind: "linear".into(),
             precision: "int8".into(),
-            scheme: "W8 symmetric per output channel, A8 static per tensor (asymmetric), i32 accumulation".into(),
+            scheme,
             m,
             k,
             n,
             act_range: Some([r.min, r.max]),
-            act_scale: Some(scale),
-            act_zero_point: Some(zp),
-            weight_sqnr_db: Some(sqnr),
+            act_scale: Some(c.act_scale),
+            act_zero_point: Some(c.zp),
+            weight_sqnr_db: Some(c.weights.sqnr_db),
             cosine_to_float: None,
             sqnr_db_to_float: None,
             reason: None,

@@ -67,6 +67,17 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
 
     /// Runs the plan on `inputs` (one byte slice per signature input).
     pub fn run(&mut self, inputs: &[&[u8]]) -> Result<(), Error> {
+        self.run_with(inputs, |_, _| {})
+    }
+
+    /// Like [`Session::run`], calling `after_op(op_index, output_bytes)` after each op, while its
+    /// output is still in the arena (later ops may reuse the slot). For per-layer comparisons and
+    /// debugging tools; `run` passes a no-op.
+    pub fn run_with(
+        &mut self,
+        inputs: &[&[u8]],
+        mut after_op: impl FnMut(usize, &[u8]),
+    ) -> Result<(), Error> {
         let plan = self.plan;
         if inputs.len() != plan.inputs.len() {
             return Err(Error::InputCount { expected: plan.inputs.len(), got: inputs.len() });
@@ -87,6 +98,8 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         };
         for (i, (op, rec)) in plan.ops.iter().zip(&plan.records).enumerate() {
             run_op(op, i, rec.outputs[0], &ctx, arena, &mut self.scratch)?;
+            let v = &plan.values[rec.outputs[0] as usize];
+            after_op(i, &arena[v.offset..v.offset + v.nbytes]);
         }
         Ok(())
     }
@@ -105,12 +118,5 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             return None;
         }
         bytemuck::try_cast_slice(self.output(i)).ok()
-    }
-
-    /// Bytes of arena value `id` after `run` (for debugging and per-layer comparisons).
-    pub fn value(&self, id: usize) -> Option<&[u8]> {
-        let v = self.plan.values.get(id)?;
-        let arena: &[u8] = bytemuck::cast_slice(&self.arena[..]);
-        Some(&arena[v.offset..v.offset + v.nbytes])
     }
 }

@@ -53,7 +53,7 @@ pub fn run(a: Args) -> Result<()> {
     let opts = Options {
         bits: 8,
         batches: batches.clone(),
-        method: Method::MinMax,
+        method: Method::Mse,
         source_name: "movielens_dlrm.onnx (bundled)".into(),
         ..Default::default()
     };

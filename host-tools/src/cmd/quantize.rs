@@ -9,8 +9,12 @@ use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MethodArg {
+    /// Observed min and max.
     Minmax,
+    /// Clip to --percentile of the observed values.
     Percentile,
+    /// Search clipping ratios for the least simulated output error of each layer.
+    Mse,
 }
 
 /// Quantize an ONNX model into a `.ember` file, calibrated on sample inputs.
@@ -35,7 +39,7 @@ pub struct Args {
     #[arg(long = "shape", value_name = "NAME=D1,D2,...")]
     pub shape: Vec<String>,
     /// Activation range observer.
-    #[arg(long, value_enum, default_value_t = MethodArg::Minmax)]
+    #[arg(long, value_enum, default_value_t = MethodArg::Mse)]
     pub method: MethodArg,
     /// Percentile kept by `--method percentile`.
     #[arg(long, default_value_t = 99.99)]
@@ -80,6 +84,7 @@ pub fn run(a: Args) -> Result<()> {
         method: match a.method {
             MethodArg::Minmax => Method::MinMax,
             MethodArg::Percentile => Method::Percentile,
+            MethodArg::Mse => Method::Mse,
         },
         percentile: a.percentile,
         source_name: a

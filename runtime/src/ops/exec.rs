@@ -104,9 +104,13 @@ pub(crate) fn run_op(
                 cast_mut(out)?,
             );
         }
-        Op::LinearI8 { x, w, w_sum, scale, bias, m, k: kk, n, act, inv_scale, zp } => {
+        Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k: kk, n, act, inv_scale, zp } => {
             let q = &mut scratch[..m * kk];
-            (k.quantize_i8)(cast(io.bytes(*x))?, *inv_scale, *zp, q);
+            if *mult == REF_NONE {
+                (k.quantize_i8)(cast(io.bytes(*x))?, *inv_scale, *zp, q);
+            } else {
+                (k.quantize_i8_channels)(cast(io.bytes(*x))?, *kk, cast(io.bytes(*mult))?, *zp, q);
+            }
             (k.i8_gemm)(
                 *m,
                 *kk,

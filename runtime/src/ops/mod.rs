@@ -59,6 +59,7 @@ pub(crate) enum Op {
         w_sum: u32,
         scale: u32,
         bias: u32,
+        mult: u32,
         m: usize,
         k: usize,
         n: usize,
@@ -192,7 +193,9 @@ pub(crate) fn prepare<'a>(
         ensure!(n_in == want, "expects {want} inputs, has {n_in}");
         for (j, x) in ins.iter().enumerate() {
             ensure!(
-                *x != REF_NONE || (code == OpCode::LinearF32 && j == 2),
+                *x != REF_NONE
+                    || (code == OpCode::LinearF32 && j == 2)
+                    || (code == OpCode::LinearI8 && j == 5),
                 "input #{j} is missing"
             );
         }
@@ -236,8 +239,16 @@ pub(crate) fn prepare<'a>(
                 );
                 Op::LinearF32 { x: ins[0], w: ins[1], bias: ins[2], m, k, n, act }
             } else {
-                arity(5)?;
+                arity(6)?;
                 let x = x.ok_or("x must be f32")?;
+                if ins[5] != REF_NONE {
+                    let mlt = need(ins[5], &f32_only, "channel multipliers")?;
+                    ensure!(
+                        mlt.dims == [k],
+                        "channel multipliers are {:?}, expected [{k}]",
+                        mlt.dims
+                    );
+                }
                 ensure!(k as u32 <= MAX_I8_K, "reduction depth {k} exceeds {MAX_I8_K}");
                 ensure!(
                     numel(x.dims) == m * k,
@@ -271,6 +282,7 @@ pub(crate) fn prepare<'a>(
                     w_sum: ins[2],
                     scale: ins[3],
                     bias: ins[4],
+                    mult: ins[5],
                     m,
                     k,
                     n,
