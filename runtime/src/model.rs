@@ -138,6 +138,9 @@ fn parse_all(file: &[u8]) -> Result<Parsed, Error> {
     if crc32fast::hash(&file[..28]) != header_crc {
         return Err(Error::Checksum { section: "header", index: 0 });
     }
+    if file[32..HEADER_LEN].iter().any(|b| *b != 0) {
+        return Err(corrupt!("reserved header bytes 32..64 are not zero"));
+    }
     if file_size != file.len() as u64 {
         return Err(Error::Truncated {
             what: "file (header's file_size)",
@@ -199,6 +202,18 @@ fn parse_all(file: &[u8]) -> Result<Parsed, Error> {
         if w[0].start + w[0].len > w[1].start {
             return Err(corrupt!("{} and {} sections overlap", w[0].kind.name(), w[1].kind.name()));
         }
+    }
+    // Bytes outside the header, the table and the sections (alignment padding) must be zero, so
+    // that no byte of the file escapes validation.
+    let mut pos = table_end;
+    for s in &by_offset {
+        if file[pos.min(s.start)..s.start].iter().any(|b| *b != 0) {
+            return Err(corrupt!("non-zero padding before the {} section", s.kind.name()));
+        }
+        pos = pos.max(s.start + s.len);
+    }
+    if file[pos.min(file.len())..].iter().any(|b| *b != 0) {
+        return Err(corrupt!("non-zero bytes after the last section"));
     }
     let one = |k: SectionKind| -> Result<&[u8], Error> {
         let mut it = sections.iter().filter(|s| s.kind == k);

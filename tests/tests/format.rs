@@ -1,0 +1,274 @@
+//! The `.ember` reader against corrupt, truncated and forged files: every one is rejected with an
+//! error naming the problem, and nothing panics, at load or at run.
+
+use ember_quantize::npz;
+use ember_runtime::format::writer::{PlanSpec, SigSpec, Writer};
+use ember_runtime::format::*;
+use ember_runtime::{AlignedBuf, DType, Error, Model, Session};
+use ember_tests::{reseal, sections, Rng};
+
+const DEMO_ONNX: &[u8] = include_bytes!("../../host-tools/demo/model.onnx");
+
+fn demo_file() -> Vec<u8> {
+    let calib = npz::read_npz(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../host-tools/demo/calib.npz"
+    )))
+    .unwrap();
+    let opts = ember_quantize::Options { batches: vec![1, 4], ..Default::default() };
+    ember_quantize::quantize(DEMO_ONNX, &calib, &opts, &mut |_, _, _| {}).unwrap().0
+}
+
+fn parse(b: &[u8]) -> Result<Model<AlignedBuf>, Error> {
+    Model::parse(AlignedBuf::from_bytes(b))
+}
+
+/// Parses, and when the file is accepted, runs every plan on arbitrary inputs: must not panic.
+fn parse_and_run(b: &[u8], rng: &mut Rng) {
+    if let Ok(m) = parse(b) {
+        for batch in m.batch_sizes() {
+            if let Ok(mut s) = Session::new(&m, batch) {
+                let inputs: Vec<Vec<u8>> = (0..m.inputs.len())
+                    .map(|i| (0..s.input_len(i)).map(|_| rng.below(4) as u8).collect())
+                    .collect();
+                let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
+                let _ = s.run(&refs);
+            }
+        }
+    }
+}
+
+#[test]
+fn valid_file_round_trips() {
+    let b = demo_file();
+    let m = parse(&b).expect("valid file");
+    assert_eq!(m.batch_sizes(), vec![1, 4]);
+    assert_eq!(
+        m.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["user", "movie", "dense"]
+    );
+    assert!(m.tensors.iter().any(|t| t.dtype == DType::I8));
+}
+
+#[test]
+fn truncation_anywhere_is_an_error() {
+    let b = demo_file();
+    let mut cuts: Vec<usize> = (0..4096.min(b.len())).collect();
+    for (_, off, len) in sections(&b) {
+        for d in [0usize, 1, 7, 63] {
+            cuts.extend([off.saturating_sub(d), off + d, (off + len).saturating_sub(d)]);
+        }
+    }
+    let mut rng = Rng::new(1);
+    cuts.extend((0..300).map(|_| rng.below(b.len())));
+    for c in cuts.into_iter().filter(|c| *c < b.len()) {
+        let e = parse(&b[..c])
+            .err()
+            .unwrap_or_else(|| panic!("truncated at {c} of {} was accepted", b.len()));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("truncated") || msg.contains("magic") || msg.contains("bad"),
+            "cut {c}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn bit_flips_are_caught() {
+    let b = demo_file();
+    let mut rng = Rng::new(2);
+    for i in 0..3000 {
+        let mut x = b.clone();
+        let pos = if i < 1024 { i } else { rng.below(x.len()) };
+        x[pos] ^= 1 << rng.below(8);
+        assert!(parse(&x).is_err(), "flip at byte {pos} was not detected");
+    }
+}
+
+#[test]
+fn resealed_random_mutations_never_panic() {
+    // Checksums recomputed after editing, so the structural validation is what stands.
+    let b = demo_file();
+    let meta: Vec<(u32, usize, usize)> =
+        sections(&b).into_iter().filter(|s| s.0 != SectionKind::Data as u32).collect();
+    let mut rng = Rng::new(3);
+    for _ in 0..4000 {
+        let mut x = b.clone();
+        for _ in 0..1 + rng.below(4) {
+            let (_, off, len) = meta[rng.below(meta.len())];
+            let p =
+                if rng.below(4) == 0 { rng.below(off + len) } else { off + rng.below(len.max(1)) };
+            match rng.below(3) {
+                0 => x[p] ^= 1 << rng.below(8),
+                1 => x[p] = 0xFF,
+                _ => x[p] = x[p].wrapping_add(1),
+            }
+        }
+        reseal(&mut x);
+        parse_and_run(&x, &mut rng);
+    }
+}
+
+/// A small hand-written model: x f32 [B,4] → Linear(3) → Relu, and Gather of an embedding row.
+fn small(edit: impl FnOnce(&mut Writer, &mut PlanSpec, &mut Vec<u32>)) -> Vec<u8> {
+    let mut w = Writer::new();
+    let wt: Vec<u8> = (0..12).flat_map(|i| (i as f32 * 0.1).to_le_bytes()).collect();
+    let tw = w.tensor("w", DType::F32, &[3, 4], TensorRole::Plain, REF_NONE, &wt);
+    let emb: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let te = w.tensor("emb", DType::F32, &[5, 2], TensorRole::Plain, REF_NONE, &emb);
+    w.input(SigSpec { name: "x".into(), dtype: DType::F32, dims: vec![4] });
+    w.input(SigSpec { name: "id".into(), dtype: DType::I64, dims: vec![] });
+    w.output(SigSpec { name: "y".into(), dtype: DType::F32, dims: vec![3] });
+    w.output(SigSpec { name: "e".into(), dtype: DType::F32, dims: vec![2] });
+    let v = |dt: DType, dims: &[u32], off: u64| {
+        let mut d = [0; MAX_RANK];
+        d[..dims.len()].copy_from_slice(dims);
+        ValueRecord {
+            dtype: dt as u32,
+            rank: dims.len() as u32,
+            dims: d,
+            offset: off,
+            nbytes: dims.iter().product::<u32>() as u64 * dt.size() as u64,
+        }
+    };
+    let op = |code: OpCode, ins: &[u32], out: u32, params: &[u32]| {
+        let mut r = OpRecord {
+            opcode: code as u16,
+            n_inputs: ins.len() as u8,
+            n_outputs: 1,
+            ..Default::default()
+        };
+        r.inputs[..ins.len()].copy_from_slice(ins);
+        r.outputs[0] = out;
+        r.params[..params.len()].copy_from_slice(params);
+        r
+    };
+    let mut p = PlanSpec {
+        batch: 2,
+        arena_size: 384,
+        inputs: vec![0, 1],
+        outputs: vec![3, 4],
+        values: vec![
+            v(DType::F32, &[2, 4], 0),
+            v(DType::I64, &[2], 64),
+            v(DType::F32, &[2, 3], 128),
+            v(DType::F32, &[2, 3], 192),
+            v(DType::F32, &[2, 2], 256),
+        ],
+        ops: vec![
+            op(OpCode::LinearF32, &[0, tw, REF_NONE], 2, &[2, 4, 3, 0]),
+            op(OpCode::Unary, &[2], 3, &[0]),
+            op(OpCode::Gather, &[te, 1], 4, &[0]),
+        ],
+    };
+    let mut extra = vec![];
+    edit(&mut w, &mut p, &mut extra);
+    w.plan(p);
+    w.finish()
+}
+
+fn expect_err(b: &[u8], needle: &str) {
+    match parse(b) {
+        Ok(_) => panic!("forged file accepted (expected an error containing '{needle}')"),
+        Err(e) => {
+            assert!(e.to_string().contains(needle), "error '{e}' does not mention '{needle}'")
+        }
+    }
+}
+
+#[test]
+fn hand_written_model_runs_and_checks_indices_at_run_time() {
+    let b = small(|_, _, _| {});
+    let m = parse(&b).unwrap();
+    let mut s = Session::new(&m, 2).unwrap();
+    let x: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, -1.0, -2.0, -3.0, -4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let ids: Vec<u8> = [4i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    s.run(&[&x, &ids]).unwrap();
+    // Row n of w is [0.4n, 0.4n+0.1, 0.4n+0.2, 0.4n+0.3]; the second sample's outputs are negative.
+    let y = s.output_f32(0).unwrap();
+    for (g, w) in y.iter().zip([2.0f32, 6.0, 10.0, 0.0, 0.0, 0.0]) {
+        assert!((g - w).abs() < 1e-5, "{y:?}");
+    }
+    assert_eq!(s.output_f32(1).unwrap(), &[8.0, 9.0, 8.0, 9.0]);
+    let bad: Vec<u8> = [5i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(s.run(&[&x, &bad]), Err(Error::IndexOutOfRange { op: 2, index: 5, bound: 5 }));
+    assert!(matches!(s.run(&[&x]), Err(Error::InputCount { .. })));
+    assert!(matches!(s.run(&[&x[..4], &ids]), Err(Error::InputSize { .. })));
+    assert!(matches!(Session::new(&m, 3), Err(Error::NoSuchPlan { batch: 3 })));
+}
+
+#[test]
+fn forged_structures_are_rejected_with_a_named_problem() {
+    expect_err(&small(|_, p, _| p.values[2].offset = 1024), "overruns the arena");
+    expect_err(&small(|_, p, _| p.values[2].offset = 100), "misaligned");
+    expect_err(&small(|_, p, _| p.arena_size = 1 << 40), "exceeds the cap");
+    expect_err(&small(|_, p, _| p.ops[0].inputs[0] = 3), "before it is defined");
+    expect_err(&small(|_, p, _| p.ops.swap(0, 1)), "before it is defined");
+    expect_err(&small(|_, p, _| p.ops[1].outputs[0] = 2), "already defined");
+    expect_err(&small(|_, p, _| p.values[3].offset = 128), "overwrites live value");
+    expect_err(&small(|_, p, _| p.values[2].offset = 0), "overwrites live value");
+    expect_err(&small(|_, p, _| p.ops[0].opcode = 99), "unknown opcode");
+    expect_err(&small(|_, p, _| p.ops[0].params[2] = 5), "weights are");
+    expect_err(&small(|_, p, _| p.ops[0].inputs[1] = REF_TENSOR | 77), "does not exist");
+    expect_err(&small(|_, p, _| p.ops[2].params[0] = 3), "axis");
+    expect_err(&small(|_, p, _| p.ops[1].params[0] = 9), "unknown unary");
+    expect_err(&small(|_, p, _| p.ops[0].params[3] = 7), "unknown activation");
+    expect_err(&small(|_, p, _| p.values[2].dims[1] = u32::MAX), "absurdly large");
+    expect_err(&small(|_, p, _| p.values[2].dtype = 42), "unknown dtype");
+    expect_err(
+        &small(|_, p, _| {
+            p.values[0].dims[1] = 5;
+            p.values[0].nbytes = 40;
+        }),
+        "signature",
+    );
+    expect_err(&small(|_, p, _| p.outputs[0] = 9), "out of range");
+    expect_err(&small(|_, p, _| p.batch = 0), "batch size");
+    expect_err(&small(|_, p, _| p.ops.clear()), "caps");
+    expect_err(&small(|w, _, _| w.plan(PlanSpec { batch: 2, ..Default::default() })), "");
+}
+
+#[test]
+fn forged_header_and_tables_are_rejected() {
+    let good = small(|_, _, _| {});
+    let mut b = good.clone();
+    b[0] = b'X';
+    assert_eq!(parse(&b).err(), Some(Error::BadMagic));
+    let mut b = good.clone();
+    b[8] = 2;
+    reseal(&mut b);
+    assert_eq!(parse(&b).err(), Some(Error::UnsupportedVersion(2)));
+    // Huge counts: the TENSORS section claims a million tensors.
+    let mut b = good.clone();
+    let (_, off, _) =
+        sections(&b).into_iter().find(|s| s.0 == SectionKind::Tensors as u32).unwrap();
+    b[off..off + 4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    reseal(&mut b);
+    expect_err(&b, "tensor count");
+    // Two tensors forged onto the same bytes.
+    let mut b = good.clone();
+    let rec2 = off + 8 + TENSOR_RECORD_LEN;
+    b[rec2 + 40..rec2 + 48].copy_from_slice(&0u64.to_le_bytes());
+    b[rec2 + 12..rec2 + 16].copy_from_slice(&0u32.to_le_bytes());
+    reseal(&mut b);
+    expect_err(&b, "overlap");
+    // A section moved off its 64-byte alignment.
+    let mut b = good.clone();
+    let e = 64 + 32;
+    let o = u64::from_le_bytes(b[e + 8..e + 16].try_into().unwrap());
+    b[e + 8..e + 16].copy_from_slice(&(o + 8).to_le_bytes());
+    reseal(&mut b);
+    expect_err(&b, "aligned");
+    // Section count beyond the cap.
+    let mut b = good.clone();
+    b[12..16].copy_from_slice(&1000u32.to_le_bytes());
+    reseal(&mut b);
+    assert!(parse(&b).is_err());
+    // Extra bytes after the end.
+    let mut b = good;
+    b.push(0);
+    expect_err(&b, "file_size");
+}

@@ -1,0 +1,143 @@
+//! End to end against onnxruntime: ONNX → .ember → run, for every oracle case, in float (must
+//! match onnxruntime within `tol::FLOAT_REL_L2`) and INT8 (must track float within the cosine
+//! and Pearson bounds) on inputs not used for calibration.
+
+use ember_quantize::{exec, npz, report, Method, Options};
+use ember_runtime::{AlignedBuf, Model};
+use ember_tests::{case, oracle_dir, tol};
+use std::collections::BTreeMap;
+
+fn cases() -> Vec<String> {
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oracle_dir().join("cases.json")).unwrap()).unwrap();
+    j.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+}
+
+fn quantize_case(
+    name: &str,
+    bits: u32,
+    batches: &[usize],
+    method: Method,
+) -> (Vec<u8>, report::Report) {
+    let dir = case(name);
+    let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+    let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+    let opts = Options {
+        bits,
+        batches: batches.to_vec(),
+        method,
+        source_name: name.into(),
+        ..Default::default()
+    };
+    ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {})
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn run_case(name: &str, bytes: &[u8]) -> BTreeMap<String, ember_quantize::HostTensor> {
+    let model = Model::parse(AlignedBuf::from_bytes(bytes)).unwrap();
+    let test = npz::read_npz(&case(name).join("test.npz")).unwrap();
+    let (inputs, n) = exec::check_inputs(&exec::model_inputs(&model), &test, "test set").unwrap();
+    exec::run_batched(&model, &inputs, n).unwrap()
+}
+
+#[test]
+fn float_path_matches_onnxruntime() {
+    for name in cases() {
+        let (bytes, _) = quantize_case(&name, 32, &[1, 8], Method::MinMax);
+        let got = run_case(&name, &bytes);
+        let want = npz::read_npz(&case(&name).join("expected.npz")).unwrap();
+        for (k, w) in &want {
+            let g = &got[k];
+            assert_eq!(g.shape, w.shape, "{name}/{k}: shape");
+            let m = report::metrics(k, &g.to_f32_vec(), &w.to_f32_vec());
+            assert!(
+                m.rel_l2_err <= tol::FLOAT_REL_L2,
+                "{name}/{k}: float path rel L2 {} vs onnxruntime",
+                m.rel_l2_err
+            );
+        }
+    }
+}
+
+#[test]
+fn float_reference_matches_onnxruntime() {
+    for name in cases() {
+        let dir = case(&name);
+        let g =
+            ember_quantize::prepare_graph(&std::fs::read(dir.join("model.onnx")).unwrap()).unwrap();
+        let test = npz::read_npz(&dir.join("test.npz")).unwrap();
+        let n = test.values().next().unwrap().shape[0];
+        let inputs = test.into_iter().collect();
+        let got = exec::reference_batched(&g, &inputs, n, 16).unwrap();
+        for (k, w) in npz::read_npz(&dir.join("expected.npz")).unwrap() {
+            let m = report::metrics(&k, &got[&k].to_f32_vec(), &w.to_f32_vec());
+            assert!(
+                m.rel_l2_err <= tol::FLOAT_REL_L2,
+                "{name}/{k}: reference rel L2 {}",
+                m.rel_l2_err
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_tracks_float_on_unseen_inputs() {
+    for name in cases() {
+        for method in [Method::MinMax, Method::Mse] {
+            let (bytes, rep) = quantize_case(&name, 8, &[1, 8], method);
+            let got = run_case(&name, &bytes);
+            let want = npz::read_npz(&case(&name).join("expected.npz")).unwrap();
+            for (k, w) in &want {
+                let m = report::metrics(k, &got[k].to_f32_vec(), &w.to_f32_vec());
+                assert!(m.cosine >= tol::INT8_COSINE, "{name}/{k} {method:?}: cosine {}", m.cosine);
+                assert!(
+                    m.pearson >= tol::INT8_PEARSON,
+                    "{name}/{k} {method:?}: pearson {}",
+                    m.pearson
+                );
+            }
+            // Every Linear and embedding table of these models runs in INT8.
+            assert!(
+                rep.layers.iter().filter(|l| l.kind == "linear").all(|l| l.precision == "int8"),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_percentile_calibration_also_tracks_float() {
+    let (bytes, _) = quantize_case("mlp", 8, &[4], Method::Percentile);
+    let got = run_case("mlp", &bytes);
+    let want = npz::read_npz(&case("mlp").join("expected.npz")).unwrap();
+    let m = report::metrics("probs", &got["probs"].to_f32_vec(), &want["probs"].to_f32_vec());
+    assert!(m.cosine >= tol::INT8_COSINE && m.pearson >= tol::INT8_PEARSON, "{m:?}");
+}
+
+#[test]
+fn every_batch_size_gives_the_same_answer() {
+    // 203 test samples: batch 8 pads its last batch, batch 1 never pads.
+    let (b1, _) = quantize_case("dlrm", 8, &[1], Method::MinMax);
+    let (b18, _) = quantize_case("dlrm", 8, &[1, 8, 64], Method::MinMax);
+    let one = run_case("dlrm", &b1);
+    let many = run_case("dlrm", &b18);
+    assert_eq!(one["ctr"].shape, vec![203, 1]);
+    assert_eq!(one["ctr"], many["ctr"], "padding or plan choice changed results");
+}
+
+#[test]
+fn report_lists_float_ops_and_int8_layers() {
+    let (_, rep) = quantize_case("dlrm", 8, &[2], Method::MinMax);
+    let floats: Vec<&str> = rep.float_ops.iter().map(|o| o.node.as_str()).collect();
+    assert!(floats.contains(&"interact") && floats.contains(&"sigmoid"), "{floats:?}");
+    let emb = rep.layers.iter().filter(|l| l.kind.starts_with("embedding")).count();
+    assert_eq!(emb, 3);
+    for l in &rep.layers {
+        let c = l.cosine_to_float.unwrap_or(0.0);
+        assert!(c > 0.99, "layer {} cosine {c}", l.node);
+    }
+    assert!(
+        rep.file_bytes < rep.float_weight_bytes,
+        "INT8 file should be smaller than float weights"
+    );
+}
