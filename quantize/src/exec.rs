@@ -138,8 +138,8 @@ pub fn run_batched<B: AsRef<[u8]>>(
     let mut sessions: HashMap<usize, Session<B>> = HashMap::new();
     let mut parts: Vec<Vec<HostTensor>> = vec![vec![]; model.outputs.len()];
     for (start, real, b) in schedule(n, &sizes) {
-        if !sessions.contains_key(&b) {
-            sessions.insert(b, Session::new(model, b)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = sessions.entry(b) {
+            e.insert(Session::new(model, b)?);
         }
         let s = sessions.get_mut(&b).ok_or(Error::Input("no session".into()))?;
         let rows: Vec<usize> = (0..b).map(|i| start + i.min(real - 1)).collect();

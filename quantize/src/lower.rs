@@ -21,6 +21,10 @@ use std::collections::HashMap;
 /// Dtype and dims of every value of a frozen graph.
 pub type Shapes = HashMap<String, (DType, Vec<usize>)>;
 
+/// One lowered plan: the plan itself, a report per op, the node name per op, and the value id
+/// of every named graph value.
+pub type Lowered = (PlanSpec, Vec<OpReport>, Vec<String>, HashMap<String, u32>);
+
 /// State shared by all plans of one file: tensors are written once and referenced by every plan.
 pub struct Lowerer<'a> {
     pub graph: &'a Graph,
@@ -173,12 +177,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Builds the plan for one batch size. `shapes` comes from [`crate::freeze`].
-    pub fn plan(
-        &mut self,
-        batch: usize,
-        shapes: &Shapes,
-        first: bool,
-    ) -> Result<(PlanSpec, Vec<OpReport>, Vec<String>, HashMap<String, u32>)> {
+    pub fn plan(&mut self, batch: usize, shapes: &Shapes, first: bool) -> Result<Lowered> {
         let g = self.graph;
         let mut pb = PlanBuild {
             shapes,
@@ -681,8 +680,8 @@ pub fn plan_memory(
     let retire = |live: &mut Vec<(u64, u64, usize)>, step: i64, def: &[i64], last: &[i64]| {
         live.retain(|(_, _, v)| last[*v].max(def[*v]) > step);
     };
-    for i in 0..ops.len() {
-        place(&mut live, ops[i].outputs[0] as usize, values);
+    for (i, op) in ops.iter().enumerate() {
+        place(&mut live, op.outputs[0] as usize, values);
         retire(&mut live, i as i64, &def, &last);
     }
     arena

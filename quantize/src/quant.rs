@@ -87,53 +87,6 @@ pub fn quantize_rows(t: &[f32], rows: usize, d: usize) -> QuantRows {
     QuantRows { q, scale, bias, sqnr_db: sqnr(sig, noise) }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weights_round_trip_within_half_a_step() {
-        let w: Vec<f32> = (0..3 * 17).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 13.0).collect();
-        let qw = quantize_weights(&w, 3, 17);
-        for r in 0..3 {
-            for j in 0..17 {
-                let back = qw.q[r * 17 + j] as f32 * qw.scale[r];
-                assert!((back - w[r * 17 + j]).abs() <= qw.scale[r] * 0.5 + 1e-6);
-            }
-            assert_eq!(
-                qw.sum[r],
-                qw.q[r * 17..(r + 1) * 17].iter().map(|v| *v as i32).sum::<i32>()
-            );
-        }
-        assert!(qw.sqnr_db > 30.0);
-    }
-
-    #[test]
-    fn zero_weights_and_zero_ranges_do_not_divide_by_zero() {
-        let qw = quantize_weights(&[0.0; 8], 2, 4);
-        assert!(qw.q.iter().all(|v| *v == 0) && qw.scale.iter().all(|s| *s == 1.0));
-        assert_eq!(act_params(0.0, 0.0), (1.0, -128));
-        let (s, zp) = act_params(3.0, 3.0);
-        assert!(s > 0.0 && (-128..=127).contains(&zp));
-        let r = quantize_rows(&[2.5; 6], 2, 3);
-        for (i, q) in r.q.iter().enumerate() {
-            let v = *q as f32 * f16::from_bits(r.scale[i / 3]).to_f32()
-                + f16::from_bits(r.bias[i / 3]).to_f32();
-            assert!((v - 2.5).abs() < 1e-3);
-        }
-    }
-
-    #[test]
-    fn activation_zero_is_exact() {
-        for (lo, hi) in [(-1.0, 3.0), (0.0, 6.0), (-5.0, -1.0), (0.1, 0.2)] {
-            let (s, zp) = act_params(lo, hi);
-            let q0 = round_half_even(0.0 / s) + zp as f32;
-            assert_eq!((q0 - zp as f32) * s, 0.0);
-            assert!((-128..=127).contains(&zp));
-        }
-    }
-}
-
 /// How one Linear layer is quantized, chosen by simulation on calibration rows.
 pub struct LinearChoice {
     pub weights: QuantWeights,
@@ -264,5 +217,52 @@ pub fn choose_linear(
         }
         Some(sm) => LinearChoice { other_sqnr_db: sm.sqnr_db, ..plain },
         None => plain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_round_trip_within_half_a_step() {
+        let w: Vec<f32> = (0..3 * 17).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 13.0).collect();
+        let qw = quantize_weights(&w, 3, 17);
+        for r in 0..3 {
+            for j in 0..17 {
+                let back = qw.q[r * 17 + j] as f32 * qw.scale[r];
+                assert!((back - w[r * 17 + j]).abs() <= qw.scale[r] * 0.5 + 1e-6);
+            }
+            assert_eq!(
+                qw.sum[r],
+                qw.q[r * 17..(r + 1) * 17].iter().map(|v| *v as i32).sum::<i32>()
+            );
+        }
+        assert!(qw.sqnr_db > 30.0);
+    }
+
+    #[test]
+    fn zero_weights_and_zero_ranges_do_not_divide_by_zero() {
+        let qw = quantize_weights(&[0.0; 8], 2, 4);
+        assert!(qw.q.iter().all(|v| *v == 0) && qw.scale.iter().all(|s| *s == 1.0));
+        assert_eq!(act_params(0.0, 0.0), (1.0, -128));
+        let (s, zp) = act_params(3.0, 3.0);
+        assert!(s > 0.0 && (-128..=127).contains(&zp));
+        let r = quantize_rows(&[2.5; 6], 2, 3);
+        for (i, q) in r.q.iter().enumerate() {
+            let v = *q as f32 * f16::from_bits(r.scale[i / 3]).to_f32()
+                + f16::from_bits(r.bias[i / 3]).to_f32();
+            assert!((v - 2.5).abs() < 1e-3);
+        }
+    }
+
+    #[test]
+    fn activation_zero_is_exact() {
+        for (lo, hi) in [(-1.0, 3.0), (0.0, 6.0), (-5.0, -1.0), (0.1, 0.2)] {
+            let (s, zp) = act_params(lo, hi);
+            let q0 = round_half_even(0.0 / s) + zp as f32;
+            assert_eq!((q0 - zp as f32) * s, 0.0);
+            assert!((-128..=127).contains(&zp));
+        }
     }
 }

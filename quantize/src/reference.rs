@@ -37,12 +37,15 @@ fn ce(e: candle_core::Error) -> Error {
     Error::Shape(e.to_string())
 }
 
+/// An observer: the value names to watch, and the callback that sees each of them.
+pub type Observer<'a> = (&'a HashSet<String>, &'a mut dyn FnMut(&str, &HostTensor));
+
 /// Runs the graph. `observe`, when given, is called for each value whose name is in its set.
 /// Returns the graph outputs by name.
 pub fn evaluate(
     graph: &Graph,
     inputs: &HashMap<String, HostTensor>,
-    mut observe: Option<(&HashSet<String>, &mut dyn FnMut(&str, &HostTensor))>,
+    mut observe: Option<Observer<'_>>,
 ) -> Result<HashMap<String, HostTensor>> {
     let mut env: HashMap<String, Tensor> = HashMap::new();
     for d in &graph.inputs {
@@ -401,7 +404,7 @@ pub fn reshape_dims(
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {spec:?}"));
         }
         out[i] = total / known;

@@ -120,7 +120,7 @@ fn parse_all(file: &[u8]) -> Result<Parsed, Error> {
     if file[..8] != MAGIC {
         return Err(Error::BadMagic);
     }
-    if (file.as_ptr() as usize) % 8 != 0 {
+    if !(file.as_ptr() as usize).is_multiple_of(8) {
         return Err(corrupt!(
             "model buffer is not 8-byte aligned; load it with load_file or AlignedBuf"
         ));

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script):
+#   1. set-up (idempotent installs), formatting and lints;
+#   2. the workspace tests on this machine (onnxruntime oracles included);
+#   3. the no_std core built for a Cortex-M7 (thumbv7em-none-eabihf);
+#   4. the workspace tests cross-compiled for aarch64 under qemu-user, twice: `-cpu max`
+#      (dotprod and i8mm present) and `-cpu cortex-a57` (NEON only, fallback paths).
+# Set EMBER_SKIP_AARCH64=1 to skip step 4 locally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+echo "== fmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+export EMBER_ORACLE_DIR="$PWD/target/oracle"
+echo "== oracle cases (onnxruntime) -> $EMBER_ORACLE_DIR"
+python3 tests/oracle/make_cases.py "$EMBER_ORACLE_DIR"
+
+echo "== tests (host)"
+cargo test --workspace --locked
+
+echo "== no_std core for thumbv7em-none-eabihf"
+cargo build --locked -p ember-kernels -p ember-runtime --no-default-features --target thumbv7em-none-eabihf
+
+if [ "${EMBER_SKIP_AARCH64:-0}" != 1 ]; then
+  QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+  for cpu in max cortex-a57; do
+    echo "== tests (aarch64 under qemu, -cpu $cpu)"
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$QEMU -cpu $cpu" EMBER_TEST_RUNNER="$QEMU -cpu $cpu" \
+      cargo test --workspace --locked --target aarch64-unknown-linux-gnu
+  done
+fi
+echo "== all tests passed"
