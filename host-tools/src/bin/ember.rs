@@ -18,11 +18,11 @@ enum Cmd {
 }
 
 fn main() {
-    let r = match Cli::parse().cmd {
+    let cli = Cli::parse();
+    ember_cli::guard(|| match cli.cmd {
         Cmd::Run(a) => cmd::run::run(a),
         Cmd::Inspect(a) => cmd::inspect::run(a),
         Cmd::Compare(a) => cmd::compare::run(a),
         Cmd::Demo(a) => cmd::demo::run(a),
-    };
-    ember_cli::exit_on_error(r);
+    });
 }

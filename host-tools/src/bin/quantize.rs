@@ -2,5 +2,5 @@ use clap::Parser;
 
 fn main() {
     let args = ember_cli::cmd::quantize::Args::parse();
-    ember_cli::exit_on_error(ember_cli::cmd::quantize::run(args));
+    ember_cli::guard(|| ember_cli::cmd::quantize::run(args));
 }
