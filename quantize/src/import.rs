@@ -32,6 +32,18 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Identity",
     "Constant",
     "Cast",
+    "Shape",
+    "Slice",
+    "ConstantOfShape",
+    "Equal",
+    "Where",
+    "Expand",
+    "Range",
+    "Erf",
+    "Pow",
+    "Sqrt",
+    "Clip",
+    "LayerNormalization",
 ];
 
 /// Parses ONNX bytes.

@@ -14,6 +14,7 @@ pub mod calibrate;
 pub mod error;
 pub mod exec;
 pub mod graph;
+pub mod hostops;
 pub mod import;
 pub mod lower;
 pub mod npz;
@@ -174,7 +175,7 @@ pub fn quantize(
     } else {
         HashMap::new()
     };
-    let mut lw = lower::Lowerer::new(&g, opts.bits, &stats, opts.method, opts.percentile);
+    let mut lw = lower::Lowerer::new(opts.bits, &stats, opts.method, opts.percentile);
     for s in &specs {
         lw.writer.input(ember_runtime::format::writer::SigSpec {
             name: s.name.clone(),
@@ -188,6 +189,8 @@ pub fn quantize(
     for (i, b) in batches.iter().enumerate() {
         progress("plan", i, batches.len());
         let shapes = freeze(&g, &specs, *b)?;
+        let gb = passes::specialize(&g, &shapes)?;
+
         if i == 0 {
             for o in &g.outputs {
                 let (dt, dims) = shapes
@@ -208,7 +211,7 @@ pub fn quantize(
                 });
             }
         }
-        let (plan, reps, names, ids) = lw.plan(*b, &shapes, i == 0)?;
+        let (plan, reps, names, ids) = lw.plan(&gb, *b, &shapes, i == 0)?;
         if i == 0 {
             op_reports = reps;
             first_ids = ids;

@@ -27,7 +27,6 @@ pub type Lowered = (PlanSpec, Vec<OpReport>, Vec<String>, HashMap<String, u32>);
 
 /// State shared by all plans of one file: tensors are written once and referenced by every plan.
 pub struct Lowerer<'a> {
-    pub graph: &'a Graph,
     pub bits: u32,
     pub stats: &'a HashMap<String, Stats>,
     pub method: Method,
@@ -125,14 +124,12 @@ fn norm_axis(a: i64, rank: usize, n: &Node) -> Result<usize> {
 
 impl<'a> Lowerer<'a> {
     pub fn new(
-        graph: &'a Graph,
         bits: u32,
         stats: &'a HashMap<String, Stats>,
         method: Method,
         percentile: f32,
     ) -> Self {
         Lowerer {
-            graph,
             bits,
             stats,
             method,
@@ -145,11 +142,13 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn const_ref(&mut self, name: &str) -> Result<u32> {
-        if let Some(r) = self.tensors.get(name) {
+    fn const_ref(&mut self, g: &Graph, name: &str) -> Result<u32> {
+        let t = &g.consts[name];
+        // Specialized graphs may fold different values under one name: key by content too.
+        let key = format!("{name}:{:08x}:{:?}", crc32fast::hash(&t.to_le_bytes()), t.shape);
+        if let Some(r) = self.tensors.get(&key) {
             return Ok(*r);
         }
-        let t = &self.graph.consts[name];
         if t.shape.len() > MAX_RANK {
             return Err(Error::Shape(format!("constant '{name}' has rank {}", t.shape.len())));
         }
@@ -162,23 +161,28 @@ impl<'a> Lowerer<'a> {
             REF_NONE,
             &t.to_le_bytes(),
         );
-        self.tensors.insert(name.to_string(), r);
+        self.tensors.insert(key, r);
         Ok(r)
     }
 
-    fn operand(&mut self, pb: &PlanBuild, name: &str, n: &Node) -> Result<u32> {
+    fn operand(&mut self, g: &Graph, pb: &PlanBuild, name: &str, n: &Node) -> Result<u32> {
         if let Some(id) = pb.ids.get(name) {
             return Ok(*id);
         }
-        if self.graph.consts.contains_key(name) {
-            return self.const_ref(name);
+        if g.consts.contains_key(name) {
+            return self.const_ref(g, name);
         }
         Err(Error::node(&n.name, &n.op, format!("input '{name}' is not computed before this node")))
     }
 
     /// Builds the plan for one batch size. `shapes` comes from [`crate::freeze`].
-    pub fn plan(&mut self, batch: usize, shapes: &Shapes, first: bool) -> Result<Lowered> {
-        let g = self.graph;
+    pub fn plan(
+        &mut self,
+        g: &Graph,
+        batch: usize,
+        shapes: &Shapes,
+        first: bool,
+    ) -> Result<Lowered> {
         let mut pb = PlanBuild {
             shapes,
             values: vec![],
@@ -192,7 +196,7 @@ impl<'a> Lowerer<'a> {
             inputs.push(pb.define(&d.name)?);
         }
         for n in &g.nodes {
-            self.lower_node(&mut pb, n, first)?;
+            self.lower_node(g, &mut pb, n, first)?;
         }
         let mut outputs = vec![];
         for o in &g.outputs {
@@ -205,6 +209,7 @@ impl<'a> Lowerer<'a> {
                 Some(id) => id,
                 None => {
                     let src = self.operand(
+                        g,
                         &pb,
                         &o.name,
                         &Node {
@@ -247,7 +252,7 @@ impl<'a> Lowerer<'a> {
         ))
     }
 
-    fn lower_node(&mut self, pb: &mut PlanBuild, n: &Node, first: bool) -> Result<()> {
+    fn lower_node(&mut self, g: &Graph, pb: &mut PlanBuild, n: &Node, first: bool) -> Result<()> {
         let err = |m: String| Error::node(&n.name, &n.op, m);
         let inp = |i: usize| {
             n.input(i).ok_or_else(|| Error::node(&n.name, &n.op, format!("input #{i} missing")))
@@ -256,8 +261,8 @@ impl<'a> Lowerer<'a> {
         match n.op.as_str() {
             LINEAR_OP => {
                 let x_name = inp(0)?;
-                let x = self.operand(pb, x_name, n)?;
-                let w = &self.graph.consts[&n.inputs[1]];
+                let x = self.operand(g, pb, x_name, n)?;
+                let w = &g.consts[&n.inputs[1]];
                 let (nn, k) = (w.shape[0], w.shape[1]);
                 let xd = pb.dims(x_name)?;
                 let m = xd.iter().product::<usize>() / k.max(1);
@@ -291,7 +296,7 @@ impl<'a> Lowerer<'a> {
                             let qw = &c.weights;
                             let comb: Vec<f32> = qw.scale.iter().map(|s| s * sx).collect();
                             let bias: Vec<f32> = match n.input(2) {
-                                Some(b) => self.graph.consts[b].to_f32_vec(),
+                                Some(b) => g.consts[b].to_f32_vec(),
                                 None => vec![0.0; nn],
                             };
                             let name = &n.name;
@@ -365,9 +370,9 @@ impl<'a> Lowerer<'a> {
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI8, &ins, y, &params, "int8");
                 } else {
-                    let wr = self.const_ref(&n.inputs[1])?;
+                    let wr = self.const_ref(g, &n.inputs[1])?;
                     let br = match n.input(2) {
-                        Some(b) => self.const_ref(b)?,
+                        Some(b) => self.const_ref(g, b)?,
                         None => REF_NONE,
                     };
                     if first {
@@ -409,7 +414,7 @@ impl<'a> Lowerer<'a> {
                     stride(&ad, m * k)?,
                     stride(&bd, k * nn)?,
                 ];
-                let (a, b) = (self.operand(pb, an, n)?, self.operand(pb, bn, n)?);
+                let (a, b) = (self.operand(g, pb, an, n)?, self.operand(g, pb, bn, n)?);
                 let y = pb.define(&out_name)?;
                 if first {
                     self.layers.push(LayerReport::float(&n.name, "matmul", batch * m, k, nn));
@@ -423,7 +428,7 @@ impl<'a> Lowerer<'a> {
                     "Mul" => BinaryKind::Mul,
                     _ => BinaryKind::Div,
                 };
-                let (a, b) = (self.operand(pb, inp(0)?, n)?, self.operand(pb, inp(1)?, n)?);
+                let (a, b) = (self.operand(g, pb, inp(0)?, n)?, self.operand(g, pb, inp(1)?, n)?);
                 let y = pb.define(&out_name)?;
                 pb.push(&n.name, OpCode::Binary, &[a, b], y, &[kind as u32], "f32");
             }
@@ -433,28 +438,26 @@ impl<'a> Lowerer<'a> {
                     "Sigmoid" => UnaryKind::Sigmoid,
                     _ => UnaryKind::Tanh,
                 };
-                let x = self.operand(pb, inp(0)?, n)?;
+                let x = self.operand(g, pb, inp(0)?, n)?;
                 let y = pb.define(&out_name)?;
                 pb.push(&n.name, OpCode::Unary, &[x], y, &[kind as u32], "f32");
             }
             "Softmax" => {
                 let xn = inp(0)?;
                 let rank = pb.dims(xn)?.len();
-                let (axis, coerce) = if self.graph.opset < 13 {
+                let (axis, coerce) = if g.opset < 13 {
                     (norm_axis(n.int("axis").unwrap_or(1), rank, n)?, 1)
                 } else {
                     (norm_axis(n.int("axis").unwrap_or(-1), rank, n)?, 0)
                 };
-                let x = self.operand(pb, xn, n)?;
+                let x = self.operand(g, pb, xn, n)?;
                 let y = pb.define(&out_name)?;
                 pb.push(&n.name, OpCode::Softmax, &[x], y, &[axis as u32, coerce], "f32");
             }
             "Gather" => {
                 let (dn, iname) = (inp(0)?, inp(1)?);
-                let ix = self.operand(pb, iname, n)?;
-                let data_const = self
-                    .graph
-                    .consts
+                let ix = self.operand(g, pb, iname, n)?;
+                let data_const = g.consts
                     .get(dn)
                     .filter(|t| t.shape.len() == 2 && t.as_f32().is_some());
                 let axis = n.int("axis").unwrap_or(0);
@@ -513,10 +516,10 @@ impl<'a> Lowerer<'a> {
                         .shapes
                         .get(dn)
                         .map(|s| s.1.len())
-                        .or_else(|| self.graph.consts.get(dn).map(|t| t.shape.len()))
+                        .or_else(|| g.consts.get(dn).map(|t| t.shape.len()))
                         .unwrap_or(0);
                     let axis = norm_axis(axis, rank, n)?;
-                    let d = self.operand(pb, dn, n)?;
+                    let d = self.operand(g, pb, dn, n)?;
                     let y = pb.define(&out_name)?;
                     pb.push(&n.name, OpCode::Gather, &[d, ix], y, &[axis as u32], "data");
                 }
@@ -527,14 +530,14 @@ impl<'a> Lowerer<'a> {
                 let rank = pb.dims(&out_name)?.len();
                 let axis = norm_axis(n.int("axis").unwrap_or(0), rank, n)?;
                 let mut refs: Vec<u32> =
-                    names.iter().map(|s| self.operand(pb, s, n)).collect::<Result<_>>()?;
+                    names.iter().map(|s| self.operand(g, pb, s, n)).collect::<Result<_>>()?;
                 let mut dims: Vec<Vec<usize>> = names
                     .iter()
                     .map(|s| {
                         pb.shapes
                             .get(s)
                             .map(|x| x.1.clone())
-                            .or_else(|| self.graph.consts.get(s).map(|t| t.shape.clone()))
+                            .or_else(|| g.consts.get(s).map(|t| t.shape.clone()))
                             .unwrap_or_default()
                     })
                     .collect();
@@ -553,7 +556,7 @@ impl<'a> Lowerer<'a> {
                 pb.push(&n.name, OpCode::Concat, &refs, y, &[axis as u32], "data");
             }
             "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => {
-                let x = self.operand(pb, inp(0)?, n)?;
+                let x = self.operand(g, pb, inp(0)?, n)?;
                 let y = pb.define(&out_name)?;
                 pb.push(&n.name, OpCode::Copy, &[x], y, &[], "data");
             }
@@ -567,7 +570,7 @@ impl<'a> Lowerer<'a> {
                         .collect::<Result<_>>()?,
                     None => (0..rank as u32).rev().collect(),
                 };
-                let x = self.operand(pb, xn, n)?;
+                let x = self.operand(g, pb, xn, n)?;
                 let y = pb.define(&out_name)?;
                 pb.push(&n.name, OpCode::Transpose, &[x], y, &perm, "data");
             }
@@ -578,8 +581,7 @@ impl<'a> Lowerer<'a> {
                     Some(a) => Some(a.to_vec()),
                     None => match n.input(1) {
                         Some(an) => Some(
-                            self.graph
-                                .consts
+                            g.consts
                                 .get(an)
                                 .ok_or_else(|| err("axes must be a constant".into()))?
                                 .to_i64_vec(),
@@ -587,7 +589,7 @@ impl<'a> Lowerer<'a> {
                         None => None,
                     },
                 };
-                let x = self.operand(pb, xn, n)?;
+                let x = self.operand(g, pb, xn, n)?;
                 let y = pb.define(&out_name)?;
                 let axes = match axes {
                     Some(a) if !a.is_empty() => a,
@@ -607,9 +609,56 @@ impl<'a> Lowerer<'a> {
             }
             "Cast" => {
                 let xn = inp(0)?;
-                let x = self.operand(pb, xn, n)?;
+                let x = self.operand(g, pb, xn, n)?;
                 let y = pb.define(&out_name)?;
                 pb.push(&n.name, OpCode::Cast, &[x], y, &[], "data");
+            }
+            "Erf" | "Sqrt" | "Clip" | "Pow" => {
+                let scalar = |i: usize, attr: &str, default: f32| -> Result<f32> {
+                    match n.input(i) {
+                        Some(c) => g
+                            .consts
+                            .get(c)
+                            .filter(|t| t.numel() == 1)
+                            .map(|t| t.to_f32_vec()[0])
+                            .ok_or_else(|| err(format!("input '{c}' must be a constant scalar"))),
+                        None => Ok(n.float(attr).unwrap_or(default)),
+                    }
+                };
+                let (kind, a, b) = match n.op.as_str() {
+                    "Erf" => (UnaryKind::Erf, 0.0, 0.0),
+                    "Sqrt" => (UnaryKind::Sqrt, 0.0, 0.0),
+                    "Clip" => (UnaryKind::Clip, scalar(1, "min", f32::MIN)?, scalar(2, "max", f32::MAX)?),
+                    _ => (UnaryKind::Pow, scalar(1, "", 1.0)?, 0.0),
+                };
+                let x = self.operand(g, pb, inp(0)?, n)?;
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Unary, &[x], y, &[kind as u32, a.to_bits(), b.to_bits()], "f32");
+            }
+            "LayerNormalization" => {
+                let xn = inp(0)?;
+                let rank = pb.dims(xn)?.len();
+                let axis = norm_axis(n.int("axis").unwrap_or(-1), rank, n)?;
+                let eps = n.float("epsilon").unwrap_or(1e-5);
+                let x = self.operand(g, pb, xn, n)?;
+                let sc = self.operand(g, pb, inp(1)?, n)?;
+                let b = match n.input(2) {
+                    Some(b) => self.operand(g, pb, b, n)?,
+                    None => REF_NONE,
+                };
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::LayerNorm, &[x, sc, b], y, &[axis as u32, eps.to_bits()], "f32");
+            }
+            "Expand" => {
+                let x = self.operand(g, pb, inp(0)?, n)?;
+                let y = pb.define(&out_name)?;
+                pb.push(&n.name, OpCode::Expand, &[x], y, &[], "data");
+            }
+            "Shape" | "Slice" | "ConstantOfShape" | "Equal" | "Where" | "Range" => {
+                return Err(err(format!(
+                    "{} depends on run-time values here; Ember folds it only when its inputs are constant once shapes are frozen",
+                    n.op
+                )))
             }
             "Gemm" => {
                 return Err(err(

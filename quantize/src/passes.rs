@@ -211,3 +211,43 @@ fn absorb_followers(g: &mut Graph) {
         n.outputs[0] = m.outputs[0].clone();
     }
 }
+
+/// Specializes a graph to frozen shapes: every `Shape` node becomes a constant (from `shapes`),
+/// then constants are folded again, so the shape sub-graphs of real exports (Shape, Gather,
+/// Unsqueeze, Concat, ConstantOfShape, Expand, Equal, Where, Range, ...) disappear.
+pub fn specialize(g: &Graph, shapes: &crate::lower::Shapes) -> Result<Graph> {
+    let mut s = g.clone();
+    let mut shape_nodes = HashSet::new();
+    for (i, n) in s.nodes.iter().enumerate() {
+        if n.op != "Shape" {
+            continue;
+        }
+        let src = n.input(0).ok_or_else(|| Error::node(&n.name, &n.op, "missing input"))?;
+        let dims = match shapes.get(src) {
+            Some((_, d)) => d.clone(),
+            None => continue,
+        };
+        let r = dims.len() as i64;
+        let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+        let (st, en) = (clampi(n.int("start").unwrap_or(0)), clampi(n.int("end").unwrap_or(r)));
+        let d: Vec<i64> = dims[st..en.max(st)].iter().map(|v| *v as i64).collect();
+        s.consts.insert(n.outputs[0].clone(), HostTensor::i64(vec![d.len()], d));
+        shape_nodes.insert(i);
+    }
+    let mut i = 0;
+    s.nodes.retain(|_| {
+        let keep = !shape_nodes.contains(&i);
+        i += 1;
+        keep
+    });
+    fold_constants(&mut s)?;
+    // Drop constants nothing reads any more (folded shape arithmetic).
+    let used: HashSet<String> = s
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().cloned())
+        .chain(s.outputs.iter().map(|o| o.name.clone()))
+        .collect();
+    s.consts.retain(|k, _| used.contains(k));
+    Ok(s)
+}

@@ -17,7 +17,7 @@ pub fn to_candle(t: &HostTensor) -> Result<Tensor> {
         Data::F32(v) => Tensor::from_vec(v.clone(), t.shape.as_slice(), &Device::Cpu),
         Data::I64(v) => Tensor::from_vec(v.clone(), t.shape.as_slice(), &Device::Cpu),
     };
-    r.map_err(|e| Error::Shape(format!("tensor of shape {:?}: {e}", t.shape)))
+    r.map_err(|e| Error::Shape(format!("tensor of shape {:?}: {}", t.shape, candle_msg(&e))))
 }
 
 pub fn from_candle(t: &Tensor) -> Result<HostTensor> {
@@ -33,8 +33,13 @@ pub fn from_candle(t: &Tensor) -> Result<HostTensor> {
     })
 }
 
+/// candle's message without the backtrace it appends when RUST_BACKTRACE is set.
+fn candle_msg(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or("").trim().to_string()
+}
+
 fn ce(e: candle_core::Error) -> Error {
-    Error::Shape(e.to_string())
+    Error::Shape(candle_msg(&e))
 }
 
 /// An observer: the value names to watch, and the callback that sees each of them.
@@ -153,7 +158,7 @@ fn softmax_last(x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
 
 fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
     let err = |m: String| Error::node(&node.name, &node.op, m);
-    let c = |e: candle_core::Error| err(e.to_string());
+    let c = |e: candle_core::Error| err(candle_msg(&e));
     let x = |i: usize| get(graph, env, node, i);
     let out = match node.op.as_str() {
         "Add" | "Sub" | "Mul" | "Div" => {
@@ -368,6 +373,111 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
                 _ => return Err(err("Constant without a supported value attribute".into())),
             };
             to_candle(&t)?
+        }
+        "Shape" => {
+            let t = x(0)?;
+            let r = t.rank() as i64;
+            let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let st = clampi(node.int("start").unwrap_or(0));
+            let en = clampi(node.int("end").unwrap_or(r));
+            let d: Vec<i64> = t.dims()[st..en.max(st)].iter().map(|v| *v as i64).collect();
+            to_candle(&HostTensor::i64(vec![d.len()], d))?
+        }
+        "ConstantOfShape" => {
+            let shape: Vec<usize> =
+                host_i64(&x(0)?)?.iter().map(|v| (*v).max(0) as usize).collect();
+            let n: usize = shape.iter().product();
+            let t = match node.attrs.get("value") {
+                Some(Attr::Tensor(v)) if v.as_i64().is_some() => {
+                    HostTensor::i64(shape, vec![v.to_i64_vec()[0]; n])
+                }
+                Some(Attr::Tensor(v)) => {
+                    HostTensor::f32(shape, vec![v.to_f32_vec().first().copied().unwrap_or(0.0); n])
+                }
+                _ => HostTensor::f32(shape, vec![0.0; n]),
+            };
+            to_candle(&t)?
+        }
+        "Slice" => {
+            let d = from_candle(&x(0)?)?;
+            let starts = host_i64(&x(1)?)?;
+            let ends = host_i64(&x(2)?)?;
+            let axes = if node.input(3).is_some() { Some(host_i64(&x(3)?)?) } else { None };
+            let steps = if node.input(4).is_some() { Some(host_i64(&x(4)?)?) } else { None };
+            to_candle(
+                &crate::hostops::slice(&d, &starts, &ends, axes.as_deref(), steps.as_deref())
+                    .map_err(err)?,
+            )?
+        }
+        "Expand" => {
+            let d = from_candle(&x(0)?)?;
+            let shape: Vec<usize> =
+                host_i64(&x(1)?)?.iter().map(|v| (*v).max(0) as usize).collect();
+            to_candle(&crate::hostops::expand(&d, &shape).map_err(err)?)?
+        }
+        "Equal" => to_candle(
+            &crate::hostops::equal(&from_candle(&x(0)?)?, &from_candle(&x(1)?)?).map_err(err)?,
+        )?,
+        "Where" => to_candle(
+            &crate::hostops::where_(
+                &from_candle(&x(0)?)?,
+                &from_candle(&x(1)?)?,
+                &from_candle(&x(2)?)?,
+            )
+            .map_err(err)?,
+        )?,
+        "Range" => to_candle(
+            &crate::hostops::range(
+                &from_candle(&x(0)?)?,
+                &from_candle(&x(1)?)?,
+                &from_candle(&x(2)?)?,
+            )
+            .map_err(err)?,
+        )?,
+        "Erf" => x(0)?.erf().map_err(c)?,
+        "Sqrt" => x(0)?.sqrt().map_err(c)?,
+        "Pow" => {
+            let e = from_candle(&x(1)?)?;
+            if e.numel() != 1 {
+                return Err(err("Pow with a non-scalar exponent is not supported".into()));
+            }
+            x(0)?.powf(e.to_f32_vec()[0] as f64).map_err(c)?
+        }
+        "Clip" => {
+            let t = x(0)?;
+            let lo = match node.input(1) {
+                Some(_) => from_candle(&x(1)?)?.to_f32_vec()[0],
+                None => node.float("min").unwrap_or(f32::MIN),
+            };
+            let hi = match node.input(2) {
+                Some(_) => from_candle(&x(2)?)?.to_f32_vec()[0],
+                None => node.float("max").unwrap_or(f32::MAX),
+            };
+            t.clamp(lo, hi).map_err(c)?
+        }
+        "LayerNormalization" => {
+            let t = x(0)?;
+            let r = t.rank();
+            let axis = norm_axis(node.int("axis").unwrap_or(-1), r, node)?;
+            let eps = node.float("epsilon").unwrap_or(1e-5) as f64;
+            let dims: Vec<usize> = (axis..r).collect();
+            let n: usize = t.dims()[axis..].iter().product();
+            let mean =
+                t.sum_keepdim(dims.clone()).map_err(c)?.affine(1.0 / n as f64, 0.0).map_err(c)?;
+            let xc = t.broadcast_sub(&mean).map_err(c)?;
+            let var = xc
+                .sqr()
+                .map_err(c)?
+                .sum_keepdim(dims)
+                .map_err(c)?
+                .affine(1.0 / n as f64, 0.0)
+                .map_err(c)?;
+            let mut y = xc.broadcast_div(&(var + eps).map_err(c)?.sqrt().map_err(c)?).map_err(c)?;
+            y = y.broadcast_mul(&x(1)?).map_err(c)?;
+            if node.input(2).is_some() {
+                y = y.broadcast_add(&x(2)?).map_err(c)?;
+            }
+            y
         }
         other => {
             return Err(Error::UnsupportedOp {

@@ -167,7 +167,101 @@ cases.append(save(
     opset=11,
 ))
 
-# 5. An op Ember does not support (Conv), for the error path.
+# 5. A BERT-like block as real exporters write it: a shape sub-graph (Shape, Gather, Unsqueeze,
+#    Concat, Reshape) that folds away once shapes are frozen, ConstantOfShape + Equal + Where +
+#    Expand, Slice, LayerNormalization, an Erf GELU, masked attention (batched MatMul, Softmax),
+#    mean pooling with Clip, and a hand-written norm with Pow and Sqrt.
+S, H, NH = 6, 8, 2
+DH = H // NH
+bert = [
+    helper.make_node("Shape", ["x"], ["xs"], name="shape"),
+    helper.make_node("Gather", ["xs", "i0"], ["bsz"], name="shape_b", axis=0),
+    helper.make_node("Gather", ["xs", "i1s"], ["seq"], name="shape_s", axis=0),
+    helper.make_node("Unsqueeze", ["bsz", "ax0"], ["bsz1"], name="unsq_b"),
+    helper.make_node("Unsqueeze", ["seq", "ax0"], ["seq1"], name="unsq_s"),
+    helper.make_node("Concat", ["bsz1", "seq1", "nh", "dh"], ["qshape"], name="qshape", axis=0),
+    helper.make_node("LayerNormalization", ["x", "ln_g", "ln_b"], ["xn"], name="ln0", axis=-1, epsilon=1e-5),
+    helper.make_node("MatMul", ["xn", "Wq"], ["q0"], name="q_proj"),
+    helper.make_node("Add", ["q0", "bq"], ["q1"], name="q_bias"),
+    helper.make_node("MatMul", ["xn", "Wk"], ["k0"], name="k_proj"),
+    helper.make_node("MatMul", ["xn", "Wv"], ["v0"], name="v_proj"),
+    helper.make_node("Reshape", ["q1", "qshape"], ["q2"], name="q_reshape"),
+    helper.make_node("Reshape", ["k0", "qshape"], ["k2"], name="k_reshape"),
+    helper.make_node("Reshape", ["v0", "qshape"], ["v2"], name="v_reshape"),
+    helper.make_node("Transpose", ["q2"], ["q"], name="q_t", perm=[0, 2, 1, 3]),
+    helper.make_node("Transpose", ["k2"], ["kT"], name="k_t", perm=[0, 2, 3, 1]),
+    helper.make_node("Transpose", ["v2"], ["v"], name="v_t", perm=[0, 2, 1, 3]),
+    helper.make_node("MatMul", ["q", "kT"], ["sc0"], name="scores"),
+    helper.make_node("Div", ["sc0", "sqrt_dh"], ["sc1"], name="scale"),
+    # mask bias: (1 - mask) * -10000, broadcast over heads and queries
+    helper.make_node("Unsqueeze", ["mask", "ax12"], ["m4"], name="mask_unsq"),
+    helper.make_node("Cast", ["m4"], ["mf"], name="mask_cast", to=TensorProto.FLOAT),
+    helper.make_node("Sub", ["one", "mf"], ["inv"], name="mask_inv"),
+    helper.make_node("Mul", ["inv", "neg"], ["mbias"], name="mask_bias"),
+    helper.make_node("Add", ["sc1", "mbias"], ["sc2"], name="masked"),
+    helper.make_node("Softmax", ["sc2"], ["p"], name="softmax", axis=-1),
+    helper.make_node("MatMul", ["p", "v"], ["ctx0"], name="context"),
+    helper.make_node("Transpose", ["ctx0"], ["ctx1"], name="ctx_t", perm=[0, 2, 1, 3]),
+    helper.make_node("Concat", ["bsz1", "seq1", "hdim"], ["oshape"], name="oshape", axis=0),
+    helper.make_node("Reshape", ["ctx1", "oshape"], ["ctx"], name="ctx_reshape"),
+    helper.make_node("MatMul", ["ctx", "Wo"], ["o0"], name="o_proj"),
+    helper.make_node("Add", ["o0", "x"], ["res"], name="residual"),
+    # Erf GELU
+    helper.make_node("Div", ["res", "sqrt2"], ["g0"], name="gelu_div"),
+    helper.make_node("Erf", ["g0"], ["g1"], name="gelu_erf"),
+    helper.make_node("Add", ["g1", "one"], ["g2"], name="gelu_add"),
+    helper.make_node("Mul", ["res", "g2"], ["g3"], name="gelu_mul"),
+    helper.make_node("Mul", ["g3", "half"], ["h"], name="gelu_half"),
+    # A token-type-like path: ConstantOfShape(Shape) -> Equal -> Where -> Expand, folded away.
+    helper.make_node("ConstantOfShape", ["qshape"], ["zeros4"], name="cos",
+                     value=numpy_helper.from_array(np.array([0], np.int64))),
+    helper.make_node("Equal", ["zeros4", "zero_i"], ["eq"], name="eq"),
+    helper.make_node("Where", ["eq", "zeros4", "one_i"], ["wh"], name="where"),
+    helper.make_node("Slice", ["wh", "s0", "s1", "s2"], ["sl"], name="slice"),
+    # mean pooling with Clip on the count
+    helper.make_node("Unsqueeze", ["mask", "ax_m1"], ["m3"], name="pool_unsq"),
+    helper.make_node("Expand", ["m3", "xs"], ["m3e"], name="pool_expand"),
+    helper.make_node("Cast", ["m3e"], ["m3f"], name="pool_cast", to=TensorProto.FLOAT),
+    helper.make_node("Mul", ["h", "m3f"], ["hm"], name="pool_mul"),
+    helper.make_node("ReduceSum", ["hm", "i1"], ["hs"], name="pool_sum", keepdims=0),
+    helper.make_node("ReduceSum", ["m3f", "i1"], ["cnt0"], name="pool_cnt", keepdims=0),
+    helper.make_node("Clip", ["cnt0", "tiny", ""], ["cnt"], name="pool_clip"),
+    helper.make_node("Div", ["hs", "cnt"], ["pooled"], name="pool_div"),
+    # L2 normalisation by hand: Pow, ReduceSum, Sqrt
+    helper.make_node("Pow", ["pooled", "two"], ["sq"], name="pow"),
+    helper.make_node("ReduceSum", ["sq", "i1"], ["ss"], name="norm_sum", keepdims=1),
+    helper.make_node("Sqrt", ["ss"], ["nrm"], name="sqrt"),
+    helper.make_node("Div", ["pooled", "nrm"], ["emb"], name="normalize"),
+]
+bert_inits = [
+    init("i0", np.array(0, np.int64)), init("i1s", np.array(1, np.int64)), init("i1", np.array([1], np.int64)), init("ax0", np.array([0], np.int64)),
+    init("ax12", np.array([1, 2], np.int64)), init("ax_m1", np.array([-1], np.int64)),
+    init("nh", np.array([NH], np.int64)), init("dh", np.array([DH], np.int64)), init("hdim", np.array([H], np.int64)),
+    init("ln_g", (1 + 0.1 * rng.normal(size=H)).astype(np.float32)), init("ln_b", w(H, scale=0.1)),
+    init("Wq", w(H, H)), init("bq", w(H, scale=0.1)), init("Wk", w(H, H)), init("Wv", w(H, H)), init("Wo", w(H, H)),
+    init("sqrt_dh", np.array(np.sqrt(DH), np.float32)), init("one", np.array(1.0, np.float32)),
+    init("neg", np.array(-10000.0, np.float32)), init("sqrt2", np.array(np.sqrt(2), np.float32)),
+    init("half", np.array(0.5, np.float32)), init("zero_i", np.array(0, np.int64)), init("one_i", np.array(1, np.int64)),
+    init("s0", np.array([0], np.int64)), init("s1", np.array([1], np.int64)), init("s2", np.array([3], np.int64)),
+    init("tiny", np.array(1e-9, np.float32)), init("two", np.array(2.0, np.float32)),
+]
+
+
+def bert_feeds(n):
+    mask = np.zeros((n, S), np.int64)
+    for i in range(n):
+        mask[i, : rng.integers(1, S + 1)] = 1
+    return {"x": rng.normal(0, 1, (n, S, H)).astype(np.float32), "mask": mask}
+
+
+cases.append(save(
+    "bert_block", bert,
+    [helper.make_tensor_value_info("x", F, ["N", S, H]), helper.make_tensor_value_info("mask", I, ["N", S])],
+    [helper.make_tensor_value_info("emb", F, ["N", H]), helper.make_tensor_value_info("sl", I, ["N", S, NH, 1])],
+    bert_inits, bert_feeds,
+))
+
+# 6. An op Ember does not support (Conv), for the error path.
 os.makedirs(os.path.join(OUT, "unsupported"), exist_ok=True)
 g = helper.make_graph(
     [helper.make_node("Conv", ["x", "k"], ["y"], name="my_conv")], "unsupported",

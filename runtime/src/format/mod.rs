@@ -158,7 +158,8 @@ pub enum OpCode {
     MatMulF32 = 3,
     /// in [a, b] (numpy broadcasting, f32 or i64); params [BinaryKind].
     Binary = 4,
-    /// in [x f32]; params [UnaryKind].
+    /// in [x f32]; params [UnaryKind, a, b]: Clip uses a = min, b = max, Pow uses a = exponent
+    /// (f32 bits).
     Unary = 5,
     /// in [x f32]; params [axis, coerce]: coerce=1 normalises over all axes from `axis` on.
     Softmax = 6,
@@ -177,6 +178,11 @@ pub enum OpCode {
     Reduce = 12,
     /// in [x]; converts between f32, i32 and i64 (float to int truncates toward zero).
     Cast = 13,
+    /// in [x f32, scale f32 [D], bias f32 [D] | NONE]; params [axis, epsilon (f32 bits)];
+    /// normalizes over the axes from `axis` on (D elements).
+    LayerNorm = 14,
+    /// in [x]; broadcasts x (NumPy rules) to the output's shape.
+    Expand = 15,
 }
 
 impl OpCode {
@@ -195,6 +201,8 @@ impl OpCode {
             11 => Self::Transpose,
             12 => Self::Reduce,
             13 => Self::Cast,
+            14 => Self::LayerNorm,
+            15 => Self::Expand,
             _ => return None,
         })
     }
@@ -213,6 +221,8 @@ impl OpCode {
             Self::Transpose => "transpose",
             Self::Reduce => "reduce",
             Self::Cast => "cast",
+            Self::LayerNorm => "layer_norm",
+            Self::Expand => "expand",
         }
     }
     /// Whether the op computes in integer arithmetic (reported by `inspect` and the report).

@@ -163,7 +163,7 @@ pub(crate) fn run_op(
                 *fast,
             ),
         },
-        Op::Unary { x, kind } => {
+        Op::Unary { x, kind, a, b } => {
             let x: &[f32] = cast(io.bytes(*x))?;
             let o: &mut [f32] = cast_mut(out)?;
             for (o, v) in o.iter_mut().zip(x) {
@@ -171,7 +171,36 @@ pub(crate) fn run_op(
                     UnaryKind::Relu => v.max(0.0),
                     UnaryKind::Sigmoid => 1.0 / (1.0 + libm::expf(-v)),
                     UnaryKind::Tanh => libm::tanhf(*v),
+                    UnaryKind::Erf => libm::erff(*v),
+                    UnaryKind::Sqrt => libm::sqrtf(*v),
+                    UnaryKind::Clip => v.max(*a).min(*b),
+                    UnaryKind::Pow => libm::powf(*v, *a),
                 };
+            }
+        }
+        Op::LayerNorm { x, scale, bias, rows, d, eps } => {
+            let x: &[f32] = cast(io.bytes(*x))?;
+            let g: &[f32] = cast(io.bytes(*scale))?;
+            let bb: &[f32] = if *bias == REF_NONE { &[] } else { cast(io.bytes(*bias))? };
+            let o: &mut [f32] = cast_mut(out)?;
+            for r in 0..*rows {
+                let xr = &x[r * d..(r + 1) * d];
+                let mean = xr.iter().sum::<f32>() / *d as f32;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / *d as f32;
+                let inv = 1.0 / libm::sqrtf(var + eps);
+                for (j, (o, v)) in o[r * d..(r + 1) * d].iter_mut().zip(xr).enumerate() {
+                    *o = (v - mean) * inv * g[j] + if bb.is_empty() { 0.0 } else { bb[j] };
+                }
+            }
+        }
+        Op::Expand { x, elem, rank, out: od, strides } => {
+            let src = io.bytes(*x);
+            let total: usize = od[..*rank].iter().product();
+            let mut idx = [0usize; MAX_RANK];
+            for o in 0..total {
+                let s: usize = (0..*rank).map(|a| idx[a] * strides[a]).sum();
+                out[o * elem..(o + 1) * elem].copy_from_slice(&src[s * elem..(s + 1) * elem]);
+                step(&mut idx, od, *rank);
             }
         }
         Op::Softmax { x, outer, n, inner } => {

@@ -30,6 +30,10 @@ pub enum UnaryKind {
     Relu = 0,
     Sigmoid = 1,
     Tanh = 2,
+    Erf = 3,
+    Sqrt = 4,
+    Clip = 5,
+    Pow = 6,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +95,23 @@ pub(crate) enum Op {
     Unary {
         x: u32,
         kind: UnaryKind,
+        a: f32,
+        b: f32,
+    },
+    LayerNorm {
+        x: u32,
+        scale: u32,
+        bias: u32,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    },
+    Expand {
+        x: u32,
+        elem: usize,
+        rank: usize,
+        out: Dims,
+        strides: Dims,
     },
     Softmax {
         x: u32,
@@ -373,14 +394,20 @@ pub(crate) fn prepare<'a>(
                 0 => UnaryKind::Relu,
                 1 => UnaryKind::Sigmoid,
                 2 => UnaryKind::Tanh,
+                3 => UnaryKind::Erf,
+                4 => UnaryKind::Sqrt,
+                5 => UnaryKind::Clip,
+                6 => UnaryKind::Pow,
                 x => return Err(alloc::format!("unknown unary kind {x}")),
             };
+            let (a, b) = (f32::from_bits(p[1]), f32::from_bits(p[2]));
+            ensure!(kind != UnaryKind::Clip || a <= b, "clip bounds {a} > {b} (or NaN)");
             let x = need(ins[0], &f32_only, "x")?;
             ensure!(
                 out.dtype == DType::F32 && numel(out.dims) == numel(x.dims),
                 "output size differs"
             );
-            Op::Unary { x: ins[0], kind }
+            Op::Unary { x: ins[0], kind, a, b }
         }
         OpCode::Softmax => {
             arity(1)?;
@@ -561,6 +588,56 @@ pub(crate) fn prepare<'a>(
                 }
             }
             Op::Reduce { x: ins[0], mean, rank, dims, out_strides: os, count }
+        }
+        OpCode::LayerNorm => {
+            ensure!(n_in == 3, "expects 3 inputs, has {n_in}");
+            let x = need(ins[0], &f32_only, "x")?;
+            let axis = p[0] as usize;
+            ensure!(axis < x.dims.len(), "axis {axis} out of range for rank {}", x.dims.len());
+            let d = numel(&x.dims[axis..]);
+            ensure!(d > 0, "empty normalization");
+            let sc = need(ins[1], &f32_only, "scale")?;
+            ensure!(numel(sc.dims) == d, "scale has {} elements, expected {d}", numel(sc.dims));
+            if ins[2] != REF_NONE {
+                let b = need(ins[2], &f32_only, "bias")?;
+                ensure!(numel(b.dims) == d, "bias has {} elements, expected {d}", numel(b.dims));
+            }
+            let eps = f32::from_bits(p[1]);
+            ensure!(eps.is_finite() && eps >= 0.0, "epsilon {eps} is invalid");
+            ensure!(out.dtype == DType::F32 && out.dims == x.dims, "output shape differs");
+            Op::LayerNorm {
+                x: ins[0],
+                scale: ins[1],
+                bias: ins[2],
+                rows: numel(x.dims) / d,
+                d,
+                eps,
+            }
+        }
+        OpCode::Expand => {
+            arity(1)?;
+            let x = info(ins[0]);
+            let rank = out.dims.len();
+            ensure!(
+                x.dtype == out.dtype && x.dims.len() <= rank,
+                "output must keep dtype, rank >= input's"
+            );
+            let mut od = [1usize; MAX_RANK];
+            od[..rank].copy_from_slice(out.dims);
+            let mut st = [0usize; MAX_RANK];
+            let off = rank - x.dims.len();
+            let mut acc = 1;
+            for j in (0..x.dims.len()).rev() {
+                ensure!(
+                    x.dims[j] == out.dims[off + j] || x.dims[j] == 1,
+                    "shape {:?} does not broadcast to {:?}",
+                    x.dims,
+                    out.dims
+                );
+                st[off + j] = if x.dims[j] == 1 { 0 } else { acc };
+                acc *= x.dims[j];
+            }
+            Op::Expand { x: ins[0], elem: x.dtype.size(), rank, out: od, strides: st }
         }
         OpCode::Cast => {
             arity(1)?;
