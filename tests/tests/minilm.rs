@@ -1,0 +1,72 @@
+//! The real transformer export (paraphrase-MiniLM-L3-v2, opset 17): imported with its shape
+//! sub-graphs folded, run in float (must match onnxruntime's sentence embedding `461`) and in
+//! static INT8 (mean cosine to onnxruntime FP32 >= 0.995 on sentences not used for calibration).
+//! Host only: quantization is a workstation job, and emulated aarch64 would take minutes.
+#![cfg(target_arch = "x86_64")]
+
+use ember_quantize::{exec, npz, Method, Options};
+use ember_runtime::{AlignedBuf, Model};
+use std::collections::{BTreeMap, HashMap};
+
+const EVAL: usize = 16;
+
+fn quantize(bits: u32) -> (Vec<u8>, ember_quantize::report::Report) {
+    let (model, dir) = ember_tests::minilm();
+    let onnx = std::fs::read(model).unwrap();
+    let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+    let mut opts =
+        Options { bits, batches: vec![1, 8], method: Method::MinMax, ..Default::default() };
+    opts.shapes =
+        HashMap::from([("input_ids".into(), vec![128]), ("attention_mask".into(), vec![128])]);
+    ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap()
+}
+
+/// Per-sentence cosine of output 461 against onnxruntime on the first EVAL eval sentences.
+fn cosines(bytes: &[u8]) -> Vec<f64> {
+    let (_, dir) = ember_tests::minilm();
+    let model = Model::parse(AlignedBuf::from_bytes(bytes)).unwrap();
+    let ev: BTreeMap<_, _> = npz::read_npz(&dir.join("eval.npz"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.slice_rows(0, EVAL)))
+        .collect();
+    let (inputs, n) = exec::check_inputs(&exec::model_inputs(&model), &ev, "eval").unwrap();
+    let got = exec::run_batched(&model, &inputs, n).unwrap()["461"].to_f32_vec();
+    let want =
+        npz::read_npz(&dir.join("expected.npz")).unwrap()["461"].slice_rows(0, EVAL).to_f32_vec();
+    let d = got.len() / EVAL;
+    (0..EVAL)
+        .map(|i| {
+            ember_quantize::report::metrics(
+                "461",
+                &got[i * d..(i + 1) * d],
+                &want[i * d..(i + 1) * d],
+            )
+            .cosine
+        })
+        .collect()
+}
+
+#[test]
+fn float_path_matches_onnxruntime() {
+    let (bytes, rep) = quantize(32);
+    let c = cosines(&bytes);
+    assert!(c.iter().all(|v| *v > 1.0 - 1e-9), "{c:?}");
+    assert!(rep.outputs.iter().all(|o| o.rel_l2_err < 1e-5), "{:?}", rep.outputs);
+}
+
+#[test]
+fn static_int8_keeps_sentence_embeddings() {
+    let (bytes, rep) = quantize(8);
+    let c = cosines(&bytes);
+    let mean = c.iter().sum::<f64>() / c.len() as f64;
+    let min = c.iter().cloned().fold(1.0, f64::min);
+    eprintln!("MiniLM-L3 static INT8: mean cosine {mean:.5}, min {min:.5}, {} bytes", bytes.len());
+    assert!(mean >= 0.995, "mean cosine {mean}");
+    assert!(min >= 0.99, "min cosine {min}");
+    let linear = rep.layers.iter().filter(|l| l.kind == "linear").count();
+    assert_eq!(linear, 18, "every projection and FFN layer is a Linear");
+    assert!(rep.layers.iter().filter(|l| l.kind == "linear").all(|l| l.precision == "int8"));
+    // The word-embedding table is row-wise INT8 too.
+    assert!(rep.layers.iter().any(|l| l.kind.starts_with("embedding")));
+}
