@@ -96,7 +96,10 @@ fn quantize_run_inspect_compare() {
     assert!(ops
         .iter()
         .any(|o| o["precision"] == "int8" && o["kernel"].as_str().unwrap().contains("i8_gemm")));
-    assert!(ops.iter().any(|o| o["precision"] == "f32" && o["node"] == "interact"));
+    assert!(ops
+        .iter()
+        .any(|o| o["precision"] == "f32" && o["node"] == "interact" && o["op"] == "matmul_f32"));
+    assert!(ops.iter().any(|o| o["precision"] == "f32" && o["node"] == "sigmoid"));
     let text = ok(&run("ember", &[&"inspect", &ember]));
     assert!(text.contains("compute in float"), "{text}");
 

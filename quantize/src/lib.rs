@@ -46,6 +46,8 @@ pub struct Options {
     pub percentile: f32,
     /// Shown in the report and stored in the file's metadata.
     pub source_name: String,
+    /// Also quantize activation x activation MatMuls (attention scores and context) to INT8.
+    pub int8_act_matmul: bool,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             method: Method::Mse,
             percentile: 99.99,
             source_name: "model.onnx".into(),
+            int8_act_matmul: false,
         }
     }
 }
@@ -162,12 +165,16 @@ pub fn quantize(
     let g = prepare_graph(onnx_bytes)?;
     let specs = input_specs(&g, &opts.shapes, &batches)?;
     let (samples, n) = exec::check_inputs(&specs, calib, "calibration set")?;
-    let linear_inputs: HashSet<String> = g
+    // Observed: the input of every Linear, and both operands of activation x activation MatMuls.
+    let mut linear_inputs: HashSet<String> = g
         .nodes
         .iter()
         .filter(|n| n.op == reference::LINEAR_OP)
         .map(|n| n.inputs[0].clone())
         .collect();
+    for n in g.nodes.iter().filter(|n| n.op == "MatMul" && opts.int8_act_matmul) {
+        linear_inputs.extend(n.inputs.iter().filter(|i| !g.consts.contains_key(*i)).cloned());
+    }
     let stats = if opts.bits == 8 {
         calibrate::calibrate(&g, &samples, batches[0], &linear_inputs, opts.method, |d, t| {
             progress("calibrate", d, t)
@@ -176,6 +183,7 @@ pub fn quantize(
         HashMap::new()
     };
     let mut lw = lower::Lowerer::new(opts.bits, &stats, opts.method, opts.percentile);
+    lw.int8_act_matmul = opts.int8_act_matmul;
     for s in &specs {
         lw.writer.input(ember_runtime::format::writer::SigSpec {
             name: s.name.clone(),

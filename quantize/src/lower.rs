@@ -31,6 +31,8 @@ pub struct Lowerer<'a> {
     pub stats: &'a HashMap<String, Stats>,
     pub method: Method,
     pub percentile: f32,
+    /// Quantize activation x activation MatMuls (attention) to INT8 too.
+    pub int8_act_matmul: bool,
     pub writer: Writer,
     tensors: HashMap<String, u32>,
     linear_i8: HashMap<String, ([u32; 5], f32, i32)>,
@@ -130,6 +132,7 @@ impl<'a> Lowerer<'a> {
         percentile: f32,
     ) -> Self {
         Lowerer {
+            int8_act_matmul: false,
             bits,
             stats,
             method,
@@ -416,6 +419,32 @@ impl<'a> Lowerer<'a> {
                 ];
                 let (a, b) = (self.operand(g, pb, an, n)?, self.operand(g, pb, bn, n)?);
                 let y = pb.define(&out_name)?;
+                let stats = if self.int8_act_matmul { (self.stats.get(an), self.stats.get(bn)) } else { (None, None) };
+                if let (8, Some(sa), Some(sb)) = (self.bits, stats.0, stats.1) {
+                    let ra = sa.range(None, self.method, self.percentile);
+                    let rb = sb.range(None, self.method, self.percentile);
+                    if ![ra.min, ra.max, rb.min, rb.max].iter().all(|v| v.is_finite()) {
+                        return Err(err("calibration ranges of the operands are not finite".into()));
+                    }
+                    let (s_a, zp_a) = quant::act_params(ra.min, ra.max);
+                    let amax_b = rb.min.abs().max(rb.max.abs());
+                    let s_b = if amax_b > 0.0 { amax_b / 127.0 } else { 1.0 };
+                    if first {
+                        let mut l = LayerReport::matmul_i8(&n.name, batch * m, k, nn, ra, rb, s_a, zp_a, s_b);
+                        let qa = quant::operand_sqnr(&sa.rows, s_a, zp_a);
+                        let qb = quant::operand_sqnr(&sb.rows, s_b, 0);
+                        l.scheme.push_str(&format!("; operand SQNR {qa:.1} dB / {qb:.1} dB"));
+                        self.layers.push(l);
+                    }
+                    let mut p10 = [0u32; 10];
+                    p10[..6].copy_from_slice(&params);
+                    p10[6] = (1.0 / s_a).to_bits();
+                    p10[7] = zp_a as u32;
+                    p10[8] = (1.0 / s_b).to_bits();
+                    p10[9] = (s_a * s_b).to_bits();
+                    pb.push(&n.name, OpCode::MatMulI8, &[a, b], y, &p10, "int8");
+                    return Ok(());
+                }
                 if first {
                     self.layers.push(LayerReport::float(&n.name, "matmul", batch * m, k, nn));
                 }

@@ -220,6 +220,19 @@ pub fn choose_linear(
     }
 }
 
+/// SQNR (dB) of quantizing `v` with `scale` and `zp` (affine, i8) and back.
+pub fn operand_sqnr(v: &[f32], scale: f32, zp: i32) -> f32 {
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for x in v {
+        let q =
+            (round_half_even((x / scale).clamp(-300.0, 300.0)) + zp as f32).clamp(-128.0, 127.0);
+        let back = (q - zp as f32) * scale;
+        sig += (*x as f64).powi(2);
+        noise += (*x as f64 - back as f64).powi(2);
+    }
+    sqnr(sig, noise)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

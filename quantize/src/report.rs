@@ -63,6 +63,40 @@ impl LayerReport {
             reason: None,
         }
     }
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_i8(
+        node: &str,
+        m: usize,
+        k: usize,
+        n: usize,
+        ra: crate::calibrate::Range,
+        rb: crate::calibrate::Range,
+        sa: f32,
+        zpa: i32,
+        sb: f32,
+    ) -> Self {
+        LayerReport {
+            node: node.into(),
+            kind: "matmul".into(),
+            precision: "int8".into(),
+            scheme: format!(
+                "activation x activation: A8 static affine [{:.3}, {:.3}], B8 static symmetric ±{:.3} (scale {sb:.3e}), i32 accumulation",
+                ra.min,
+                ra.max,
+                rb.min.abs().max(rb.max.abs())
+            ),
+            m,
+            k,
+            n,
+            act_range: Some([ra.min, ra.max]),
+            act_scale: Some(sa),
+            act_zero_point: Some(zpa),
+            weight_sqnr_db: None,
+            cosine_to_float: None,
+            sqnr_db_to_float: None,
+            reason: None,
+        }
+    }
     pub fn embedding_i8(node: &str, table: &str, rows: usize, d: usize, sqnr: f32) -> Self {
         LayerReport {
             node: node.into(),
@@ -97,7 +131,7 @@ impl LayerReport {
             cosine_to_float: None,
             sqnr_db_to_float: None,
             reason: Some(if kind == "matmul" {
-                "both operands are activations: no INT8 kernel for activation x activation yet"
+                "activation x activation MatMul kept in float (pass --act-matmul int8 to quantize it)"
                     .into()
             } else {
                 "--bits 32: no quantization requested".into()

@@ -50,8 +50,8 @@ pub struct Plan {
     pub values: Vec<ValueInfo>,
     pub records: Vec<OpRecord>,
     pub(crate) ops: Vec<Op>,
-    /// Bytes of i8 scratch the plan's integer ops need.
-    pub scratch_i8: usize,
+    /// Scratch the plan's integer ops need: i8, i32 and f32 elements.
+    pub scratch: (usize, usize, usize),
 }
 
 /// A validated `.ember` model over its bytes `B` (a slice, a memory map, an aligned buffer).
@@ -544,7 +544,7 @@ fn parse_plan(
     }
     check_liveness(&p, &values, &def_at, &last_use, &records)?;
     let mut ops_v = Vec::with_capacity(records.len());
-    let mut scratch = 0usize;
+    let mut scratch = (0usize, 0usize, 0usize);
     for (i, r) in records.iter().enumerate() {
         let info = |x: u32| -> RefInfo {
             if x & REF_TENSOR != 0 {
@@ -561,7 +561,8 @@ fn parse_plan(
                 OpCode::from_u16(r.opcode).map(|o| o.name()).unwrap_or("unknown")
             )
         })?;
-        scratch = scratch.max(op.scratch_i8());
+        let (a, b, c) = op.scratch();
+        scratch = (scratch.0.max(a), scratch.1.max(b), scratch.2.max(c));
         ops_v.push(op);
     }
     Ok(Plan {
@@ -572,7 +573,7 @@ fn parse_plan(
         values,
         records,
         ops: ops_v,
-        scratch_i8: scratch,
+        scratch,
     })
 }
 

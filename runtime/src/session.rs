@@ -5,7 +5,7 @@
 //! the plan's size. `run` allocates nothing, locks nothing and does no I/O.
 
 use crate::model::{Model, Plan};
-use crate::ops::exec::{run_op, Ctx};
+use crate::ops::exec::{run_op, Ctx, Scratch};
 use crate::{DType, Error};
 use alloc::vec::Vec;
 use ember_kernels::KernelSet;
@@ -19,7 +19,9 @@ pub struct Session<'m, B: AsRef<[u8]>> {
     model: &'m Model<B>,
     plan: &'m Plan,
     arena: Vec<Block>,
-    scratch: Vec<i8>,
+    scratch_i8: Vec<i8>,
+    scratch_i32: Vec<i32>,
+    scratch_f32: Vec<f32>,
     kernels: KernelSet,
 }
 
@@ -42,12 +44,11 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             .try_reserve_exact(blocks)
             .map_err(|_| Error::OutOfMemory { bytes: plan.arena_size as u64 })?;
         arena.resize(blocks, Block([0; 64]));
-        let mut scratch = Vec::new();
-        scratch
-            .try_reserve_exact(plan.scratch_i8)
-            .map_err(|_| Error::OutOfMemory { bytes: plan.scratch_i8 as u64 })?;
-        scratch.resize(plan.scratch_i8, 0);
-        Ok(Session { model, plan, arena, scratch, kernels })
+        let (n8, n32, nf) = plan.scratch;
+        let scratch_i8 = zeroed(n8)?;
+        let scratch_i32 = zeroed(n32)?;
+        let scratch_f32 = zeroed(nf)?;
+        Ok(Session { model, plan, arena, scratch_i8, scratch_i32, scratch_f32, kernels })
     }
 
     pub fn batch(&self) -> usize {
@@ -96,8 +97,13 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             values: &plan.values,
             kernels: &self.kernels,
         };
+        let mut scratch = Scratch {
+            i8s: &mut self.scratch_i8,
+            i32s: &mut self.scratch_i32,
+            f32s: &mut self.scratch_f32,
+        };
         for (i, (op, rec)) in plan.ops.iter().zip(&plan.records).enumerate() {
-            run_op(op, i, rec.outputs[0], &ctx, arena, &mut self.scratch)?;
+            run_op(op, i, rec.outputs[0], &ctx, arena, &mut scratch)?;
             let v = &plan.values[rec.outputs[0] as usize];
             after_op(i, &arena[v.offset..v.offset + v.nbytes]);
         }
@@ -119,4 +125,13 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         }
         bytemuck::try_cast_slice(self.output(i)).ok()
     }
+}
+
+/// A zero-filled vector of `n` elements, or an out-of-memory error instead of an abort.
+fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::OutOfMemory { bytes: (n * core::mem::size_of::<T>()) as u64 })?;
+    v.resize(n, T::default());
+    Ok(v)
 }

@@ -1,6 +1,7 @@
 //! The real transformer export (paraphrase-MiniLM-L3-v2, opset 17): imported with its shape
 //! sub-graphs folded, run in float (must match onnxruntime's sentence embedding `461`) and in
-//! static INT8 (mean cosine to onnxruntime FP32 >= 0.995 on sentences not used for calibration).
+//! static INT8 with every MatMul in integer arithmetic (mean cosine to onnxruntime FP32 >= 0.995
+//! on sentences not used for calibration).
 //! Host only: quantization is a workstation job, and emulated aarch64 would take minutes.
 #![cfg(target_arch = "x86_64")]
 
@@ -14,8 +15,13 @@ fn quantize(bits: u32) -> (Vec<u8>, ember_quantize::report::Report) {
     let (model, dir) = ember_tests::minilm();
     let onnx = std::fs::read(model).unwrap();
     let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
-    let mut opts =
-        Options { bits, batches: vec![1, 8], method: Method::MinMax, ..Default::default() };
+    let mut opts = Options {
+        bits,
+        batches: vec![1, 8],
+        method: Method::MinMax,
+        int8_act_matmul: true,
+        ..Default::default()
+    };
     opts.shapes =
         HashMap::from([("input_ids".into(), vec![128]), ("attention_mask".into(), vec![128])]);
     ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap()
@@ -67,6 +73,10 @@ fn static_int8_keeps_sentence_embeddings() {
     let linear = rep.layers.iter().filter(|l| l.kind == "linear").count();
     assert_eq!(linear, 18, "every projection and FFN layer is a Linear");
     assert!(rep.layers.iter().filter(|l| l.kind == "linear").all(|l| l.precision == "int8"));
+    // All MatMuls in integer arithmetic: the six attention products too (QK^T and P.V per layer).
+    let mm: Vec<&str> =
+        rep.layers.iter().filter(|l| l.kind == "matmul").map(|l| l.precision.as_str()).collect();
+    assert_eq!(mm, vec!["int8"; 6], "attention matmuls");
     // The word-embedding table is row-wise INT8 too.
     assert!(rep.layers.iter().any(|l| l.kind.starts_with("embedding")));
 }

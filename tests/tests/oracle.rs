@@ -115,6 +115,29 @@ fn int8_percentile_calibration_also_tracks_float() {
 }
 
 #[test]
+fn int8_activation_matmuls_track_float() {
+    // With --act-matmul int8 the DLRM interaction and the BERT-like attention run in INT8.
+    for name in ["dlrm", "bert_block"] {
+        let dir = case(name);
+        let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+        let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+        let opts = Options { batches: vec![4], int8_act_matmul: true, ..Default::default() };
+        let (bytes, rep) =
+            ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
+        assert!(
+            rep.layers.iter().filter(|l| l.kind == "matmul").all(|l| l.precision == "int8"),
+            "{name}"
+        );
+        assert!(rep.layers.iter().any(|l| l.kind == "matmul"), "{name}");
+        let got = run_case(name, &bytes);
+        for (k, w) in npz::read_npz(&dir.join("expected.npz")).unwrap() {
+            let m = report::metrics(&k, &got[&k].to_f32_vec(), &w.to_f32_vec());
+            assert!(m.cosine >= 0.999 && m.pearson >= 0.998, "{name}/{k}: {m:?}");
+        }
+    }
+}
+
+#[test]
 fn every_batch_size_gives_the_same_answer() {
     // 203 test samples: batch 8 pads its last batch, batch 1 never pads.
     let (b1, _) = quantize_case("dlrm", 8, &[1], Method::MinMax);
@@ -129,7 +152,12 @@ fn every_batch_size_gives_the_same_answer() {
 fn report_lists_float_ops_and_int8_layers() {
     let (_, rep) = quantize_case("dlrm", 8, &[2], Method::MinMax);
     let floats: Vec<&str> = rep.float_ops.iter().map(|o| o.node.as_str()).collect();
-    assert!(floats.contains(&"interact") && floats.contains(&"sigmoid"), "{floats:?}");
+    // By default activation x activation MatMuls stay in float, and say so.
+    assert!(floats.contains(&"sigmoid") && floats.contains(&"interact"), "{floats:?}");
+    let interact =
+        rep.layers.iter().find(|l| l.node == "interact").expect("interaction layer reported");
+    assert_eq!((interact.kind.as_str(), interact.precision.as_str()), ("matmul", "f32"));
+    assert!(interact.reason.as_deref().unwrap_or("").contains("--act-matmul"));
     let emb = rep.layers.iter().filter(|l| l.kind.starts_with("embedding")).count();
     assert_eq!(emb, 3);
     for l in &rep.layers {

@@ -18,7 +18,9 @@ pub struct Args {
 /// The kernel an op runs on with kernel set `k`, and its precision.
 pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
     match code {
-        OpCode::LinearI8 => (format!("{} + {}", k.quantize_i8_name, k.i8_gemm_name), "int8"),
+        OpCode::LinearI8 | OpCode::MatMulI8 => {
+            (format!("{} + {}", k.quantize_i8_name, k.i8_gemm_name), "int8")
+        }
         OpCode::LinearF32 => (k.f32_gemm_name.to_string(), "f32"),
         OpCode::GatherRowsI8 => ("i8_gather_rows_dequant_generic".into(), "int8"),
         OpCode::MatMulF32 => ("f32_matmul_generic".into(), "f32"),

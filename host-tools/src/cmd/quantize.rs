@@ -7,6 +7,12 @@ use ember_quantize::{atomic, Method, Options};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum ActMatmul {
+    Float,
+    Int8,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MethodArg {
     /// Observed min and max.
@@ -44,6 +50,10 @@ pub struct Args {
     /// Percentile kept by `--method percentile`.
     #[arg(long, default_value_t = 99.99)]
     pub percentile: f32,
+    /// Precision of activation x activation MatMuls (attention): kept in float, or INT8 with
+    /// static scales.
+    #[arg(long, value_enum, default_value_t = ActMatmul::Float)]
+    pub act_matmul: ActMatmul,
     /// Also write the accuracy report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -87,6 +97,7 @@ pub fn run(a: Args) -> Result<()> {
             MethodArg::Mse => Method::Mse,
         },
         percentile: a.percentile,
+        int8_act_matmul: a.act_matmul == ActMatmul::Int8,
         source_name: a
             .model
             .file_name()

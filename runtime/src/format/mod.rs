@@ -183,6 +183,11 @@ pub enum OpCode {
     LayerNorm = 14,
     /// in [x]; broadcasts x (NumPy rules) to the output's shape.
     Expand = 15,
+    /// Activation × activation in integer arithmetic: in [a f32 [B?,M,K], b f32 [B?,K,N]];
+    /// params [batch, m, k, n, a_batch_stride, b_batch_stride, a_inv_scale, a_zero_point,
+    /// b_inv_scale, out_scale] (f32 bits for scales). `a` is quantized affine, `b` symmetric; the
+    /// zero-point correction uses `b`'s column sums, computed per run.
+    MatMulI8 = 16,
 }
 
 impl OpCode {
@@ -203,6 +208,7 @@ impl OpCode {
             13 => Self::Cast,
             14 => Self::LayerNorm,
             15 => Self::Expand,
+            16 => Self::MatMulI8,
             _ => return None,
         })
     }
@@ -223,11 +229,12 @@ impl OpCode {
             Self::Cast => "cast",
             Self::LayerNorm => "layer_norm",
             Self::Expand => "expand",
+            Self::MatMulI8 => "matmul_i8",
         }
     }
     /// Whether the op computes in integer arithmetic (reported by `inspect` and the report).
     pub fn is_int8(self) -> bool {
-        matches!(self, Self::LinearI8 | Self::GatherRowsI8)
+        matches!(self, Self::LinearI8 | Self::GatherRowsI8 | Self::MatMulI8)
     }
 }
 

@@ -69,13 +69,20 @@ fn index(ix: &[u8], idx64: bool, i: usize, dim: usize, op: usize) -> Result<usiz
 }
 
 /// Runs op `op_index` (writing value `out_v`).
+/// Per-session scratch, sized at load for the largest op.
+pub(crate) struct Scratch<'s> {
+    pub i8s: &'s mut [i8],
+    pub i32s: &'s mut [i32],
+    pub f32s: &'s mut [f32],
+}
+
 pub(crate) fn run_op(
     op: &Op,
     op_index: usize,
     out_v: u32,
     ctx: &Ctx,
     arena: &mut [u8],
-    scratch: &mut [i8],
+    scratch: &mut Scratch,
 ) -> Result<(), Error> {
     let ov = &ctx.values[out_v as usize];
     let (left, rest) = arena.split_at_mut(ov.offset);
@@ -105,7 +112,7 @@ pub(crate) fn run_op(
             );
         }
         Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k: kk, n, act, inv_scale, zp } => {
-            let q = &mut scratch[..m * kk];
+            let q = &mut scratch.i8s[..m * kk];
             if *mult == REF_NONE {
                 (k.quantize_i8)(cast(io.bytes(*x))?, *inv_scale, *zp, q);
             } else {
@@ -135,6 +142,44 @@ pub(crate) fn run_op(
                     *n,
                     &a[i * a_bs..],
                     &b[i * b_bs..],
+                    &mut o[i * m * n..(i + 1) * m * n],
+                );
+            }
+        }
+        Op::MatMulI8 { a, b, batch, m, k: kk, n, a_bs, b_bs, a_inv, a_zp, b_inv, out_scale } => {
+            let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
+            let o: &mut [f32] = cast_mut(out)?;
+            let (qa, rest) = scratch.i8s.split_at_mut(m * kk);
+            let bt = &mut rest[..n * kk];
+            let sums = &mut scratch.i32s[..*n];
+            let (scale, bias) = scratch.f32s[..2 * n].split_at_mut(*n);
+            scale.fill(*out_scale);
+            bias.fill(0.0);
+            for i in 0..*batch {
+                (k.quantize_i8)(&a[i * a_bs..i * a_bs + m * kk], *a_inv, *a_zp, qa);
+                let bi = &b[i * b_bs..i * b_bs + kk * n];
+                // b [K, N] → symmetric i8, transposed to [N, K] for the GEMM kernel.
+                for p in 0..*kk {
+                    for j in 0..*n {
+                        let t = (bi[p * n + j] * b_inv).clamp(-127.0, 127.0);
+                        let t = if t.is_nan() { 0.0 } else { t };
+                        bt[j * kk + p] = ember_kernels::generic::round_half_even(t) as i8;
+                    }
+                }
+                for (j, s) in sums.iter_mut().enumerate() {
+                    *s = bt[j * kk..(j + 1) * kk].iter().map(|v| *v as i32).sum();
+                }
+                (k.i8_gemm)(
+                    *m,
+                    *kk,
+                    *n,
+                    qa,
+                    *a_zp,
+                    bt,
+                    sums,
+                    scale,
+                    bias,
+                    ember_kernels::Act::None,
                     &mut o[i * m * n..(i + 1) * m * n],
                 );
             }

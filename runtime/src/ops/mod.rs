@@ -92,6 +92,20 @@ pub(crate) enum Op {
         sb: Dims,
         fast: BinFast,
     },
+    MatMulI8 {
+        a: u32,
+        b: u32,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        a_bs: usize,
+        b_bs: usize,
+        a_inv: f32,
+        a_zp: i32,
+        b_inv: f32,
+        out_scale: f32,
+    },
     Unary {
         x: u32,
         kind: UnaryKind,
@@ -182,10 +196,13 @@ pub(crate) enum BinFast {
 }
 
 impl Op {
-    pub fn scratch_i8(&self) -> usize {
+    /// Scratch this op needs: (i8 elements, i32 elements, f32 elements).
+    pub fn scratch(&self) -> (usize, usize, usize) {
         match self {
-            Op::LinearI8 { m, k, .. } => m * k,
-            _ => 0,
+            Op::LinearI8 { m, k, .. } => (m * k, 0, 0),
+            // quantized a, transposed quantized b; b's column sums; per-column scale and zero bias
+            Op::MatMulI8 { m, k, n, .. } => (m * k + n * k, *n, 2 * n),
+            _ => (0, 0, 0),
         }
     }
 }
@@ -313,7 +330,7 @@ pub(crate) fn prepare<'a>(
                 }
             }
         }
-        OpCode::MatMulF32 => {
+        OpCode::MatMulF32 | OpCode::MatMulI8 => {
             arity(2)?;
             let a = need(ins[0], &f32_only, "a")?;
             let b = need(ins[1], &f32_only, "b")?;
@@ -334,7 +351,32 @@ pub(crate) fn prepare<'a>(
                 out.dtype == DType::F32 && numel(out.dims) == batch * m * n,
                 "output has the wrong size"
             );
-            Op::MatMulF32 { a: ins[0], b: ins[1], batch, m, k, n, a_bs, b_bs }
+            if code == OpCode::MatMulI8 {
+                ensure!(k as u32 <= MAX_I8_K, "reduction depth {k} exceeds {MAX_I8_K}");
+                let [a_inv, b_inv, out_scale] = [p[6], p[8], p[9]].map(f32::from_bits);
+                let a_zp = p[7] as i32;
+                for (v, nm) in [(a_inv, "a scale"), (b_inv, "b scale"), (out_scale, "output scale")]
+                {
+                    ensure!(v.is_finite() && v > 0.0, "{nm} {v} is not positive");
+                }
+                ensure!((-128..=127).contains(&a_zp), "zero point {a_zp} outside i8");
+                Op::MatMulI8 {
+                    a: ins[0],
+                    b: ins[1],
+                    batch,
+                    m,
+                    k,
+                    n,
+                    a_bs,
+                    b_bs,
+                    a_inv,
+                    a_zp,
+                    b_inv,
+                    out_scale,
+                }
+            } else {
+                Op::MatMulF32 { a: ins[0], b: ins[1], batch, m, k, n, a_bs, b_bs }
+            }
         }
         OpCode::Binary => {
             arity(2)?;
