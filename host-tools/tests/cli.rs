@@ -126,93 +126,34 @@ fn quantize_rejects_bad_models_and_data() {
     let out = d.join("never.ember");
     let garbage = d.join("garbage.onnx");
     std::fs::write(&garbage, b"\x08\x96\x01 not onnx at all \xff\xfe").unwrap();
-    fails(
-        &run("quantize", &[&garbage, &"-o", &out, &"--calib", &case.join("calib.npz")]),
-        "malformed ONNX",
-        Some(&out),
-    );
+    let (model, calib) = (case.join("model.onnx"), case.join("calib.npz"));
+    // quantize MODEL -o OUT --calib CALIB EXTRA...
+    let q = |m: &Path, c: &Path, o: &Path, extra: &[&str]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&m, &"-o", &o, &"--calib", &c];
+        args.extend(extra.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
+        run("quantize", &args)
+    };
+    fails(&q(&garbage, &calib, &out, &[]), "malformed ONNX", Some(&out));
     let unsup = ember_tests::case("unsupported");
     fails(
-        &run(
-            "quantize",
-            &[&unsup.join("model.onnx"), &"-o", &out, &"--calib", &unsup.join("calib.npz")],
-        ),
+        &q(&unsup.join("model.onnx"), &unsup.join("calib.npz"), &out, &[]),
         "unsupported op 'Conv' in node 'my_conv'",
         Some(&out),
     );
-    fails(
-        &run(
-            "quantize",
-            &[&d.join("missing.onnx"), &"-o", &out, &"--calib", &case.join("calib.npz")],
-        ),
-        "cannot read",
-        Some(&out),
-    );
-    fails(
-        &run(
-            "quantize",
-            &[&case.join("model.onnx"), &"-o", &out, &"--calib", &d.join("missing.npz")],
-        ),
-        "missing.npz",
-        Some(&out),
-    );
+    fails(&q(&d.join("missing.onnx"), &calib, &out, &[]), "cannot read", Some(&out));
+    fails(&q(&model, &d.join("missing.npz"), &out, &[]), "missing.npz", Some(&out));
     // Calibration data of another model: wrong input names.
-    let mlp = ember_tests::case("mlp");
     fails(
-        &run(
-            "quantize",
-            &[&case.join("model.onnx"), &"-o", &out, &"--calib", &mlp.join("calib.npz")],
-        ),
+        &q(&model, &ember_tests::case("mlp").join("calib.npz"), &out, &[]),
         "not a model input",
         Some(&out),
     );
-    fails(
-        &run("quantize", &[&case.join("model.onnx"), &"-o", &out, &"--calib", &garbage]),
-        "not a valid .npz",
-        Some(&out),
-    );
-    fails(
-        &run(
-            "quantize",
-            &[
-                &case.join("model.onnx"),
-                &"-o",
-                &out,
-                &"--calib",
-                &case.join("calib.npz"),
-                &"--shape",
-                &"dense",
-            ],
-        ),
-        "NAME=D1",
-        Some(&out),
-    );
-    fails(
-        &run(
-            "quantize",
-            &[
-                &case.join("model.onnx"),
-                &"-o",
-                &out,
-                &"--calib",
-                &case.join("calib.npz"),
-                &"--bits",
-                &"3",
-            ],
-        ),
-        "--bits 3",
-        Some(&out),
-    );
+    fails(&q(&model, &garbage, &out, &[]), "not a valid .npz", Some(&out));
+    fails(&q(&model, &calib, &out, &["--shape", "dense"]), "NAME=D1", Some(&out));
+    fails(&q(&model, &calib, &out, &["--bits", "3"]), "--bits 3", Some(&out));
     // Output into a folder that does not exist: an error, not a panic.
     let nodir = d.join("no/such/dir/m.ember");
-    fails(
-        &run(
-            "quantize",
-            &[&case.join("model.onnx"), &"-o", &nodir, &"--calib", &case.join("calib.npz"), &"-q"],
-        ),
-        "cannot write",
-        Some(&nodir),
-    );
+    fails(&q(&model, &calib, &nodir, &["-q"]), "cannot write", Some(&nodir));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Execution of validated ops. No allocation, no locks, no I/O: every size was checked by
 //! `prepare`, and the arena slots of an op's output and its live inputs never overlap.
 
-use super::{BinFast, BinaryKind, Op, UnaryKind};
+use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
 use crate::Error;
@@ -132,7 +132,7 @@ pub(crate) fn run_op(
                 cast_mut(out)?,
             );
         }
-        Op::MatMulF32 { a, b, batch, m, k: kk, n, a_bs, b_bs } => {
+        Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs } } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
             for i in 0..*batch {
@@ -146,7 +146,15 @@ pub(crate) fn run_op(
                 );
             }
         }
-        Op::MatMulI8 { a, b, batch, m, k: kk, n, a_bs, b_bs, a_inv, a_zp, b_inv, out_scale } => {
+        Op::MatMulI8 {
+            a,
+            b,
+            d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs },
+            a_inv,
+            a_zp,
+            b_inv,
+            out_scale,
+        } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
             let (qa, rest) = scratch.i8s.split_at_mut(m * kk);

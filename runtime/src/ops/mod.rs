@@ -74,12 +74,7 @@ pub(crate) enum Op {
     MatMulF32 {
         a: u32,
         b: u32,
-        batch: usize,
-        m: usize,
-        k: usize,
-        n: usize,
-        a_bs: usize,
-        b_bs: usize,
+        d: MatMulDims,
     },
     Binary {
         a: u32,
@@ -95,12 +90,7 @@ pub(crate) enum Op {
     MatMulI8 {
         a: u32,
         b: u32,
-        batch: usize,
-        m: usize,
-        k: usize,
-        n: usize,
-        a_bs: usize,
-        b_bs: usize,
+        d: MatMulDims,
         a_inv: f32,
         a_zp: i32,
         b_inv: f32,
@@ -183,6 +173,18 @@ pub(crate) enum Op {
     },
 }
 
+/// Shape of a (batched) activation matmul: `batch` products of [m,k] x [k,n]; a batch stride of 0
+/// broadcasts that operand.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatMulDims {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a_bs: usize,
+    pub b_bs: usize,
+}
+
 /// Broadcast shortcuts for [`Op::Binary`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BinFast {
@@ -201,7 +203,7 @@ impl Op {
         match self {
             Op::LinearI8 { m, k, .. } => (m * k, 0, 0),
             // quantized a, transposed quantized b; b's column sums; per-column scale and zero bias
-            Op::MatMulI8 { m, k, n, .. } => (m * k + n * k, *n, 2 * n),
+            Op::MatMulI8 { d, .. } => (d.m * d.k + d.n * d.k, d.n, 2 * d.n),
             _ => (0, 0, 0),
         }
     }
@@ -363,19 +365,14 @@ pub(crate) fn prepare<'a>(
                 Op::MatMulI8 {
                     a: ins[0],
                     b: ins[1],
-                    batch,
-                    m,
-                    k,
-                    n,
-                    a_bs,
-                    b_bs,
+                    d: MatMulDims { batch, m, k, n, a_bs, b_bs },
                     a_inv,
                     a_zp,
                     b_inv,
                     out_scale,
                 }
             } else {
-                Op::MatMulF32 { a: ins[0], b: ins[1], batch, m, k, n, a_bs, b_bs }
+                Op::MatMulF32 { a: ins[0], b: ins[1], d: MatMulDims { batch, m, k, n, a_bs, b_bs } }
             }
         }
         OpCode::Binary => {
