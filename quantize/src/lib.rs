@@ -48,6 +48,10 @@ pub struct Options {
     pub source_name: String,
     /// Also quantize activation x activation MatMuls (attention scores and context) to INT8.
     pub int8_act_matmul: bool,
+    /// Accuracy budget: the largest allowed drop of output cosine to float on (up to 16 samples of)
+    /// the calibration set (mean per-sample cosine for outputs of 8+ values per sample, else the
+    /// cosine of the whole output); the most sensitive layers fall back to float until it holds.
+    pub max_cos_drop: Option<f64>,
 }
 
 impl Default for Options {
@@ -60,6 +64,7 @@ impl Default for Options {
             percentile: 99.99,
             source_name: "model.onnx".into(),
             int8_act_matmul: false,
+            max_cos_drop: None,
         }
     }
 }
@@ -182,23 +187,12 @@ pub fn quantize(
     } else {
         HashMap::new()
     };
-    let mut lw = lower::Lowerer::new(opts.bits, &stats, opts.method, opts.percentile);
-    lw.int8_act_matmul = opts.int8_act_matmul;
-    for s in &specs {
-        lw.writer.input(ember_runtime::format::writer::SigSpec {
-            name: s.name.clone(),
-            dtype: s.dtype,
-            dims: s.dims.iter().map(|d| *d as u32).collect(),
-        });
-    }
-    let mut op_reports = vec![];
-    let mut first_ids = HashMap::new();
     let mut out_specs: Vec<IoSpec> = vec![];
+    let mut per_batch = vec![];
     for (i, b) in batches.iter().enumerate() {
         progress("plan", i, batches.len());
         let shapes = freeze(&g, &specs, *b)?;
         let gb = passes::specialize(&g, &shapes)?;
-
         if i == 0 {
             for o in &g.outputs {
                 let (dt, dims) = shapes
@@ -211,30 +205,72 @@ pub fn quantize(
                     dims: dims.get(1..).unwrap_or(&[]).to_vec(),
                 });
             }
-            for s in &out_specs {
-                lw.writer.output(ember_runtime::format::writer::SigSpec {
-                    name: s.name.clone(),
-                    dtype: s.dtype,
-                    dims: s.dims.iter().map(|d| *d as u32).collect(),
-                });
+        }
+        per_batch.push((*b, shapes, gb));
+    }
+    let choices = std::cell::RefCell::new(HashMap::new());
+    let ctx = BuildCtx {
+        specs: &specs,
+        out_specs: &out_specs,
+        per_batch: &per_batch,
+        stats: &stats,
+        opts,
+        choices: &choices,
+        onnx_bytes,
+        n,
+    };
+    let mut float_nodes = HashSet::new();
+    let mut built = build(&ctx, &float_nodes)?;
+    let mut cos_drop = None;
+    let mut fell_back: Vec<(String, f64)> = vec![];
+    if let (8, Some(budget)) = (opts.bits, opts.max_cos_drop) {
+        let eval_n = n.min(16);
+        let eval: HashMap<String, HostTensor> =
+            samples.iter().map(|(k, v)| (k.clone(), v.slice_rows(0, eval_n))).collect();
+        let want = exec::reference_batched(&g, &eval, eval_n, batches[0])?;
+        let drop_of = |bytes: &[u8]| -> Result<f64> {
+            let m = Model::parse(AlignedBuf::from_bytes(bytes))?;
+            let got = exec::run_batched(&m, &eval, eval_n)?;
+            Ok(want
+                .iter()
+                .map(|(k, w)| mean_sample_cos_drop(&got[k], w, eval_n))
+                .fold(0.0, f64::max))
+        };
+        let mut d = drop_of(&built.bytes)?;
+        if d > budget {
+            let cands: Vec<String> = built
+                .layers
+                .iter()
+                .filter(|l| l.precision == "int8")
+                .map(|l| l.node.clone())
+                .collect();
+            let mut gains = vec![];
+            for (i, c) in cands.iter().enumerate() {
+                progress("sensitivity", i, cands.len());
+                let one: HashSet<String> = HashSet::from([c.clone()]);
+                gains.push((d - drop_of(&build(&ctx, &one)?.bytes)?, c.clone()));
+            }
+            gains.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (gain, c) in gains {
+                if d <= budget {
+                    break;
+                }
+                float_nodes.insert(c.clone());
+                built = build(&ctx, &float_nodes)?;
+                d = drop_of(&built.bytes)?;
+                fell_back.push((c, gain));
             }
         }
-        let (plan, reps, names, ids) = lw.plan(&gb, *b, &shapes, i == 0)?;
-        if i == 0 {
-            op_reports = reps;
-            first_ids = ids;
+        for l in built.layers.iter_mut() {
+            if let Some((_, gain)) = fell_back.iter().find(|(c, _)| *c == l.node) {
+                l.reason = Some(format!(
+                    "fell back to f32 for --max-cos-drop {budget}: INT8 here cost {gain:.2e} of output cosine on the calibration set"
+                ));
+            }
         }
-        lw.writer.meta(&format!("op_names.b{b}"), &names.join("\n"));
-        lw.writer.plan(plan);
+        cos_drop = Some(d);
     }
-    lw.writer.meta("source", &opts.source_name);
-    lw.writer.meta("source_crc32", &format!("{:08x}", crc32(onnx_bytes)));
-    lw.writer.meta("source_bytes", &onnx_bytes.len().to_string());
-    lw.writer.meta("bits", &opts.bits.to_string());
-    lw.writer.meta("calibration", &format!("{:?} over {n} samples", opts.method).to_lowercase());
-    lw.writer.meta("producer", concat!("ember-quantize ", env!("CARGO_PKG_VERSION")));
-    let mut layers = std::mem::take(&mut lw.layers);
-    let bytes = std::mem::take(&mut lw.writer).finish();
+    let Built { bytes, mut layers, ops: op_reports, ids: first_ids } = built;
     let float_weight_bytes: usize =
         g.consts.values().filter(|t| t.as_f32().is_some()).map(|t| t.numel() * 4).sum();
 
@@ -260,8 +296,87 @@ pub fn quantize(
         ops: op_reports,
         float_ops,
         outputs,
+        max_cos_drop: opts.max_cos_drop,
+        cos_drop,
+        fell_back: fell_back.into_iter().map(|(c, _)| c).collect(),
     };
     Ok((bytes, rep))
+}
+
+/// Everything one lowering needs that does not change between lowerings.
+struct BuildCtx<'a> {
+    specs: &'a [IoSpec],
+    out_specs: &'a [IoSpec],
+    per_batch: &'a [(usize, lower::Shapes, Graph)],
+    stats: &'a HashMap<String, calibrate::Stats>,
+    opts: &'a Options,
+    choices: &'a std::cell::RefCell<HashMap<String, quant::LinearChoice>>,
+    onnx_bytes: &'a [u8],
+    n: usize,
+}
+
+/// One lowered `.ember` file with its report parts.
+struct Built {
+    bytes: Vec<u8>,
+    layers: Vec<report::LayerReport>,
+    ops: Vec<report::OpReport>,
+    ids: HashMap<String, u32>,
+}
+
+/// Lowers every batch size into one file, with `float_nodes` kept in float.
+fn build(ctx: &BuildCtx, float_nodes: &HashSet<String>) -> Result<Built> {
+    let opts = ctx.opts;
+    let mut lw = lower::Lowerer::new(opts.bits, ctx.stats, opts.method, opts.percentile);
+    lw.int8_act_matmul = opts.int8_act_matmul;
+    lw.float_nodes = float_nodes.clone();
+    lw.choices = Some(ctx.choices);
+    let sig = |s: &IoSpec| ember_runtime::format::writer::SigSpec {
+        name: s.name.clone(),
+        dtype: s.dtype,
+        dims: s.dims.iter().map(|d| *d as u32).collect(),
+    };
+    for s in ctx.specs {
+        lw.writer.input(sig(s));
+    }
+    for s in ctx.out_specs {
+        lw.writer.output(sig(s));
+    }
+    let (mut ops, mut ids) = (vec![], HashMap::new());
+    for (i, (b, shapes, gb)) in ctx.per_batch.iter().enumerate() {
+        let (plan, reps, names, vids) = lw.plan(gb, *b, shapes, i == 0)?;
+        if i == 0 {
+            ops = reps;
+            ids = vids;
+        }
+        lw.writer.meta(&format!("op_names.b{b}"), &names.join("\n"));
+        lw.writer.plan(plan);
+    }
+    lw.writer.meta("source", &opts.source_name);
+    lw.writer.meta("source_crc32", &format!("{:08x}", crc32(ctx.onnx_bytes)));
+    lw.writer.meta("source_bytes", &ctx.onnx_bytes.len().to_string());
+    lw.writer.meta("bits", &opts.bits.to_string());
+    lw.writer
+        .meta("calibration", &format!("{:?} over {} samples", opts.method, ctx.n).to_lowercase());
+    lw.writer.meta("producer", concat!("ember-quantize ", env!("CARGO_PKG_VERSION")));
+    let layers = std::mem::take(&mut lw.layers);
+    let bytes = std::mem::take(&mut lw.writer).finish();
+    Ok(Built { bytes, layers, ops, ids })
+}
+
+/// 1 − the output's cosine to the reference: the mean per-sample cosine when a sample's output
+/// has at least 8 values (embeddings, logits), else the cosine over the whole output (a per-sample
+/// cosine of a scalar is always 1).
+fn mean_sample_cos_drop(got: &HostTensor, want: &HostTensor, n: usize) -> f64 {
+    let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
+    let per = g.len() / n.max(1);
+    if per < 8 {
+        return 1.0 - report::metrics("", &g, &w).cosine;
+    }
+    let mean: f64 = (0..n)
+        .map(|i| report::metrics("", &g[i * per..(i + 1) * per], &w[i * per..(i + 1) * per]).cosine)
+        .sum::<f64>()
+        / n as f64;
+    1.0 - mean
 }
 
 /// Runs up to 256 calibration samples through the model and the float reference, filling each

@@ -33,6 +33,10 @@ pub struct Lowerer<'a> {
     pub percentile: f32,
     /// Quantize activation x activation MatMuls (attention) to INT8 too.
     pub int8_act_matmul: bool,
+    /// Nodes kept in float whatever `bits` says (mixed precision).
+    pub float_nodes: std::collections::HashSet<String>,
+    /// Scheme choices of Linear layers, shared by every lowering of one quantization.
+    pub choices: Option<&'a std::cell::RefCell<HashMap<String, quant::LinearChoice>>>,
     pub writer: Writer,
     tensors: HashMap<String, u32>,
     linear_i8: HashMap<String, ([u32; 5], f32, i32)>,
@@ -133,6 +137,8 @@ impl<'a> Lowerer<'a> {
     ) -> Self {
         Lowerer {
             int8_act_matmul: false,
+            float_nodes: Default::default(),
+            choices: None,
             bits,
             stats,
             method,
@@ -274,21 +280,24 @@ impl<'a> Lowerer<'a> {
                 }
                 let act = n.int("act").unwrap_or(0) as u32;
                 let y = pb.define(&out_name)?;
-                if self.bits == 8 {
+                if self.bits == 8 && !self.float_nodes.contains(&n.name) {
                     let (refs, sx, zp) = match self.linear_i8.get(&n.name) {
                         Some(r) => *r,
                         None => {
                             let st = self.stats.get(x_name).ok_or_else(|| {
                                 err(format!("no calibration data for '{x_name}'"))
                             })?;
-                            let c = quant::choose_linear(
-                                w.as_f32().unwrap_or(&[]),
-                                nn,
-                                k,
-                                st,
-                                self.method,
-                                self.percentile,
-                            );
+                            let cached = self.choices.and_then(|c| c.borrow().get(&n.name).cloned());
+                            let c = match cached {
+                                Some(c) => c,
+                                None => {
+                                    let c = quant::choose_linear(w.as_f32().unwrap_or(&[]), nn, k, st, self.method, self.percentile);
+                                    if let Some(cache) = self.choices {
+                                        cache.borrow_mut().insert(n.name.clone(), c.clone());
+                                    }
+                                    c
+                                }
+                            };
                             if !c.range.min.is_finite() || !c.range.max.is_finite() {
                                 return Err(err(format!(
                                     "calibration range of '{x_name}' is not finite ({}, {})",
@@ -419,7 +428,7 @@ impl<'a> Lowerer<'a> {
                 ];
                 let (a, b) = (self.operand(g, pb, an, n)?, self.operand(g, pb, bn, n)?);
                 let y = pb.define(&out_name)?;
-                let stats = if self.int8_act_matmul { (self.stats.get(an), self.stats.get(bn)) } else { (None, None) };
+                let stats = if self.int8_act_matmul && !self.float_nodes.contains(&n.name) { (self.stats.get(an), self.stats.get(bn)) } else { (None, None) };
                 if let (8, Some(sa), Some(sb)) = (self.bits, stats.0, stats.1) {
                     let ra = sa.range(None, self.method, self.percentile);
                     let rb = sb.range(None, self.method, self.percentile);
@@ -490,7 +499,8 @@ impl<'a> Lowerer<'a> {
                     .get(dn)
                     .filter(|t| t.shape.len() == 2 && t.as_f32().is_some());
                 let axis = n.int("axis").unwrap_or(0);
-                if let (Some(t), 8, 0) = (data_const, self.bits, axis) {
+                let forced_float = self.float_nodes.contains(&n.name);
+                if let (Some(t), 8, 0, false) = (data_const, self.bits, axis, forced_float) {
                     let (rows, d) = (t.shape[0], t.shape[1]);
                     let refs = match self.emb_i8.get(dn) {
                         Some(r) => *r,
@@ -550,6 +560,9 @@ impl<'a> Lowerer<'a> {
                     let axis = norm_axis(axis, rank, n)?;
                     let d = self.operand(g, pb, dn, n)?;
                     let y = pb.define(&out_name)?;
+                    if let (true, true, Some(t)) = (forced_float, first, data_const) {
+                        self.layers.push(LayerReport::float(&n.name, &format!("embedding ({dn})"), t.shape[0], t.shape[1], t.shape[1]));
+                    }
                     pb.push(&n.name, OpCode::Gather, &[d, ix], y, &[axis as u32], "data");
                 }
             }

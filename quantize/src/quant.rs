@@ -5,6 +5,7 @@ use ember_kernels::generic::round_half_even;
 use half::f16;
 
 /// INT8 weights `[N, K]` with one symmetric scale per output row.
+#[derive(Clone)]
 pub struct QuantWeights {
     pub q: Vec<i8>,
     pub scale: Vec<f32>,
@@ -88,6 +89,7 @@ pub fn quantize_rows(t: &[f32], rows: usize, d: usize) -> QuantRows {
 }
 
 /// How one Linear layer is quantized, chosen by simulation on calibration rows.
+#[derive(Clone)]
 pub struct LinearChoice {
     pub weights: QuantWeights,
     pub act_scale: f32,

@@ -174,6 +174,13 @@ pub struct Report {
     pub float_ops: Vec<OpReport>,
     /// Output metrics against the float reference, measured on (up to 256) calibration samples.
     pub outputs: Vec<OutputMetrics>,
+    /// The accuracy budget (`--max-cos-drop`), if one was given.
+    pub max_cos_drop: Option<f64>,
+    /// Measured drop of mean per-sample output cosine on the calibration samples used for the
+    /// budget (worst output), after any fallback.
+    pub cos_drop: Option<f64>,
+    /// Layers kept in float to meet the budget, most sensitive first.
+    pub fell_back: Vec<String>,
 }
 
 impl Report {
@@ -203,6 +210,16 @@ impl Report {
             let names: Vec<String> =
                 self.float_ops.iter().map(|o| format!("{} ({})", o.node, o.op)).collect();
             s.push_str(&format!("ops computing in float: {}\n", names.join(", ")));
+        }
+        if let (Some(b), Some(d)) = (self.max_cos_drop, self.cos_drop) {
+            s.push_str(&format!(
+                "accuracy budget: cosine drop {d:.2e} <= {b:.2e}; layers kept in float: {}\n",
+                if self.fell_back.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.fell_back.join(", ")
+                }
+            ));
         }
         for o in &self.outputs {
             s.push_str(&format!(

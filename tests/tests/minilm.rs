@@ -80,3 +80,37 @@ fn static_int8_keeps_sentence_embeddings() {
     // The word-embedding table is row-wise INT8 too.
     assert!(rep.layers.iter().any(|l| l.kind.starts_with("embedding")));
 }
+
+#[test]
+fn accuracy_budget_of_0_001_holds_on_unseen_sentences() {
+    let (model, dir) = ember_tests::minilm();
+    let onnx = std::fs::read(model).unwrap();
+    let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+    let mut opts = Options {
+        batches: vec![8],
+        method: Method::MinMax,
+        int8_act_matmul: true,
+        max_cos_drop: Some(0.001),
+        ..Default::default()
+    };
+    opts.shapes =
+        HashMap::from([("input_ids".into(), vec![128]), ("attention_mask".into(), vec![128])]);
+    let (bytes, rep) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
+    let c = cosines(&bytes);
+    let mean = c.iter().sum::<f64>() / c.len() as f64;
+    eprintln!(
+        "MiniLM-L3 --max-cos-drop 0.001: mean cosine {mean:.5}, fell back: {:?}",
+        rep.fell_back
+    );
+    assert!(mean >= 0.999, "mean cosine {mean}");
+    assert!(rep.cos_drop.unwrap() <= 0.001);
+    // Every layer not in INT8 is named, with its reason.
+    for l in rep.layers.iter().filter(|l| l.precision != "int8") {
+        assert!(
+            rep.fell_back.contains(&l.node),
+            "{} is float but not reported as a fallback",
+            l.node
+        );
+        assert!(l.reason.as_deref().unwrap_or("").contains("--max-cos-drop"));
+    }
+}

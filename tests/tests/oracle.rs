@@ -138,6 +138,41 @@ fn int8_activation_matmuls_track_float() {
 }
 
 #[test]
+fn accuracy_budget_falls_back_the_most_sensitive_layers_and_says_so() {
+    let dir = case("dlrm");
+    let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+    let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+    let q = |budget: f64| {
+        let opts = Options {
+            batches: vec![4],
+            int8_act_matmul: true,
+            max_cos_drop: Some(budget),
+            ..Default::default()
+        };
+        ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap().1
+    };
+    let loose = q(0.5);
+    assert!(loose.fell_back.is_empty(), "{:?}", loose.fell_back);
+    let full_drop = loose.cos_drop.unwrap();
+    assert!(full_drop > 0.0);
+    let budget = full_drop / 4.0;
+    let tight = q(budget);
+    assert!(!tight.fell_back.is_empty());
+    assert!(tight.cos_drop.unwrap() <= budget, "{:?} > {budget}", tight.cos_drop);
+    for name in &tight.fell_back {
+        let l = tight.layers.iter().find(|l| &l.node == name).unwrap();
+        assert_eq!(l.precision, "f32", "{name}");
+        assert!(
+            l.reason.as_deref().unwrap_or("").contains("--max-cos-drop"),
+            "{name}: {:?}",
+            l.reason
+        );
+    }
+    // Fewest layers: not everything fell back.
+    assert!(tight.layers.iter().any(|l| l.precision == "int8"));
+}
+
+#[test]
 fn every_batch_size_gives_the_same_answer() {
     // 203 test samples: batch 8 pads its last batch, batch 1 never pads.
     let (b1, _) = quantize_case("dlrm", 8, &[1], Method::MinMax);

@@ -54,6 +54,10 @@ pub struct Args {
     /// static scales.
     #[arg(long, value_enum, default_value_t = ActMatmul::Float)]
     pub act_matmul: ActMatmul,
+    /// Accuracy budget: the largest drop of mean per-sample output cosine to float allowed on the
+    /// calibration set; the most sensitive layers are kept in float until it holds.
+    #[arg(long, value_name = "DROP")]
+    pub max_cos_drop: Option<f64>,
     /// Also write the accuracy report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -85,6 +89,9 @@ pub fn run(a: Args) -> Result<()> {
     if !(0.0..=100.0).contains(&a.percentile) || a.percentile < 50.0 {
         bail!("--percentile must be between 50 and 100");
     }
+    if a.max_cos_drop.is_some_and(|d| !(0.0..=1.0).contains(&d)) {
+        bail!("--max-cos-drop must be between 0 and 1");
+    }
     let onnx = super::read(&a.model)?;
     let calib = super::read_npz(&a.calib)?;
     let opts = Options {
@@ -98,6 +105,7 @@ pub fn run(a: Args) -> Result<()> {
         },
         percentile: a.percentile,
         int8_act_matmul: a.act_matmul == ActMatmul::Int8,
+        max_cos_drop: a.max_cos_drop,
         source_name: a
             .model
             .file_name()
