@@ -108,12 +108,8 @@ pub fn calibrate(
         return Err(Error::Calib("the calibration set has no samples".into()));
     }
     let mut obs: HashMap<String, Stats> = HashMap::new();
-    let mut start = 0;
-    while start < n {
-        let take = batch.min(n - start);
-        let rows: Vec<usize> = (0..batch).map(|i| start + i % take).collect();
-        let chunk: HashMap<String, HostTensor> =
-            samples.iter().map(|(k, v)| (k.clone(), v.take_rows(&rows))).collect();
+    for (start, take, _) in crate::exec::schedule(n, &[batch]) {
+        let chunk = crate::exec::padded_chunk(samples, start, take, batch);
         let mut f = |name: &str, t: &HostTensor| {
             let (Some(v), Some(k)) = (t.as_f32(), t.shape.last().copied()) else { return };
             if k == 0 {
@@ -123,8 +119,7 @@ pub fn calibrate(
             obs.entry(name.to_string()).or_default().observe(v, k, method == Method::Percentile);
         };
         reference::evaluate(g, &chunk, Some((names, &mut f)))?;
-        start += take;
-        progress(start, n);
+        progress(start + take, n);
     }
     Ok(obs)
 }

@@ -128,6 +128,17 @@ pub fn schedule(n: usize, sizes: &[usize]) -> Vec<(usize, usize, usize)> {
     out
 }
 
+/// Samples `start..start + real` of every input, padded to `batch` rows by repeating the last.
+pub fn padded_chunk(
+    inputs: &HashMap<String, HostTensor>,
+    start: usize,
+    real: usize,
+    batch: usize,
+) -> HashMap<String, HostTensor> {
+    let rows: Vec<usize> = (0..batch).map(|i| start + i.min(real - 1)).collect();
+    inputs.iter().map(|(k, v)| (k.clone(), v.take_rows(&rows))).collect()
+}
+
 /// Runs every sample of `inputs` (validated with [`check_inputs`]) through the model.
 pub fn run_batched<B: AsRef<[u8]>>(
     model: &Model<B>,
@@ -138,16 +149,13 @@ pub fn run_batched<B: AsRef<[u8]>>(
     let mut sessions: HashMap<usize, Session<B>> = HashMap::new();
     let mut parts: Vec<Vec<HostTensor>> = vec![vec![]; model.outputs.len()];
     for (start, real, b) in schedule(n, &sizes) {
-        if let std::collections::hash_map::Entry::Vacant(e) = sessions.entry(b) {
-            e.insert(Session::new(model, b)?);
-        }
-        let s = sessions.get_mut(&b).ok_or(Error::Input("no session".into()))?;
-        let rows: Vec<usize> = (0..b).map(|i| start + i.min(real - 1)).collect();
-        let bufs: Vec<Vec<u8>> = model
-            .inputs
-            .iter()
-            .map(|sig| inputs[&sig.name].take_rows(&rows).to_le_bytes())
-            .collect();
+        let s = match sessions.entry(b) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Session::new(model, b)?),
+        };
+        let chunk = padded_chunk(inputs, start, real, b);
+        let bufs: Vec<Vec<u8>> =
+            model.inputs.iter().map(|sig| chunk[&sig.name].to_le_bytes()).collect();
         let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
         s.run(&refs)?;
         for (i, sig) in model.outputs.iter().enumerate() {
@@ -174,9 +182,7 @@ pub fn reference_batched(
 ) -> Result<BTreeMap<String, HostTensor>> {
     let mut parts: BTreeMap<String, Vec<HostTensor>> = BTreeMap::new();
     for (start, real, b) in schedule(n, &[batch]) {
-        let rows: Vec<usize> = (0..b).map(|i| start + i.min(real - 1)).collect();
-        let chunk: HashMap<String, HostTensor> =
-            inputs.iter().map(|(k, v)| (k.clone(), v.take_rows(&rows))).collect();
+        let chunk = padded_chunk(inputs, start, real, b);
         for (k, v) in reference::evaluate(g, &chunk, None)? {
             parts.entry(k).or_default().push(v.slice_rows(0, real));
         }

@@ -1,4 +1,4 @@
-//! Host implementations of the shape-manipulation ops of real exports (Shape, Slice, Expand,
+//! Host implementations of the index and shape-manipulation ops (Gather, Shape, Slice, Expand,
 //! Equal, Where, ConstantOfShape, Range), with NumPy broadcasting. Booleans are i64 0/1.
 
 use crate::tensor::{Data, HostTensor};
@@ -170,4 +170,54 @@ pub fn range(
         let n = ((l - s + d - d.signum()) / d).max(0) as usize;
         Ok(HostTensor::i64(vec![n], (0..n as i64).map(|i| s + i * d).collect()))
     }
+}
+
+/// ONNX Shape of a tensor with dims `dims`: the dims from `start` to `end` (attributes of
+/// opset 15+, negative values counted from the end, clamped), as an i64 vector.
+pub fn shape_of(dims: &[usize], start: Option<i64>, end: Option<i64>) -> HostTensor {
+    let r = dims.len() as i64;
+    let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let (st, en) = (clampi(start.unwrap_or(0)), clampi(end.unwrap_or(r)));
+    let d: Vec<i64> = dims[st..en.max(st)].iter().map(|v| *v as i64).collect();
+    HostTensor::i64(vec![d.len()], d)
+}
+
+/// ONNX Gather along `axis`, negative indices counted from the end; out-of-range is an error.
+pub fn gather(
+    data: &HostTensor,
+    idx: &HostTensor,
+    axis: usize,
+) -> std::result::Result<HostTensor, String> {
+    let d = &data.shape;
+    let dim = d[axis];
+    let outer: usize = d[..axis].iter().product();
+    let inner: usize = d[axis + 1..].iter().product();
+    let ids = idx.to_i64_vec();
+    let mut rows = Vec::with_capacity(ids.len());
+    for v in &ids {
+        let r = if *v < 0 { v + dim as i64 } else { *v };
+        if r < 0 || r >= dim as i64 {
+            return Err(format!("index {v} out of range for axis {axis} of size {dim}"));
+        }
+        rows.push(r as usize);
+    }
+    let mut shape: Vec<usize> = d[..axis].to_vec();
+    shape.extend_from_slice(&idx.shape);
+    shape.extend_from_slice(&d[axis + 1..]);
+    macro_rules! g {
+        ($v:expr, $ctor:path) => {{
+            let mut o = Vec::with_capacity(outer * rows.len() * inner);
+            for a in 0..outer {
+                for r in &rows {
+                    let s = (a * dim + r) * inner;
+                    o.extend_from_slice(&$v[s..s + inner]);
+                }
+            }
+            $ctor(shape, o)
+        }};
+    }
+    Ok(match &data.data {
+        Data::F32(v) => g!(v, HostTensor::f32),
+        Data::I64(v) => g!(v, HostTensor::i64),
+    })
 }

@@ -352,7 +352,7 @@ fn build(ctx: &BuildCtx, float_nodes: &HashSet<String>) -> Result<Built> {
         lw.writer.plan(plan);
     }
     lw.writer.meta("source", &opts.source_name);
-    lw.writer.meta("source_crc32", &format!("{:08x}", crc32(ctx.onnx_bytes)));
+    lw.writer.meta("source_crc32", &format!("{:08x}", crc32fast::hash(ctx.onnx_bytes)));
     lw.writer.meta("source_bytes", &ctx.onnx_bytes.len().to_string());
     lw.writer.meta("bits", &opts.bits.to_string());
     lw.writer
@@ -412,9 +412,7 @@ fn measure<B: AsRef<[u8]>>(
     let mut want: HashMap<String, Vec<f32>> = HashMap::new();
     let limit = n.min(256);
     for (start, real, bb) in exec::schedule(limit, &[b]) {
-        let rows: Vec<usize> = (0..bb).map(|i| start + i.min(real - 1)).collect();
-        let chunk: HashMap<String, HostTensor> =
-            samples.iter().map(|(k, v)| (k.clone(), v.take_rows(&rows))).collect();
+        let chunk = exec::padded_chunk(samples, start, real, bb);
         let mut f = |name: &str, t: &HostTensor| {
             let v = t.to_f32_vec();
             let keep = v.len() * real / bb;
@@ -478,8 +476,4 @@ fn measure<B: AsRef<[u8]>>(
             )
         })
         .collect())
-}
-
-fn crc32(b: &[u8]) -> u32 {
-    crc32fast::hash(b)
 }

@@ -9,7 +9,7 @@ use crate::calibrate::{Method, Stats};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node};
 use crate::quant;
-use crate::reference::LINEAR_OP;
+use crate::reference::{norm_axis, LINEAR_OP};
 use crate::report::{LayerReport, OpReport};
 use ember_runtime::format::writer::{PlanSpec, Writer};
 use ember_runtime::format::{
@@ -118,14 +118,6 @@ impl PlanBuild<'_> {
 
 fn dtype_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
-}
-
-fn norm_axis(a: i64, rank: usize, n: &Node) -> Result<usize> {
-    let x = if a < 0 { a + rank as i64 } else { a };
-    if x < 0 || x as usize >= rank.max(1) {
-        return Err(Error::node(&n.name, &n.op, format!("axis {a} out of range for rank {rank}")));
-    }
-    Ok(x as usize)
 }
 
 impl<'a> Lowerer<'a> {

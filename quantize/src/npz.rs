@@ -15,25 +15,31 @@ pub type Arrays = BTreeMap<String, HostTensor>;
 pub fn read_npz(path: &Path) -> Result<Arrays> {
     let f = std::fs::File::open(path)
         .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
-    let mut z = zip::ZipArchive::new(f).map_err(|e| {
-        Error::Npz(format!("{} is not a valid .npz (zip) file: {e}", path.display()))
-    })?;
+    read_npz_from(f, &path.display().to_string())
+}
+
+/// Reads an `.npz` held in memory; `what` names it in errors.
+pub fn read_npz_bytes(bytes: &[u8], what: &str) -> Result<Arrays> {
+    read_npz_from(std::io::Cursor::new(bytes), what)
+}
+
+fn read_npz_from<R: Read + std::io::Seek>(r: R, what: &str) -> Result<Arrays> {
+    let mut z = zip::ZipArchive::new(r)
+        .map_err(|e| Error::Npz(format!("{what} is not a valid .npz (zip) file: {e}")))?;
     let mut out = Arrays::new();
     for i in 0..z.len() {
-        let mut entry = z
-            .by_index(i)
-            .map_err(|e| Error::Npz(format!("{}: entry #{i}: {e}", path.display())))?;
+        let mut entry =
+            z.by_index(i).map_err(|e| Error::Npz(format!("{what}: entry #{i}: {e}")))?;
         let name = entry
             .name()
-            .map_err(|e| Error::Npz(format!("{}: entry #{i}: {e}", path.display())))?
+            .map_err(|e| Error::Npz(format!("{what}: entry #{i}: {e}")))?
             .trim_end_matches(".npy")
             .to_string();
         let mut buf = Vec::new();
         entry
             .read_to_end(&mut buf)
-            .map_err(|e| Error::Npz(format!("{}: array '{name}': {e}", path.display())))?;
-        let t = parse_npy(&buf)
-            .map_err(|m| Error::Npz(format!("{}: array '{name}': {m}", path.display())))?;
+            .map_err(|e| Error::Npz(format!("{what}: array '{name}': {e}")))?;
+        let t = parse_npy(&buf).map_err(|m| Error::Npz(format!("{what}: array '{name}': {m}")))?;
         out.insert(name, t);
     }
     Ok(out)

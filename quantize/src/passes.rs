@@ -227,11 +227,8 @@ pub fn specialize(g: &Graph, shapes: &crate::lower::Shapes) -> Result<Graph> {
             Some((_, d)) => d.clone(),
             None => continue,
         };
-        let r = dims.len() as i64;
-        let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-        let (st, en) = (clampi(n.int("start").unwrap_or(0)), clampi(n.int("end").unwrap_or(r)));
-        let d: Vec<i64> = dims[st..en.max(st)].iter().map(|v| *v as i64).collect();
-        s.consts.insert(n.outputs[0].clone(), HostTensor::i64(vec![d.len()], d));
+        let shape = crate::hostops::shape_of(&dims, n.int("start"), n.int("end"));
+        s.consts.insert(n.outputs[0].clone(), shape);
         shape_nodes.insert(i);
     }
     let mut i = 0;

@@ -117,7 +117,8 @@ fn host_i64(t: &Tensor) -> Result<Vec<i64>> {
     Ok(from_candle(t)?.to_i64_vec())
 }
 
-fn norm_axis(axis: i64, rank: usize, node: &Node) -> Result<usize> {
+/// Normalizes a possibly negative ONNX axis against `rank`; an error names the node.
+pub(crate) fn norm_axis(axis: i64, rank: usize, node: &Node) -> Result<usize> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
     if a < 0 || a as usize >= rank.max(1) {
         return Err(Error::node(
@@ -248,7 +249,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             let data = from_candle(&x(0)?)?;
             let idx = from_candle(&x(1)?)?;
             let axis = norm_axis(node.int("axis").unwrap_or(0), data.shape.len(), node)?;
-            to_candle(&gather(&data, &idx, axis).map_err(err)?)?
+            to_candle(&crate::hostops::gather(&data, &idx, axis).map_err(err)?)?
         }
         "Concat" => {
             let ts: Vec<Tensor> = (0..node.inputs.len()).map(x).collect::<Result<_>>()?;
@@ -375,13 +376,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             to_candle(&t)?
         }
         "Shape" => {
-            let t = x(0)?;
-            let r = t.rank() as i64;
-            let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-            let st = clampi(node.int("start").unwrap_or(0));
-            let en = clampi(node.int("end").unwrap_or(r));
-            let d: Vec<i64> = t.dims()[st..en.max(st)].iter().map(|v| *v as i64).collect();
-            to_candle(&HostTensor::i64(vec![d.len()], d))?
+            to_candle(&crate::hostops::shape_of(x(0)?.dims(), node.int("start"), node.int("end")))?
         }
         "ConstantOfShape" => {
             let shape: Vec<usize> =
@@ -522,44 +517,4 @@ pub fn reshape_dims(
         return Err(format!("cannot reshape {input:?} ({total} elements) to {spec:?}"));
     }
     Ok(out)
-}
-
-/// ONNX Gather along `axis`, negative indices counted from the end; out-of-range is an error.
-pub fn gather(
-    data: &HostTensor,
-    idx: &HostTensor,
-    axis: usize,
-) -> std::result::Result<HostTensor, String> {
-    let d = &data.shape;
-    let dim = d[axis];
-    let outer: usize = d[..axis].iter().product();
-    let inner: usize = d[axis + 1..].iter().product();
-    let ids = idx.to_i64_vec();
-    let mut rows = Vec::with_capacity(ids.len());
-    for v in &ids {
-        let r = if *v < 0 { v + dim as i64 } else { *v };
-        if r < 0 || r >= dim as i64 {
-            return Err(format!("index {v} out of range for axis {axis} of size {dim}"));
-        }
-        rows.push(r as usize);
-    }
-    let mut shape: Vec<usize> = d[..axis].to_vec();
-    shape.extend_from_slice(&idx.shape);
-    shape.extend_from_slice(&d[axis + 1..]);
-    macro_rules! g {
-        ($v:expr, $ctor:path) => {{
-            let mut o = Vec::with_capacity(outer * rows.len() * inner);
-            for a in 0..outer {
-                for r in &rows {
-                    let s = (a * dim + r) * inner;
-                    o.extend_from_slice(&$v[s..s + inner]);
-                }
-            }
-            $ctor(shape, o)
-        }};
-    }
-    Ok(match &data.data {
-        Data::F32(v) => g!(v, HostTensor::f32),
-        Data::I64(v) => g!(v, HostTensor::i64),
-    })
 }

@@ -24,16 +24,6 @@ pub struct Args {
     pub iters: usize,
 }
 
-fn npz_from_bytes(b: &[u8]) -> Result<ember_quantize::npz::Arrays> {
-    let dir = std::env::temp_dir().join(format!("ember-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let p = dir.join("a.npz");
-    std::fs::write(&p, b)?;
-    let r = ember_quantize::npz::read_npz(&p);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(r?)
-}
-
 fn rmse(pred: &[f32], truth: &[f32]) -> f64 {
     (pred.iter().zip(truth).map(|(p, t)| ((p - t) as f64).powi(2)).sum::<f64>()
         / truth.len().max(1) as f64)
@@ -45,8 +35,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let calib = npz_from_bytes(CALIB)?;
-    let mut eval = npz_from_bytes(EVAL)?;
+    let calib = ember_quantize::npz::read_npz_bytes(CALIB, "bundled calib.npz")?;
+    let mut eval = ember_quantize::npz::read_npz_bytes(EVAL, "bundled eval.npz")?;
     let truth = eval.remove("rating").map(|t| t.to_f32_vec()).unwrap_or_default();
     let batches = vec![1, 8, 64];
     let t0 = Instant::now();

@@ -411,7 +411,6 @@ pub(crate) fn prepare<'a>(
             };
             let sa = strides(a.dims)?;
             let sb = strides(b.dims)?;
-            let on = numel(out.dims);
             let suffix = |d: &[usize]| {
                 d.len() <= rank && d == &out.dims[rank - d.len()..] && !d.is_empty() && numel(d) > 0
             };
@@ -424,7 +423,6 @@ pub(crate) fn prepare<'a>(
             } else {
                 BinFast::General
             };
-            let _ = on;
             Op::Binary { a: ins[0], b: ins[1], kind, dtype: a.dtype, rank, out: od, sa, sb, fast }
         }
         OpCode::Unary => {
