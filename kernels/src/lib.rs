@@ -8,9 +8,14 @@
 //!
 //! Kernels never allocate, never lock and never panic on slices whose lengths satisfy the
 //! documented preconditions; callers (the runtime's plan validator) establish those preconditions.
+//! An overlay called on a CPU without its features panics (it checks); it is never undefined
+//! behaviour, and `detect` only ever chooses usable variants.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod generic;
+pub mod pack;
 mod set;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
-pub use set::{Act, KernelSet, Kernels};
+pub use set::{Act, F32GemmFn, I8GemmFn, KernelSet, Kernels, QuantizeU8Fn, RowFn, Variant};

@@ -20,33 +20,52 @@ impl Act {
     }
 }
 
-/// `out[m,n] = act((Σ_k a[m,k]·b[n,k] − a_zp·b_sum[n]) · scale[n] + bias[n])`.
+/// `out[i·ldo + j] = act((Σ_p a[i·lda + p]·B[j,p] − a_zp·b_sum[j]) · scale[j] + bias[j])` for
+/// `i < m`, `j < n`, where `a` holds u8 activations (zero point `a_zp`, 0..=255) and `B` is
+/// the i8 weight matrix packed as [`crate::pack`]'s `K4N16` in `bp`. The integer part is exact;
+/// the epilogue is one f32 multiply then one add (no FMA), so every variant is bit-exact.
 ///
-/// Preconditions: `a.len() >= m*k`, `b.len() >= n*k`, `b_sum`, `scale`, `bias` `>= n`,
-/// `out.len() >= m*n`, `k <= 65536` (so the i32 accumulator cannot overflow).
+/// Preconditions: `lda >= k4(k)`, `a.len() >= (m-1)·lda + k4(k)` (the bytes of a row between
+/// `k` and `k4(k)` are read and must exist, their value does not matter), `bp.len() >=
+/// k4n16_len(n, k)`, `b_sum`, `scale`, `bias` `>= n`, `ldo >= n`, `out.len() >= (m-1)·ldo + n`,
+/// `k <= 65536` (so the i32 accumulator cannot overflow).
 pub type I8GemmFn = fn(
     m: usize,
     k: usize,
     n: usize,
-    a: &[i8],
+    a: &[u8],
+    lda: usize,
     a_zp: i32,
-    b: &[i8],
+    bp: &[i8],
     b_sum: &[i32],
     scale: &[f32],
     bias: &[f32],
     act: Act,
     out: &mut [f32],
+    ldo: usize,
 );
 
 /// `out[m,n] = act(Σ_k a[m,k]·b[n,k] + bias[n])`; `bias` may be empty (no bias).
 pub type F32GemmFn =
     fn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: &[f32], act: Act, out: &mut [f32]);
 
-/// `q[i] = clamp(round_half_even(x[i] · inv_scale) + zp, -128, 127)`; `q.len() >= x.len()`.
-pub type QuantizeI8Fn = fn(x: &[f32], inv_scale: f32, zp: i32, q: &mut [i8]);
+/// Quantizes `rows` rows of `k` f32 (row-major, contiguous) into u8 rows of stride `lda`:
+/// `q[r·lda + j] = clamp(rne(x[r·k + j] · s_j) + zp, 0, 255)`, with `s_j = inv_scale` when `mult`
+/// is empty and `mult[j]` (per-channel smoothing folded with the scale) otherwise; NaN maps to
+/// the zero point. Bytes `k..lda` of each row are left as they are.
+pub type QuantizeU8Fn = fn(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    lda: usize,
+    inv_scale: f32,
+    mult: &[f32],
+    zp: i32,
+    q: &mut [u8],
+);
 
-/// `q[r,j] = clamp(round_half_even(x[r,j] · mult[j]) + zp, -128, 127)` over rows of `k`.
-pub type QuantizeI8ChannelsFn = fn(x: &[f32], k: usize, mult: &[f32], zp: i32, q: &mut [i8]);
+/// `o[i] = f(x[i])` over a slice, or a function of a whole row (softmax); `o.len() == x.len()`.
+pub type RowFn = fn(x: &[f32], o: &mut [f32]);
 
 /// The kernels chosen for this process. Plain function pointers: no dispatch cost beyond a call.
 #[derive(Clone, Copy, Debug)]
@@ -55,29 +74,89 @@ pub struct KernelSet {
     pub i8_gemm_name: &'static str,
     pub f32_gemm: F32GemmFn,
     pub f32_gemm_name: &'static str,
-    pub quantize_i8: QuantizeI8Fn,
-    pub quantize_i8_name: &'static str,
-    pub quantize_i8_channels: QuantizeI8ChannelsFn,
-    pub quantize_i8_channels_name: &'static str,
+    pub quantize_u8: QuantizeU8Fn,
+    pub quantize_u8_name: &'static str,
+    pub softmax_row: RowFn,
+    pub softmax_row_name: &'static str,
+    pub erf: RowFn,
+    pub erf_name: &'static str,
 }
 
-/// Registry of every kernel variant, by family; tests iterate it against the generic twin.
+/// One registered variant: its name, the function, and whether this CPU can run it.
+pub struct Variant<F: 'static> {
+    pub name: &'static str,
+    pub f: F,
+    pub usable: fn() -> bool,
+}
+
+fn always() -> bool {
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+use crate::x86_64 as x86;
+
+/// Registry of every kernel variant, by family, best first; tests iterate it against the
+/// generic twin, `detect` picks the first usable one.
 pub struct Kernels;
 
+static I8_GEMMS: &[Variant<I8GemmFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "i8_gemm_avx512vnni", f: x86::i8_gemm_avx512vnni, usable: x86::has_avx512vnni },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "i8_gemm_avx2", f: x86::i8_gemm_avx2, usable: x86::has_avx2 },
+    Variant { name: "i8_gemm_generic", f: generic::i8_gemm, usable: always },
+];
+static F32_GEMMS: &[Variant<F32GemmFn>] =
+    &[Variant { name: "f32_gemm_generic", f: generic::f32_gemm, usable: always }];
+static QUANTIZERS: &[Variant<QuantizeU8Fn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "quantize_u8_avx512", f: x86::quantize_u8_avx512, usable: x86::has_avx512vnni },
+    Variant { name: "quantize_u8_generic", f: generic::quantize_u8, usable: always },
+];
+
+static SOFTMAXES: &[Variant<RowFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "softmax_row_avx512", f: x86::softmax_row_avx512, usable: x86::has_avx512f },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "softmax_row_avx2", f: x86::softmax_row_avx2, usable: x86::has_avx2 },
+    Variant { name: "softmax_row_generic", f: generic::math::softmax_row, usable: always },
+];
+static ERFS: &[Variant<RowFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "erf_avx512", f: x86::erf_avx512, usable: x86::has_avx512f },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "erf_avx2", f: x86::erf_avx2, usable: x86::has_avx2 },
+    Variant { name: "erf_generic", f: generic::math::erf_slice, usable: always },
+];
+
+fn usable<F: Copy>(v: &'static [Variant<F>]) -> impl Iterator<Item = (&'static str, F)> {
+    v.iter().filter(|v| (v.usable)()).map(|v| (v.name, v.f))
+}
+
 impl Kernels {
-    /// Every i8 GEMM variant available on this build: (name, function, usable on this CPU).
-    pub fn i8_gemms() -> &'static [(&'static str, I8GemmFn)] {
-        &[("i8_gemm_generic", generic::i8_gemm)]
+    /// Every i8 GEMM variant this CPU can run, best first (the generic twin last).
+    pub fn i8_gemms() -> impl Iterator<Item = (&'static str, I8GemmFn)> {
+        usable(I8_GEMMS)
     }
-    pub fn f32_gemms() -> &'static [(&'static str, F32GemmFn)] {
-        &[("f32_gemm_generic", generic::f32_gemm)]
+    pub fn f32_gemms() -> impl Iterator<Item = (&'static str, F32GemmFn)> {
+        usable(F32_GEMMS)
     }
-    pub fn quantizers() -> &'static [(&'static str, QuantizeI8Fn)] {
-        &[("f32_quantize_i8_generic", generic::quantize_i8)]
+    pub fn quantizers() -> impl Iterator<Item = (&'static str, QuantizeU8Fn)> {
+        usable(QUANTIZERS)
     }
-    pub fn channel_quantizers() -> &'static [(&'static str, QuantizeI8ChannelsFn)] {
-        &[("f32_quantize_i8_channels_generic", generic::quantize_i8_channels)]
+    pub fn softmaxes() -> impl Iterator<Item = (&'static str, RowFn)> {
+        usable(SOFTMAXES)
     }
+    pub fn erfs() -> impl Iterator<Item = (&'static str, RowFn)> {
+        usable(ERFS)
+    }
+}
+
+/// The first usable variant of a family whose name passes `allow`, or the generic twin.
+fn pick<F: Copy>(v: &'static [Variant<F>], allow: &dyn Fn(&str) -> bool) -> (F, &'static str) {
+    let g = v.last().expect("every family registers its generic twin last");
+    usable(v).find(|(n, _)| allow(n)).map(|(n, f)| (f, n)).unwrap_or((g.f, g.name))
 }
 
 impl KernelSet {
@@ -87,22 +166,64 @@ impl KernelSet {
         i8_gemm_name: "i8_gemm_generic",
         f32_gemm: generic::f32_gemm,
         f32_gemm_name: "f32_gemm_generic",
-        quantize_i8: generic::quantize_i8,
-        quantize_i8_name: "f32_quantize_i8_generic",
-        quantize_i8_channels: generic::quantize_i8_channels,
-        quantize_i8_channels_name: "f32_quantize_i8_channels_generic",
+        quantize_u8: generic::quantize_u8,
+        quantize_u8_name: "quantize_u8_generic",
+        softmax_row: generic::math::softmax_row,
+        softmax_row_name: "softmax_row_generic",
+        erf: generic::math::erf_slice,
+        erf_name: "erf_generic",
     };
 
     /// Chooses the fastest variant of each family this CPU supports. Under `std`, the
-    /// environment variable `EMBER_KERNELS=generic` forces the reference set.
+    /// environment variable `EMBER_KERNELS` overrides the choice: a comma-separated list of
+    /// tiers (`generic`, `avx2`, `avx512vnni`, `neon`, `dotprod`, `i8mm`) applying to every
+    /// family, or `family=tier` for one family (`i8_gemm=avx2,quantize_u8=generic`). A variant
+    /// named there but not usable on this CPU is skipped for the next best.
     pub fn detect() -> KernelSet {
         #[cfg(feature = "std")]
         if let Ok(v) = std::env::var("EMBER_KERNELS") {
-            if v == "generic" {
-                return KernelSet::GENERIC;
-            }
+            return Self::with_override(&v);
         }
-        // Architecture overlays register here as they land (see docs/ARCHITECTURE.md).
-        KernelSet::GENERIC
+        Self::choose(&|_, _| true)
+    }
+
+    /// [`KernelSet::detect`] with an explicit override string (the `EMBER_KERNELS` syntax).
+    pub fn with_override(spec: &str) -> KernelSet {
+        Self::choose(&|family, name| {
+            let mut ok = true;
+            for tok in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                let (fam, tier) = match tok.split_once('=') {
+                    Some((f, t)) => (Some(f.trim()), t.trim()),
+                    None => (None, tok),
+                };
+                if fam.is_none_or(|f| f == family) {
+                    // A variant serves every tier its suffix begins: `avx512vnni` allows the
+                    // `_avx512` softmax as well as the `_avx512vnni` GEMM.
+                    let suffix = name.strip_prefix(family).unwrap_or(name).trim_start_matches('_');
+                    ok = tier.starts_with(suffix);
+                }
+            }
+            ok
+        })
+    }
+
+    fn choose(allow: &dyn Fn(&str, &str) -> bool) -> KernelSet {
+        let (i8_gemm, i8_gemm_name) = pick(I8_GEMMS, &|n| allow("i8_gemm", n));
+        let (f32_gemm, f32_gemm_name) = pick(F32_GEMMS, &|n| allow("f32_gemm", n));
+        let (quantize_u8, quantize_u8_name) = pick(QUANTIZERS, &|n| allow("quantize_u8", n));
+        let (softmax_row, softmax_row_name) = pick(SOFTMAXES, &|n| allow("softmax_row", n));
+        let (erf, erf_name) = pick(ERFS, &|n| allow("erf", n));
+        KernelSet {
+            i8_gemm,
+            i8_gemm_name,
+            f32_gemm,
+            f32_gemm_name,
+            quantize_u8,
+            quantize_u8_name,
+            softmax_row,
+            softmax_row_name,
+            erf,
+            erf_name,
+        }
     }
 }

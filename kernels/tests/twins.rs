@@ -2,7 +2,7 @@
 //! kernels bit-exact, float kernels within `F32_GEMM_REL`), and the generic twins against
 //! their definitions. One list (`Kernels::*`) drives both.
 
-use ember_kernels::{generic, Act, Kernels};
+use ember_kernels::{generic, pack, Act, Kernels};
 
 /// Float GEMM variants may reorder sums: relative bound on |Δ| / (Σ|a·b| + |bias|).
 const F32_GEMM_REL: f32 = 1e-5;
@@ -36,36 +36,96 @@ fn shapes() -> Vec<(usize, usize, usize)> {
     v
 }
 
+fn i8_shapes() -> Vec<(usize, usize, usize)> {
+    let mut v = shapes();
+    v.extend([(9, 1000, 127), (17, 33, 1000), (8, 64, 32), (16, 4, 48)]);
+    v
+}
+
 #[test]
 fn i8_gemm_variants_are_bit_exact_and_generic_matches_definition() {
     let mut r = Rng(0x1234_5678);
-    for (m, k, n) in shapes() {
-        let a: Vec<i8> = (0..m * k).map(|_| r.i8()).collect();
+    for (case, (m, k, n)) in i8_shapes().into_iter().enumerate() {
+        // Strides beyond the minimum on every other case; padding bytes hold garbage.
+        let lda = pack::k4(k) + if case % 2 == 1 { 4 * (case % 3) + 4 } else { 0 };
+        let ldo = n + case % 5;
+        let a: Vec<u8> = (0..m * lda).map(|_| r.next() as u8).collect();
         let b: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();
+        let mut bp = vec![0i8; pack::k4n16_len(n, k)];
+        pack::pack_k4n16(&b, n, k, &mut bp);
         let sums: Vec<i32> = b.chunks(k).map(|row| row.iter().map(|v| *v as i32).sum()).collect();
         let scale: Vec<f32> = (0..n).map(|_| r.f32().abs() * 0.01 + 1e-4).collect();
         let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
-        let zp = (r.next() % 256) as i32 - 128;
+        let zp = (r.next() % 256) as i32;
         for act in [Act::None, Act::Relu] {
-            let mut want = vec![0f32; m * n];
-            generic::i8_gemm(m, k, n, &a, zp, &b, &sums, &scale, &bias, act, &mut want);
+            let mut want = vec![f32::NAN; (m - 1) * ldo + n];
+            generic::i8_gemm(m, k, n, &a, lda, zp, &bp, &sums, &scale, &bias, act, &mut want, ldo);
             for i in 0..m {
                 for j in 0..n {
                     let acc: i64 = (0..k)
-                        .map(|p| (a[i * k + p] as i64 - zp as i64) * b[j * k + p] as i64)
+                        .map(|p| (a[i * lda + p] as i64 - zp as i64) * b[j * k + p] as i64)
                         .sum();
                     let mut d = acc as f32 * scale[j] + bias[j];
                     if act == Act::Relu {
                         d = d.max(0.0);
                     }
-                    assert_eq!(want[i * n + j], d, "generic i8_gemm {m}x{k}x{n} at ({i},{j})");
+                    assert_eq!(want[i * ldo + j], d, "generic i8_gemm {m}x{k}x{n} at ({i},{j})");
                 }
             }
             for (name, f) in Kernels::i8_gemms() {
-                let mut got = vec![f32::NAN; m * n];
-                f(m, k, n, &a, zp, &b, &sums, &scale, &bias, act, &mut got);
-                assert_eq!(got, want, "{name} differs from its twin at {m}x{k}x{n}");
+                let mut got = vec![f32::NAN; (m - 1) * ldo + n];
+                f(m, k, n, &a, lda, zp, &bp, &sums, &scale, &bias, act, &mut got, ldo);
+                for i in 0..m {
+                    assert_eq!(
+                        got[i * ldo..i * ldo + n],
+                        want[i * ldo..i * ldo + n],
+                        "{name} differs from its twin at {m}x{k}x{n}, row {i}"
+                    );
+                    // Nothing written between rows (the stride gap belongs to someone else).
+                    if i + 1 < m {
+                        assert!(
+                            got[i * ldo + n..(i + 1) * ldo].iter().all(|v| v.is_nan()),
+                            "{name} wrote past n"
+                        );
+                    }
+                }
             }
+        }
+    }
+}
+
+#[test]
+fn k4n16_layout_is_a_bijection_with_zero_padding() {
+    for (n, k) in [(1, 1), (3, 5), (17, 33), (33, 4), (16, 16)] {
+        let mut seen = vec![false; pack::k4n16_len(n, k)];
+        for j in 0..n {
+            for p in 0..k {
+                let ix = pack::k4n16_index(j, p, k);
+                assert!(!seen[ix], "({j},{p}) collides");
+                seen[ix] = true;
+            }
+        }
+        let w: Vec<i8> = (0..n * k).map(|i| (i % 200) as i8 | 1).collect();
+        let mut out = vec![7i8; pack::k4n16_len(n, k)];
+        pack::pack_k4n16(&w, n, k, &mut out);
+        for (ix, used) in seen.iter().enumerate() {
+            assert_eq!(out[ix] == 0, !used, "padding byte {ix} of {n}x{k}");
+        }
+        // Quantizing and packing an activation [k, n] equals packing its quantized transpose.
+        let bf: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let (mut direct, mut sums) = (vec![0i8; out.len()], vec![0i32; n]);
+        pack::quantize_pack_k4n16_kn(&bf, k, n, 40.0, &mut direct, &mut sums);
+        let mut t = vec![0i8; n * k];
+        for p in 0..k {
+            for j in 0..n {
+                t[j * k + p] = (bf[p * n + j] * 40.0).clamp(-127.0, 127.0).round_ties_even() as i8;
+            }
+        }
+        let mut packed = vec![0i8; out.len()];
+        pack::pack_k4n16(&t, n, k, &mut packed);
+        assert_eq!(direct, packed);
+        for j in 0..n {
+            assert_eq!(sums[j], t[j * k..(j + 1) * k].iter().map(|v| *v as i32).sum::<i32>());
         }
     }
 }
@@ -115,30 +175,118 @@ fn f32_gemm_variants_match_generic_within_bound() {
 fn quantizers_match_definition_and_twins() {
     let mut r = Rng(0xC0FFEE);
     for len in [1usize, 3, 17, 33, 127, 1000] {
-        let x: Vec<f32> = (0..len).map(|_| r.f32() * 10.0).collect();
+        let rows = 3;
+        let lda = len + 5;
+        let mut x: Vec<f32> = (0..rows * len).map(|_| r.f32() * 10.0).collect();
+        x[len / 2] = f32::NAN;
+        x[len - 1] = f32::INFINITY;
         let inv = 12.7f32;
-        for zp in [-128, -3, 0, 127] {
-            let mut want = vec![0i8; len];
-            generic::quantize_i8(&x, inv, zp, &mut want);
-            for (q, v) in want.iter().zip(&x) {
-                let t = (v * inv).round_ties_even() + zp as f32;
-                assert_eq!(*q, t.clamp(-128.0, 127.0) as i8, "x={v} zp={zp}");
-            }
-            for (name, f) in Kernels::quantizers() {
-                let mut got = vec![0i8; len];
-                f(&x, inv, zp, &mut got);
-                assert_eq!(got, want, "{name}");
-            }
-            // The per-channel quantizer with all multipliers equal is the per-tensor one.
-            let mult = vec![inv; len];
-            for (name, f) in Kernels::channel_quantizers() {
-                let mut got = vec![0i8; len];
-                f(&x, len, &mult, zp, &mut got);
-                assert_eq!(got, want, "{name}");
+        let mult: Vec<f32> = (0..len).map(|_| r.f32().abs() * 20.0).collect();
+        for zp in [0, 3, 128, 255] {
+            for per_channel in [false, true] {
+                let m: &[f32] = if per_channel { &mult } else { &[] };
+                let mut want = vec![9u8; rows * lda];
+                generic::quantize_u8(&x, rows, len, lda, inv, m, zp, &mut want);
+                for row in 0..rows {
+                    for j in 0..len {
+                        let v = x[row * len + j];
+                        let s = if per_channel { mult[j] } else { inv };
+                        let t = if v.is_nan() { 0.0 } else { (v * s).clamp(-300.0, 300.0) };
+                        let d = (t.round_ties_even() + zp as f32).clamp(0.0, 255.0) as u8;
+                        assert_eq!(want[row * lda + j], d, "x={v} zp={zp}");
+                    }
+                    assert!(
+                        want[row * lda + len..(row + 1) * lda].iter().all(|b| *b == 9),
+                        "stride gap written"
+                    );
+                }
+                for (name, f) in Kernels::quantizers() {
+                    let mut got = vec![9u8; rows * lda];
+                    f(&x, rows, len, lda, inv, m, zp, &mut got);
+                    assert_eq!(got, want, "{name} len {len} zp {zp} per-channel {per_channel}");
+                }
             }
         }
     }
-    let mut q = [0i8; 4];
-    generic::quantize_i8(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.5], 1.0, 0, &mut q);
-    assert_eq!(q, [0, 127, -128, 0], "NaN to the zero point, infinities saturate, ties to even");
+}
+
+#[test]
+fn environment_override_picks_the_named_tier() {
+    let g = ember_kernels::KernelSet::with_override("generic");
+    assert_eq!(g.i8_gemm_name, "i8_gemm_generic");
+    assert_eq!(g.quantize_u8_name, "quantize_u8_generic");
+    let best = ember_kernels::KernelSet::with_override("");
+    assert_eq!(best.i8_gemm_name, Kernels::i8_gemms().next().unwrap().0);
+    let mixed = ember_kernels::KernelSet::with_override("quantize_u8=generic");
+    assert_eq!(mixed.quantize_u8_name, "quantize_u8_generic");
+    assert_eq!(mixed.i8_gemm_name, best.i8_gemm_name);
+    // A tier this CPU (or this architecture) cannot run falls back to the generic twin.
+    let none = ember_kernels::KernelSet::with_override("i8_gemm=nonexistent");
+    assert_eq!(none.i8_gemm_name, "i8_gemm_generic");
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512f") {
+        let t = ember_kernels::KernelSet::with_override("avx512vnni");
+        assert_eq!(t.i8_gemm_name, "i8_gemm_avx512vnni");
+        assert_eq!(t.softmax_row_name, "softmax_row_avx512");
+        let t = ember_kernels::KernelSet::with_override("avx2");
+        assert_eq!((t.i8_gemm_name, t.erf_name), ("i8_gemm_avx2", "erf_avx2"));
+    }
+}
+
+#[test]
+fn registry_lists_the_overlays_this_cpu_can_run() {
+    let names: Vec<&str> = Kernels::i8_gemms().map(|(n, _)| n).collect();
+    assert_eq!(names.last(), Some(&"i8_gemm_generic"));
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert_eq!(names.contains(&"i8_gemm_avx2"), std::is_x86_feature_detected!("avx2"));
+        assert_eq!(
+            names.contains(&"i8_gemm_avx512vnni"),
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vnni")
+        );
+    }
+    eprintln!("i8 gemm variants on this CPU: {names:?}");
+}
+
+#[test]
+fn vector_math_matches_libm_and_twins() {
+    let mut r = Rng(0xABCD);
+    // exp: relative 3e-7 on the normal range, 0 far below, NaN kept.
+    for i in 0..20_000 {
+        let x = -87.0 + 175.0 * (i as f32 / 20_000.0) + r.f32() * 1e-3;
+        let (got, want) = (generic::math::exp(x), libm::exp(x as f64));
+        let rel = ((got as f64 - want) / want).abs();
+        assert!(rel <= 3e-7, "exp({x}) = {got}, want {want} (rel {rel:e})");
+    }
+    assert_eq!(generic::math::exp(-1e4), 0.0);
+    assert!(generic::math::exp(f32::NAN).is_nan());
+    // erf: absolute 5e-7 everywhere (1.5e-7 of the formula plus float rounding).
+    for i in 0..20_000 {
+        let x = -6.0 + 12.0 * (i as f32 / 20_000.0) + r.f32() * 1e-4;
+        let (got, want) = (generic::math::erf(x), libm::erf(x as f64));
+        assert!((got as f64 - want).abs() <= 5e-7, "erf({x}) = {got}, want {want}");
+    }
+    for len in [1usize, 3, 17, 33, 127, 1000] {
+        let x: Vec<f32> = (0..len).map(|_| r.f32() * 20.0).collect();
+        let mut want = vec![0f32; len];
+        generic::math::softmax_row(&x, &mut want);
+        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = x.iter().map(|v| (*v as f64 - m).exp()).sum();
+        for (w, v) in want.iter().zip(&x) {
+            let d = (*v as f64 - m).exp() / sum;
+            assert!((*w as f64 - d).abs() <= 1e-6 * d.max(1e-3), "softmax {len}: {w} vs {d}");
+        }
+        for (name, f) in Kernels::softmaxes() {
+            let mut got = vec![f32::NAN; len];
+            f(&x, &mut got);
+            assert_eq!(got, want, "{name} differs from its twin at {len}");
+        }
+        let mut want = vec![0f32; len];
+        generic::math::erf_slice(&x, &mut want);
+        for (name, f) in Kernels::erfs() {
+            let mut got = vec![f32::NAN; len];
+            f(&x, &mut got);
+            assert_eq!(got, want, "{name} differs from its twin at {len}");
+        }
+    }
 }

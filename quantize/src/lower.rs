@@ -11,6 +11,7 @@ use crate::graph::{Graph, Node};
 use crate::quant;
 use crate::reference::{norm_axis, LINEAR_OP};
 use crate::report::{LayerReport, OpReport};
+use ember_kernels::pack;
 use ember_runtime::format::writer::{PlanSpec, Writer};
 use ember_runtime::format::{
     align_up, OpRecord, TensorRole, ValueRecord, MAX_RANK, OP_MAX_INPUTS, REF_NONE, REF_TENSOR,
@@ -315,13 +316,17 @@ impl<'a> Lowerer<'a> {
                                 REF_NONE,
                                 dtype_bytes(&qw.scale),
                             );
+                            // Packed once here for the kernels; the runtime uses it in place.
+                            let mut packed = vec![0i8; pack::k4n16_len(nn, k)];
+                            pack::pack_k4n16(&qw.q, nn, k, &mut packed);
+                            let (panels, plen) = (nn.div_ceil(pack::PANEL), pack::PANEL * pack::k4(k));
                             let wq = wr.tensor(
                                 &format!("{name}.w_i8"),
                                 DType::I8,
-                                &[nu, ku],
+                                &[panels as u32, plen as u32],
                                 TensorRole::WeightI8PerChannel,
                                 sc,
-                                dtype_bytes(&qw.q),
+                                dtype_bytes(&packed),
                             );
                             let ws = wr.tensor(
                                 &format!("{name}.w_sum"),
@@ -369,8 +374,15 @@ impl<'a> Lowerer<'a> {
                             r
                         }
                     };
-                    let params =
-                        [m as u32, k as u32, nn as u32, act, (1.0 / sx).to_bits(), zp as u32];
+                    let params = [
+                        m as u32,
+                        k as u32,
+                        nn as u32,
+                        act,
+                        (1.0 / sx).to_bits(),
+                        zp as u32,
+                        pack::LAYOUT_K4N16,
+                    ];
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI8, &ins, y, &params, "int8");
                 } else {

@@ -124,23 +124,8 @@ fn candidate(
     let m = st.rows.len() / k;
     let mult: Vec<f32> =
         (0..k).map(|j| 1.0 / (sx * s.as_ref().map(|s| s[j]).unwrap_or(1.0))).collect();
-    let mut q = vec![0i8; m * k];
-    ember_kernels::generic::quantize_i8_channels(&st.rows, k, &mult, zp, &mut q);
     let scale: Vec<f32> = qw.scale.iter().map(|v| v * sx).collect();
-    let mut yq = vec![0f32; m * n];
-    ember_kernels::generic::i8_gemm(
-        m,
-        k,
-        n,
-        &q,
-        zp,
-        &qw.q,
-        &qw.sum,
-        &scale,
-        &vec![0.0; n],
-        ember_kernels::Act::None,
-        &mut yq,
-    );
+    let yq = simulate_linear_i8(&st.rows, m, k, n, &mult, zp, &qw, &scale);
     let (mut sig, mut noise) = (0f64, 0f64);
     for i in 0..m {
         let x = &st.rows[i * k..(i + 1) * k];
@@ -233,6 +218,45 @@ pub fn operand_sqnr(v: &[f32], scale: f32, zp: i32) -> f32 {
         noise += (*x as f64 - back as f64).powi(2);
     }
     sqnr(sig, noise)
+}
+
+/// What the runtime's LinearI8 computes on `x [m, k]` (without bias), with this machine's
+/// fastest kernels: quantize with `mult`, integer GEMM on the packed weights, rescale.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn simulate_linear_i8(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    mult: &[f32],
+    zp: i32,
+    qw: &QuantWeights,
+    scale: &[f32],
+) -> Vec<f32> {
+    use ember_kernels::pack;
+    let ks = ember_kernels::KernelSet::detect();
+    let lda = pack::k4(k);
+    let mut q = vec![0u8; m * lda];
+    (ks.quantize_u8)(x, m, k, lda, 0.0, mult, zp + 128, &mut q);
+    let mut packed = vec![0i8; pack::k4n16_len(n, k)];
+    pack::pack_k4n16(&qw.q, n, k, &mut packed);
+    let mut y = vec![0f32; m * n];
+    (ks.i8_gemm)(
+        m,
+        k,
+        n,
+        &q,
+        lda,
+        zp + 128,
+        &packed,
+        &qw.sum,
+        scale,
+        &vec![0.0; n],
+        ember_kernels::Act::None,
+        &mut y,
+        n,
+    );
+    y
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub mod format;
 mod load;
 mod model;
 mod ops;
+mod par;
+#[cfg(feature = "std")]
+mod pool;
 mod session;
 
 pub use error::Error;
@@ -24,6 +27,9 @@ pub use format::{DType, OpCode};
 pub use load::{load_file, AlignedBuf, FileBytes};
 pub use model::{Model, Plan, SigEntry, TensorInfo, ValueInfo};
 pub use ops::{BinaryKind, ReduceKind, UnaryKind};
+pub use par::{Parallel, Serial};
+#[cfg(feature = "std")]
+pub use pool::Pool;
 pub use session::Session;
 
 pub type Result<T> = core::result::Result<T, Error>;

@@ -6,6 +6,7 @@
 
 use crate::model::{Model, Plan};
 use crate::ops::exec::{run_op, Ctx, Scratch};
+use crate::par::{Parallel, Serial};
 use crate::{DType, Error};
 use alloc::vec::Vec;
 use ember_kernels::KernelSet;
@@ -19,10 +20,12 @@ pub struct Session<'m, B: AsRef<[u8]>> {
     model: &'m Model<B>,
     plan: &'m Plan,
     arena: Vec<Block>,
-    scratch_i8: Vec<i8>,
+    scratch_u8: Vec<u8>,
     scratch_i32: Vec<i32>,
     scratch_f32: Vec<f32>,
     kernels: KernelSet,
+    #[cfg(feature = "std")]
+    pool: Option<alloc::sync::Arc<crate::Pool>>,
 }
 
 impl<'m, B: AsRef<[u8]>> Session<'m, B> {
@@ -45,10 +48,40 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             .map_err(|_| Error::OutOfMemory { bytes: plan.arena_size as u64 })?;
         arena.resize(blocks, Block([0; 64]));
         let (n8, n32, nf) = plan.scratch;
-        let scratch_i8 = zeroed(n8)?;
+        let scratch_u8 = zeroed(n8)?;
         let scratch_i32 = zeroed(n32)?;
         let scratch_f32 = zeroed(nf)?;
-        Ok(Session { model, plan, arena, scratch_i8, scratch_i32, scratch_f32, kernels })
+        Ok(Session {
+            model,
+            plan,
+            arena,
+            scratch_u8,
+            scratch_i32,
+            scratch_f32,
+            kernels,
+            #[cfg(feature = "std")]
+            pool: None,
+        })
+    }
+
+    /// Spreads the large ops of each run over `pool`'s threads (shareable between sessions;
+    /// runs from several sessions on one pool take turns).
+    #[cfg(feature = "std")]
+    pub fn set_pool(&mut self, pool: alloc::sync::Arc<crate::Pool>) {
+        self.pool = Some(pool);
+    }
+
+    /// Threads a run uses.
+    pub fn threads(&self) -> usize {
+        self.par().threads()
+    }
+
+    fn par(&self) -> &dyn Parallel {
+        #[cfg(feature = "std")]
+        if let Some(p) = &self.pool {
+            return &**p;
+        }
+        &Serial
     }
 
     pub fn batch(&self) -> usize {
@@ -91,14 +124,22 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             }
             arena[v.offset..v.offset + v.nbytes].copy_from_slice(data);
         }
+        #[cfg(feature = "std")]
+        let par: &dyn Parallel = match &self.pool {
+            Some(p) => &**p,
+            None => &Serial,
+        };
+        #[cfg(not(feature = "std"))]
+        let par: &dyn Parallel = &Serial;
         let ctx = Ctx {
             file: self.model.bytes(),
             tensors: &self.model.tensors,
             values: &plan.values,
             kernels: &self.kernels,
+            par,
         };
         let mut scratch = Scratch {
-            i8s: &mut self.scratch_i8,
+            u8s: &mut self.scratch_u8,
             i32s: &mut self.scratch_i32,
             f32s: &mut self.scratch_f32,
         };

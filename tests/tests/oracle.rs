@@ -204,3 +204,63 @@ fn report_lists_float_ops_and_int8_layers() {
         "INT8 file should be smaller than float weights"
     );
 }
+
+/// Threads and kernel tiers change nothing: every oracle case at INT8 (activation matmuls
+/// integer too), run on every kernel tier this CPU has, with 1, 2 and 3 threads, gives the same
+/// bits as the generic kernels on one thread.
+#[test]
+fn threads_and_kernel_tiers_give_identical_bits() {
+    use ember_runtime::{Pool, Session};
+    use std::sync::Arc;
+    let tiers = ["generic", "avx2", "avx512vnni", "neon", "dotprod", "i8mm"];
+    for name in cases() {
+        if name == "unsupported" {
+            continue;
+        }
+        let dir = case(&name);
+        let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+        let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+        let opts = Options {
+            bits: 8,
+            batches: vec![8],
+            int8_act_matmul: true,
+            source_name: name.clone(),
+            ..Default::default()
+        };
+        let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+        let test = npz::read_npz(&dir.join("test.npz")).unwrap();
+        let (inputs, _) =
+            exec::check_inputs(&exec::model_inputs(&model), &test, "test set").unwrap();
+        let rows: Vec<usize> = (0..8).collect();
+        let bufs: Vec<Vec<u8>> =
+            model.inputs.iter().map(|s| inputs[&s.name].take_rows(&rows).to_le_bytes()).collect();
+        let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
+        let run = |ks: ember_kernels::KernelSet, threads: usize| -> Vec<Vec<u8>> {
+            let mut s = Session::with_kernels(&model, 8, ks).unwrap();
+            s.set_pool(Arc::new(Pool::new(threads).unwrap()));
+            s.run(&refs).unwrap();
+            let first: Vec<Vec<u8>> =
+                (0..model.outputs.len()).map(|i| s.output(i).to_vec()).collect();
+            // A second run on the same session gives the same bits (no state leaks).
+            s.run(&refs).unwrap();
+            for (i, f) in first.iter().enumerate() {
+                assert_eq!(s.output(i), &f[..], "{name}: second run differs");
+            }
+            first
+        };
+        let want = run(ember_kernels::KernelSet::GENERIC, 1);
+        for tier in tiers {
+            let ks = ember_kernels::KernelSet::with_override(tier);
+            for threads in [1, 2, 3] {
+                assert!(
+                    run(ks, threads) == want,
+                    "{name}: tier {tier} ({}, {}) with {threads} threads differs from generic",
+                    ks.i8_gemm_name,
+                    ks.softmax_row_name
+                );
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ enum Cmd {
     Inspect(cmd::inspect::Args),
     Compare(cmd::compare::Args),
     Demo(cmd::demo::Args),
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -24,5 +25,6 @@ fn main() {
         Cmd::Inspect(a) => cmd::inspect::run(a),
         Cmd::Compare(a) => cmd::compare::run(a),
         Cmd::Demo(a) => cmd::demo::run(a),
+        Cmd::Bench(a) => cmd::bench::run(a),
     });
 }

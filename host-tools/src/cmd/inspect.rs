@@ -19,7 +19,7 @@ pub struct Args {
 pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
     match code {
         OpCode::LinearI8 | OpCode::MatMulI8 => {
-            (format!("{} + {}", k.quantize_i8_name, k.i8_gemm_name), "int8")
+            (format!("{} + {}", k.quantize_u8_name, k.i8_gemm_name), "int8")
         }
         OpCode::LinearF32 => (k.f32_gemm_name.to_string(), "f32"),
         OpCode::GatherRowsI8 => ("i8_gather_rows_dequant_generic".into(), "int8"),

@@ -1,42 +1,50 @@
+use crate::pack::k4n16_index;
 use crate::Act;
+
+#[inline]
+pub(crate) fn relu(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
 
 #[inline]
 fn act_apply(v: f32, act: Act) -> f32 {
     match act {
         Act::None => v,
-        Act::Relu => {
-            if v > 0.0 {
-                v
-            } else {
-                0.0
-            }
-        }
+        Act::Relu => relu(v),
     }
 }
 
-/// Reference INT8 GEMM with a fused f32 epilogue; see [`crate::set::I8GemmFn`].
+#[allow(clippy::too_many_arguments)]
+/// Reference INT8 GEMM on `K4N16`-packed weights with a fused f32 epilogue; see
+/// [`crate::set::I8GemmFn`].
 pub fn i8_gemm(
     m: usize,
     k: usize,
     n: usize,
-    a: &[i8],
+    a: &[u8],
+    lda: usize,
     a_zp: i32,
-    b: &[i8],
+    bp: &[i8],
     b_sum: &[i32],
     scale: &[f32],
     bias: &[f32],
     act: Act,
     out: &mut [f32],
+    ldo: usize,
 ) {
-    for (i, orow) in out[..m * n].chunks_exact_mut(n).enumerate() {
-        let arow = &a[i * k..i * k + k];
+    for i in 0..m {
+        let arow = &a[i * lda..i * lda + k];
+        let orow = &mut out[i * ldo..i * ldo + n];
         for (j, o) in orow.iter_mut().enumerate() {
-            let brow = &b[j * k..j * k + k];
             let mut acc: i32 = 0;
-            for (x, w) in arow.iter().zip(brow) {
-                acc += *x as i32 * *w as i32;
+            for (p, x) in arow.iter().enumerate() {
+                acc = acc.wrapping_add(*x as i32 * bp[k4n16_index(j, p, k)] as i32);
             }
-            let corrected = acc - a_zp * b_sum[j];
+            let corrected = acc.wrapping_sub(a_zp.wrapping_mul(b_sum[j]));
             *o = act_apply(corrected as f32 * scale[j] + bias[j], act);
         }
     }

@@ -1,7 +1,8 @@
 //! Reference twins: plain, portable Rust. They define what every overlay must compute.
 
 mod gemm;
+pub mod math;
 mod quant;
 
 pub use gemm::{f32_gemm, f32_matmul, i8_gemm};
-pub use quant::{quantize_i8, quantize_i8_channels, round_half_even};
+pub use quant::{quantize_one_u8, quantize_u8, round_half_even};

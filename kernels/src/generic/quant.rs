@@ -6,33 +6,40 @@ pub fn round_half_even(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
-/// Reference f32 → i8 affine quantizer; see [`crate::set::QuantizeI8Fn`].
-pub fn quantize_i8(x: &[f32], inv_scale: f32, zp: i32, q: &mut [i8]) {
-    let zp = zp as f32;
-    for (o, v) in q.iter_mut().zip(x) {
-        // NaN compares false both ways and lands on the zero point's side via clamp below.
-        let mut t = *v * inv_scale;
-        t = t.clamp(-300.0, 300.0);
-        if t.is_nan() {
-            t = 0.0;
-        }
-        let r = round_half_even(t) + zp;
-        *o = r.clamp(-128.0, 127.0) as i8;
+/// One element of [`quantize_u8`]: `clamp(rne(x·mult) + zp, 0, 255)`, NaN to the zero point.
+#[inline]
+pub fn quantize_one_u8(x: f32, mult: f32, zp: f32) -> u8 {
+    let mut t = (x * mult).clamp(-300.0, 300.0);
+    if t.is_nan() {
+        t = 0.0;
     }
+    (round_half_even(t) + zp).clamp(0.0, 255.0) as u8
 }
 
-/// Reference per-channel f32 → i8 quantizer over rows of `k`:
-/// `q[r·k + j] = clamp(round_half_even(x[r·k + j] · mult[j]) + zp, -128, 127)`.
-/// `mult` folds the activation scale and a per-channel smoothing factor.
-pub fn quantize_i8_channels(x: &[f32], k: usize, mult: &[f32], zp: i32, q: &mut [i8]) {
-    let zpf = zp as f32;
-    for (xr, qr) in x.chunks_exact(k).zip(q.chunks_exact_mut(k)) {
-        for ((o, v), m) in qr.iter_mut().zip(xr).zip(&mult[..k]) {
-            let mut t = (*v * *m).clamp(-300.0, 300.0);
-            if t.is_nan() {
-                t = 0.0;
+/// Reference f32 → u8 activation quantizer; see [`crate::set::QuantizeU8Fn`].
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_u8(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    lda: usize,
+    inv_scale: f32,
+    mult: &[f32],
+    zp: i32,
+    q: &mut [u8],
+) {
+    let zp = zp as f32;
+    for r in 0..rows {
+        let xr = &x[r * k..r * k + k];
+        let qr = &mut q[r * lda..r * lda + k];
+        if mult.is_empty() {
+            for (o, v) in qr.iter_mut().zip(xr) {
+                *o = quantize_one_u8(*v, inv_scale, zp);
             }
-            *o = (round_half_even(t) + zpf).clamp(-128.0, 127.0) as i8;
+        } else {
+            for ((o, v), m) in qr.iter_mut().zip(xr).zip(&mult[..k]) {
+                *o = quantize_one_u8(*v, *m, zp);
+            }
         }
     }
 }

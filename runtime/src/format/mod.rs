@@ -149,8 +149,10 @@ impl DType {
 pub enum OpCode {
     /// in [x f32 [M,K], w f32 [N,K] tensor, bias f32 [N] | NONE]; params [m, k, n, act].
     LinearF32 = 1,
-    /// in [x f32 [M,K], w i8 [N,K], w_sum i32 [N], scale f32 [N], bias f32 [N], mult f32 [K] | NONE];
-    /// params [m, k, n, act, x_inv_scale (f32 bits), x_zero_point (i32)].
+    /// in [x f32 [M,K], w i8 packed, w_sum i32 [N], scale f32 [N], bias f32 [N],
+    /// mult f32 [K] | NONE]; params [m, k, n, act, x_inv_scale (f32 bits), x_zero_point (i32),
+    /// weight layout]. Layout 1 (`K4N16`, see `ember_kernels::pack`) stores `w` as
+    /// `[⌈N/16⌉, 16·⌈K/4⌉·4]` with zero padding; it is the only layout defined so far.
     /// `y = act((Σ q(x)·w − zp·w_sum) · scale + bias)`, `q(x) = clamp(rne(x·inv_scale)+zp)`, or,
     /// with `mult` (per-channel smoothing folded with the scale), `q(x_j) = clamp(rne(x_j·mult_j)+zp)`.
     LinearI8 = 2,

@@ -4,14 +4,17 @@
 use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
+use crate::par::{split_rows, Parallel, SharedMut};
 use crate::Error;
-use ember_kernels::KernelSet;
+use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn};
+use ember_kernels::{Act, KernelSet};
 
 pub(crate) struct Ctx<'a> {
     pub file: &'a [u8],
     pub tensors: &'a [TensorInfo],
     pub values: &'a [ValueInfo],
     pub kernels: &'a KernelSet,
+    pub par: &'a dyn Parallel,
 }
 
 /// Read-only views of everything an op may read, around its mutable output slot.
@@ -71,7 +74,7 @@ fn index(ix: &[u8], idx64: bool, i: usize, dim: usize, op: usize) -> Result<usiz
 /// Runs op `op_index` (writing value `out_v`).
 /// Per-session scratch, sized at load for the largest op.
 pub(crate) struct Scratch<'s> {
-    pub i8s: &'s mut [i8],
+    pub u8s: &'s mut [u8],
     pub i32s: &'s mut [i32],
     pub f32s: &'s mut [f32],
 }
@@ -112,25 +115,26 @@ pub(crate) fn run_op(
             );
         }
         Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k: kk, n, act, inv_scale, zp } => {
-            let q = &mut scratch.i8s[..m * kk];
-            if *mult == REF_NONE {
-                (k.quantize_i8)(cast(io.bytes(*x))?, *inv_scale, *zp, q);
-            } else {
-                (k.quantize_i8_channels)(cast(io.bytes(*x))?, *kk, cast(io.bytes(*mult))?, *zp, q);
-            }
-            (k.i8_gemm)(
-                *m,
-                *kk,
-                *n,
-                q,
-                *zp,
-                cast(io.bytes(*w))?,
-                cast(io.bytes(*w_sum))?,
-                cast(io.bytes(*scale))?,
-                cast(io.bytes(*bias))?,
-                *act,
-                cast_mut(out)?,
-            );
+            let (m, kk, n, act, inv_scale) = (*m, *kk, *n, *act, *inv_scale);
+            let lda = k4(kk);
+            let q = SharedMut(scratch.u8s[..m * lda].as_mut_ptr());
+            let mult: &[f32] = if *mult == REF_NONE { &[] } else { cast(io.bytes(*mult))? };
+            // The file's zero point is that of i8 codes; kernels take u8 codes (+128).
+            let zp = zp + 128;
+            let x: &[f32] = cast(io.bytes(*x))?;
+            let (w, w_sum) = (cast(io.bytes(*w))?, cast(io.bytes(*w_sum))?);
+            let (scale, bias) = (cast(io.bytes(*scale))?, cast(io.bytes(*bias))?);
+            let o: &mut [f32] = cast_mut(out)?;
+            let o = SharedMut(o[..m * n].as_mut_ptr());
+            // Each task quantizes and multiplies its own rows.
+            split_rows(ctx.par, m, 16, 8, &|r0, r1| {
+                // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m; the scratch holds m·lda
+                // bytes and the output m·n floats, both exclusively borrowed by this op.
+                let (qs, os) =
+                    unsafe { (q.slice(r0 * lda, (r1 - r0) * lda), o.slice(r0 * n, (r1 - r0) * n)) };
+                (k.quantize_u8)(&x[r0 * kk..r1 * kk], r1 - r0, kk, lda, inv_scale, mult, zp, qs);
+                (k.i8_gemm)(r1 - r0, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n);
+            });
         }
         Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs } } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
@@ -157,39 +161,42 @@ pub(crate) fn run_op(
         } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
-            let (qa, rest) = scratch.i8s.split_at_mut(m * kk);
-            let bt = &mut rest[..n * kk];
+            let lda = k4(*kk);
+            let (qa, rest) = scratch.u8s.split_at_mut(m * lda);
+            let bp: &mut [i8] = bytemuck::cast_slice_mut(&mut rest[..k4n16_len(*n, *kk)]);
             let sums = &mut scratch.i32s[..*n];
             let (scale, bias) = scratch.f32s[..2 * n].split_at_mut(*n);
             scale.fill(*out_scale);
             bias.fill(0.0);
+            let zp = a_zp + 128;
             for i in 0..*batch {
-                (k.quantize_i8)(&a[i * a_bs..i * a_bs + m * kk], *a_inv, *a_zp, qa);
+                (k.quantize_u8)(&a[i * a_bs..i * a_bs + m * kk], *m, *kk, lda, *a_inv, &[], zp, qa);
                 let bi = &b[i * b_bs..i * b_bs + kk * n];
-                // b [K, N] → symmetric i8, transposed to [N, K] for the GEMM kernel.
-                for p in 0..*kk {
-                    for j in 0..*n {
-                        let t = (bi[p * n + j] * b_inv).clamp(-127.0, 127.0);
-                        let t = if t.is_nan() { 0.0 } else { t };
-                        bt[j * kk + p] = ember_kernels::generic::round_half_even(t) as i8;
-                    }
-                }
-                for (j, s) in sums.iter_mut().enumerate() {
-                    *s = bt[j * kk..(j + 1) * kk].iter().map(|v| *v as i32).sum();
-                }
-                (k.i8_gemm)(
-                    *m,
-                    *kk,
-                    *n,
-                    qa,
-                    *a_zp,
-                    bt,
-                    sums,
-                    scale,
-                    bias,
-                    ember_kernels::Act::None,
-                    &mut o[i * m * n..(i + 1) * m * n],
-                );
+                quantize_pack_k4n16_kn(bi, *kk, *n, *b_inv, bp, sums);
+                let (qa, bp, sums): (&[u8], &[i8], &[i32]) = (qa, bp, sums);
+                let (scale, bias): (&[f32], &[f32]) = (scale, bias);
+                let (m, n) = (*m, *n);
+                let oi = SharedMut(o[i * m * n..(i + 1) * m * n].as_mut_ptr());
+                split_rows(ctx.par, m, 16, 8, &|r0, r1| {
+                    // SAFETY: disjoint row ranges of this head's m·n outputs.
+                    let os = unsafe { oi.slice(r0 * n, (r1 - r0) * n) };
+                    let a = &qa[r0 * lda..];
+                    (k.i8_gemm)(
+                        r1 - r0,
+                        *kk,
+                        n,
+                        a,
+                        lda,
+                        zp,
+                        bp,
+                        sums,
+                        scale,
+                        bias,
+                        Act::None,
+                        os,
+                        n,
+                    );
+                });
             }
         }
         Op::Binary { a, b, kind, dtype, rank, out: od, sa, sb, fast } => match dtype {
@@ -216,6 +223,20 @@ pub(crate) fn run_op(
                 *fast,
             ),
         },
+        Op::Unary { x, kind: UnaryKind::Erf, .. } => {
+            let x: &[f32] = cast(io.bytes(*x))?;
+            let o: &mut [f32] = cast_mut(out)?;
+            let len = o.len();
+            let op = SharedMut(o.as_mut_ptr());
+            // Blocks of 4096 elements, spread over the threads.
+            const BLOCK: usize = 4096;
+            split_rows(ctx.par, len.div_ceil(BLOCK), 4, 1, &|b0, b1| {
+                let (s0, s1) = (b0 * BLOCK, (b1 * BLOCK).min(len));
+                // SAFETY: disjoint element ranges of the output.
+                let os = unsafe { op.slice(s0, s1 - s0) };
+                (k.erf)(&x[s0..s1], os);
+            });
+        }
         Op::Unary { x, kind, a, b } => {
             let x: &[f32] = cast(io.bytes(*x))?;
             let o: &mut [f32] = cast_mut(out)?;
@@ -224,7 +245,7 @@ pub(crate) fn run_op(
                     UnaryKind::Relu => v.max(0.0),
                     UnaryKind::Sigmoid => 1.0 / (1.0 + libm::expf(-v)),
                     UnaryKind::Tanh => libm::tanhf(*v),
-                    UnaryKind::Erf => libm::erff(*v),
+                    UnaryKind::Erf => ember_kernels::generic::math::erf(*v),
                     UnaryKind::Sqrt => libm::sqrtf(*v),
                     UnaryKind::Clip => v.max(*a).min(*b),
                     UnaryKind::Pow => libm::powf(*v, *a),
@@ -256,6 +277,18 @@ pub(crate) fn run_op(
                 step(&mut idx, od, *rank);
             }
         }
+        Op::Softmax { x, outer, n, inner } if *inner == 1 => {
+            let (x, n): (&[f32], usize) = (cast(io.bytes(*x))?, *n);
+            let o: &mut [f32] = cast_mut(out)?;
+            let op = SharedMut(o[..outer * n].as_mut_ptr());
+            split_rows(ctx.par, *outer, 64, 1, &|r0, r1| {
+                // SAFETY: disjoint row ranges of the outer·n outputs.
+                let os = unsafe { op.slice(r0 * n, (r1 - r0) * n) };
+                for (xr, or) in x[r0 * n..r1 * n].chunks_exact(n).zip(os.chunks_exact_mut(n)) {
+                    (k.softmax_row)(xr, or);
+                }
+            });
+        }
         Op::Softmax { x, outer, n, inner } => {
             let x: &[f32] = cast(io.bytes(*x))?;
             let o: &mut [f32] = cast_mut(out)?;
@@ -268,7 +301,7 @@ pub(crate) fn run_op(
                     }
                     let mut sum = 0.0;
                     for j in 0..*n {
-                        let e = libm::expf(x[base + j * inner] - mx);
+                        let e = ember_kernels::generic::math::exp(x[base + j * inner] - mx);
                         o[base + j * inner] = e;
                         sum += e;
                     }
@@ -320,17 +353,7 @@ pub(crate) fn run_op(
         }
         Op::Copy { x } => out.copy_from_slice(io.bytes(*x)),
         Op::Transpose { x, elem, rank, out: od, src_strides } => {
-            let src = io.bytes(*x);
-            let total: usize = od[..*rank].iter().product();
-            let mut idx = [0usize; MAX_RANK];
-            for o in 0..total {
-                let mut s = 0;
-                for a in 0..*rank {
-                    s += idx[a] * src_strides[a];
-                }
-                out[o * elem..(o + 1) * elem].copy_from_slice(&src[s * elem..(s + 1) * elem]);
-                step(&mut idx, od, *rank);
-            }
+            transpose(io.bytes(*x), out, *elem, *rank, od, src_strides);
         }
         Op::Reduce { x, mean, rank, dims, out_strides, count } => {
             let x: &[f32] = cast(io.bytes(*x))?;
@@ -371,29 +394,38 @@ fn step(idx: &mut [usize; MAX_RANK], dims: &[usize; MAX_RANK], rank: usize) {
 }
 
 trait Arith: Copy + bytemuck::Pod {
-    fn apply(kind: BinaryKind, a: Self, b: Self) -> Self;
+    fn add(a: Self, b: Self) -> Self;
+    fn sub(a: Self, b: Self) -> Self;
+    fn mul(a: Self, b: Self) -> Self;
+    fn div(a: Self, b: Self) -> Self;
 }
 impl Arith for f32 {
-    #[inline]
-    fn apply(kind: BinaryKind, a: f32, b: f32) -> f32 {
-        match kind {
-            BinaryKind::Add => a + b,
-            BinaryKind::Sub => a - b,
-            BinaryKind::Mul => a * b,
-            BinaryKind::Div => a / b,
-        }
+    fn add(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    fn sub(a: f32, b: f32) -> f32 {
+        a - b
+    }
+    fn mul(a: f32, b: f32) -> f32 {
+        a * b
+    }
+    fn div(a: f32, b: f32) -> f32 {
+        a / b
     }
 }
 impl Arith for i64 {
-    #[inline]
-    fn apply(kind: BinaryKind, a: i64, b: i64) -> i64 {
-        match kind {
-            BinaryKind::Add => a.wrapping_add(b),
-            BinaryKind::Sub => a.wrapping_sub(b),
-            BinaryKind::Mul => a.wrapping_mul(b),
-            // Integer division by zero is defined as 0 here rather than trapping.
-            BinaryKind::Div => a.checked_div(b).unwrap_or(0),
-        }
+    fn add(a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+    fn sub(a: i64, b: i64) -> i64 {
+        a.wrapping_sub(b)
+    }
+    fn mul(a: i64, b: i64) -> i64 {
+        a.wrapping_mul(b)
+    }
+    /// Integer division by zero is defined as 0 here rather than trapping.
+    fn div(a: i64, b: i64) -> i64 {
+        a.checked_div(b).unwrap_or(0)
     }
 }
 
@@ -409,36 +441,79 @@ fn binary<T: Arith>(
     sb: &[usize; MAX_RANK],
     fast: BinFast,
 ) {
+    // One monomorphic loop per kind, so each vectorizes.
+    match kind {
+        BinaryKind::Add => binary_with(a, b, o, rank, od, sa, sb, fast, T::add),
+        BinaryKind::Sub => binary_with(a, b, o, rank, od, sa, sb, fast, T::sub),
+        BinaryKind::Mul => binary_with(a, b, o, rank, od, sa, sb, fast, T::mul),
+        BinaryKind::Div => binary_with(a, b, o, rank, od, sa, sb, fast, T::div),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn binary_with<T: Arith>(
+    a: &[T],
+    b: &[T],
+    o: &mut [T],
+    rank: usize,
+    od: &[usize; MAX_RANK],
+    sa: &[usize; MAX_RANK],
+    sb: &[usize; MAX_RANK],
+    fast: BinFast,
+    f: impl Fn(T, T) -> T,
+) {
     match fast {
         BinFast::Same => {
             for ((o, x), y) in o.iter_mut().zip(a).zip(b) {
-                *o = T::apply(kind, *x, *y);
+                *o = f(*x, *y);
+            }
+        }
+        BinFast::BScalar => {
+            let y = b[0];
+            for (o, x) in o.iter_mut().zip(a) {
+                *o = f(*x, y);
+            }
+        }
+        BinFast::AScalar => {
+            let x = a[0];
+            for (o, y) in o.iter_mut().zip(b) {
+                *o = f(x, *y);
             }
         }
         BinFast::BSuffix(len) => {
             for (oc, ac) in o.chunks_exact_mut(len).zip(a.chunks_exact(len)) {
                 for ((o, x), y) in oc.iter_mut().zip(ac).zip(b) {
-                    *o = T::apply(kind, *x, *y);
+                    *o = f(*x, *y);
                 }
             }
         }
         BinFast::ASuffix(len) => {
             for (oc, bc) in o.chunks_exact_mut(len).zip(b.chunks_exact(len)) {
                 for ((o, x), y) in oc.iter_mut().zip(a).zip(bc) {
-                    *o = T::apply(kind, *x, *y);
+                    *o = f(*x, *y);
                 }
             }
         }
         BinFast::General => {
+            // Odometer over the output with running operand offsets.
             let mut idx = [0usize; MAX_RANK];
+            let (mut ia, mut ib) = (0usize, 0usize);
             for o in o.iter_mut() {
-                let (mut ia, mut ib) = (0, 0);
-                for d in 0..rank {
-                    ia += idx[d] * sa[d];
-                    ib += idx[d] * sb[d];
+                *o = f(a[ia], b[ib]);
+                let mut d = rank;
+                while d > 0 {
+                    d -= 1;
+                    idx[d] += 1;
+                    ia += sa[d];
+                    ib += sb[d];
+                    if idx[d] < od[d] {
+                        break;
+                    }
+                    ia -= sa[d] * od[d];
+                    ib -= sb[d] * od[d];
+                    idx[d] = 0;
                 }
-                *o = T::apply(kind, a[ia], b[ib]);
-                step(&mut idx, od, rank);
             }
         }
     }
@@ -467,4 +542,50 @@ fn cast_values(src: &[u8], from: DType, out: &mut [u8], to: DType) -> Result<(),
         _ => {}
     }
     Ok(())
+}
+
+/// Permuted copy: `out` in output order, `src_strides` (in elements) per output axis. Trailing
+/// output axes that stay contiguous in the source are copied as one run.
+fn transpose(
+    src: &[u8],
+    out: &mut [u8],
+    elem: usize,
+    rank: usize,
+    od: &[usize; MAX_RANK],
+    st: &[usize; MAX_RANK],
+) {
+    let mut run = 1;
+    let mut r = rank;
+    while r > 0 && st[r - 1] == run {
+        run *= od[r - 1];
+        r -= 1;
+    }
+    let bytes = run * elem;
+    if out.is_empty() {
+        return;
+    }
+    if r == 0 {
+        out.copy_from_slice(&src[..out.len()]);
+        return;
+    }
+    let mut idx = [0usize; MAX_RANK];
+    let mut s = 0usize;
+    for chunk in out.chunks_exact_mut(bytes) {
+        if elem == 4 && run == 1 {
+            chunk.copy_from_slice(&src[s * 4..s * 4 + 4]);
+        } else {
+            chunk.copy_from_slice(&src[s * elem..s * elem + bytes]);
+        }
+        let mut d = r;
+        while d > 0 {
+            d -= 1;
+            idx[d] += 1;
+            s += st[d];
+            if idx[d] < od[d] {
+                break;
+            }
+            s -= st[d] * od[d];
+            idx[d] = 0;
+        }
+    }
 }

@@ -6,6 +6,7 @@
 pub(crate) mod exec;
 
 use crate::format::*;
+use ember_kernels::pack::{k4, k4n16_len, PANEL};
 use ember_kernels::Act;
 
 /// Dtype and shape of a referenced value or tensor, as seen by the validator.
@@ -194,6 +195,10 @@ pub(crate) enum BinFast {
     BSuffix(usize),
     /// `a` repeats along the leading axes.
     ASuffix(usize),
+    /// `b` is one element.
+    BScalar,
+    /// `a` is one element.
+    AScalar,
     General,
 }
 
@@ -201,9 +206,10 @@ impl Op {
     /// Scratch this op needs: (i8 elements, i32 elements, f32 elements).
     pub fn scratch(&self) -> (usize, usize, usize) {
         match self {
-            Op::LinearI8 { m, k, .. } => (m * k, 0, 0),
-            // quantized a, transposed quantized b; b's column sums; per-column scale and zero bias
-            Op::MatMulI8 { d, .. } => (d.m * d.k + d.n * d.k, d.n, 2 * d.n),
+            // u8 activations at row stride k4(k)
+            Op::LinearI8 { m, k, .. } => (m * k4(*k), 0, 0),
+            // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
+            Op::MatMulI8 { d, .. } => (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n, 2 * d.n),
             _ => (0, 0, 0),
         }
     }
@@ -295,8 +301,18 @@ pub(crate) fn prepare<'a>(
                     "x has {} elements, expected {m}x{k}",
                     numel(x.dims)
                 );
+                ensure!(
+                    p[6] == ember_kernels::pack::LAYOUT_K4N16,
+                    "unknown weight layout {} (this runtime knows 1, K4N16)",
+                    p[6]
+                );
                 let w = need(ins[1], &[DType::I8], "weights")?;
-                ensure!(w.dims == [n, k], "weights are {:?}, expected [{n}, {k}]", w.dims);
+                let (panels, plen) = (n.div_ceil(PANEL), PANEL * k4(k));
+                ensure!(
+                    w.dims == [panels, plen],
+                    "packed weights are {:?}, expected [{panels}, {plen}] for {n}x{k} in K4N16",
+                    w.dims
+                );
                 for (j, dt, nm) in [
                     (2, DType::I32, "weight sums"),
                     (3, DType::F32, "scales"),
@@ -411,11 +427,18 @@ pub(crate) fn prepare<'a>(
             };
             let sa = strides(a.dims)?;
             let sb = strides(b.dims)?;
+            // Leading 1s broadcast like absent axes: [1,1,128] repeats as [128] does.
             let suffix = |d: &[usize]| {
+                let lead = d.iter().take_while(|v| **v == 1).count();
+                let d = &d[lead..];
                 d.len() <= rank && d == &out.dims[rank - d.len()..] && !d.is_empty() && numel(d) > 0
             };
             let fast = if a.dims == out.dims && b.dims == out.dims {
                 BinFast::Same
+            } else if a.dims == out.dims && numel(b.dims) == 1 {
+                BinFast::BScalar
+            } else if b.dims == out.dims && numel(a.dims) == 1 {
+                BinFast::AScalar
             } else if a.dims == out.dims && suffix(b.dims) {
                 BinFast::BSuffix(numel(b.dims))
             } else if b.dims == out.dims && suffix(a.dims) {

@@ -1,0 +1,206 @@
+//! `ember bench MODEL.ember [--batch N] [--threads T] [--iters K] [--input IN.npz] [--profile] [--json]`:
+//! open time, first-run time, latency percentiles and throughput of one compiled plan, and with
+//! `--profile` the time spent in each op (summed over iterations) and per op kind.
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use ember_quantize::exec;
+use ember_runtime::{DType, OpCode, Pool, Session};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Measure latency and throughput of a model on this machine.
+#[derive(Parser, Debug)]
+pub struct Args {
+    pub model: PathBuf,
+    /// Batch size (one of the compiled plans; default: the smallest).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed iterations after warm-up.
+    #[arg(long, default_value_t = 200)]
+    pub iters: usize,
+    /// Warm-up iterations (not timed).
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Inputs (first axis = samples; rows are cycled to fill the batch). Default: synthetic
+    /// inputs, floats uniform in [-1, 1), integers zero (valid for any index input).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Time every op; print the most expensive ops and the totals per op kind.
+    #[arg(long)]
+    pub profile: bool,
+    /// Print the results as JSON (keys p50_ms, p99_ms, samples_per_s, ...).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One batch of input bytes per model input.
+fn inputs(
+    model: &ember_runtime::Model<ember_runtime::FileBytes>,
+    batch: usize,
+    file: Option<&PathBuf>,
+) -> Result<Vec<Vec<u8>>> {
+    if let Some(path) = file {
+        let arrays = super::read_npz(path)?;
+        let (ins, n) = exec::check_inputs(
+            &exec::model_inputs(model),
+            &arrays,
+            &format!("{}", path.display()),
+        )?;
+        let rows: Vec<usize> = (0..batch).map(|i| i % n).collect();
+        return Ok(model
+            .inputs
+            .iter()
+            .map(|s| ins[&s.name].take_rows(&rows).to_le_bytes())
+            .collect());
+    }
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    Ok(model
+        .inputs
+        .iter()
+        .map(|s| {
+            let count = batch * s.dims.iter().product::<usize>();
+            match s.dtype {
+                DType::F32 => (0..count)
+                    .flat_map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        ((seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0).to_le_bytes()
+                    })
+                    .collect(),
+                d => vec![0u8; count * d.size()],
+            }
+        })
+        .collect())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let t_open = Instant::now();
+    let model = super::load(&a.model)?;
+    let batch = a.batch.unwrap_or_else(|| model.batch_sizes().into_iter().min().unwrap_or(1));
+    if model.plan_index(batch).is_none() {
+        bail!(
+            "{} has no plan for batch {batch}; compiled batch sizes: {:?}",
+            a.model.display(),
+            model.batch_sizes()
+        );
+    }
+    let threads = a.threads.unwrap_or(0);
+    let pool = Arc::new(Pool::new(threads)?);
+    let mut s = Session::new(&model, batch)?;
+    s.set_pool(pool.clone());
+    let open_ms = t_open.elapsed().as_secs_f64() * 1e3;
+    let bufs = inputs(&model, batch, a.input.as_ref())?;
+    let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
+    let t_first = Instant::now();
+    s.run(&refs)?;
+    let first_ms = t_first.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..a.warmup {
+        s.run(&refs)?;
+    }
+    let n_ops = s.plan().records.len();
+    let mut op_ns = vec![0f64; n_ops];
+    let mut times = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters {
+        let st = Instant::now();
+        if a.profile {
+            let mut last = Instant::now();
+            s.run_with(&refs, |i, _| {
+                let now = Instant::now();
+                op_ns[i] += (now - last).as_secs_f64() * 1e9;
+                last = now;
+            })?;
+        } else {
+            s.run(&refs)?;
+        }
+        times.push(st.elapsed().as_secs_f64() * 1e3);
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    let k = s.kernels();
+    let mut out = json!({
+        "model": a.model,
+        "batch": batch,
+        "threads": s.threads(),
+        "iters": a.iters,
+        "kernels": {"i8_gemm": k.i8_gemm_name, "quantize_u8": k.quantize_u8_name, "f32_gemm": k.f32_gemm_name},
+        "open_ms": open_ms,
+        "first_run_ms": first_ms,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "mean_ms": mean,
+        "min_ms": times[0],
+        "samples_per_s": batch as f64 / (p50 * 1e-3),
+    });
+    let mut by_kind: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    let mut ops = Vec::new();
+    if a.profile {
+        let names: Vec<String> = model
+            .meta(&format!("op_names.b{batch}"))
+            .map(|s| s.lines().map(String::from).collect())
+            .unwrap_or_default();
+        let plan = s.plan();
+        for (i, rec) in plan.records.iter().enumerate() {
+            let kind = OpCode::from_u16(rec.opcode).map(|c| c.name()).unwrap_or("?");
+            let ms = op_ns[i] / a.iters as f64 / 1e6;
+            let e = by_kind.entry(kind).or_default();
+            e.0 += ms;
+            e.1 += 1;
+            ops.push((ms, i, kind, names.get(i).cloned().unwrap_or_default()));
+        }
+        ops.sort_by(|x, y| y.0.total_cmp(&x.0));
+        out["profile"] = json!({
+            "ops": ops.iter().map(|(ms, i, kind, name)| json!({"index": i, "op": kind, "node": name, "ms": ms})).collect::<Vec<_>>(),
+            "by_kind": by_kind.iter().map(|(k, (ms, n))| (k.to_string(), json!({"ms": ms, "count": n}))).collect::<serde_json::Map<_, _>>(),
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: batch {batch}, {} threads, kernels {} / {}",
+        a.model.display(),
+        s.threads(),
+        k.i8_gemm_name,
+        k.quantize_u8_name
+    );
+    println!("  open {open_ms:.2} ms, first run {first_ms:.2} ms");
+    println!(
+        "  latency p50 {p50:.3} ms, p99 {p99:.3} ms, mean {mean:.3} ms over {} runs; {:.1} samples/s",
+        a.iters,
+        batch as f64 / (p50 * 1e-3)
+    );
+    if a.profile {
+        let total: f64 = by_kind.values().map(|v| v.0).sum();
+        println!("  time per op kind (mean per run, profiling adds a clock read per op):");
+        let mut kinds: Vec<_> = by_kind.iter().collect();
+        kinds.sort_by(|x, y| y.1 .0.total_cmp(&x.1 .0));
+        for (kind, (ms, n)) in kinds {
+            println!(
+                "    {kind:<16} {ms:>9.3} ms {:>5.1}%  ({n} ops)",
+                100.0 * ms / total.max(1e-12)
+            );
+        }
+        println!("  most expensive ops:");
+        for (ms, i, kind, name) in ops.iter().take(12) {
+            println!("    #{i:<4} {kind:<14} {ms:>8.3} ms  {name}");
+        }
+    }
+    Ok(())
+}

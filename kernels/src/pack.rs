@@ -1,0 +1,68 @@
+//! Weight layouts, chosen at quantize time for the target board and used in place at run time.
+//!
+//! `K4N16` (layout code 1): the `[N, K]` i8 weight matrix cut into panels of 16 output columns;
+//! inside a panel, K runs in quads of 4, and each quad holds 16 columns × 4 consecutive k values
+//! (64 bytes, one 512-bit register, four 128-bit ones). Byte `(j, p)` of the matrix lives at
+//! `(j / 16) · 16·K4 + (p / 4) · 64 + (j % 16) · 4 + p % 4`, with `K4 = ⌈K/4⌉·4`; the padding
+//! columns (`j ≥ N`) and depths (`p ≥ K`) are zero, so kernels may run whole panels and whole
+//! quads. One quad is exactly the operand of x86 `vpdpbusd` (16 lanes × 4 bytes) and of four
+//! aarch64 `sdot`s (4 lanes × 4 bytes each).
+
+/// Layout code of [`pack_k4n16`] in a `.ember` LinearI8 op (param 6).
+pub const LAYOUT_K4N16: u32 = 1;
+/// Output columns per panel.
+pub const PANEL: usize = 16;
+
+/// `k` rounded up to a whole quad.
+#[inline]
+pub const fn k4(k: usize) -> usize {
+    k.div_ceil(4) * 4
+}
+
+/// Bytes of a `K4N16`-packed `[n, k]` matrix.
+#[inline]
+pub const fn k4n16_len(n: usize, k: usize) -> usize {
+    n.div_ceil(PANEL) * PANEL * k4(k)
+}
+
+/// Position of element `(j, p)` (column `j` < n, depth `p` < k) in the packed bytes.
+#[inline]
+pub const fn k4n16_index(j: usize, p: usize, k: usize) -> usize {
+    (j / PANEL) * PANEL * k4(k) + (p / 4) * 64 + (j % PANEL) * 4 + p % 4
+}
+
+/// Packs row-major `w [n, k]` into `out` (length [`k4n16_len`]); padding is zeroed.
+pub fn pack_k4n16(w: &[i8], n: usize, k: usize, out: &mut [i8]) {
+    let out = &mut out[..k4n16_len(n, k)];
+    out.fill(0);
+    for (j, row) in w[..n * k].chunks_exact(k).enumerate() {
+        for (p, v) in row.iter().enumerate() {
+            out[k4n16_index(j, p, k)] = *v;
+        }
+    }
+}
+
+/// Quantizes an f32 activation `b [k, n]` (row-major) symmetrically (`rne(b·inv)` clamped to
+/// ±127, NaN to 0) straight into the packed layout, with the column sums the GEMM needs.
+pub fn quantize_pack_k4n16_kn(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+) {
+    let out = &mut out[..k4n16_len(n, k)];
+    out.fill(0);
+    let sums = &mut sums[..n];
+    sums.fill(0);
+    for (p, row) in b[..k * n].chunks_exact(n).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            let t = (*v * inv).clamp(-127.0, 127.0);
+            let t = if t.is_nan() { 0.0 } else { t };
+            let q = crate::generic::round_half_even(t) as i8;
+            out[k4n16_index(j, p, k)] = q;
+            sums[j] += q as i32;
+        }
+    }
+}

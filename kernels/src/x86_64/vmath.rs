@@ -1,0 +1,23 @@
+//! The generic float vector math compiled for AVX2 and AVX-512 (same bodies, same bits).
+
+use crate::generic::math;
+
+macro_rules! overlay {
+    ($name:ident, $feat:literal, $has:path, $body:path) => {
+        /// Same contract and bits as the generic twin; panics on a CPU without the feature.
+        pub fn $name(x: &[f32], o: &mut [f32]) {
+            #[target_feature(enable = $feat)]
+            fn inner(x: &[f32], o: &mut [f32]) {
+                $body(x, o)
+            }
+            assert!($has(), concat!(stringify!($name), " on a CPU without ", $feat));
+            // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
+            unsafe { inner(x, o) }
+        }
+    };
+}
+
+overlay!(softmax_row_avx512, "avx512f", super::has_avx512f, math::softmax_row);
+overlay!(softmax_row_avx2, "avx2", super::has_avx2, math::softmax_row);
+overlay!(erf_avx512, "avx512f", super::has_avx512f, math::erf_slice);
+overlay!(erf_avx2, "avx2", super::has_avx2, math::erf_slice);

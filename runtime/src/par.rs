@@ -1,0 +1,66 @@
+//! How ops spread work over cores. The core runtime only knows this trait; [`Serial`] runs
+//! everything on the caller's thread (no_std, microcontrollers), and under `std` the
+//! [`crate::Pool`] runs tasks on persistent worker threads without allocating per run.
+
+/// Runs `tasks` independent tasks `f(0)..f(tasks-1)`, returning when all are done.
+pub trait Parallel: Sync {
+    /// Threads available, the caller's included.
+    fn threads(&self) -> usize;
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync));
+}
+
+/// Everything on the calling thread.
+pub struct Serial;
+
+impl Parallel for Serial {
+    fn threads(&self) -> usize {
+        1
+    }
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        for t in 0..tasks {
+            f(t);
+        }
+    }
+}
+
+/// A raw pointer that tasks share to write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+// SAFETY: only used to hand disjoint index ranges of one live buffer to tasks of a single
+// `Parallel::run` call, which returns before the buffer's borrow ends.
+unsafe impl<T> Sync for SharedMut<T> {}
+// SAFETY: as above.
+unsafe impl<T> Send for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// # Safety
+    /// `start..start+len` must lie inside the buffer and no other live slice may cover it.
+    pub(crate) unsafe fn slice(self, start: usize, len: usize) -> &'static mut [T] {
+        // SAFETY: guaranteed by the caller, see above.
+        unsafe { core::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Splits rows `0..m` into at most `par.threads()` contiguous ranges of whole `align`-row
+/// blocks (none smaller than `min_rows`) and calls `f(r0, r1)` for each, in parallel.
+pub(crate) fn split_rows(
+    par: &dyn Parallel,
+    m: usize,
+    min_rows: usize,
+    align: usize,
+    f: &(dyn Fn(usize, usize) + Sync),
+) {
+    let t = par.threads().min(m / min_rows.max(1)).max(1);
+    if t == 1 {
+        f(0, m);
+        return;
+    }
+    let per = m.div_ceil(t).div_ceil(align) * align;
+    par.run(t, &|i| {
+        let r0 = (i * per).min(m);
+        let r1 = (r0 + per).min(m);
+        if r0 < r1 {
+            f(r0, r1);
+        }
+    });
+}
