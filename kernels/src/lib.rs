@@ -18,4 +18,6 @@ mod set;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
-pub use set::{Act, F32GemmFn, I8GemmFn, KernelSet, Kernels, QuantizeU8Fn, RowFn, Variant};
+pub use set::{
+    Act, F32GemmFn, I8GemmFn, KernelSet, Kernels, LayerNormFn, QuantizeU8Fn, RowFn, Variant,
+};

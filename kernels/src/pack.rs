@@ -44,6 +44,7 @@ pub fn pack_k4n16(w: &[i8], n: usize, k: usize, out: &mut [i8]) {
 
 /// Quantizes an f32 activation `b [k, n]` (row-major) symmetrically (`rne(b·inv)` clamped to
 /// ±127, NaN to 0) straight into the packed layout, with the column sums the GEMM needs.
+/// Four source rows at a time become one 4-byte group per column (vectorizable).
 pub fn quantize_pack_k4n16_kn(
     b: &[f32],
     k: usize,
@@ -53,16 +54,39 @@ pub fn quantize_pack_k4n16_kn(
     sums: &mut [i32],
 ) {
     let out = &mut out[..k4n16_len(n, k)];
-    out.fill(0);
     let sums = &mut sums[..n];
     sums.fill(0);
-    for (p, row) in b[..k * n].chunks_exact(n).enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            let t = (*v * inv).clamp(-127.0, 127.0);
-            let t = if t.is_nan() { 0.0 } else { t };
-            let q = crate::generic::round_half_even(t) as i8;
-            out[k4n16_index(j, p, k)] = q;
-            sums[j] += q as i32;
+    let b = &b[..k * n];
+    for q in 0..k4(k) / 4 {
+        let row = |r: usize| if r < k { &b[r * n..r * n + n] } else { &[][..] };
+        let rows = [row(4 * q), row(4 * q + 1), row(4 * q + 2), row(4 * q + 3)];
+        for (j, sum) in sums.iter_mut().enumerate() {
+            let mut group = [0i8; 4];
+            for (g, r) in group.iter_mut().zip(&rows) {
+                if let Some(v) = r.get(j) {
+                    *g = quantize_sym_i8(*v, inv);
+                }
+            }
+            *sum += group.iter().map(|v| *v as i32).sum::<i32>();
+            let at = k4n16_index(j, 4 * q, k);
+            out[at..at + 4].copy_from_slice(&group);
         }
     }
+    // Padding columns of the last panel.
+    for j in n..n.div_ceil(PANEL) * PANEL {
+        for q in 0..k4(k) / 4 {
+            let at = k4n16_index(j, 4 * q, k);
+            out[at..at + 4].fill(0);
+        }
+    }
+}
+
+/// `clamp(rne(x·inv), -127, 127)`, NaN to 0, without a float→int cast (the integer is read
+/// from the low bits of `t + 1.5·2^23`), so loops over it vectorize.
+#[inline(always)]
+pub fn quantize_sym_i8(x: f32, inv: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    let t = (x * inv).clamp(-127.0, 127.0);
+    let t = if t.is_nan() { 0.0 } else { t };
+    (t + MAGIC).to_bits() as u8 as i8
 }

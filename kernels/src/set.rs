@@ -8,6 +8,10 @@ use crate::generic;
 pub enum Act {
     None = 0,
     Relu = 1,
+    /// `x·(1 + erf(x/√2))/2`, with [`crate::generic::math::gelu`].
+    Gelu = 2,
+    /// `x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))/2`, with [`crate::generic::math::gelu_tanh`].
+    GeluTanh = 3,
 }
 
 impl Act {
@@ -15,7 +19,21 @@ impl Act {
         match v {
             0 => Some(Act::None),
             1 => Some(Act::Relu),
+            2 => Some(Act::Gelu),
+            3 => Some(Act::GeluTanh),
             _ => None,
+        }
+    }
+
+    /// Applies the activation to a finished row segment in place (GELU forms; ReLU and None are
+    /// applied inside the epilogues). Inlined so that each ISA's caller vectorizes it.
+    #[inline(always)]
+    pub fn apply_slice(self, v: &mut [f32]) {
+        match self {
+            Act::None => {}
+            Act::Relu => v.iter_mut().for_each(|x| *x = crate::generic::relu(*x)),
+            Act::Gelu => v.iter_mut().for_each(|x| *x = crate::generic::math::gelu(*x)),
+            Act::GeluTanh => v.iter_mut().for_each(|x| *x = crate::generic::math::gelu_tanh(*x)),
         }
     }
 }
@@ -67,6 +85,9 @@ pub type QuantizeU8Fn = fn(
 /// `o[i] = f(x[i])` over a slice, or a function of a whole row (softmax); `o.len() == x.len()`.
 pub type RowFn = fn(x: &[f32], o: &mut [f32]);
 
+/// Layer normalization of one row; see [`crate::generic::math::layer_norm_row`].
+pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &mut [f32]);
+
 /// The kernels chosen for this process. Plain function pointers: no dispatch cost beyond a call.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSet {
@@ -80,6 +101,8 @@ pub struct KernelSet {
     pub softmax_row_name: &'static str,
     pub erf: RowFn,
     pub erf_name: &'static str,
+    pub layer_norm_row: LayerNormFn,
+    pub layer_norm_row_name: &'static str,
 }
 
 /// One registered variant: its name, the function, and whether this CPU can run it.
@@ -130,6 +153,18 @@ static ERFS: &[Variant<RowFn>] = &[
     Variant { name: "erf_generic", f: generic::math::erf_slice, usable: always },
 ];
 
+static LAYER_NORMS: &[Variant<LayerNormFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "layer_norm_row_avx512",
+        f: x86::layer_norm_row_avx512,
+        usable: x86::has_avx512f,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "layer_norm_row_avx2", f: x86::layer_norm_row_avx2, usable: x86::has_avx2 },
+    Variant { name: "layer_norm_row_generic", f: generic::math::layer_norm_row, usable: always },
+];
+
 fn usable<F: Copy>(v: &'static [Variant<F>]) -> impl Iterator<Item = (&'static str, F)> {
     v.iter().filter(|v| (v.usable)()).map(|v| (v.name, v.f))
 }
@@ -150,6 +185,9 @@ impl Kernels {
     }
     pub fn erfs() -> impl Iterator<Item = (&'static str, RowFn)> {
         usable(ERFS)
+    }
+    pub fn layer_norms() -> impl Iterator<Item = (&'static str, LayerNormFn)> {
+        usable(LAYER_NORMS)
     }
 }
 
@@ -172,6 +210,8 @@ impl KernelSet {
         softmax_row_name: "softmax_row_generic",
         erf: generic::math::erf_slice,
         erf_name: "erf_generic",
+        layer_norm_row: generic::math::layer_norm_row,
+        layer_norm_row_name: "layer_norm_row_generic",
     };
 
     /// Chooses the fastest variant of each family this CPU supports. Under `std`, the
@@ -213,6 +253,8 @@ impl KernelSet {
         let (quantize_u8, quantize_u8_name) = pick(QUANTIZERS, &|n| allow("quantize_u8", n));
         let (softmax_row, softmax_row_name) = pick(SOFTMAXES, &|n| allow("softmax_row", n));
         let (erf, erf_name) = pick(ERFS, &|n| allow("erf", n));
+        let (layer_norm_row, layer_norm_row_name) =
+            pick(LAYER_NORMS, &|n| allow("layer_norm_row", n));
         KernelSet {
             i8_gemm,
             i8_gemm_name,
@@ -224,6 +266,8 @@ impl KernelSet {
             softmax_row_name,
             erf,
             erf_name,
+            layer_norm_row,
+            layer_norm_row_name,
         }
     }
 }

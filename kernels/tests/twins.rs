@@ -57,7 +57,7 @@ fn i8_gemm_variants_are_bit_exact_and_generic_matches_definition() {
         let scale: Vec<f32> = (0..n).map(|_| r.f32().abs() * 0.01 + 1e-4).collect();
         let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
         let zp = (r.next() % 256) as i32;
-        for act in [Act::None, Act::Relu] {
+        for act in [Act::None, Act::Relu, Act::Gelu, Act::GeluTanh] {
             let mut want = vec![f32::NAN; (m - 1) * ldo + n];
             generic::i8_gemm(m, k, n, &a, lda, zp, &bp, &sums, &scale, &bias, act, &mut want, ldo);
             for i in 0..m {
@@ -66,9 +66,12 @@ fn i8_gemm_variants_are_bit_exact_and_generic_matches_definition() {
                         .map(|p| (a[i * lda + p] as i64 - zp as i64) * b[j * k + p] as i64)
                         .sum();
                     let mut d = acc as f32 * scale[j] + bias[j];
-                    if act == Act::Relu {
-                        d = d.max(0.0);
-                    }
+                    d = match act {
+                        Act::None => d,
+                        Act::Relu => d.max(0.0),
+                        Act::Gelu => generic::math::gelu(d),
+                        Act::GeluTanh => generic::math::gelu_tanh(d),
+                    };
                     assert_eq!(want[i * ldo + j], d, "generic i8_gemm {m}x{k}x{n} at ({i},{j})");
                 }
             }
@@ -266,6 +269,20 @@ fn vector_math_matches_libm_and_twins() {
         let (got, want) = (generic::math::erf(x), libm::erf(x as f64));
         assert!((got as f64 - want).abs() <= 5e-7, "erf({x}) = {got}, want {want}");
     }
+    // tanh absolute 5e-7; both GELU forms against their f64 definitions, absolute 1e-6·(1+|x|).
+    for i in 0..20_000 {
+        let x = -12.0 + 24.0 * (i as f32 / 20_000.0) + r.f32() * 1e-4;
+        let xd = x as f64;
+        let t = generic::math::tanh(x);
+        assert!((t as f64 - xd.tanh()).abs() <= 5e-7, "tanh({x}) = {t}");
+        let g = generic::math::gelu(x) as f64;
+        let gd = 0.5 * xd * (1.0 + libm::erf(xd / std::f64::consts::SQRT_2));
+        assert!((g - gd).abs() <= 1e-6 * (1.0 + xd.abs()), "gelu({x}) = {g}, want {gd}");
+        let g = generic::math::gelu_tanh(x) as f64;
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let gd = 0.5 * xd * (1.0 + (c * (xd + 0.044715 * xd * xd * xd)).tanh());
+        assert!((g - gd).abs() <= 1e-6 * (1.0 + xd.abs()), "gelu_tanh({x}) = {g}, want {gd}");
+    }
     for len in [1usize, 3, 17, 33, 127, 1000] {
         let x: Vec<f32> = (0..len).map(|_| r.f32() * 20.0).collect();
         let mut want = vec![0f32; len];
@@ -287,6 +304,32 @@ fn vector_math_matches_libm_and_twins() {
             let mut got = vec![f32::NAN; len];
             f(&x, &mut got);
             assert_eq!(got, want, "{name} differs from its twin at {len}");
+        }
+    }
+}
+
+#[test]
+fn layer_norm_matches_definition_and_twins() {
+    let mut r = Rng(0x1A7E);
+    for d in [1usize, 3, 17, 33, 127, 384, 1000] {
+        let x: Vec<f32> = (0..d).map(|_| r.f32() * 4.0 + 1.5).collect();
+        let g: Vec<f32> = (0..d).map(|_| r.f32() + 1.0).collect();
+        let b: Vec<f32> = (0..d).map(|_| r.f32()).collect();
+        for beta in [&b[..], &[][..]] {
+            let mut want = vec![0f32; d];
+            generic::math::layer_norm_row(&x, &g, beta, 1e-5, &mut want);
+            let mean = x.iter().map(|v| *v as f64).sum::<f64>() / d as f64;
+            let var = x.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            for j in 0..d {
+                let def = (x[j] as f64 - mean) / (var + 1e-5).sqrt() * g[j] as f64
+                    + beta.get(j).map(|v| *v as f64).unwrap_or(0.0);
+                assert!((want[j] as f64 - def).abs() <= 2e-5 * (1.0 + def.abs()), "ln {d} at {j}");
+            }
+            for (name, f) in Kernels::layer_norms() {
+                let mut got = vec![f32::NAN; d];
+                f(&x, &g, beta, 1e-5, &mut got);
+                assert_eq!(got, want, "{name} differs from its twin at {d}");
+            }
         }
     }
 }

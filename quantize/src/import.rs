@@ -40,6 +40,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Expand",
     "Range",
     "Erf",
+    "Gelu",
     "Pow",
     "Sqrt",
     "Clip",

@@ -73,6 +73,7 @@ impl Default for Options {
 pub fn prepare_graph(onnx_bytes: &[u8]) -> Result<Graph> {
     let mut g = import::import_bytes(onnx_bytes)?;
     passes::fold_constants(&mut g)?;
+    passes::fuse_gelu(&mut g);
     passes::fuse_linear(&mut g)?;
     Ok(g)
 }

@@ -659,7 +659,7 @@ impl<'a> Lowerer<'a> {
                 let y = pb.define(&out_name)?;
                 pb.push(&n.name, OpCode::Cast, &[x], y, &[], "data");
             }
-            "Erf" | "Sqrt" | "Clip" | "Pow" => {
+            "Erf" | "Sqrt" | "Clip" | "Pow" | "Gelu" => {
                 let scalar = |i: usize, attr: &str, default: f32| -> Result<f32> {
                     match n.input(i) {
                         Some(c) => g
@@ -673,6 +673,8 @@ impl<'a> Lowerer<'a> {
                 };
                 let (kind, a, b) = match n.op.as_str() {
                     "Erf" => (UnaryKind::Erf, 0.0, 0.0),
+                    "Gelu" if crate::passes::gelu_act(n) == 3 => (UnaryKind::GeluTanh, 0.0, 0.0),
+                    "Gelu" => (UnaryKind::Gelu, 0.0, 0.0),
                     "Sqrt" => (UnaryKind::Sqrt, 0.0, 0.0),
                     "Clip" => (UnaryKind::Clip, scalar(1, "min", f32::MIN)?, scalar(2, "max", f32::MAX)?),
                     _ => (UnaryKind::Pow, scalar(1, "", 1.0)?, 0.0),

@@ -159,7 +159,15 @@ pub fn fuse_linear(g: &mut Graph) -> Result<usize> {
     Ok(count)
 }
 
-/// Folds `Linear → Add(const [N])` into the bias and `Linear → Relu` into the activation.
+/// The Linear activation code of a `Gelu` node: 2 (erf form) or 3 (tanh approximation).
+pub fn gelu_act(n: &Node) -> i64 {
+    match n.attrs.get("approximate") {
+        Some(Attr::Str(s)) if s == "tanh" => 3,
+        _ => 2,
+    }
+}
+
+/// Folds `Linear → Add(const [N])` into the bias and `Linear → Relu | Gelu` into the activation.
 fn absorb_followers(g: &mut Graph) {
     loop {
         let consumers = g.consumers();
@@ -179,7 +187,7 @@ fn absorb_followers(g: &mut Graph) {
                     continue;
                 }
                 let ok = match m.op.as_str() {
-                    "Relu" => true,
+                    "Relu" | "Gelu" => true,
                     "Add" if n.inputs.len() == 2 => {
                         let other = if m.inputs[0] == *y { &m.inputs[1] } else { &m.inputs[0] };
                         g.consts.get(other).is_some_and(|c| {
@@ -192,8 +200,10 @@ fn absorb_followers(g: &mut Graph) {
                 };
                 if ok {
                     change = Some((i, j));
+                    break 'outer;
                 }
-                break 'outer;
+                // Only the first reader counts; look at the next Linear.
+                break;
             }
         }
         let Some((i, j)) = change else { return };
@@ -201,6 +211,8 @@ fn absorb_followers(g: &mut Graph) {
         let n = &mut g.nodes[i];
         if m.op == "Relu" {
             n.attrs.insert("act".into(), Attr::Int(1));
+        } else if m.op == "Gelu" {
+            n.attrs.insert("act".into(), Attr::Int(gelu_act(&m)));
         } else {
             let other = if m.inputs[0] == n.outputs[0] { &m.inputs[1] } else { &m.inputs[0] };
             let c = &g.consts[other];
@@ -247,4 +259,133 @@ pub fn specialize(g: &Graph, shapes: &crate::lower::Shapes) -> Result<Graph> {
         .collect();
     s.consts.retain(|k, _| used.contains(k));
     Ok(s)
+}
+
+/// The value of a one-element f32 constant.
+fn scalar(g: &Graph, name: &str) -> Option<f32> {
+    g.consts.get(name).filter(|t| t.numel() == 1 && t.as_f32().is_some()).map(|t| t.to_f32_vec()[0])
+}
+
+fn near(v: Option<f32>, want: f32) -> bool {
+    v.is_some_and(|v| (v - want).abs() <= 1e-4 * want.abs())
+}
+
+/// Rewrites the erf form of GELU, `x·0.5·(1 + erf(x/√2))` (as exported by PyTorch and
+/// HuggingFace, with the two products in any order and `/√2` or `·(1/√2)`), into one ONNX
+/// `Gelu` node, which `fuse_linear` then folds into the preceding Linear's epilogue. Every
+/// intermediate value must have no other reader. Returns the number of rewrites.
+pub fn fuse_gelu(g: &mut Graph) -> usize {
+    let mut count = 0;
+    while let Some((remove, x, out, name)) = find_gelu(g) {
+        let at = *remove.iter().max().unwrap_or(&0);
+        let node = Node {
+            name,
+            op: "Gelu".into(),
+            inputs: vec![x],
+            outputs: vec![out],
+            attrs: HashMap::from([("approximate".to_string(), Attr::Str("none".into()))]),
+        };
+        g.nodes[at] = node;
+        let mut rm: Vec<usize> = remove.into_iter().filter(|i| *i != at).collect();
+        rm.sort_unstable();
+        for i in rm.into_iter().rev() {
+            g.nodes.remove(i);
+        }
+        count += 1;
+    }
+    count
+}
+
+/// One erf-GELU match: (nodes to remove, x, output, a name for the fused node).
+fn find_gelu(g: &Graph) -> Option<(Vec<usize>, String, String, String)> {
+    let consumers = g.consumers();
+    let outputs: HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+    let private = |v: &str| consumers.get(v) == Some(&1) && !outputs.contains(v);
+    let producer =
+        |v: &str| g.nodes.iter().position(|n| n.outputs.first().map(|s| s.as_str()) == Some(v));
+    let reader = |v: &str| g.nodes.iter().position(|n| n.inputs.iter().any(|i| i == v));
+    // The other operand of a binary node, given one of them.
+    let other = |n: &Node, v: &str| -> Option<String> {
+        match (n.input(0), n.input(1)) {
+            (Some(a), Some(b)) if a == v => Some(b.to_string()),
+            (Some(a), Some(b)) if b == v => Some(a.to_string()),
+            _ => None,
+        }
+    };
+    for (ie, e) in g.nodes.iter().enumerate() {
+        if e.op != "Erf" || !private(&e.inputs[0]) || !private(&e.outputs[0]) {
+            continue;
+        }
+        // u = x / √2  or  x · (1/√2)
+        let Some(id) = producer(&e.inputs[0]) else { continue };
+        let d = &g.nodes[id];
+        let x = match d.op.as_str() {
+            "Div" if near(d.input(1).and_then(|c| scalar(g, c)), core::f32::consts::SQRT_2) => {
+                d.inputs[0].clone()
+            }
+            "Mul" => {
+                let (a, b) = (d.input(0)?, d.input(1)?);
+                if near(scalar(g, b), core::f32::consts::FRAC_1_SQRT_2) {
+                    a.to_string()
+                } else if near(scalar(g, a), core::f32::consts::FRAC_1_SQRT_2) {
+                    b.to_string()
+                } else {
+                    continue;
+                }
+            }
+            _ => continue,
+        };
+        if g.consts.contains_key(&x) {
+            continue;
+        }
+        // s = erf + 1
+        let Some(ia) = reader(&e.outputs[0]) else { continue };
+        let a = &g.nodes[ia];
+        if a.op != "Add" || !near(other(a, &e.outputs[0]).and_then(|c| scalar(g, &c)), 1.0) {
+            continue;
+        }
+        let s = a.outputs[0].clone();
+        if !private(&s) {
+            continue;
+        }
+        let Some(i1) = reader(&s) else { continue };
+        let m1 = &g.nodes[i1];
+        if m1.op != "Mul" {
+            continue;
+        }
+        let o1 = other(m1, &s)?;
+        let half = |v: &str| near(scalar(g, v), 0.5);
+        let base = vec![id, ie, ia, i1];
+        if o1 == x || half(&o1) {
+            // (x·s)·0.5  or  (s·0.5)·x
+            let t = m1.outputs[0].clone();
+            if !private(&t) {
+                continue;
+            }
+            let Some(i2) = reader(&t) else { continue };
+            let m2 = &g.nodes[i2];
+            let o2 = other(m2, &t);
+            let ok = m2.op == "Mul"
+                && match o2.as_deref() {
+                    Some(v) if o1 == x => half(v),
+                    Some(v) => v == x,
+                    None => false,
+                };
+            if ok {
+                let mut rm = base;
+                rm.push(i2);
+                return Some((rm, x, m2.outputs[0].clone(), format!("{}.gelu", m2.name)));
+            }
+        } else if let Some(ih) = producer(&o1) {
+            // (x·0.5)·s
+            let h = &g.nodes[ih];
+            let hx = other(h, &x);
+            if h.op == "Mul" && private(&o1) && hx.as_deref().is_some_and(half) {
+                let mut rm = base;
+                rm.push(ih);
+                return Some((rm, x, m1.outputs[0].clone(), format!("{}.gelu", m1.name)));
+            }
+        }
+    }
+    None
 }

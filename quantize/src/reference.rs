@@ -223,9 +223,12 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             if node.input(2).is_some() {
                 y = y.broadcast_add(&x(2)?).map_err(c)?;
             }
-            if node.int("act").unwrap_or(0) == 1 {
-                y = y.relu().map_err(c)?;
-            }
+            y = match node.int("act").unwrap_or(0) {
+                1 => y.relu().map_err(c)?,
+                2 => y.gelu_erf().map_err(c)?,
+                3 => y.gelu().map_err(c)?,
+                _ => y,
+            };
             let mut od = dims.clone();
             *od.last_mut().unwrap_or(&mut 0) = w.dims()[0];
             y.reshape(od).map_err(c)?
@@ -430,6 +433,10 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             .map_err(err)?,
         )?,
         "Erf" => x(0)?.erf().map_err(c)?,
+        "Gelu" => match crate::passes::gelu_act(node) {
+            3 => x(0)?.gelu().map_err(c)?,
+            _ => x(0)?.gelu_erf().map_err(c)?,
+        },
         "Sqrt" => x(0)?.sqrt().map_err(c)?,
         "Pow" => {
             let e = from_candle(&x(1)?)?;

@@ -2,7 +2,7 @@ use crate::pack::k4n16_index;
 use crate::Act;
 
 #[inline]
-pub(crate) fn relu(v: f32) -> f32 {
+pub fn relu(v: f32) -> f32 {
     if v > 0.0 {
         v
     } else {
@@ -15,6 +15,8 @@ fn act_apply(v: f32, act: Act) -> f32 {
     match act {
         Act::None => v,
         Act::Relu => relu(v),
+        Act::Gelu => super::math::gelu(v),
+        Act::GeluTanh => super::math::gelu_tanh(v),
     }
 }
 

@@ -12,8 +12,13 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer in the low bits
     let xc = x.clamp(-87.3, 88.3);
-    let n = super::round_half_even(xc * LOG2E);
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    // The integer n sits in the low mantissa bits of t (no float→int cast, which would not
+    // vectorize because of Rust's saturating `as`).
+    let ni = t.to_bits().wrapping_sub(MAGIC.to_bits());
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // Horner form of Σ r^i / i!, i ≤ 7.
     let p = 1.0 / 5040.0;
@@ -24,7 +29,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(ni.wrapping_add(127) << 23);
     let v = p * scale;
     // NaN stays NaN; far below the range is 0.
     if x.is_nan() {
@@ -53,6 +58,31 @@ pub fn erf(x: f32) -> f32 {
     } else {
         y
     }
+}
+
+/// tanh(x) = 1 − 2/(e^(2x) + 1) with [`exp`]; absolute error ≤ 5e-7 (tested).
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let e = exp(2.0 * x.clamp(-10.0, 10.0));
+    let y = 1.0 - 2.0 / (e + 1.0);
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+/// GELU, erf form: `x·(1 + erf(x/√2))/2`, in that order of operations.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * core::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU, tanh form: `x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))/2`.
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)))
 }
 
 /// `o[i] = erf(x[i])`.
@@ -102,4 +132,45 @@ pub fn softmax_row(x: &[f32], o: &mut [f32]) {
     for o in o.iter_mut() {
         *o *= inv;
     }
+}
+
+/// Layer normalization of one row: `o = (x − mean)/√(var + eps) · gamma + beta` (`beta` may be
+/// empty). Mean and variance (two-pass) are summed over 16 interleaved lanes, then across
+/// lanes in a fixed order.
+#[inline(always)]
+pub fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &mut [f32]) {
+    let d = x.len();
+    let mean = lane_sum(x, |v| v) / d as f32;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / d as f32;
+    let inv = 1.0 / libm::sqrtf(var + eps);
+    let o = &mut o[..d];
+    if beta.is_empty() {
+        for ((o, v), g) in o.iter_mut().zip(x).zip(&gamma[..d]) {
+            *o = (v - mean) * inv * g;
+        }
+    } else {
+        for (((o, v), g), b) in o.iter_mut().zip(x).zip(&gamma[..d]).zip(&beta[..d]) {
+            *o = (v - mean) * inv * g + b;
+        }
+    }
+}
+
+/// `Σ f(x[i])` over 16 interleaved lanes, then across lanes, then the tail, in that order.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for ch in &mut c {
+        for (a, v) in acc.iter_mut().zip(ch) {
+            *a += f(*v);
+        }
+    }
+    let mut s = 0.0;
+    for a in acc {
+        s += a;
+    }
+    for v in c.remainder() {
+        s += f(*v);
+    }
+    s
 }

@@ -9,11 +9,13 @@ pub fn round_half_even(x: f32) -> f32 {
 /// One element of [`quantize_u8`]: `clamp(rne(x·mult) + zp, 0, 255)`, NaN to the zero point.
 #[inline]
 pub fn quantize_one_u8(x: f32, mult: f32, zp: f32) -> u8 {
-    let mut t = (x * mult).clamp(-300.0, 300.0);
-    if t.is_nan() {
-        t = 0.0;
-    }
-    (round_half_even(t) + zp).clamp(0.0, 255.0) as u8
+    const MAGIC: f32 = 12_582_912.0;
+    let t = (x * mult).clamp(-300.0, 300.0);
+    let t = if t.is_nan() { 0.0 } else { t };
+    // rne(t) + zp, clamped, read from the low bits of `v + 1.5·2^23` (no float→int cast, so
+    // loops vectorize); v is an integer in [0, 255] after the clamp.
+    let v = (round_half_even(t) + zp).clamp(0.0, 255.0);
+    (v + MAGIC).to_bits() as u8
 }
 
 /// Reference f32 → u8 activation quantizer; see [`crate::set::QuantizeU8Fn`].

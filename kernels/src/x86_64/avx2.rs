@@ -58,6 +58,12 @@ pub fn i8_gemm_avx2(
             i += r;
         }
     }
+    if matches!(act, Act::Gelu | Act::GeluTanh) {
+        for i in 0..m {
+            // SAFETY: AVX2 is present (asserted on entry).
+            unsafe { gelu_avx2(act, &mut out[i * ldo..i * ldo + n]) };
+        }
+    }
 }
 
 #[target_feature(enable = "avx2")]
@@ -113,4 +119,10 @@ unsafe fn tile<const R: usize>(
             }
         }
     }
+}
+
+/// The GELU forms over a finished row segment, vectorized for AVX2 (same bits as generic).
+#[target_feature(enable = "avx2")]
+fn gelu_avx2(act: Act, v: &mut [f32]) {
+    act.apply_slice(v)
 }

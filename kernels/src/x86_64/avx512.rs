@@ -32,18 +32,23 @@ pub fn i8_gemm_avx512vnni(
     if m == 0 || n == 0 {
         return;
     }
-    let e = Epi {
-        n,
-        a_zp,
-        b_sum: b_sum.as_ptr(),
-        scale: scale.as_ptr(),
-        bias: bias.as_ptr(),
-        relu: act == Act::Relu,
-    };
+    let e = Epi { n, a_zp, b_sum: b_sum.as_ptr(), scale: scale.as_ptr(), bias: bias.as_ptr(), act };
     // SAFETY: the CPU has AVX-512 F and VNNI (asserted above), and `check_gemm` proved every
     // row of `a` readable through k4(k), every panel of `bp` present, the epilogue vectors at
     // least n long and every written output element inside `out`.
     unsafe { gemm(m, k, n, a.as_ptr(), lda, bp.as_ptr(), &e, out.as_mut_ptr(), ldo) }
+    if matches!(act, Act::Gelu | Act::GeluTanh) {
+        for i in 0..m {
+            // SAFETY: AVX-512 F is present (asserted above).
+            unsafe { act_avx512(act, &mut out[i * ldo..i * ldo + n]) };
+        }
+    }
+}
+
+/// The GELU forms over whole output rows (long enough to vectorize), same bits as generic.
+#[target_feature(enable = "avx512f")]
+fn act_avx512(act: Act, v: &mut [f32]) {
+    act.apply_slice(v)
 }
 
 /// Epilogue operands: `(acc − a_zp·b_sum[j])·scale[j] + bias[j]`, then ReLU if asked.
@@ -53,7 +58,7 @@ struct Epi {
     b_sum: *const i32,
     scale: *const f32,
     bias: *const f32,
-    relu: bool,
+    act: Act,
 }
 
 #[target_feature(enable = "avx512f,avx512vnni")]
@@ -147,7 +152,7 @@ unsafe fn tile<const R: usize, const NP: usize>(
             for (r, accr) in acc.iter().enumerate() {
                 let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(accr[t], corr));
                 let mut f = _mm512_add_ps(_mm512_mul_ps(v, sc), bi);
-                if e.relu {
+                if e.act == Act::Relu {
                     f = _mm512_max_ps(f, _mm512_setzero_ps());
                 }
                 _mm512_mask_storeu_ps(out.add(r * ldo + j), mask, f);

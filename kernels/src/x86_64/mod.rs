@@ -8,7 +8,10 @@ mod vmath;
 
 pub use avx2::i8_gemm_avx2;
 pub use avx512::{i8_gemm_avx512vnni, quantize_u8_avx512};
-pub use vmath::{erf_avx2, erf_avx512, softmax_row_avx2, softmax_row_avx512};
+pub use vmath::{
+    erf_avx2, erf_avx512, layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2,
+    softmax_row_avx512,
+};
 
 /// AVX-512 F + VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later).
 pub fn has_avx512vnni() -> bool {

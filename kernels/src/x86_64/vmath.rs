@@ -21,3 +21,21 @@ overlay!(softmax_row_avx512, "avx512f", super::has_avx512f, math::softmax_row);
 overlay!(softmax_row_avx2, "avx2", super::has_avx2, math::softmax_row);
 overlay!(erf_avx512, "avx512f", super::has_avx512f, math::erf_slice);
 overlay!(erf_avx2, "avx2", super::has_avx2, math::erf_slice);
+
+macro_rules! overlay_ln {
+    ($name:ident, $feat:literal, $has:path) => {
+        /// Same contract and bits as the generic twin; panics on a CPU without the feature.
+        pub fn $name(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &mut [f32]) {
+            #[target_feature(enable = $feat)]
+            fn inner(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &mut [f32]) {
+                math::layer_norm_row(x, gamma, beta, eps, o)
+            }
+            assert!($has(), concat!(stringify!($name), " on a CPU without ", $feat));
+            // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
+            unsafe { inner(x, gamma, beta, eps, o) }
+        }
+    };
+}
+
+overlay_ln!(layer_norm_row_avx512, "avx512f", super::has_avx512f);
+overlay_ln!(layer_norm_row_avx2, "avx2", super::has_avx2);

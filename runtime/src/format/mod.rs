@@ -147,7 +147,8 @@ impl DType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
 pub enum OpCode {
-    /// in [x f32 [M,K], w f32 [N,K] tensor, bias f32 [N] | NONE]; params [m, k, n, act].
+    /// in [x f32 [M,K], w f32 [N,K] tensor, bias f32 [N] | NONE]; params [m, k, n, act], act
+    /// 0 none, 1 relu, 2 gelu (erf form), 3 gelu (tanh form); LinearI8 takes the same codes.
     LinearF32 = 1,
     /// in [x f32 [M,K], w i8 packed, w_sum i32 [N], scale f32 [N], bias f32 [N],
     /// mult f32 [K] | NONE]; params [m, k, n, act, x_inv_scale (f32 bits), x_zero_point (i32),
@@ -160,8 +161,8 @@ pub enum OpCode {
     MatMulF32 = 3,
     /// in [a, b] (numpy broadcasting, f32 or i64); params [BinaryKind].
     Binary = 4,
-    /// in [x f32]; params [UnaryKind, a, b]: Clip uses a = min, b = max, Pow uses a = exponent
-    /// (f32 bits).
+    /// in [x f32]; params [UnaryKind (0 relu, 1 sigmoid, 2 tanh, 3 erf, 4 sqrt, 5 clip, 6 pow,
+    /// 7 gelu, 8 gelu-tanh), a, b]: Clip uses a = min, b = max, Pow uses a = exponent (f32 bits).
     Unary = 5,
     /// in [x f32]; params [axis, coerce]: coerce=1 normalises over all axes from `axis` on.
     Softmax = 6,

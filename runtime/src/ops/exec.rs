@@ -246,6 +246,8 @@ pub(crate) fn run_op(
                     UnaryKind::Sigmoid => 1.0 / (1.0 + libm::expf(-v)),
                     UnaryKind::Tanh => libm::tanhf(*v),
                     UnaryKind::Erf => ember_kernels::generic::math::erf(*v),
+                    UnaryKind::Gelu => ember_kernels::generic::math::gelu(*v),
+                    UnaryKind::GeluTanh => ember_kernels::generic::math::gelu_tanh(*v),
                     UnaryKind::Sqrt => libm::sqrtf(*v),
                     UnaryKind::Clip => v.max(*a).min(*b),
                     UnaryKind::Pow => libm::powf(*v, *a),
@@ -253,29 +255,22 @@ pub(crate) fn run_op(
             }
         }
         Op::LayerNorm { x, scale, bias, rows, d, eps } => {
-            let x: &[f32] = cast(io.bytes(*x))?;
+            let (x, d, eps): (&[f32], usize, f32) = (cast(io.bytes(*x))?, *d, *eps);
             let g: &[f32] = cast(io.bytes(*scale))?;
             let bb: &[f32] = if *bias == REF_NONE { &[] } else { cast(io.bytes(*bias))? };
             let o: &mut [f32] = cast_mut(out)?;
-            for r in 0..*rows {
-                let xr = &x[r * d..(r + 1) * d];
-                let mean = xr.iter().sum::<f32>() / *d as f32;
-                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / *d as f32;
-                let inv = 1.0 / libm::sqrtf(var + eps);
-                for (j, (o, v)) in o[r * d..(r + 1) * d].iter_mut().zip(xr).enumerate() {
-                    *o = (v - mean) * inv * g[j] + if bb.is_empty() { 0.0 } else { bb[j] };
+            let op = SharedMut(o[..rows * d].as_mut_ptr());
+            split_rows(ctx.par, *rows, 64, 1, &|r0, r1| {
+                // SAFETY: disjoint row ranges of the rows·d outputs.
+                let os = unsafe { op.slice(r0 * d, (r1 - r0) * d) };
+                for (xr, or) in x[r0 * d..r1 * d].chunks_exact(d).zip(os.chunks_exact_mut(d)) {
+                    (k.layer_norm_row)(xr, g, bb, eps, or);
                 }
-            }
+            });
         }
         Op::Expand { x, elem, rank, out: od, strides } => {
-            let src = io.bytes(*x);
-            let total: usize = od[..*rank].iter().product();
-            let mut idx = [0usize; MAX_RANK];
-            for o in 0..total {
-                let s: usize = (0..*rank).map(|a| idx[a] * strides[a]).sum();
-                out[o * elem..(o + 1) * elem].copy_from_slice(&src[s * elem..(s + 1) * elem]);
-                step(&mut idx, od, *rank);
-            }
+            // A permuted copy with zero strides on the broadcast axes.
+            transpose(io.bytes(*x), out, *elem, *rank, od, strides);
         }
         Op::Softmax { x, outer, n, inner } if *inner == 1 => {
             let (x, n): (&[f32], usize) = (cast(io.bytes(*x))?, *n);
@@ -496,12 +491,42 @@ fn binary_with<T: Arith>(
             }
         }
         BinFast::General => {
-            // Odometer over the output with running operand offsets.
+            // Rows of the last axis, odometer over the others with running operand offsets;
+            // within a row each operand steps by 0 or 1 (or its stride).
+            if rank == 0 {
+                o[0] = f(a[0], b[0]);
+                return;
+            }
+            let n = od[rank - 1];
+            let (ca, cb) = (sa[rank - 1], sb[rank - 1]);
             let mut idx = [0usize; MAX_RANK];
             let (mut ia, mut ib) = (0usize, 0usize);
-            for o in o.iter_mut() {
-                *o = f(a[ia], b[ib]);
-                let mut d = rank;
+            for orow in o.chunks_exact_mut(n.max(1)) {
+                match (ca, cb) {
+                    (1, 1) => {
+                        for ((o, x), y) in orow.iter_mut().zip(&a[ia..ia + n]).zip(&b[ib..ib + n]) {
+                            *o = f(*x, *y);
+                        }
+                    }
+                    (1, 0) => {
+                        let y = b[ib];
+                        for (o, x) in orow.iter_mut().zip(&a[ia..ia + n]) {
+                            *o = f(*x, y);
+                        }
+                    }
+                    (0, 1) => {
+                        let x = a[ia];
+                        for (o, y) in orow.iter_mut().zip(&b[ib..ib + n]) {
+                            *o = f(x, *y);
+                        }
+                    }
+                    _ => {
+                        for (j, o) in orow.iter_mut().enumerate() {
+                            *o = f(a[ia + j * ca], b[ib + j * cb]);
+                        }
+                    }
+                }
+                let mut d = rank - 1;
                 while d > 0 {
                     d -= 1;
                     idx[d] += 1;

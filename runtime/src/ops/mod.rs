@@ -35,6 +35,8 @@ pub enum UnaryKind {
     Sqrt = 4,
     Clip = 5,
     Pow = 6,
+    Gelu = 7,
+    GeluTanh = 8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -458,6 +460,8 @@ pub(crate) fn prepare<'a>(
                 4 => UnaryKind::Sqrt,
                 5 => UnaryKind::Clip,
                 6 => UnaryKind::Pow,
+                7 => UnaryKind::Gelu,
+                8 => UnaryKind::GeluTanh,
                 x => return Err(alloc::format!("unknown unary kind {x}")),
             };
             let (a, b) = (f32::from_bits(p[1]), f32::from_bits(p[2]));

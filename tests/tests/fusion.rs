@@ -1,0 +1,220 @@
+//! Fusion passes on small hand-built graphs: each GELU spelling becomes one Linear epilogue (or
+//! a Gelu op), near-misses stay unfused, and the fused model computes the same function, in the
+//! reference evaluator and in the runtime.
+
+use ember_quantize::{exec, graph::Graph, HostTensor, Options};
+use ember_runtime::{AlignedBuf, Model};
+use ember_tests::onnx_build::*;
+use std::collections::HashMap;
+
+const K: usize = 8;
+const N: usize = 6;
+
+fn weights() -> (Vec<f32>, Vec<f32>) {
+    let w: Vec<f32> = (0..K * N).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.09).collect();
+    let b: Vec<f32> = (0..N).map(|i| i as f32 * 0.2 - 0.5).collect();
+    (w, b)
+}
+
+fn gelu_ref(v: f64, tanh: bool) -> f64 {
+    if tanh {
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
+    } else {
+        0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))
+    }
+}
+
+/// x [N?, K] → MatMul → Add bias → `tail` (nodes reading "h", writing "y").
+fn build(tail: Vec<ember_quantize::onnx::NodeProto>, consts: &[(&str, f32)]) -> Vec<u8> {
+    let (w, b) = weights();
+    let mut nodes = vec![
+        node("MatMul", "mm", &["x", "w"], &["mmo"], vec![]),
+        node("Add", "bias", &["mmo", "b"], &["h"], vec![]),
+    ];
+    nodes.extend(tail);
+    let mut inits =
+        vec![tensor_f32("w", &[K as i64, N as i64], &w), tensor_f32("b", &[N as i64], &b)];
+    for (name, v) in consts {
+        inits.push(tensor_f32(name, &[], &[*v]));
+    }
+    model(nodes, vec![value("x", 1, &[-1, K as i64])], vec![value("y", 1, &[-1, N as i64])], inits)
+}
+
+fn ops(g: &Graph) -> Vec<String> {
+    g.nodes.iter().map(|n| n.op.clone()).collect()
+}
+
+/// Runs `onnx` through the evaluator (after the passes) and the runtime (float), and checks
+/// both against the definition.
+fn check_function(onnx: &[u8], tanh: bool) {
+    let g = ember_quantize::prepare_graph(onnx).unwrap();
+    let rows = 5;
+    let x: Vec<f32> = (0..rows * K).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.4).collect();
+    let (w, b) = weights();
+    let want: Vec<f64> = (0..rows)
+        .flat_map(|r| {
+            let (x, w, b) = (&x, &w, &b);
+            (0..N).map(move |j| {
+                let h: f64 = (0..K).map(|p| x[r * K + p] as f64 * w[p * N + j] as f64).sum::<f64>()
+                    + b[j] as f64;
+                gelu_ref(h, tanh)
+            })
+        })
+        .collect();
+    let inputs = HashMap::from([("x".to_string(), HostTensor::f32(vec![rows, K], x.clone()))]);
+    let got = ember_quantize::reference::evaluate(&g, &inputs, None).unwrap();
+    for (gv, wv) in got["y"].to_f32_vec().iter().zip(&want) {
+        assert!((*gv as f64 - wv).abs() <= 1e-5 * (1.0 + wv.abs()), "evaluator {gv} vs {wv}");
+    }
+    let calib = std::collections::BTreeMap::from([(
+        "x".to_string(),
+        HostTensor::f32(vec![rows, K], x.clone()),
+    )]);
+    let opts = Options { bits: 32, batches: vec![rows], ..Default::default() };
+    let (bytes, _) = ember_quantize::quantize(onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
+    let m = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+    let (ins, n) = exec::check_inputs(&exec::model_inputs(&m), &calib, "x").unwrap();
+    let out = exec::run_batched(&m, &ins, n).unwrap();
+    for (gv, wv) in out["y"].to_f32_vec().iter().zip(&want) {
+        assert!((*gv as f64 - wv).abs() <= 2e-6 * (1.0 + wv.abs()), "runtime {gv} vs {wv}");
+    }
+}
+
+fn sqrt2() -> f32 {
+    std::f32::consts::SQRT_2
+}
+
+#[test]
+fn erf_gelu_in_every_order_fuses_into_the_linear() {
+    // HuggingFace: ((x / √2) → erf → +1) · x · 0.5
+    let hf = vec![
+        node("Div", "d", &["h", "c_sqrt2"], &["u"], vec![]),
+        node("Erf", "e", &["u"], &["ue"], vec![]),
+        node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
+        node("Mul", "m1", &["h", "s"], &["t"], vec![]),
+        node("Mul", "m2", &["t", "c_half"], &["y"], vec![]),
+    ];
+    // x·(1/√2), 1 + erf, (x·0.5)·s
+    let pre_half = vec![
+        node("Mul", "d", &["c_isqrt2", "h"], &["u"], vec![]),
+        node("Erf", "e", &["u"], &["ue"], vec![]),
+        node("Add", "a", &["c_one", "ue"], &["s"], vec![]),
+        node("Mul", "hh", &["h", "c_half"], &["hx"], vec![]),
+        node("Mul", "m1", &["hx", "s"], &["y"], vec![]),
+    ];
+    // (s·0.5)·x
+    let half_first = vec![
+        node("Div", "d", &["h", "c_sqrt2"], &["u"], vec![]),
+        node("Erf", "e", &["u"], &["ue"], vec![]),
+        node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
+        node("Mul", "m1", &["s", "c_half"], &["t"], vec![]),
+        node("Mul", "m2", &["h", "t"], &["y"], vec![]),
+    ];
+    let consts =
+        [("c_sqrt2", sqrt2()), ("c_isqrt2", 1.0 / sqrt2()), ("c_one", 1.0), ("c_half", 0.5)];
+    for (name, tail) in [("hf", hf), ("pre_half", pre_half), ("half_first", half_first)] {
+        let onnx = build(tail, &consts);
+        let g = ember_quantize::prepare_graph(&onnx).unwrap();
+        assert_eq!(ops(&g), ["EmberLinear"], "{name}: {:?}", ops(&g));
+        assert_eq!(g.nodes[0].int("act"), Some(2), "{name}: GELU (erf) epilogue");
+        check_function(&onnx, false);
+    }
+}
+
+#[test]
+fn near_misses_are_left_alone() {
+    let tail = |c: &str| {
+        vec![
+            node("Div", "d", &["h", c], &["u"], vec![]),
+            node("Erf", "e", &["u"], &["ue"], vec![]),
+            node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
+            node("Mul", "m1", &["h", "s"], &["t"], vec![]),
+            node("Mul", "m2", &["t", "c_half"], &["y"], vec![]),
+        ]
+    };
+    // Not √2: stays as primitive ops (and still computes its own function).
+    let onnx = build(tail("c_other"), &[("c_other", 1.5), ("c_one", 1.0), ("c_half", 0.5)]);
+    let g = ember_quantize::prepare_graph(&onnx).unwrap();
+    assert!(ops(&g).contains(&"Erf".to_string()), "{:?}", ops(&g));
+    // 0.25 instead of 0.5 at the end.
+    let onnx = build(tail("c_sqrt2"), &[("c_sqrt2", sqrt2()), ("c_one", 1.0), ("c_half", 0.25)]);
+    let g = ember_quantize::prepare_graph(&onnx).unwrap();
+    assert!(ops(&g).contains(&"Erf".to_string()), "{:?}", ops(&g));
+    // An intermediate value read elsewhere (the erf output is also a graph output).
+    let mut nodes = tail("c_sqrt2");
+    nodes.push(node("Identity", "leak", &["ue"], &["ue_out"], vec![]));
+    let (w, b) = weights();
+    let mut all = vec![
+        node("MatMul", "mm", &["x", "w"], &["mmo"], vec![]),
+        node("Add", "bias", &["mmo", "b"], &["h"], vec![]),
+    ];
+    all.extend(nodes);
+    let onnx = model(
+        all,
+        vec![value("x", 1, &[-1, K as i64])],
+        vec![value("y", 1, &[-1, N as i64]), value("ue_out", 1, &[-1, N as i64])],
+        vec![
+            tensor_f32("w", &[K as i64, N as i64], &w),
+            tensor_f32("b", &[N as i64], &b),
+            tensor_f32("c_sqrt2", &[], &[sqrt2()]),
+            tensor_f32("c_one", &[], &[1.0]),
+            tensor_f32("c_half", &[], &[0.5]),
+        ],
+    );
+    let g = ember_quantize::prepare_graph(&onnx).unwrap();
+    assert!(ops(&g).contains(&"Erf".to_string()), "{:?}", ops(&g));
+}
+
+#[test]
+fn onnx_gelu_op_both_forms() {
+    for (approx, act) in [("none", 2), ("tanh", 3)] {
+        let attr = ember_quantize::onnx::AttributeProto {
+            name: Some("approximate".into()),
+            r#type: Some(3),
+            s: Some(approx.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        let onnx = build(vec![node("Gelu", "g", &["h"], &["y"], vec![attr])], &[]);
+        let g = ember_quantize::prepare_graph(&onnx).unwrap();
+        assert_eq!(ops(&g), ["EmberLinear"]);
+        assert_eq!(g.nodes[0].int("act"), Some(act));
+        check_function(&onnx, approx == "tanh");
+    }
+}
+
+#[test]
+fn gelu_on_a_value_with_other_readers_stays_a_gelu_op() {
+    // h feeds the GELU and is also a graph output: the Linear keeps no activation and the GELU
+    // runs as its own op.
+    let tail = vec![
+        node("Div", "d", &["h", "c_sqrt2"], &["u"], vec![]),
+        node("Erf", "e", &["u"], &["ue"], vec![]),
+        node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
+        node("Mul", "m1", &["h", "s"], &["t"], vec![]),
+        node("Mul", "m2", &["t", "c_half"], &["y"], vec![]),
+        node("Identity", "keep", &["h"], &["h_out"], vec![]),
+    ];
+    let (w, b) = weights();
+    let mut all = vec![
+        node("MatMul", "mm", &["x", "w"], &["mmo"], vec![]),
+        node("Add", "bias", &["mmo", "b"], &["h"], vec![]),
+    ];
+    all.extend(tail);
+    let onnx = model(
+        all,
+        vec![value("x", 1, &[-1, K as i64])],
+        vec![value("y", 1, &[-1, N as i64]), value("h_out", 1, &[-1, N as i64])],
+        vec![
+            tensor_f32("w", &[K as i64, N as i64], &w),
+            tensor_f32("b", &[N as i64], &b),
+            tensor_f32("c_sqrt2", &[], &[sqrt2()]),
+            tensor_f32("c_one", &[], &[1.0]),
+            tensor_f32("c_half", &[], &[0.5]),
+        ],
+    );
+    let g = ember_quantize::prepare_graph(&onnx).unwrap();
+    assert!(ops(&g).contains(&"Gelu".to_string()), "{:?}", ops(&g));
+    assert_eq!(g.nodes[0].int("act"), Some(0));
+    check_function(&onnx, false);
+}
