@@ -12,6 +12,10 @@
 //! behaviour, and `detect` only ever chooses usable variants.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[allow(dead_code)]
+mod check;
 pub mod generic;
 pub mod pack;
 mod set;

@@ -81,6 +81,44 @@ pub fn quantize_pack_k4n16_kn(
     }
 }
 
+/// Like [`quantize_pack_k4n16_kn`] for `b` stored transposed, `[n, k]` row-major (each
+/// column's k values contiguous, so every 4-byte group comes from 4 consecutive floats).
+pub fn quantize_pack_k4n16_nk(
+    b: &[f32],
+    n: usize,
+    k: usize,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+) {
+    let out = &mut out[..k4n16_len(n, k)];
+    out.fill(0);
+    let sums = &mut sums[..n];
+    for (j, (col, sum)) in b[..n * k].chunks_exact(k).zip(sums.iter_mut()).enumerate() {
+        let mut s = 0i32;
+        let mut quads = col.chunks_exact(4);
+        let mut p = 0;
+        for q4 in &mut quads {
+            let g = [
+                quantize_sym_i8(q4[0], inv),
+                quantize_sym_i8(q4[1], inv),
+                quantize_sym_i8(q4[2], inv),
+                quantize_sym_i8(q4[3], inv),
+            ];
+            s += g.iter().map(|v| *v as i32).sum::<i32>();
+            let at = k4n16_index(j, p, k);
+            out[at..at + 4].copy_from_slice(&g);
+            p += 4;
+        }
+        for (t, v) in quads.remainder().iter().enumerate() {
+            let q = quantize_sym_i8(*v, inv);
+            s += q as i32;
+            out[k4n16_index(j, p + t, k)] = q;
+        }
+        *sum = s;
+    }
+}
+
 /// `clamp(rne(x·inv), -127, 127)`, NaN to 0, without a float→int cast (the integer is read
 /// from the low bits of `t + 1.5·2^23`), so loops over it vectorize.
 #[inline(always)]

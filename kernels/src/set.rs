@@ -116,6 +116,8 @@ fn always() -> bool {
     true
 }
 
+#[cfg(target_arch = "aarch64")]
+use crate::aarch64 as arm;
 #[cfg(target_arch = "x86_64")]
 use crate::x86_64 as x86;
 
@@ -128,6 +130,12 @@ static I8_GEMMS: &[Variant<I8GemmFn>] = &[
     Variant { name: "i8_gemm_avx512vnni", f: x86::i8_gemm_avx512vnni, usable: x86::has_avx512vnni },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "i8_gemm_avx2", f: x86::i8_gemm_avx2, usable: x86::has_avx2 },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i8_gemm_i8mm", f: arm::i8_gemm_i8mm, usable: arm::has_i8mm },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i8_gemm_dotprod", f: arm::i8_gemm_dotprod, usable: arm::has_dotprod },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i8_gemm_neon", f: arm::i8_gemm_neon, usable: arm::has_neon },
     Variant { name: "i8_gemm_generic", f: generic::i8_gemm, usable: always },
 ];
 static F32_GEMMS: &[Variant<F32GemmFn>] =

@@ -248,7 +248,24 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
             std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vnni")
         );
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        assert!(names.contains(&"i8_gemm_neon"));
+        let dot = std::arch::is_aarch64_feature_detected!("dotprod");
+        assert_eq!(names.contains(&"i8_gemm_dotprod"), dot);
+        assert_eq!(
+            names.contains(&"i8_gemm_i8mm"),
+            std::arch::is_aarch64_feature_detected!("i8mm")
+        );
+    }
     eprintln!("i8 gemm variants on this CPU: {names:?}");
+    // CI names the variants each emulated CPU must exercise, so a fast path cannot silently
+    // drop out of the tests (scripts/test.sh sets this per qemu CPU model).
+    if let Ok(expect) = std::env::var("EMBER_EXPECT_KERNELS") {
+        for want in expect.split(',').filter(|s| !s.is_empty()) {
+            assert!(names.contains(&want), "{want} expected on this CPU, have {names:?}");
+        }
+    }
 }
 
 #[test]

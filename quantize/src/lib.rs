@@ -75,6 +75,7 @@ pub fn prepare_graph(onnx_bytes: &[u8]) -> Result<Graph> {
     passes::fold_constants(&mut g)?;
     passes::fuse_gelu(&mut g);
     passes::fuse_linear(&mut g)?;
+    passes::fuse_matmul_operands(&mut g);
     Ok(g)
 }
 

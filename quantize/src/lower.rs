@@ -408,7 +408,10 @@ impl<'a> Lowerer<'a> {
                 let (an, bn) = (inp(0)?, inp(1)?);
                 let (ad, bd) = (pb.dims(an)?.to_vec(), pb.dims(bn)?.to_vec());
                 let od = pb.dims(&out_name)?.to_vec();
-                let (m, k, nn) = (ad[ad.len() - 2], ad[ad.len() - 1], bd[bd.len() - 1]);
+                let b_t = n.int("transB").unwrap_or(0) != 0;
+                let alpha = n.float("alpha").unwrap_or(1.0);
+                let nn = if b_t { bd[bd.len() - 2] } else { bd[bd.len() - 1] };
+                let (m, k) = (ad[ad.len() - 2], ad[ad.len() - 1]);
                 let batch: usize = od[..od.len() - 2].iter().product();
                 let stride = |d: &[usize], per: usize| -> Result<u32> {
                     let b: usize = d[..d.len() - 2].iter().product();
@@ -429,6 +432,12 @@ impl<'a> Lowerer<'a> {
                     nn as u32,
                     stride(&ad, m * k)?,
                     stride(&bd, k * nn)?,
+                    0,
+                    0,
+                    0,
+                    0,
+                    b_t as u32,
+                    if alpha == 1.0 { 0 } else { alpha.to_bits() },
                 ];
                 let (a, b) = (self.operand(g, pb, an, n)?, self.operand(g, pb, bn, n)?);
                 let y = pb.define(&out_name)?;
@@ -449,13 +458,14 @@ impl<'a> Lowerer<'a> {
                         l.scheme.push_str(&format!("; operand SQNR {qa:.1} dB / {qb:.1} dB"));
                         self.layers.push(l);
                     }
-                    let mut p10 = [0u32; 10];
-                    p10[..6].copy_from_slice(&params);
-                    p10[6] = (1.0 / s_a).to_bits();
-                    p10[7] = zp_a as u32;
-                    p10[8] = (1.0 / s_b).to_bits();
-                    p10[9] = (s_a * s_b).to_bits();
-                    pb.push(&n.name, OpCode::MatMulI8, &[a, b], y, &p10, "int8");
+                    let mut p11 = [0u32; 11];
+                    p11[..6].copy_from_slice(&params[..6]);
+                    p11[6] = (1.0 / s_a).to_bits();
+                    p11[7] = zp_a as u32;
+                    p11[8] = (1.0 / s_b).to_bits();
+                    p11[9] = (s_a * s_b * alpha).to_bits();
+                    p11[10] = b_t as u32;
+                    pb.push(&n.name, OpCode::MatMulI8, &[a, b], y, &p11, "int8");
                     return Ok(());
                 }
                 if first {

@@ -389,3 +389,88 @@ fn find_gelu(g: &Graph) -> Option<(Vec<usize>, String, String, String)> {
     }
     None
 }
+
+/// Folds what surrounds activation × activation MatMuls into the MatMul itself:
+/// - a Transpose feeding `b` whose permutation moves the last input axis to the second-to-last
+///   place becomes the Transpose with the last two axes swapped back plus `transB = 1` (the
+///   kernels then read each column's K values contiguously); an identity Transpose disappears;
+/// - a following Div or Mul by a positive scalar constant becomes the MatMul's `alpha`.
+///
+/// Returns the number of rewrites.
+pub fn fuse_matmul_operands(g: &mut Graph) -> usize {
+    let mut count = 0;
+    loop {
+        let consumers = g.consumers();
+        let outputs: HashSet<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
+        let private = |v: &str| consumers.get(v) == Some(&1) && !outputs.contains(v);
+        let mut edit: Option<Edit> = None;
+        for (i, n) in g.nodes.iter().enumerate() {
+            if n.op != "MatMul" || n.inputs.len() != 2 || g.consts.contains_key(&n.inputs[1]) {
+                continue;
+            }
+            if n.int("transB").unwrap_or(0) == 0 && private(&n.inputs[1]) {
+                let t = g.nodes.iter().position(|t| t.outputs.first() == Some(&n.inputs[1]));
+                if let Some(ti) = t.filter(|ti| g.nodes[*ti].op == "Transpose") {
+                    if let Some(perm) = g.nodes[ti].ints("perm").map(|p| p.to_vec()) {
+                        let r = perm.len();
+                        if r >= 2 && perm[r - 2] == r as i64 - 1 {
+                            let mut np = perm.clone();
+                            np.swap(r - 2, r - 1);
+                            edit = Some(Edit::TransB { mm: i, t: ti, perm: np });
+                            break;
+                        }
+                    }
+                }
+            }
+            let y = &n.outputs[0];
+            if private(y) {
+                let r = g.nodes.iter().position(|m| m.inputs.contains(y));
+                if let Some(ri) = r {
+                    let m = &g.nodes[ri];
+                    let c = if m.inputs.len() == 2 && m.inputs[0] == *y {
+                        scalar(g, &m.inputs[1])
+                    } else if m.op == "Mul" && m.inputs.len() == 2 && m.inputs[1] == *y {
+                        scalar(g, &m.inputs[0])
+                    } else {
+                        None
+                    };
+                    let f = match (m.op.as_str(), c) {
+                        ("Div", Some(c)) if c != 0.0 => Some(1.0 / c),
+                        ("Mul", Some(c)) => Some(c),
+                        _ => None,
+                    };
+                    if let Some(f) = f.filter(|f| f.is_finite() && *f > 0.0) {
+                        edit = Some(Edit::Alpha { mm: i, reader: ri, factor: f });
+                        break;
+                    }
+                }
+            }
+        }
+        match edit {
+            None => return count,
+            Some(Edit::TransB { mm, t, perm }) => {
+                g.nodes[mm].attrs.insert("transB".into(), Attr::Int(1));
+                if perm.iter().enumerate().all(|(i, p)| *p == i as i64) {
+                    g.nodes[mm].inputs[1] = g.nodes[t].inputs[0].clone();
+                    g.nodes.remove(t);
+                } else {
+                    g.nodes[t].attrs.insert("perm".into(), Attr::Ints(perm));
+                }
+            }
+            Some(Edit::Alpha { mm, reader, factor }) => {
+                let alpha = g.nodes[mm].float("alpha").unwrap_or(1.0) * factor;
+                let out = g.nodes[reader].outputs[0].clone();
+                let n = &mut g.nodes[mm];
+                n.attrs.insert("alpha".into(), Attr::Float(alpha));
+                n.outputs[0] = out;
+                g.nodes.remove(reader);
+            }
+        }
+        count += 1;
+    }
+}
+
+enum Edit {
+    TransB { mm: usize, t: usize, perm: Vec<i64> },
+    Alpha { mm: usize, reader: usize, factor: f32 },
+}

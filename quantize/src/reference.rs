@@ -188,7 +188,20 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             if a.rank() < 2 || b.rank() < 2 {
                 return Err(err("MatMul operands of rank < 2 are not supported".into()));
             }
-            a.contiguous().map_err(c)?.broadcast_matmul(&b.contiguous().map_err(c)?).map_err(c)?
+            let b = if node.int("transB").unwrap_or(0) != 0 {
+                b.transpose(b.rank() - 2, b.rank() - 1).map_err(c)?
+            } else {
+                b
+            };
+            let y = a
+                .contiguous()
+                .map_err(c)?
+                .broadcast_matmul(&b.contiguous().map_err(c)?)
+                .map_err(c)?;
+            match node.float("alpha") {
+                Some(al) if al != 1.0 => y.affine(al as f64, 0.0).map_err(c)?,
+                _ => y,
+            }
         }
         "Gemm" => {
             let mut a = x(0)?;

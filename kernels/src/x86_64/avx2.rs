@@ -1,7 +1,7 @@
 //! AVX2 without VNNI: u8 activations and i8 weights widened to i16, `vpmaddwd` sums pairs into
 //! i32 lanes (exact: no `vpmaddubsw` saturation), lanes of a column folded after the k loop.
 
-use super::check_gemm;
+use crate::check::check_gemm;
 use crate::pack::{k4, PANEL};
 use crate::Act;
 use core::arch::x86_64::*;

@@ -1,7 +1,7 @@
 //! AVX-512 VNNI: `vpdpbusd` multiplies 16 lanes × 4 u8 activations by 4 i8 weights and adds the
 //! four products into an i32 lane: exactly one `K4N16` quad per instruction.
 
-use super::check_gemm;
+use crate::check::check_gemm;
 use crate::generic::quantize_one_u8;
 use crate::pack::{k4, PANEL};
 use crate::Act;

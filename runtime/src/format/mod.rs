@@ -157,7 +157,9 @@ pub enum OpCode {
     /// `y = act((Σ q(x)·w − zp·w_sum) · scale + bias)`, `q(x) = clamp(rne(x·inv_scale)+zp)`, or,
     /// with `mult` (per-channel smoothing folded with the scale), `q(x_j) = clamp(rne(x_j·mult_j)+zp)`.
     LinearI8 = 2,
-    /// in [a f32 [B?,M,K], b f32 [B?,K,N]]; params [batch, m, k, n, a_batch_stride, b_batch_stride].
+    /// in [a f32 [B?,M,K], b f32 [B?,K,N]]; params [batch, m, k, n, a_batch_stride,
+    /// b_batch_stride, 0, 0, 0, 0, b_transposed, alpha (f32 bits, 0 = 1.0)]. With
+    /// `b_transposed = 1`, `b` is stored `[B?,N,K]`; the output is multiplied by `alpha`.
     MatMulF32 = 3,
     /// in [a, b] (numpy broadcasting, f32 or i64); params [BinaryKind].
     Binary = 4,
@@ -189,7 +191,8 @@ pub enum OpCode {
     /// Activation × activation in integer arithmetic: in [a f32 [B?,M,K], b f32 [B?,K,N]];
     /// params [batch, m, k, n, a_batch_stride, b_batch_stride, a_inv_scale, a_zero_point,
     /// b_inv_scale, out_scale] (f32 bits for scales). `a` is quantized affine, `b` symmetric; the
-    /// zero-point correction uses `b`'s column sums, computed per run.
+    /// zero-point correction uses `b`'s column sums, computed per run. Param 10 is MatMulF32's
+    /// `b_transposed`; param 11 must be 0 (a multiplier is folded into `out_scale`).
     MatMulI8 = 16,
 }
 

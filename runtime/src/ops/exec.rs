@@ -6,7 +6,7 @@ use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
 use crate::par::{split_rows, Parallel, SharedMut};
 use crate::Error;
-use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn};
+use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn, quantize_pack_k4n16_nk};
 use ember_kernels::{Act, KernelSet};
 
 pub(crate) struct Ctx<'a> {
@@ -136,24 +136,32 @@ pub(crate) fn run_op(
                 (k.i8_gemm)(r1 - r0, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n);
             });
         }
-        Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs } } => {
+        Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs, b_t, alpha } } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
             for i in 0..*batch {
-                ember_kernels::generic::f32_matmul(
-                    *m,
-                    *kk,
-                    *n,
-                    &a[i * a_bs..],
-                    &b[i * b_bs..],
-                    &mut o[i * m * n..(i + 1) * m * n],
-                );
+                let oi = &mut o[i * m * n..(i + 1) * m * n];
+                if *b_t {
+                    (k.f32_gemm)(*m, *kk, *n, &a[i * a_bs..], &b[i * b_bs..], &[], Act::None, oi);
+                } else {
+                    ember_kernels::generic::f32_matmul(
+                        *m,
+                        *kk,
+                        *n,
+                        &a[i * a_bs..],
+                        &b[i * b_bs..],
+                        oi,
+                    );
+                }
+                if *alpha != 1.0 {
+                    oi.iter_mut().for_each(|v| *v *= *alpha);
+                }
             }
         }
         Op::MatMulI8 {
             a,
             b,
-            d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs },
+            d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs, b_t, .. },
             a_inv,
             a_zp,
             b_inv,
@@ -172,7 +180,11 @@ pub(crate) fn run_op(
             for i in 0..*batch {
                 (k.quantize_u8)(&a[i * a_bs..i * a_bs + m * kk], *m, *kk, lda, *a_inv, &[], zp, qa);
                 let bi = &b[i * b_bs..i * b_bs + kk * n];
-                quantize_pack_k4n16_kn(bi, *kk, *n, *b_inv, bp, sums);
+                if *b_t {
+                    quantize_pack_k4n16_nk(bi, *n, *kk, *b_inv, bp, sums);
+                } else {
+                    quantize_pack_k4n16_kn(bi, *kk, *n, *b_inv, bp, sums);
+                }
                 let (qa, bp, sums): (&[u8], &[i8], &[i32]) = (qa, bp, sums);
                 let (scale, bias): (&[f32], &[f32]) = (scale, bias);
                 let (m, n) = (*m, *n);

@@ -186,6 +186,10 @@ pub(crate) struct MatMulDims {
     pub n: usize,
     pub a_bs: usize,
     pub b_bs: usize,
+    /// `b` is stored transposed, `[B?, N, K]`.
+    pub b_t: bool,
+    /// Output multiplier (1 when absent).
+    pub alpha: f32,
 }
 
 /// Broadcast shortcuts for [`Op::Binary`].
@@ -357,6 +361,14 @@ pub(crate) fn prepare<'a>(
             let [batch, m, k, n, a_bs, b_bs] =
                 [p[0], p[1], p[2], p[3], p[4], p[5]].map(|v| v as usize);
             ensure!(batch > 0 && m > 0 && k > 0 && n > 0, "empty matmul");
+            ensure!(p[10] <= 1, "b layout flag {} is not 0 or 1", p[10]);
+            let b_t = p[10] == 1;
+            let alpha = if p[11] == 0 { 1.0 } else { f32::from_bits(p[11]) };
+            ensure!(alpha.is_finite(), "output multiplier {alpha} is not finite");
+            ensure!(
+                code == OpCode::MatMulF32 || p[11] == 0,
+                "MatMulI8 folds its multiplier into the output scale"
+            );
             ensure!(a_bs == 0 || a_bs == m * k, "bad a batch stride {a_bs}");
             ensure!(b_bs == 0 || b_bs == k * n, "bad b batch stride {b_bs}");
             ensure!(
@@ -383,14 +395,15 @@ pub(crate) fn prepare<'a>(
                 Op::MatMulI8 {
                     a: ins[0],
                     b: ins[1],
-                    d: MatMulDims { batch, m, k, n, a_bs, b_bs },
+                    d: MatMulDims { batch, m, k, n, a_bs, b_bs, b_t, alpha },
                     a_inv,
                     a_zp,
                     b_inv,
                     out_scale,
                 }
             } else {
-                Op::MatMulF32 { a: ins[0], b: ins[1], d: MatMulDims { batch, m, k, n, a_bs, b_bs } }
+                let d = MatMulDims { batch, m, k, n, a_bs, b_bs, b_t, alpha };
+                Op::MatMulF32 { a: ins[0], b: ins[1], d }
             }
         }
         OpCode::Binary => {
