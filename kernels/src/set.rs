@@ -85,8 +85,14 @@ pub type QuantizeU8Fn = fn(
 /// `o[i] = f(x[i])` over a slice, or a function of a whole row (softmax); `o.len() == x.len()`.
 pub type RowFn = fn(x: &[f32], o: &mut [f32]);
 
+/// `out[m,n] = Σ_k a[m,k]·b[k,n]`, both row-major; see [`crate::generic::f32_matmul`].
+pub type F32MatMulFn = fn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]);
+
 /// Layer normalization of one row; see [`crate::generic::math::layer_norm_row`].
 pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &mut [f32]);
+
+/// `o = softmax(x + mask)` over one row; `mask` empty or as long as `x`.
+pub type SoftmaxFn = fn(x: &[f32], mask: &[f32], o: &mut [f32]);
 
 /// The kernels chosen for this process. Plain function pointers: no dispatch cost beyond a call.
 #[derive(Clone, Copy, Debug)]
@@ -97,12 +103,14 @@ pub struct KernelSet {
     pub f32_gemm_name: &'static str,
     pub quantize_u8: QuantizeU8Fn,
     pub quantize_u8_name: &'static str,
-    pub softmax_row: RowFn,
+    pub softmax_row: SoftmaxFn,
     pub softmax_row_name: &'static str,
     pub erf: RowFn,
     pub erf_name: &'static str,
     pub layer_norm_row: LayerNormFn,
     pub layer_norm_row_name: &'static str,
+    pub f32_matmul: F32MatMulFn,
+    pub f32_matmul_name: &'static str,
 }
 
 /// One registered variant: its name, the function, and whether this CPU can run it.
@@ -138,15 +146,27 @@ static I8_GEMMS: &[Variant<I8GemmFn>] = &[
     Variant { name: "i8_gemm_neon", f: arm::i8_gemm_neon, usable: arm::has_neon },
     Variant { name: "i8_gemm_generic", f: generic::i8_gemm, usable: always },
 ];
-static F32_GEMMS: &[Variant<F32GemmFn>] =
-    &[Variant { name: "f32_gemm_generic", f: generic::f32_gemm, usable: always }];
+static F32_GEMMS: &[Variant<F32GemmFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "f32_gemm_avx512", f: x86::f32_gemm_avx512, usable: x86::has_avx512f },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "f32_gemm_avx2", f: x86::f32_gemm_avx2, usable: x86::has_avx2 },
+    Variant { name: "f32_gemm_generic", f: generic::f32_gemm, usable: always },
+];
+static F32_MATMULS: &[Variant<F32MatMulFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "f32_matmul_avx512", f: x86::f32_matmul_avx512, usable: x86::has_avx512f },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "f32_matmul_avx2", f: x86::f32_matmul_avx2, usable: x86::has_avx2 },
+    Variant { name: "f32_matmul_generic", f: generic::f32_matmul, usable: always },
+];
 static QUANTIZERS: &[Variant<QuantizeU8Fn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "quantize_u8_avx512", f: x86::quantize_u8_avx512, usable: x86::has_avx512vnni },
     Variant { name: "quantize_u8_generic", f: generic::quantize_u8, usable: always },
 ];
 
-static SOFTMAXES: &[Variant<RowFn>] = &[
+static SOFTMAXES: &[Variant<SoftmaxFn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "softmax_row_avx512", f: x86::softmax_row_avx512, usable: x86::has_avx512f },
     #[cfg(target_arch = "x86_64")]
@@ -188,7 +208,7 @@ impl Kernels {
     pub fn quantizers() -> impl Iterator<Item = (&'static str, QuantizeU8Fn)> {
         usable(QUANTIZERS)
     }
-    pub fn softmaxes() -> impl Iterator<Item = (&'static str, RowFn)> {
+    pub fn softmaxes() -> impl Iterator<Item = (&'static str, SoftmaxFn)> {
         usable(SOFTMAXES)
     }
     pub fn erfs() -> impl Iterator<Item = (&'static str, RowFn)> {
@@ -196,6 +216,9 @@ impl Kernels {
     }
     pub fn layer_norms() -> impl Iterator<Item = (&'static str, LayerNormFn)> {
         usable(LAYER_NORMS)
+    }
+    pub fn f32_matmuls() -> impl Iterator<Item = (&'static str, F32MatMulFn)> {
+        usable(F32_MATMULS)
     }
 }
 
@@ -220,6 +243,8 @@ impl KernelSet {
         erf_name: "erf_generic",
         layer_norm_row: generic::math::layer_norm_row,
         layer_norm_row_name: "layer_norm_row_generic",
+        f32_matmul: generic::f32_matmul,
+        f32_matmul_name: "f32_matmul_generic",
     };
 
     /// Chooses the fastest variant of each family this CPU supports. Under `std`, the
@@ -263,6 +288,7 @@ impl KernelSet {
         let (erf, erf_name) = pick(ERFS, &|n| allow("erf", n));
         let (layer_norm_row, layer_norm_row_name) =
             pick(LAYER_NORMS, &|n| allow("layer_norm_row", n));
+        let (f32_matmul, f32_matmul_name) = pick(F32_MATMULS, &|n| allow("f32_matmul", n));
         KernelSet {
             i8_gemm,
             i8_gemm_name,
@@ -276,6 +302,8 @@ impl KernelSet {
             erf_name,
             layer_norm_row,
             layer_norm_row_name,
+            f32_matmul,
+            f32_matmul_name,
         }
     }
 }

@@ -142,6 +142,21 @@ fn f32_gemm_variants_match_generic_within_bound() {
         let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
         let mut want = vec![0f32; m * n];
         generic::f32_gemm(m, k, n, &a, &b, &bias, Act::None, &mut want);
+        for i in 0..m {
+            for j in 0..n {
+                let def: f64 =
+                    (0..k).map(|p| a[i * k + p] as f64 * b[j * k + p] as f64).sum::<f64>()
+                        + bias[j] as f64;
+                let mag: f64 =
+                    (0..k).map(|p| (a[i * k + p] * b[j * k + p]).abs() as f64).sum::<f64>()
+                        + bias[j].abs() as f64;
+                let d = (want[i * n + j] as f64 - def).abs();
+                assert!(
+                    d <= F32_GEMM_REL as f64 * mag.max(1e-30),
+                    "generic f32_gemm {m}x{k}x{n}: {d}"
+                );
+            }
+        }
         for (name, f) in Kernels::f32_gemms() {
             let mut got = vec![f32::NAN; m * n];
             f(m, k, n, &a, &b, &bias, Act::None, &mut got);
@@ -166,6 +181,11 @@ fn f32_gemm_variants_match_generic_within_bound() {
         }
         let mut mm = vec![0f32; m * n];
         generic::f32_matmul(m, k, n, &a, &bt, &mut mm);
+        for (name, f) in Kernels::f32_matmuls() {
+            let mut got = vec![f32::NAN; m * n];
+            f(m, k, n, &a, &bt, &mut got);
+            assert_eq!(got, mm, "{name} differs from its twin at {m}x{k}x{n}");
+        }
         let mut nobias = vec![0f32; m * n];
         generic::f32_gemm(m, k, n, &a, &b, &[], Act::None, &mut nobias);
         for (x, y) in mm.iter().zip(&nobias) {
@@ -302,18 +322,25 @@ fn vector_math_matches_libm_and_twins() {
     }
     for len in [1usize, 3, 17, 33, 127, 1000] {
         let x: Vec<f32> = (0..len).map(|_| r.f32() * 20.0).collect();
-        let mut want = vec![0f32; len];
-        generic::math::softmax_row(&x, &mut want);
-        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let sum: f64 = x.iter().map(|v| (*v as f64 - m).exp()).sum();
-        for (w, v) in want.iter().zip(&x) {
-            let d = (*v as f64 - m).exp() / sum;
-            assert!((*w as f64 - d).abs() <= 1e-6 * d.max(1e-3), "softmax {len}: {w} vs {d}");
-        }
-        for (name, f) in Kernels::softmaxes() {
-            let mut got = vec![f32::NAN; len];
-            f(&x, &mut got);
-            assert_eq!(got, want, "{name} differs from its twin at {len}");
+        let mask: Vec<f32> =
+            (0..len).map(|i| if i % 3 == 0 { -10_000.0 } else { r.f32() }).collect();
+        for mk in [&[][..], &mask[..]] {
+            let mut want = vec![0f32; len];
+            generic::math::softmax_row(&x, mk, &mut want);
+            let t: Vec<f64> = (0..len)
+                .map(|i| x[i] as f64 + mk.get(i).map(|v| *v as f64).unwrap_or(0.0))
+                .collect();
+            let m = t.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = t.iter().map(|v| (v - m).exp()).sum();
+            for (w, v) in want.iter().zip(&t) {
+                let d = (v - m).exp() / sum;
+                assert!((*w as f64 - d).abs() <= 2e-6 * d.max(1e-3), "softmax {len}: {w} vs {d}");
+            }
+            for (name, f) in Kernels::softmaxes() {
+                let mut got = vec![f32::NAN; len];
+                f(&x, mk, &mut got);
+                assert_eq!(got, want, "{name} differs from its twin at {len}");
+            }
         }
         let mut want = vec![0f32; len];
         generic::math::erf_slice(&x, &mut want);

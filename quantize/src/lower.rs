@@ -52,6 +52,8 @@ struct PlanBuild<'s> {
     ops: Vec<OpRecord>,
     op_names: Vec<String>,
     op_reports: Vec<OpReport>,
+    /// Adds folded into the Softmax that reads them: output name -> (x, mask).
+    softmax_adds: HashMap<String, (String, String)>,
 }
 
 impl PlanBuild<'_> {
@@ -192,6 +194,7 @@ impl<'a> Lowerer<'a> {
             ops: vec![],
             op_names: vec![],
             op_reports: vec![],
+            softmax_adds: HashMap::new(),
         };
         let mut inputs = vec![];
         for d in &g.inputs {
@@ -252,6 +255,37 @@ impl<'a> Lowerer<'a> {
             pb.op_names,
             ids,
         ))
+    }
+
+    /// For `Add(x, mask)` read only by a last-axis Softmax, where `x` has the sum's shape and
+    /// `mask` broadcasts to it along the leading axes (an attention mask): (x, mask).
+    fn softmax_mask(&self, g: &Graph, pb: &PlanBuild, n: &Node) -> Option<(String, String)> {
+        if g.opset < 13 || n.inputs.len() != 2 || g.outputs.iter().any(|o| o.name == n.outputs[0]) {
+            return None;
+        }
+        let y = &n.outputs[0];
+        let mut readers = g.nodes.iter().filter(|m| m.inputs.contains(y));
+        let sm = readers.next()?;
+        if readers.next().is_some() || sm.op != "Softmax" {
+            return None;
+        }
+        let od = pb.dims(y).ok()?;
+        if sm.int("axis").unwrap_or(-1) != -1 && sm.int("axis") != Some(od.len() as i64 - 1) {
+            return None;
+        }
+        let (a, b) = (&n.inputs[0], &n.inputs[1]);
+        for (x, m) in [(a, b), (b, a)] {
+            let (xd, md) = (pb.dims(x).ok()?, pb.dims(m).ok()?);
+            let fits = xd == od
+                && !od.is_empty()
+                && md.len() <= od.len()
+                && md.last() == od.last()
+                && md.iter().rev().zip(od.iter().rev()).all(|(mv, ov)| mv == ov || *mv == 1);
+            if fits && !g.consts.contains_key(x) {
+                return Some((x.clone(), m.clone()));
+            }
+        }
+        None
     }
 
     fn lower_node(&mut self, g: &Graph, pb: &mut PlanBuild, n: &Node, first: bool) -> Result<()> {
@@ -473,6 +507,10 @@ impl<'a> Lowerer<'a> {
                 }
                 pb.push(&n.name, OpCode::MatMulF32, &[a, b], y, &params, "f32");
             }
+            "Add" if self.softmax_mask(g, pb, n).is_some() => {
+                let (x, mask) = self.softmax_mask(g, pb, n).unwrap_or_default();
+                pb.softmax_adds.insert(out_name, (x, mask));
+            }
             "Add" | "Sub" | "Mul" | "Div" => {
                 let kind = match n.op.as_str() {
                     "Add" => BinaryKind::Add,
@@ -502,9 +540,17 @@ impl<'a> Lowerer<'a> {
                 } else {
                     (norm_axis(n.int("axis").unwrap_or(-1), rank, n)?, 0)
                 };
-                let x = self.operand(g, pb, xn, n)?;
-                let y = pb.define(&out_name)?;
-                pb.push(&n.name, OpCode::Softmax, &[x], y, &[axis as u32, coerce], "f32");
+                let y_params = [axis as u32, coerce];
+                if let Some((xs, ms)) = pb.softmax_adds.get(xn).cloned() {
+                    // softmax(x + mask) in one pass over the scores.
+                    let (x, m) = (self.operand(g, pb, &xs, n)?, self.operand(g, pb, &ms, n)?);
+                    let y = pb.define(&out_name)?;
+                    pb.push(&n.name, OpCode::Softmax, &[x, m], y, &y_params, "f32");
+                } else {
+                    let x = self.operand(g, pb, xn, n)?;
+                    let y = pb.define(&out_name)?;
+                    pb.push(&n.name, OpCode::Softmax, &[x], y, &y_params, "f32");
+                }
             }
             "Gather" => {
                 let (dn, iname) = (inp(0)?, inp(1)?);

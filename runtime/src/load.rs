@@ -2,7 +2,7 @@
 //! read into an aligned buffer.
 
 use crate::session::Block;
-use crate::{Error, Model};
+use crate::{Error, Model, Verify};
 use alloc::format;
 use alloc::vec::Vec;
 use std::path::Path;
@@ -46,8 +46,13 @@ impl AsRef<[u8]> for FileBytes {
     }
 }
 
-/// Opens, maps and validates an `.ember` file.
+/// Opens, maps and validates an `.ember` file (every byte, [`Verify::Full`]).
 pub fn load_file(path: &Path) -> Result<Model<FileBytes>, Error> {
+    load_file_with(path, Verify::Full)
+}
+
+/// [`load_file`] with a choice of how much to check.
+pub fn load_file_with(path: &Path, verify: Verify) -> Result<Model<FileBytes>, Error> {
     let io = |e: std::io::Error| Error::Io(format!("cannot read {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(io)?;
     #[cfg(feature = "mmap")]
@@ -58,10 +63,10 @@ pub fn load_file(path: &Path) -> Result<Model<FileBytes>, Error> {
             // truncating the file could fault; `.ember` files are replaced by atomic rename, never
             // rewritten in place, which keeps the mapped inode intact.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-            return Model::parse(FileBytes::Mapped(map));
+            return Model::parse_with(FileBytes::Mapped(map), verify);
         }
     }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
-    Model::parse(FileBytes::Owned(AlignedBuf::from_bytes(&bytes)))
+    Model::parse_with(FileBytes::Owned(AlignedBuf::from_bytes(&bytes)), verify)
 }

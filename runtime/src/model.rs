@@ -55,6 +55,21 @@ pub struct Plan {
 }
 
 /// A validated `.ember` model over its bytes `B` (a slice, a memory map, an aligned buffer).
+/// How much of a file [`Model::parse_with`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Every byte: all section checksums (weights included), then the structure.
+    #[default]
+    Full,
+    /// Everything but the checksum of the DATA section (the weights): header, section table,
+    /// strings, tensors, signature, plans and metadata are checksummed and validated as with
+    /// `Full`, so running the model stays memory-safe; a flipped weight bit changes results
+    /// instead of failing the load. For start-up-critical loads of files whose weights were
+    /// verified once (after flashing: `ember inspect` does a full check). Skipping the pass over
+    /// the weights also leaves their pages to be mapped by the first run.
+    Structure,
+}
+
 pub struct Model<B: AsRef<[u8]>> {
     bytes: B,
     pub strings: Vec<String>,
@@ -76,7 +91,12 @@ impl<B: AsRef<[u8]>> Model<B> {
     /// Validates `bytes` as an `.ember` file. The buffer must be 8-byte aligned (a memory map, an
     /// [`crate::AlignedBuf`], or a `#[repr(align(8))]` static in flash).
     pub fn parse(bytes: B) -> Result<Self, Error> {
-        let parsed = parse_all(bytes.as_ref())?;
+        Self::parse_with(bytes, Verify::Full)
+    }
+
+    /// [`Model::parse`] with a choice of how much to check; see [`Verify`].
+    pub fn parse_with(bytes: B, verify: Verify) -> Result<Self, Error> {
+        let parsed = parse_all(bytes.as_ref(), verify)?;
         let (strings, tensors, inputs, outputs, plans, metadata) = parsed;
         Ok(Model { bytes, strings, tensors, inputs, outputs, plans, metadata })
     }
@@ -109,7 +129,7 @@ impl<B: AsRef<[u8]>> Model<B> {
 type Parsed =
     (Vec<String>, Vec<TensorInfo>, Vec<SigEntry>, Vec<SigEntry>, Vec<Plan>, Vec<(String, String)>);
 
-fn parse_all(file: &[u8]) -> Result<Parsed, Error> {
+fn parse_all(file: &[u8], verify: Verify) -> Result<Parsed, Error> {
     if file.len() < HEADER_LEN {
         return Err(Error::Truncated {
             what: "header",
@@ -191,7 +211,8 @@ fn parse_all(file: &[u8]) -> Result<Parsed, Error> {
             return Err(corrupt!("{} section #{i} overlaps the header", kind.name()));
         }
         let (start, end) = (offset as usize, end as usize);
-        if crc32fast::hash(&file[start..end]) != crc {
+        let skip = verify == Verify::Structure && kind == SectionKind::Data;
+        if !skip && crc32fast::hash(&file[start..end]) != crc {
             return Err(Error::Checksum { section: kind.name(), index: i });
         }
         sections.push(Section { kind, index, start, len: end - start });

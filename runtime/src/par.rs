@@ -51,16 +51,28 @@ pub(crate) fn split_rows(
     f: &(dyn Fn(usize, usize) + Sync),
 ) {
     let t = par.threads().min(m / min_rows.max(1)).max(1);
-    if t == 1 {
-        f(0, m);
+    split_tasks(par, m, t, align, &|_, r0, r1| f(r0, r1));
+}
+
+/// Splits `0..count` into `tasks` contiguous ranges (multiples of `align` but the last) and
+/// calls `f(task, r0, r1)` for each non-empty one, in parallel; `task < tasks`.
+pub(crate) fn split_tasks(
+    par: &dyn Parallel,
+    count: usize,
+    tasks: usize,
+    align: usize,
+    f: &(dyn Fn(usize, usize, usize) + Sync),
+) {
+    if tasks <= 1 {
+        f(0, 0, count);
         return;
     }
-    let per = m.div_ceil(t).div_ceil(align) * align;
-    par.run(t, &|i| {
-        let r0 = (i * per).min(m);
-        let r1 = (r0 + per).min(m);
+    let per = count.div_ceil(tasks).div_ceil(align.max(1)) * align.max(1);
+    par.run(tasks, &|i| {
+        let r0 = (i * per).min(count);
+        let r1 = (r0 + per).min(count);
         if r0 < r1 {
-            f(r0, r1);
+            f(i, r0, r1);
         }
     });
 }

@@ -26,6 +26,7 @@ pub struct Session<'m, B: AsRef<[u8]>> {
     kernels: KernelSet,
     #[cfg(feature = "std")]
     pool: Option<alloc::sync::Arc<crate::Pool>>,
+    slots: usize,
 }
 
 impl<'m, B: AsRef<[u8]>> Session<'m, B> {
@@ -61,14 +62,22 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             kernels,
             #[cfg(feature = "std")]
             pool: None,
+            slots: 1,
         })
     }
 
     /// Spreads the large ops of each run over `pool`'s threads (shareable between sessions;
     /// runs from several sessions on one pool take turns).
+    /// Allocates (here, not per run) one scratch slot per thread for ops that split by task.
     #[cfg(feature = "std")]
-    pub fn set_pool(&mut self, pool: alloc::sync::Arc<crate::Pool>) {
+    pub fn set_pool(&mut self, pool: alloc::sync::Arc<crate::Pool>) -> Result<(), Error> {
+        let slots = pool.threads().max(1);
+        let (n8, n32, _) = self.plan.scratch;
+        self.scratch_u8 = zeroed(n8 * slots)?;
+        self.scratch_i32 = zeroed(n32 * slots)?;
+        self.slots = slots;
         self.pool = Some(pool);
+        Ok(())
     }
 
     /// Threads a run uses.
@@ -142,6 +151,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             u8s: &mut self.scratch_u8,
             i32s: &mut self.scratch_i32,
             f32s: &mut self.scratch_f32,
+            slots: self.slots,
         };
         for (i, (op, rec)) in plan.ops.iter().zip(&plan.records).enumerate() {
             run_op(op, i, rec.outputs[0], &ctx, arena, &mut scratch)?;

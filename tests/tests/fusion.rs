@@ -218,3 +218,94 @@ fn gelu_on_a_value_with_other_readers_stays_a_gelu_op() {
     assert_eq!(g.nodes[0].int("act"), Some(0));
     check_function(&onnx, false);
 }
+
+fn attr_ints(name: &str, v: &[i64]) -> ember_quantize::onnx::AttributeProto {
+    ember_quantize::onnx::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(7),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// q [N,2,3,4] · Transpose(kr [N,5,2,4] or [N,2,5,4]) / 2 → y [N,2,3,5].
+fn attention_scores(perm: &[i64], kdims: [i64; 4]) -> Vec<u8> {
+    model(
+        vec![
+            node("Transpose", "t", &["kr"], &["kt"], vec![attr_ints("perm", perm)]),
+            node("MatMul", "qk", &["q", "kt"], &["s"], vec![]),
+            node("Div", "scale", &["s", "c_two"], &["y"], vec![]),
+        ],
+        vec![value("q", 1, &[-1, 2, 3, 4]), value("kr", 1, &[-1, kdims[1], kdims[2], kdims[3]])],
+        vec![value("y", 1, &[-1, 2, 3, 5])],
+        vec![tensor_f32("c_two", &[], &[2.0])],
+    )
+}
+
+#[test]
+fn transposed_matmul_operand_and_scale_fold_into_the_matmul() {
+    // [0,2,3,1]: heads split and K transposed; becomes [0,2,1,3] + transB.
+    // [0,1,3,2]: a plain transpose of the last two axes; disappears.
+    for (perm, kdims, left) in [
+        ([0, 2, 3, 1], [0, 5, 2, 4], vec!["Transpose", "MatMul"]),
+        ([0, 1, 3, 2], [0, 2, 5, 4], vec!["MatMul"]),
+    ] {
+        let onnx = attention_scores(&perm, kdims);
+        let g = ember_quantize::prepare_graph(&onnx).unwrap();
+        assert_eq!(ops(&g), left, "perm {perm:?}");
+        let mm = g.nodes.iter().find(|n| n.op == "MatMul").unwrap();
+        assert_eq!(mm.int("transB"), Some(1));
+        assert_eq!(mm.float("alpha"), Some(0.5));
+        // Same function as the definition, in the evaluator and in the runtime (float and INT8).
+        let rows = 3;
+        let q: Vec<f32> = (0..rows * 24).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+        let kn = (kdims[1] * kdims[2] * kdims[3]) as usize;
+        let kr: Vec<f32> = (0..rows * kn).map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.2).collect();
+        let kat = |b: usize, h: usize, t: usize, d: usize| -> f32 {
+            if perm == [0, 2, 3, 1] {
+                kr[b * 40 + t * 8 + h * 4 + d]
+            } else {
+                kr[b * 40 + h * 20 + t * 4 + d]
+            }
+        };
+        let mut want = vec![0f32; rows * 30];
+        for b in 0..rows {
+            for h in 0..2 {
+                for i in 0..3 {
+                    for t in 0..5 {
+                        let s: f32 =
+                            (0..4).map(|d| q[b * 24 + h * 12 + i * 4 + d] * kat(b, h, t, d)).sum();
+                        want[b * 30 + h * 15 + i * 5 + t] = s / 2.0;
+                    }
+                }
+            }
+        }
+        let sh = |d: [i64; 4]| vec![rows, d[1] as usize, d[2] as usize, d[3] as usize];
+        let inputs = std::collections::BTreeMap::from([
+            ("q".to_string(), HostTensor::f32(sh([0, 2, 3, 4]), q.clone())),
+            ("kr".to_string(), HostTensor::f32(sh(kdims), kr.clone())),
+        ]);
+        let hm: HashMap<_, _> = inputs.clone().into_iter().collect();
+        let got = ember_quantize::reference::evaluate(&g, &hm, None).unwrap()["y"].to_f32_vec();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "evaluator {a} vs {b}");
+        }
+        for (bits, act_mm, tol) in [(32, false, 1e-5), (8, true, 0.05)] {
+            let opts = Options {
+                bits,
+                batches: vec![rows],
+                int8_act_matmul: act_mm,
+                ..Default::default()
+            };
+            let (bytes, _) =
+                ember_quantize::quantize(&onnx, &inputs, &opts, &mut |_, _, _| {}).unwrap();
+            let m = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+            let (ins, n) = exec::check_inputs(&exec::model_inputs(&m), &inputs, "t").unwrap();
+            let out = exec::run_batched(&m, &ins, n).unwrap()["y"].to_f32_vec();
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() <= tol * scale.max(1.0), "runtime bits {bits}: {a} vs {b}");
+            }
+        }
+    }
+}

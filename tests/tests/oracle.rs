@@ -239,7 +239,7 @@ fn threads_and_kernel_tiers_give_identical_bits() {
         let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
         let run = |ks: ember_kernels::KernelSet, threads: usize| -> Vec<Vec<u8>> {
             let mut s = Session::with_kernels(&model, 8, ks).unwrap();
-            s.set_pool(Arc::new(Pool::new(threads).unwrap()));
+            s.set_pool(Arc::new(Pool::new(threads).unwrap())).unwrap();
             s.run(&refs).unwrap();
             let first: Vec<Vec<u8>> =
                 (0..model.outputs.len()).map(|i| s.output(i).to_vec()).collect();

@@ -13,12 +13,34 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Loads and validates an `.ember` file, naming it in the error.
+/// Loads and validates an `.ember` file (every byte), naming it in the error.
 pub fn load(path: &Path) -> Result<ember_runtime::Model<ember_runtime::FileBytes>> {
+    load_with(path, VerifyArg::Full)
+}
+
+/// How much of a model file to check when opening it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifyArg {
+    /// Every byte, weights included.
+    #[default]
+    Full,
+    /// All but the weights' checksum (still memory-safe; for files verified after flashing).
+    Structure,
+}
+
+/// [`load`] with a choice of verification.
+pub fn load_with(
+    path: &Path,
+    verify: VerifyArg,
+) -> Result<ember_runtime::Model<ember_runtime::FileBytes>> {
     if !path.exists() {
         anyhow::bail!("cannot read {}: no such file", path.display());
     }
-    ember_runtime::load_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let v = match verify {
+        VerifyArg::Full => ember_runtime::Verify::Full,
+        VerifyArg::Structure => ember_runtime::Verify::Structure,
+    };
+    ember_runtime::load_file_with(path, v).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Reads an `.npz`, naming it in errors.

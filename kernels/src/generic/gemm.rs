@@ -52,7 +52,46 @@ pub fn i8_gemm(
     }
 }
 
+const LANES: usize = 16;
+
+/// Σ a[i]·b[i] over 16 interleaved lanes, then across lanes, then the tail, in that order.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let full = a.len() / LANES * LANES;
+    let mut acc = [0f32; LANES];
+    for c in (0..full).step_by(LANES) {
+        let (av, bv) = (lanes(a, c), lanes(b, c));
+        for l in 0..LANES {
+            acc[l] += av[l] * bv[l];
+        }
+    }
+    finish(&acc, &a[full..], &b[full..])
+}
+
+/// The 16 elements of `x` from `c` as a fixed-size array (one bounds check, then none).
+#[inline(always)]
+fn lanes(x: &[f32], c: usize) -> &[f32; LANES] {
+    x[c..c + LANES].try_into().expect("16 lanes")
+}
+
+#[inline(always)]
+fn finish(acc: &[f32; LANES], a_tail: &[f32], b_tail: &[f32]) -> f32 {
+    let mut s = 0.0;
+    for v in acc {
+        s += v;
+    }
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        s += x * y;
+    }
+    s
+}
+
 /// Reference f32 GEMM against transposed weights `b[n,k]`; see [`crate::set::F32GemmFn`].
+/// Each output is [`dot`] of a row and a weight row (four weight rows share each load of the
+/// activation row), plus bias, then the activation: a fixed order, so the overlays that compile
+/// this same body for wider registers give the same bits.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn f32_gemm(
     m: usize,
     k: usize,
@@ -63,23 +102,56 @@ pub fn f32_gemm(
     act: Act,
     out: &mut [f32],
 ) {
+    let full = k / LANES * LANES;
     for (i, orow) in out[..m * n].chunks_exact_mut(n).enumerate() {
         let arow = &a[i * k..i * k + k];
-        for (j, o) in orow.iter_mut().enumerate() {
-            let brow = &b[j * k..j * k + k];
-            let mut acc = 0.0f32;
-            for (x, w) in arow.iter().zip(brow) {
-                acc += x * w;
+        let mut j = 0;
+        while j + 4 <= n {
+            let br = [
+                &b[j * k..j * k + k],
+                &b[(j + 1) * k..(j + 2) * k],
+                &b[(j + 2) * k..(j + 3) * k],
+                &b[(j + 3) * k..(j + 4) * k],
+            ];
+            let mut acc = [[0f32; LANES]; 4];
+            let (mut a0, mut a1, mut a2, mut a3) =
+                ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+            for c in (0..full).step_by(LANES) {
+                let av = lanes(arow, c);
+                let (b0, b1, b2, b3) =
+                    (lanes(br[0], c), lanes(br[1], c), lanes(br[2], c), lanes(br[3], c));
+                for l in 0..LANES {
+                    a0[l] += av[l] * b0[l];
+                    a1[l] += av[l] * b1[l];
+                    a2[l] += av[l] * b2[l];
+                    a3[l] += av[l] * b3[l];
+                }
             }
+            acc[0] = a0;
+            acc[1] = a1;
+            acc[2] = a2;
+            acc[3] = a3;
+            for t in 0..4 {
+                let mut v = finish(&acc[t], &arow[full..], &br[t][full..]);
+                if !bias.is_empty() {
+                    v += bias[j + t];
+                }
+                orow[j + t] = act_apply(v, act);
+            }
+            j += 4;
+        }
+        for (jj, o) in orow.iter_mut().enumerate().skip(j) {
+            let mut v = dot(arow, &b[jj * k..jj * k + k]);
             if !bias.is_empty() {
-                acc += bias[j];
+                v += bias[jj];
             }
-            *o = act_apply(acc, act);
+            *o = act_apply(v, act);
         }
     }
 }
 
 /// `out[m,n] = Σ_k a[m,k]·b[k,n]`, both operands row-major (activation × activation).
+#[inline(always)]
 pub fn f32_matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
     let out = &mut out[..m * n];
     out.fill(0.0);

@@ -95,42 +95,63 @@ pub fn erf_slice(x: &[f32], o: &mut [f32]) {
 
 const LANES: usize = 16;
 
-/// Softmax of one contiguous row (`o.len() == x.len()`). The maximum and the sum are taken
-/// over 16 interleaved lanes, then across lanes, in a fixed order.
+/// Softmax of one contiguous row plus an optional additive mask (`mask` empty, or as long as
+/// the row): `o = softmax(x + mask)`. The maximum and the sum are taken over 16 interleaved
+/// lanes, then across lanes, in a fixed order.
 #[inline(always)]
-pub fn softmax_row(x: &[f32], o: &mut [f32]) {
+pub fn softmax_row(x: &[f32], mask: &[f32], o: &mut [f32]) {
+    if mask.is_empty() {
+        softmax_impl::<false>(x, x, o);
+    } else {
+        softmax_impl::<true>(x, mask, o);
+    }
+}
+
+/// `MASK = false` ignores `m` (callers pass `x` again so the slices line up).
+#[inline(always)]
+fn softmax_impl<const MASK: bool>(x: &[f32], m: &[f32], o: &mut [f32]) {
     let n = x.len().min(o.len());
-    let (x, o) = (&x[..n], &mut o[..n]);
+    let (x, m, o) = (&x[..n], &m[..n], &mut o[..n]);
+    let at = |xv: f32, mv: f32| if MASK { xv + mv } else { xv };
+    let full = n / LANES * LANES;
     let mut mx = [f32::NEG_INFINITY; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (m, v) in mx.iter_mut().zip(c) {
-            *m = if *v > *m { *v } else { *m };
+    for (xc, mc) in x[..full].chunks_exact(LANES).zip(m[..full].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let t = at(xc[l], mc[l]);
+            mx[l] = if t > mx[l] { t } else { mx[l] };
         }
     }
-    let mut m = f32::NEG_INFINITY;
-    for v in mx.iter().chain(chunks.remainder()) {
-        m = if *v > m { *v } else { m };
+    let mut top = f32::NEG_INFINITY;
+    for t in mx {
+        top = if t > top { t } else { top };
+    }
+    for (xv, mv) in x[full..].iter().zip(&m[full..]) {
+        let t = at(*xv, *mv);
+        top = if t > top { t } else { top };
     }
     let mut sums = [0f32; LANES];
-    let full = n / LANES * LANES;
-    for (oc, xc) in o[..full].chunks_exact_mut(LANES).zip(x.chunks_exact(LANES)) {
-        for ((s, o), v) in sums.iter_mut().zip(oc).zip(xc) {
-            *o = exp(*v - m);
-            *s += *o;
+    for ((oc, xc), mc) in o[..full]
+        .chunks_exact_mut(LANES)
+        .zip(x[..full].chunks_exact(LANES))
+        .zip(m[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let e = exp(at(xc[l], mc[l]) - top);
+            oc[l] = e;
+            sums[l] += e;
         }
     }
     let mut sum = 0.0;
     for s in sums {
         sum += s;
     }
-    for (o, v) in o[full..].iter_mut().zip(&x[full..]) {
-        *o = exp(*v - m);
-        sum += *o;
+    for ((oi, xv), mv) in o[full..].iter_mut().zip(&x[full..]).zip(&m[full..]) {
+        *oi = exp(at(*xv, *mv) - top);
+        sum += *oi;
     }
     let inv = 1.0 / sum;
-    for o in o.iter_mut() {
-        *o *= inv;
+    for oi in o.iter_mut() {
+        *oi *= inv;
     }
 }
 

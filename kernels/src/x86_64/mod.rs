@@ -9,8 +9,8 @@ mod vmath;
 pub use avx2::i8_gemm_avx2;
 pub use avx512::{i8_gemm_avx512vnni, quantize_u8_avx512};
 pub use vmath::{
-    erf_avx2, erf_avx512, layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2,
-    softmax_row_avx512,
+    erf_avx2, erf_avx512, f32_gemm_avx2, f32_gemm_avx512, f32_matmul_avx2, f32_matmul_avx512,
+    layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2, softmax_row_avx512,
 };
 
 /// AVX-512 F + VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later).

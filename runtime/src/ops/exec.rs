@@ -4,7 +4,7 @@
 use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
-use crate::par::{split_rows, Parallel, SharedMut};
+use crate::par::{split_rows, split_tasks, Parallel, SharedMut};
 use crate::Error;
 use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn, quantize_pack_k4n16_nk};
 use ember_kernels::{Act, KernelSet};
@@ -77,6 +77,8 @@ pub(crate) struct Scratch<'s> {
     pub u8s: &'s mut [u8],
     pub i32s: &'s mut [i32],
     pub f32s: &'s mut [f32],
+    /// Per-task slots of the i8/i32 scratch (ops that split work by task use one each).
+    pub slots: usize,
 }
 
 pub(crate) fn run_op(
@@ -169,35 +171,50 @@ pub(crate) fn run_op(
         } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
-            let lda = k4(*kk);
-            let (qa, rest) = scratch.u8s.split_at_mut(m * lda);
-            let bp: &mut [i8] = bytemuck::cast_slice_mut(&mut rest[..k4n16_len(*n, *kk)]);
-            let sums = &mut scratch.i32s[..*n];
-            let (scale, bias) = scratch.f32s[..2 * n].split_at_mut(*n);
+            let (m, kk, n, batch, a_bs, b_bs, b_t) = (*m, *kk, *n, *batch, *a_bs, *b_bs, *b_t);
+            let (a_inv, b_inv) = (*a_inv, *b_inv);
+            let lda = k4(kk);
+            let plen = k4n16_len(n, kk);
+            let per8 = m * lda + plen;
+            let (scale, bias) = scratch.f32s[..2 * n].split_at_mut(n);
             scale.fill(*out_scale);
             bias.fill(0.0);
+            let (scale, bias): (&[f32], &[f32]) = (scale, bias);
             let zp = a_zp + 128;
-            for i in 0..*batch {
-                (k.quantize_u8)(&a[i * a_bs..i * a_bs + m * kk], *m, *kk, lda, *a_inv, &[], zp, qa);
+            let (u8p, i32p) =
+                (SharedMut(scratch.u8s.as_mut_ptr()), SharedMut(scratch.i32s.as_mut_ptr()));
+            let op = SharedMut(o[..batch * m * n].as_mut_ptr());
+            // Heads spread over the threads, each with its own scratch slot, when there are
+            // several; one head's rows spread over the threads otherwise.
+            let tasks = ctx.par.threads().min(scratch.slots).min(batch).max(1);
+            let head = |slot: usize, i: usize, rows: &dyn Fn(&RowTask)| {
+                // SAFETY: slot < scratch.slots, each slot holds per8 bytes and n i32 (sized
+                // for this op by `Op::scratch` × slots), and a slot belongs to one task.
+                let (qa, bq, sums) = unsafe {
+                    (
+                        u8p.slice(slot * per8, m * lda),
+                        u8p.slice(slot * per8 + m * lda, plen),
+                        i32p.slice(slot * n, n),
+                    )
+                };
+                let bp: &mut [i8] = bytemuck::cast_slice_mut(bq);
+                (k.quantize_u8)(&a[i * a_bs..i * a_bs + m * kk], m, kk, lda, a_inv, &[], zp, qa);
                 let bi = &b[i * b_bs..i * b_bs + kk * n];
-                if *b_t {
-                    quantize_pack_k4n16_nk(bi, *n, *kk, *b_inv, bp, sums);
+                if b_t {
+                    quantize_pack_k4n16_nk(bi, n, kk, b_inv, bp, sums);
                 } else {
-                    quantize_pack_k4n16_kn(bi, *kk, *n, *b_inv, bp, sums);
+                    quantize_pack_k4n16_kn(bi, kk, n, b_inv, bp, sums);
                 }
                 let (qa, bp, sums): (&[u8], &[i8], &[i32]) = (qa, bp, sums);
-                let (scale, bias): (&[f32], &[f32]) = (scale, bias);
-                let (m, n) = (*m, *n);
-                let oi = SharedMut(o[i * m * n..(i + 1) * m * n].as_mut_ptr());
-                split_rows(ctx.par, m, 16, 8, &|r0, r1| {
-                    // SAFETY: disjoint row ranges of this head's m·n outputs.
-                    let os = unsafe { oi.slice(r0 * n, (r1 - r0) * n) };
-                    let a = &qa[r0 * lda..];
+                rows(&|r0, r1| {
+                    // SAFETY: head i's outputs are i·m·n.., rows r0..r1 of them, disjoint
+                    // between heads and between the row ranges of one head.
+                    let os = unsafe { op.slice(i * m * n + r0 * n, (r1 - r0) * n) };
                     (k.i8_gemm)(
                         r1 - r0,
-                        *kk,
+                        kk,
                         n,
-                        a,
+                        &qa[r0 * lda..],
                         lda,
                         zp,
                         bp,
@@ -209,6 +226,17 @@ pub(crate) fn run_op(
                         n,
                     );
                 });
+            };
+            if tasks > 1 {
+                split_tasks(ctx.par, batch, tasks, 1, &|slot, h0, h1| {
+                    for i in h0..h1 {
+                        head(slot, i, &|f| f(0, m));
+                    }
+                });
+            } else {
+                for i in 0..batch {
+                    head(0, i, &|f| split_rows(ctx.par, m, 16, 8, f));
+                }
             }
         }
         Op::Binary { a, b, kind, dtype, rank, out: od, sa, sb, fast } => match dtype {
@@ -284,19 +312,33 @@ pub(crate) fn run_op(
             // A permuted copy with zero strides on the broadcast axes.
             transpose(io.bytes(*x), out, *elem, *rank, od, strides);
         }
-        Op::Softmax { x, outer, n, inner } if *inner == 1 => {
+        Op::Softmax { x, outer, n, inner, mask, rank, rows, mstrides } if *inner == 1 => {
             let (x, n): (&[f32], usize) = (cast(io.bytes(*x))?, *n);
+            let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
             let o: &mut [f32] = cast_mut(out)?;
             let op = SharedMut(o[..outer * n].as_mut_ptr());
             split_rows(ctx.par, *outer, 64, 1, &|r0, r1| {
                 // SAFETY: disjoint row ranges of the outer·n outputs.
                 let os = unsafe { op.slice(r0 * n, (r1 - r0) * n) };
-                for (xr, or) in x[r0 * n..r1 * n].chunks_exact(n).zip(os.chunks_exact_mut(n)) {
-                    (k.softmax_row)(xr, or);
+                for (r, (xr, or)) in
+                    x[r0 * n..r1 * n].chunks_exact(n).zip(os.chunks_exact_mut(n)).enumerate()
+                {
+                    let m = if mk.is_empty() {
+                        &[][..]
+                    } else {
+                        // The mask row of output row r0 + r (validated to lie inside the mask).
+                        let (mut rest, mut off) = (r0 + r, 0);
+                        for d in (0..*rank).rev() {
+                            off += rest % rows[d] * mstrides[d];
+                            rest /= rows[d];
+                        }
+                        &mk[off * n..off * n + n]
+                    };
+                    (k.softmax_row)(xr, m, or);
                 }
             });
         }
-        Op::Softmax { x, outer, n, inner } => {
+        Op::Softmax { x, outer, n, inner, .. } => {
             let x: &[f32] = cast(io.bytes(*x))?;
             let o: &mut [f32] = cast_mut(out)?;
             for a in 0..*outer {
@@ -366,14 +408,26 @@ pub(crate) fn run_op(
             let x: &[f32] = cast(io.bytes(*x))?;
             let o: &mut [f32] = cast_mut(out)?;
             o.fill(0.0);
+            // Rows of the last axis: kept (added element-wise) or reduced (summed first).
+            let (r, n) = (*rank, if *rank == 0 { 1 } else { dims[*rank - 1] });
+            let last = if r == 0 { 0 } else { out_strides[r - 1] };
             let mut idx = [0usize; MAX_RANK];
-            for v in x {
-                let mut t = 0;
-                for a in 0..*rank {
-                    t += idx[a] * out_strides[a];
+            let mut t = 0usize;
+            for row in x.chunks_exact(n.max(1)) {
+                if last == 1 {
+                    for (o, v) in o[t..t + n].iter_mut().zip(row) {
+                        *o += v;
+                    }
+                } else if last == 0 {
+                    o[t] += row.iter().sum::<f32>();
+                } else {
+                    for (j, v) in row.iter().enumerate() {
+                        o[t + j * last] += v;
+                    }
                 }
-                o[t] += v;
-                step(&mut idx, dims, *rank);
+                let mut off = [t];
+                advance(&mut idx, dims, r.saturating_sub(1), &mut off, [out_strides]);
+                t = off[0];
             }
             if *mean {
                 let inv = 1.0 / *count as f32;
@@ -388,17 +442,8 @@ pub(crate) fn run_op(
     Ok(())
 }
 
-/// Advances a row-major multi-index over `dims[..rank]`.
-#[inline]
-fn step(idx: &mut [usize; MAX_RANK], dims: &[usize; MAX_RANK], rank: usize) {
-    for a in (0..rank).rev() {
-        idx[a] += 1;
-        if idx[a] < dims[a] {
-            return;
-        }
-        idx[a] = 0;
-    }
-}
+/// Work on a row range `r0..r1`, run by [`split_rows`].
+type RowTask<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
 trait Arith: Copy + bytemuck::Pod {
     fn add(a: Self, b: Self) -> Self;
@@ -538,19 +583,9 @@ fn binary_with<T: Arith>(
                         }
                     }
                 }
-                let mut d = rank - 1;
-                while d > 0 {
-                    d -= 1;
-                    idx[d] += 1;
-                    ia += sa[d];
-                    ib += sb[d];
-                    if idx[d] < od[d] {
-                        break;
-                    }
-                    ia -= sa[d] * od[d];
-                    ib -= sb[d] * od[d];
-                    idx[d] = 0;
-                }
+                let mut off = [ia, ib];
+                advance(&mut idx, od, rank - 1, &mut off, [sa, sb]);
+                [ia, ib] = off;
             }
         }
     }
@@ -607,22 +642,55 @@ fn transpose(
     }
     let mut idx = [0usize; MAX_RANK];
     let mut s = 0usize;
+    if st[rank - 1] == 0 && run == 1 {
+        // Broadcast along the last axis: each output row repeats one source element.
+        let row = od[rank - 1] * elem;
+        for chunk in out.chunks_exact_mut(row) {
+            let v = &src[s * elem..s * elem + elem];
+            for c in chunk.chunks_exact_mut(elem) {
+                c.copy_from_slice(v);
+            }
+            let mut off = [s];
+            advance(&mut idx, od, rank - 1, &mut off, [st]);
+            s = off[0];
+        }
+        return;
+    }
     for chunk in out.chunks_exact_mut(bytes) {
         if elem == 4 && run == 1 {
             chunk.copy_from_slice(&src[s * 4..s * 4 + 4]);
         } else {
             chunk.copy_from_slice(&src[s * elem..s * elem + bytes]);
         }
-        let mut d = r;
-        while d > 0 {
-            d -= 1;
-            idx[d] += 1;
-            s += st[d];
-            if idx[d] < od[d] {
-                break;
-            }
-            s -= st[d] * od[d];
-            idx[d] = 0;
+        let mut off = [s];
+        advance(&mut idx, od, r, &mut off, [st]);
+        s = off[0];
+    }
+}
+
+/// Advances the odometer `idx` over axes `0..upto` of `dims` (the last of them fastest), moving
+/// each running offset `off[i]` by its strides `st[i]`.
+#[inline(always)]
+fn advance<const N: usize>(
+    idx: &mut [usize; MAX_RANK],
+    dims: &[usize; MAX_RANK],
+    upto: usize,
+    off: &mut [usize; N],
+    st: [&[usize; MAX_RANK]; N],
+) {
+    let mut d = upto;
+    while d > 0 {
+        d -= 1;
+        idx[d] += 1;
+        for (o, s) in off.iter_mut().zip(&st) {
+            *o += s[d];
         }
+        if idx[d] < dims[d] {
+            return;
+        }
+        for (o, s) in off.iter_mut().zip(&st) {
+            *o -= s[d] * dims[d];
+        }
+        idx[d] = 0;
     }
 }

@@ -125,6 +125,12 @@ pub(crate) enum Op {
         outer: usize,
         n: usize,
         inner: usize,
+        /// Additive mask (REF_NONE when absent), broadcast along the leading axes: row `r`
+        /// (multi-index `i` over `rows`) reads the mask row at `Σ i_d·mstrides[d]`.
+        mask: u32,
+        rank: usize,
+        rows: Dims,
+        mstrides: Dims,
     },
     Gather {
         data: u32,
@@ -487,7 +493,7 @@ pub(crate) fn prepare<'a>(
             Op::Unary { x: ins[0], kind, a, b }
         }
         OpCode::Softmax => {
-            arity(1)?;
+            ensure!(!ins.is_empty() && ins.len() <= 2, "softmax takes x and an optional mask");
             let x = need(ins[0], &f32_only, "x")?;
             let axis = p[0] as usize;
             ensure!(axis < x.dims.len(), "axis {axis} out of range for rank {}", x.dims.len());
@@ -498,7 +504,40 @@ pub(crate) fn prepare<'a>(
             } else {
                 (x.dims[axis], numel(&x.dims[axis + 1..]))
             };
-            Op::Softmax { x: ins[0], outer, n, inner }
+            let mut rows: Dims = [1; MAX_RANK];
+            let mut mstrides: Dims = [0; MAX_RANK];
+            let mask = ins.get(1).copied().unwrap_or(REF_NONE);
+            let rank = x.dims.len().saturating_sub(1);
+            if mask != REF_NONE {
+                let m = need(mask, &f32_only, "mask")?;
+                let r = x.dims.len();
+                ensure!(
+                    inner == 1
+                        && axis == r - 1
+                        && m.dims.len() <= r
+                        && m.dims.last() == x.dims.last(),
+                    "a softmax mask needs the softmax over the last axis and the same last dim"
+                );
+                // Right-aligned broadcast strides (in rows of n) over the leading axes.
+                let lead = r - m.dims.len();
+                let mut stride = 1usize;
+                for d in (0..r - 1).rev() {
+                    rows[d] = x.dims[d];
+                    if d >= lead {
+                        let md = m.dims[d - lead];
+                        ensure!(
+                            md == x.dims[d] || md == 1,
+                            "mask dim {md} does not broadcast to {}",
+                            x.dims[d]
+                        );
+                        if md != 1 {
+                            mstrides[d] = stride;
+                            stride *= md;
+                        }
+                    }
+                }
+            }
+            Op::Softmax { x: ins[0], outer, n, inner, mask, rank, rows, mstrides }
         }
         OpCode::Gather => {
             arity(2)?;
