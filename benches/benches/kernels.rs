@@ -1,0 +1,276 @@
+//! Criterion benches per kernel family, every variant this CPU can run, at the shapes MiniLM-L3
+//! uses (sequence 128; batch 1 and 8) plus a GEMV. Throughput is reported in operations
+//! (2 per multiply-accumulate for GEMMs, 1 per element otherwise); after the criterion runs, a
+//! summary prints each INT8 GEMM's GOP/s and its share of the measured one-core INT8 peak.
+//!
+//! Run: `cargo bench -p ember-benches` (add `-- i8_gemm` to filter).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ember_kernels::{pack, Act, Kernels};
+use std::hint::black_box;
+use std::time::Instant;
+
+/// (m, k, n, label)
+const GEMMS: &[(usize, usize, usize, &str)] = &[
+    (1, 384, 1536, "gemv 1x384x1536"),
+    (128, 384, 1536, "minilm b1 fc1 128x384x1536"),
+    (128, 1536, 384, "minilm b1 fc2 128x1536x384"),
+    (1024, 384, 1536, "minilm b8 fc1 1024x384x1536"),
+    (1024, 1536, 1024, "large 1024x1536x1024"),
+];
+
+struct Gemm {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Vec<u8>,
+    bp: Vec<i8>,
+    sums: Vec<i32>,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    out: Vec<f32>,
+}
+
+fn gemm_case(m: usize, k: usize, n: usize) -> Gemm {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let lda = pack::k4(k);
+    let a: Vec<u8> = (0..m * lda).map(|_| next() as u8).collect();
+    let w: Vec<i8> = (0..n * k).map(|_| next() as i8).collect();
+    let mut bp = vec![0i8; pack::k4n16_len(n, k)];
+    pack::pack_k4n16(&w, n, k, &mut bp);
+    let sums = w.chunks(k).map(|r| r.iter().map(|v| *v as i32).sum()).collect();
+    Gemm { m, k, n, a, bp, sums, scale: vec![0.01; n], bias: vec![0.5; n], out: vec![0.0; m * n] }
+}
+
+fn i8_gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("i8_gemm");
+    for (m, k, n, label) in GEMMS {
+        let mut case = gemm_case(*m, *k, *n);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        for (name, f) in Kernels::i8_gemms() {
+            if name.ends_with("generic") && m * k * n > 1 << 24 {
+                continue; // minutes per sample; the twin tests cover it
+            }
+            g.bench_with_input(BenchmarkId::new(name, label), &(), |bch, _| {
+                let lda = pack::k4(case.k);
+                bch.iter(|| {
+                    f(
+                        case.m,
+                        case.k,
+                        case.n,
+                        &case.a,
+                        lda,
+                        128,
+                        &case.bp,
+                        &case.sums,
+                        &case.scale,
+                        &case.bias,
+                        Act::None,
+                        &mut case.out,
+                        case.n,
+                    );
+                    black_box(&case.out);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn f32_gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("f32_gemm");
+    let (m, k, n) = (128, 384, 384);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut out = vec![0f32; m * n];
+    g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+    for (name, f) in Kernels::f32_gemms() {
+        g.bench_function(BenchmarkId::new(name, "128x384x384"), |bch| {
+            bch.iter(|| {
+                f(m, k, n, &a, &b, &[], Act::None, &mut out);
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn elementwise(c: &mut Criterion) {
+    let rows = 12 * 128;
+    let x: Vec<f32> = (0..rows * 128).map(|i| ((i * 37) % 101) as f32 * 0.05 - 2.5).collect();
+    let mut o = vec![0f32; x.len()];
+    let mut g = c.benchmark_group("softmax_row");
+    g.throughput(Throughput::Elements(x.len() as u64));
+    for (name, f) in Kernels::softmaxes() {
+        g.bench_function(BenchmarkId::new(name, "1536 rows x 128"), |bch| {
+            bch.iter(|| {
+                for (xr, or) in x.chunks_exact(128).zip(o.chunks_exact_mut(128)) {
+                    f(xr, &[], or);
+                }
+                black_box(&o);
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("erf");
+    g.throughput(Throughput::Elements(x.len() as u64));
+    for (name, f) in Kernels::erfs() {
+        g.bench_function(BenchmarkId::new(name, "196608"), |bch| {
+            bch.iter(|| {
+                f(&x, &mut o);
+                black_box(&o);
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("layer_norm_row");
+    let d = 384;
+    let gamma = vec![1.1f32; d];
+    let beta = vec![0.1f32; d];
+    g.throughput(Throughput::Elements((128 * d) as u64));
+    for (name, f) in Kernels::layer_norms() {
+        g.bench_function(BenchmarkId::new(name, "128 rows x 384"), |bch| {
+            bch.iter(|| {
+                for (xr, or) in x[..128 * d].chunks_exact(d).zip(o.chunks_exact_mut(d)) {
+                    f(xr, &gamma, &beta, 1e-12, or);
+                }
+                black_box(&o);
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("quantize_u8");
+    let (m, k) = (128, 1536);
+    let lda = pack::k4(k);
+    let mut q = vec![0u8; m * lda];
+    g.throughput(Throughput::Elements((m * k) as u64));
+    for (name, f) in Kernels::quantizers() {
+        g.bench_function(BenchmarkId::new(name, "128x1536"), |bch| {
+            bch.iter(|| {
+                f(&x[..m * k], m, k, lda, 12.5, &[], 130, &mut q);
+                black_box(&q);
+            })
+        });
+    }
+    g.finish();
+}
+
+/// GOP/s of each fast INT8 GEMM on one thread against the measured one-core INT8 peak.
+fn peak_summary(_: &mut Criterion) {
+    let (peak, how) = ember_benches::int8_peak_macs_per_s();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "\nINT8 peak, one core: {:.1} GOP/s ({how}); machine ({cores} cores): {:.1} GOP/s",
+        2.0 * peak / 1e9,
+        2.0 * peak * cores as f64 / 1e9
+    );
+    for (m, k, n, label) in GEMMS {
+        let mut case = gemm_case(*m, *k, *n);
+        let lda = pack::k4(*k);
+        for (name, f) in Kernels::i8_gemms().filter(|(n, _)| !n.ends_with("generic")) {
+            let mut run = || {
+                f(
+                    case.m,
+                    case.k,
+                    case.n,
+                    &case.a,
+                    lda,
+                    128,
+                    &case.bp,
+                    &case.sums,
+                    &case.scale,
+                    &case.bias,
+                    Act::None,
+                    &mut case.out,
+                    case.n,
+                )
+            };
+            run();
+            let mut iters = 1u32;
+            let secs = loop {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    run();
+                }
+                let s = t.elapsed().as_secs_f64();
+                if s > 0.3 {
+                    break s / iters as f64;
+                }
+                iters *= 2;
+            };
+            let ops = 2.0 * (m * k * n) as f64 / secs;
+            let share = if peak > 0.0 {
+                format!("{:.0}% of one-core peak", 50.0 * ops / peak)
+            } else {
+                "peak unknown".into()
+            };
+            println!("  {name:<20} {label:<30} {:>8.1} GOP/s  {share}", ops / 1e9);
+        }
+    }
+}
+
+/// The large GEMM split by rows over every core (one scoped thread per core), against the
+/// machine peak (one-core peak × cores).
+fn machine_summary(_: &mut Criterion) {
+    let (peak, _) = ember_benches::int8_peak_macs_per_s();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (m, k, n) = (1024, 1536, 1024);
+    let case = gemm_case(m, k, n);
+    let lda = pack::k4(k);
+    let Some((name, f)) = Kernels::i8_gemms().next() else { return };
+    let mut out = vec![0f32; m * n];
+    let rows = m.div_ceil(cores);
+    let mut run = || {
+        std::thread::scope(|s| {
+            for (t, o) in out.chunks_mut(rows * n).enumerate() {
+                let (case, r0) = (&case, t * rows);
+                let mr = o.len() / n;
+                s.spawn(move || {
+                    f(
+                        mr,
+                        k,
+                        n,
+                        &case.a[r0 * lda..],
+                        lda,
+                        128,
+                        &case.bp,
+                        &case.sums,
+                        &case.scale,
+                        &case.bias,
+                        Act::None,
+                        o,
+                        n,
+                    )
+                });
+            }
+        })
+    };
+    run();
+    let mut iters = 1u32;
+    let secs = loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            run();
+        }
+        let s = t.elapsed().as_secs_f64();
+        if s > 0.3 {
+            break s / iters as f64;
+        }
+        iters *= 2;
+    };
+    let ops = 2.0 * (m * k * n) as f64 / secs;
+    println!(
+        "  {name:<20} large 1024x1536x1024 on {cores} threads {:>8.1} GOP/s  {:.0}% of the machine peak",
+        ops / 1e9,
+        if peak > 0.0 { 50.0 * ops / (peak * cores as f64) } else { 0.0 }
+    );
+}
+
+criterion_group!(benches, i8_gemm, f32_gemm, elementwise, peak_summary, machine_summary);
+criterion_main!(benches);
