@@ -57,26 +57,46 @@ pub fn quantize_pack_k4n16_kn(
     let sums = &mut sums[..n];
     sums.fill(0);
     let b = &b[..k * n];
-    for q in 0..k4(k) / 4 {
-        let row = |r: usize| if r < k { &b[r * n..r * n + n] } else { &[][..] };
-        let rows = [row(4 * q), row(4 * q + 1), row(4 * q + 2), row(4 * q + 3)];
-        for (j, sum) in sums.iter_mut().enumerate() {
-            let mut group = [0i8; 4];
-            for (g, r) in group.iter_mut().zip(&rows) {
-                if let Some(v) = r.get(j) {
-                    *g = quantize_sym_i8(*v, inv);
+    let (full_q, full_p) = (k / 4, n / PANEL);
+    // Whole 4-row × 16-column blocks: one 64-byte quad of one panel each.
+    for p in 0..full_p {
+        let j0 = p * PANEL;
+        let mut colsum = [0i32; PANEL];
+        for q in 0..full_q {
+            let mut blk = [0i8; 64];
+            for kk in 0..4 {
+                let row: &[f32; PANEL] =
+                    b[(4 * q + kk) * n + j0..][..PANEL].try_into().expect("16 columns");
+                for c in 0..PANEL {
+                    let v = quantize_sym_i8(row[c], inv);
+                    blk[c * 4 + kk] = v;
+                    colsum[c] += v as i32;
                 }
             }
-            *sum += group.iter().map(|v| *v as i32).sum::<i32>();
-            let at = k4n16_index(j, 4 * q, k);
-            out[at..at + 4].copy_from_slice(&group);
+            let at = k4n16_index(j0, 4 * q, k);
+            out[at..at + 64].copy_from_slice(&blk);
+        }
+        for (s, c) in sums[j0..j0 + PANEL].iter_mut().zip(colsum) {
+            *s += c;
         }
     }
-    // Padding columns of the last panel.
-    for j in n..n.div_ceil(PANEL) * PANEL {
+    // The rest (a partial last quad of rows, a partial last panel of columns), element-wise;
+    // padding is zeroed.
+    for p in 0..n.div_ceil(PANEL) {
         for q in 0..k4(k) / 4 {
-            let at = k4n16_index(j, 4 * q, k);
-            out[at..at + 4].fill(0);
+            if p < full_p && q < full_q {
+                continue;
+            }
+            for c in 0..PANEL {
+                for kk in 0..4 {
+                    let (j, r) = (p * PANEL + c, 4 * q + kk);
+                    let v = if j < n && r < k { quantize_sym_i8(b[r * n + j], inv) } else { 0 };
+                    out[k4n16_index(p * PANEL + c, r, k)] = v;
+                    if j < n {
+                        sums[j] += v as i32;
+                    }
+                }
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ fn i8_gemm_variants_are_bit_exact_and_generic_matches_definition() {
 
 #[test]
 fn k4n16_layout_is_a_bijection_with_zero_padding() {
-    for (n, k) in [(1, 1), (3, 5), (17, 33), (33, 4), (16, 16)] {
+    for (n, k) in [(1, 1), (3, 5), (17, 33), (33, 4), (16, 16), (32, 128), (128, 32), (48, 7)] {
         let mut seen = vec![false; pack::k4n16_len(n, k)];
         for j in 0..n {
             for p in 0..k {
@@ -116,7 +116,7 @@ fn k4n16_layout_is_a_bijection_with_zero_padding() {
         }
         // Quantizing and packing an activation [k, n] equals packing its quantized transpose.
         let bf: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let (mut direct, mut sums) = (vec![0i8; out.len()], vec![0i32; n]);
+        let (mut direct, mut sums) = (vec![7i8; out.len()], vec![99i32; n]);
         pack::quantize_pack_k4n16_kn(&bf, k, n, 40.0, &mut direct, &mut sums);
         let mut t = vec![0i8; n * k];
         for p in 0..k {
@@ -130,6 +130,12 @@ fn k4n16_layout_is_a_bijection_with_zero_padding() {
         for j in 0..n {
             assert_eq!(sums[j], t[j * k..(j + 1) * k].iter().map(|v| *v as i32).sum::<i32>());
         }
+        // The transposed-input packer gives the same bytes from b stored [n, k].
+        let (mut from_nk, mut sums_nk) = (vec![7i8; out.len()], vec![99i32; n]);
+        let bt: Vec<f32> = (0..n * k).map(|i| bf[(i % k) * n + i / k]).collect();
+        pack::quantize_pack_k4n16_nk(&bt, n, k, 40.0, &mut from_nk, &mut sums_nk);
+        assert_eq!(from_nk, packed);
+        assert_eq!(sums_nk, sums);
     }
 }
 

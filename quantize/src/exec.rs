@@ -145,13 +145,29 @@ pub fn run_batched<B: AsRef<[u8]>>(
     inputs: &HashMap<String, HostTensor>,
     n: usize,
 ) -> Result<BTreeMap<String, HostTensor>> {
+    run_batched_on(model, inputs, n, None)
+}
+
+/// [`run_batched`] with the sessions' ops spread over `pool`'s threads.
+pub fn run_batched_on<B: AsRef<[u8]>>(
+    model: &Model<B>,
+    inputs: &HashMap<String, HostTensor>,
+    n: usize,
+    pool: Option<std::sync::Arc<ember_runtime::Pool>>,
+) -> Result<BTreeMap<String, HostTensor>> {
     let sizes = model.batch_sizes();
     let mut sessions: HashMap<usize, Session<B>> = HashMap::new();
     let mut parts: Vec<Vec<HostTensor>> = vec![vec![]; model.outputs.len()];
     for (start, real, b) in schedule(n, &sizes) {
         let s = match sessions.entry(b) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Session::new(model, b)?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut s = Session::new(model, b)?;
+                if let Some(p) = &pool {
+                    s.set_pool(p.clone())?;
+                }
+                e.insert(s)
+            }
         };
         let chunk = padded_chunk(inputs, start, real, b);
         let bufs: Vec<Vec<u8>> =

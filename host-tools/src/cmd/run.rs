@@ -15,6 +15,9 @@ pub struct Args {
     /// Where to write the outputs (named as the model's outputs; written atomically).
     #[arg(long)]
     pub output: PathBuf,
+    /// Threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -29,7 +32,8 @@ pub fn run(a: Args) -> Result<()> {
         &format!("{}", a.input.display()),
     )?;
     let t0 = std::time::Instant::now();
-    let outs = exec::run_batched(&model, &inputs, n)?;
+    let pool = std::sync::Arc::new(ember_runtime::Pool::new(a.threads.unwrap_or(0))?);
+    let outs = exec::run_batched_on(&model, &inputs, n, Some(pool))?;
     let secs = t0.elapsed().as_secs_f64();
     npz::write_npz(&a.output, &outs)?;
     if a.json {

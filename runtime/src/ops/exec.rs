@@ -239,39 +239,33 @@ pub(crate) fn run_op(
                 }
             }
         }
-        Op::Binary { a, b, kind, dtype, rank, out: od, sa, sb, fast } => match dtype {
-            DType::F32 => binary::<f32>(
-                cast(io.bytes(*a))?,
-                cast(io.bytes(*b))?,
-                cast_mut(out)?,
-                *kind,
-                *rank,
-                od,
-                sa,
-                sb,
-                *fast,
-            ),
-            _ => binary::<i64>(
-                cast(io.bytes(*a))?,
-                cast(io.bytes(*b))?,
-                cast_mut(out)?,
-                *kind,
-                *rank,
-                od,
-                sa,
-                sb,
-                *fast,
-            ),
-        },
+        Op::Binary { a, b, kind, dtype, rank, out: od, sa, sb, fast } => {
+            let g = Bin { kind: *kind, rank: *rank, od, sa, sb, fast: *fast };
+            match dtype {
+                DType::F32 => binary_par::<f32>(
+                    ctx.par,
+                    cast(io.bytes(*a))?,
+                    cast(io.bytes(*b))?,
+                    cast_mut(out)?,
+                    &g,
+                ),
+                _ => binary_par::<i64>(
+                    ctx.par,
+                    cast(io.bytes(*a))?,
+                    cast(io.bytes(*b))?,
+                    cast_mut(out)?,
+                    &g,
+                ),
+            }
+        }
         Op::Unary { x, kind: UnaryKind::Erf, .. } => {
             let x: &[f32] = cast(io.bytes(*x))?;
             let o: &mut [f32] = cast_mut(out)?;
             let len = o.len();
             let op = SharedMut(o.as_mut_ptr());
-            // Blocks of 4096 elements, spread over the threads.
-            const BLOCK: usize = 4096;
-            split_rows(ctx.par, len.div_ceil(BLOCK), 4, 1, &|b0, b1| {
-                let (s0, s1) = (b0 * BLOCK, (b1 * BLOCK).min(len));
+            // Blocks of PAR_BLOCK elements, spread over the threads.
+            split_rows(ctx.par, len.div_ceil(PAR_BLOCK), 4, 1, &|b0, b1| {
+                let (s0, s1) = (b0 * PAR_BLOCK, (b1 * PAR_BLOCK).min(len));
                 // SAFETY: disjoint element ranges of the output.
                 let os = unsafe { op.slice(s0, s1 - s0) };
                 (k.erf)(&x[s0..s1], os);
@@ -400,7 +394,16 @@ pub(crate) fn run_op(
                 }
             }
         }
-        Op::Copy { x } => out.copy_from_slice(io.bytes(*x)),
+        Op::Copy { x } => {
+            let src = io.bytes(*x);
+            let len = out.len();
+            let op = SharedMut(out.as_mut_ptr());
+            split_rows(ctx.par, len.div_ceil(PAR_BLOCK * 4), 4, 1, &|b0, b1| {
+                let (s0, s1) = (b0 * PAR_BLOCK * 4, (b1 * PAR_BLOCK * 4).min(len));
+                // SAFETY: disjoint byte ranges of the output.
+                unsafe { op.slice(s0, s1 - s0) }.copy_from_slice(&src[s0..s1]);
+            });
+        }
         Op::Transpose { x, elem, rank, out: od, src_strides } => {
             transpose(io.bytes(*x), out, *elem, *rank, od, src_strides);
         }
@@ -444,6 +447,48 @@ pub(crate) fn run_op(
 
 /// Work on a row range `r0..r1`, run by [`split_rows`].
 type RowTask<'a> = dyn Fn(usize, usize) + Sync + 'a;
+
+/// Elements per parallel block of element-wise ops.
+const PAR_BLOCK: usize = 4096;
+
+/// A binary op's broadcasting geometry.
+struct Bin<'g> {
+    kind: BinaryKind,
+    rank: usize,
+    od: &'g [usize; MAX_RANK],
+    sa: &'g [usize; MAX_RANK],
+    sb: &'g [usize; MAX_RANK],
+    fast: BinFast,
+}
+
+/// [`binary`] spread over the threads in blocks of whole repeats of the broadcast operand;
+/// the general broadcast stays on one thread.
+fn binary_par<T: Arith + Send + Sync>(par: &dyn Parallel, a: &[T], b: &[T], o: &mut [T], g: &Bin) {
+    let len = o.len();
+    let unit = match g.fast {
+        BinFast::Same | BinFast::AScalar | BinFast::BScalar => 1,
+        BinFast::BSuffix(l) | BinFast::ASuffix(l) => l.max(1),
+        BinFast::General => 0,
+    };
+    if unit == 0 || len < 4 * PAR_BLOCK || par.threads() == 1 {
+        binary(a, b, o, g.kind, g.rank, g.od, g.sa, g.sb, g.fast);
+        return;
+    }
+    let block = PAR_BLOCK.div_ceil(unit) * unit;
+    let op = SharedMut(o.as_mut_ptr());
+    split_rows(par, len.div_ceil(block), 2, 1, &|b0, b1| {
+        let (e0, e1) = (b0 * block, (b1 * block).min(len));
+        // SAFETY: disjoint element ranges of the output.
+        let os = unsafe { op.slice(e0, e1 - e0) };
+        let (aw, bw) = match g.fast {
+            BinFast::Same => (true, true),
+            BinFast::BScalar | BinFast::BSuffix(_) => (true, false),
+            _ => (false, true),
+        };
+        let (ap, bp) = (if aw { &a[e0..e1] } else { a }, if bw { &b[e0..e1] } else { b });
+        binary(ap, bp, os, g.kind, g.rank, g.od, g.sa, g.sb, g.fast);
+    });
+}
 
 trait Arith: Copy + bytemuck::Pod {
     fn add(a: Self, b: Self) -> Self;
@@ -647,8 +692,10 @@ fn transpose(
         let row = od[rank - 1] * elem;
         for chunk in out.chunks_exact_mut(row) {
             let v = &src[s * elem..s * elem + elem];
-            for c in chunk.chunks_exact_mut(elem) {
-                c.copy_from_slice(v);
+            if !(fill::<u32>(chunk, v) || fill::<u64>(chunk, v)) {
+                for c in chunk.chunks_exact_mut(elem) {
+                    c.copy_from_slice(v);
+                }
             }
             let mut off = [s];
             advance(&mut idx, od, rank - 1, &mut off, [st]);
@@ -692,5 +739,16 @@ fn advance<const N: usize>(
             *o -= s[d] * dims[d];
         }
         idx[d] = 0;
+    }
+}
+
+/// Fills `out` with copies of the one element `v` when both are `T`-sized and aligned.
+fn fill<T: bytemuck::Pod>(out: &mut [u8], v: &[u8]) -> bool {
+    match (bytemuck::try_cast_slice_mut::<u8, T>(out), bytemuck::try_pod_read_unaligned::<T>(v)) {
+        (Ok(words), Ok(x)) => {
+            words.fill(x);
+            true
+        }
+        _ => false,
     }
 }
