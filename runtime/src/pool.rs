@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Spins a worker makes before sleeping: long enough to stay awake between the ops of one run.
-const SPIN: u32 = 1 << 16;
+/// How long an idle worker spins before sleeping: long enough to stay awake between the ops of
+/// one run and between back-to-back runs (waking a sleeping thread costs tens of microseconds on
+/// bare metal and up to milliseconds in a VM whose idle vCPU halted).
+const SPIN_FOR: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Clone, Copy)]
 struct Job {
@@ -25,6 +27,8 @@ struct Shared {
     pending: AtomicUsize,
     panicked: AtomicBool,
     stop: AtomicBool,
+    /// Workers that have started running (`Pool::new` waits for all of them).
+    started: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -65,6 +69,7 @@ impl Pool {
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -76,17 +81,24 @@ impl Pool {
                 .spawn(move || worker(&s, w, threads))?;
             workers.push(h);
         }
+        // Wait until every worker runs, so the first inference does not pay for thread start-up.
+        while shared.started.load(Ordering::Acquire) < threads - 1 {
+            std::thread::yield_now();
+        }
         Ok(Pool { threads, shared, workers, running: Mutex::new(()) })
     }
 }
 
 fn worker(s: &Shared, me: usize, threads: usize) {
     let mut seen = 0u64;
+    s.started.fetch_add(1, Ordering::AcqRel);
     loop {
+        let idle_since = std::time::Instant::now();
         let mut spins = 0u32;
         while s.generation.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Acquire) {
-            if spins < SPIN {
-                spins += 1;
+            spins = spins.wrapping_add(1);
+            // Read the clock every 256 spins only.
+            if !spins.is_multiple_of(256) || idle_since.elapsed() < SPIN_FOR {
                 std::hint::spin_loop();
             } else {
                 let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
