@@ -161,6 +161,22 @@ fn elementwise(c: &mut Criterion) {
     g.finish();
 }
 
+/// Seconds per call of `run`, doubling the call count until one timing lasts 0.3 s.
+fn seconds_per_call(run: &mut dyn FnMut()) -> f64 {
+    let mut iters = 1u32;
+    loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            run();
+        }
+        let s = t.elapsed().as_secs_f64();
+        if s > 0.3 {
+            return s / iters as f64;
+        }
+        iters *= 2;
+    }
+}
+
 /// GOP/s of each fast INT8 GEMM on one thread against the measured one-core INT8 peak.
 fn peak_summary(_: &mut Criterion) {
     let (peak, how) = ember_benches::int8_peak_macs_per_s();
@@ -192,18 +208,7 @@ fn peak_summary(_: &mut Criterion) {
                 )
             };
             run();
-            let mut iters = 1u32;
-            let secs = loop {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    run();
-                }
-                let s = t.elapsed().as_secs_f64();
-                if s > 0.3 {
-                    break s / iters as f64;
-                }
-                iters *= 2;
-            };
+            let secs = seconds_per_call(&mut run);
             let ops = 2.0 * (m * k * n) as f64 / secs;
             let share = if peak > 0.0 {
                 format!("{:.0}% of one-core peak", 50.0 * ops / peak)
@@ -252,18 +257,7 @@ fn machine_summary(_: &mut Criterion) {
         })
     };
     run();
-    let mut iters = 1u32;
-    let secs = loop {
-        let t = Instant::now();
-        for _ in 0..iters {
-            run();
-        }
-        let s = t.elapsed().as_secs_f64();
-        if s > 0.3 {
-            break s / iters as f64;
-        }
-        iters *= 2;
-    };
+    let secs = seconds_per_call(&mut run);
     let ops = 2.0 * (m * k * n) as f64 / secs;
     println!(
         "  {name:<20} large 1024x1536x1024 on {cores} threads {:>8.1} GOP/s  {:.0}% of the machine peak",

@@ -27,6 +27,15 @@ fn gelu_ref(v: f64, tanh: bool) -> f64 {
 
 /// x [N?, K] → MatMul → Add bias → `tail` (nodes reading "h", writing "y").
 fn build(tail: Vec<ember_quantize::onnx::NodeProto>, consts: &[(&str, f32)]) -> Vec<u8> {
+    build_with(tail, consts, &[])
+}
+
+/// [`build`] with more graph outputs (`[N?, N]` values the tail writes).
+fn build_with(
+    tail: Vec<ember_quantize::onnx::NodeProto>,
+    consts: &[(&str, f32)],
+    extra_outputs: &[&str],
+) -> Vec<u8> {
     let (w, b) = weights();
     let mut nodes = vec![
         node("MatMul", "mm", &["x", "w"], &["mmo"], vec![]),
@@ -38,8 +47,26 @@ fn build(tail: Vec<ember_quantize::onnx::NodeProto>, consts: &[(&str, f32)]) -> 
     for (name, v) in consts {
         inits.push(tensor_f32(name, &[], &[*v]));
     }
-    model(nodes, vec![value("x", 1, &[-1, K as i64])], vec![value("y", 1, &[-1, N as i64])], inits)
+    let outputs = std::iter::once("y")
+        .chain(extra_outputs.iter().copied())
+        .map(|o| value(o, 1, &[-1, N as i64]))
+        .collect();
+    model(nodes, vec![value("x", 1, &[-1, K as i64])], outputs, inits)
 }
+
+/// The HuggingFace GELU spelling on "h" with `c` as the √2 constant: `(h/c → erf → +1)·h·0.5`.
+fn hf_gelu(c: &str) -> Vec<ember_quantize::onnx::NodeProto> {
+    vec![
+        node("Div", "d", &["h", c], &["u"], vec![]),
+        node("Erf", "e", &["u"], &["ue"], vec![]),
+        node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
+        node("Mul", "m1", &["h", "s"], &["t"], vec![]),
+        node("Mul", "m2", &["t", "c_half"], &["y"], vec![]),
+    ]
+}
+
+const GELU_CONSTS: [(&str, f32); 3] =
+    [("c_sqrt2", std::f32::consts::SQRT_2), ("c_one", 1.0), ("c_half", 0.5)];
 
 fn ops(g: &Graph) -> Vec<String> {
     g.nodes.iter().map(|n| n.op.clone()).collect()
@@ -88,13 +115,7 @@ fn sqrt2() -> f32 {
 #[test]
 fn erf_gelu_in_every_order_fuses_into_the_linear() {
     // HuggingFace: ((x / √2) → erf → +1) · x · 0.5
-    let hf = vec![
-        node("Div", "d", &["h", "c_sqrt2"], &["u"], vec![]),
-        node("Erf", "e", &["u"], &["ue"], vec![]),
-        node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
-        node("Mul", "m1", &["h", "s"], &["t"], vec![]),
-        node("Mul", "m2", &["t", "c_half"], &["y"], vec![]),
-    ];
+    let hf = hf_gelu("c_sqrt2");
     // x·(1/√2), 1 + erf, (x·0.5)·s
     let pre_half = vec![
         node("Mul", "d", &["c_isqrt2", "h"], &["u"], vec![]),
@@ -124,15 +145,7 @@ fn erf_gelu_in_every_order_fuses_into_the_linear() {
 
 #[test]
 fn near_misses_are_left_alone() {
-    let tail = |c: &str| {
-        vec![
-            node("Div", "d", &["h", c], &["u"], vec![]),
-            node("Erf", "e", &["u"], &["ue"], vec![]),
-            node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
-            node("Mul", "m1", &["h", "s"], &["t"], vec![]),
-            node("Mul", "m2", &["t", "c_half"], &["y"], vec![]),
-        ]
-    };
+    let tail = hf_gelu;
     // Not √2: stays as primitive ops (and still computes its own function).
     let onnx = build(tail("c_other"), &[("c_other", 1.5), ("c_one", 1.0), ("c_half", 0.5)]);
     let g = ember_quantize::prepare_graph(&onnx).unwrap();
@@ -144,24 +157,7 @@ fn near_misses_are_left_alone() {
     // An intermediate value read elsewhere (the erf output is also a graph output).
     let mut nodes = tail("c_sqrt2");
     nodes.push(node("Identity", "leak", &["ue"], &["ue_out"], vec![]));
-    let (w, b) = weights();
-    let mut all = vec![
-        node("MatMul", "mm", &["x", "w"], &["mmo"], vec![]),
-        node("Add", "bias", &["mmo", "b"], &["h"], vec![]),
-    ];
-    all.extend(nodes);
-    let onnx = model(
-        all,
-        vec![value("x", 1, &[-1, K as i64])],
-        vec![value("y", 1, &[-1, N as i64]), value("ue_out", 1, &[-1, N as i64])],
-        vec![
-            tensor_f32("w", &[K as i64, N as i64], &w),
-            tensor_f32("b", &[N as i64], &b),
-            tensor_f32("c_sqrt2", &[], &[sqrt2()]),
-            tensor_f32("c_one", &[], &[1.0]),
-            tensor_f32("c_half", &[], &[0.5]),
-        ],
-    );
+    let onnx = build_with(nodes, &GELU_CONSTS, &["ue_out"]);
     let g = ember_quantize::prepare_graph(&onnx).unwrap();
     assert!(ops(&g).contains(&"Erf".to_string()), "{:?}", ops(&g));
 }
@@ -187,32 +183,9 @@ fn onnx_gelu_op_both_forms() {
 fn gelu_on_a_value_with_other_readers_stays_a_gelu_op() {
     // h feeds the GELU and is also a graph output: the Linear keeps no activation and the GELU
     // runs as its own op.
-    let tail = vec![
-        node("Div", "d", &["h", "c_sqrt2"], &["u"], vec![]),
-        node("Erf", "e", &["u"], &["ue"], vec![]),
-        node("Add", "a", &["ue", "c_one"], &["s"], vec![]),
-        node("Mul", "m1", &["h", "s"], &["t"], vec![]),
-        node("Mul", "m2", &["t", "c_half"], &["y"], vec![]),
-        node("Identity", "keep", &["h"], &["h_out"], vec![]),
-    ];
-    let (w, b) = weights();
-    let mut all = vec![
-        node("MatMul", "mm", &["x", "w"], &["mmo"], vec![]),
-        node("Add", "bias", &["mmo", "b"], &["h"], vec![]),
-    ];
-    all.extend(tail);
-    let onnx = model(
-        all,
-        vec![value("x", 1, &[-1, K as i64])],
-        vec![value("y", 1, &[-1, N as i64]), value("h_out", 1, &[-1, N as i64])],
-        vec![
-            tensor_f32("w", &[K as i64, N as i64], &w),
-            tensor_f32("b", &[N as i64], &b),
-            tensor_f32("c_sqrt2", &[], &[sqrt2()]),
-            tensor_f32("c_one", &[], &[1.0]),
-            tensor_f32("c_half", &[], &[0.5]),
-        ],
-    );
+    let mut tail = hf_gelu("c_sqrt2");
+    tail.push(node("Identity", "keep", &["h"], &["h_out"], vec![]));
+    let onnx = build_with(tail, &GELU_CONSTS, &["h_out"]);
     let g = ember_quantize::prepare_graph(&onnx).unwrap();
     assert!(ops(&g).contains(&"Gelu".to_string()), "{:?}", ops(&g));
     assert_eq!(g.nodes[0].int("act"), Some(0));

@@ -2,32 +2,10 @@
 //! with the 4 activations of quad `l` of `va`. Activations are shifted to i8 (`a − 128`, one
 //! XOR per 16 bytes); the epilogue corrects with `zp_shift = 128`.
 
-use super::{drive, MR};
+use super::MR;
 use crate::pack::PANEL;
-use crate::Act;
 use core::arch::aarch64::*;
 use core::arch::asm;
-
-/// See [`crate::I8GemmFn`].
-#[allow(clippy::too_many_arguments)]
-pub fn i8_gemm_dotprod(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[u8],
-    lda: usize,
-    a_zp: i32,
-    bp: &[i8],
-    b_sum: &[i32],
-    scale: &[f32],
-    bias: &[f32],
-    act: Act,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    assert!(super::has_dotprod(), "i8_gemm_dotprod on a CPU without dotprod");
-    drive(m, k, n, a, lda, a_zp, bp, b_sum, scale, bias, act, out, ldo, tile, 128);
-}
 
 #[target_feature(enable = "neon,dotprod")]
 #[inline]
@@ -52,7 +30,7 @@ fn sdot<const L: i32>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
 /// dotprod present; `rows` (≤ 4) rows of `quads·4` bytes at stride `lda` readable from `a`;
 /// one panel (`quads·64` bytes) readable from `b`.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn tile(
+pub(super) unsafe fn tile(
     rows: usize,
     quads: usize,
     a: *const u8,

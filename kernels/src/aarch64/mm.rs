@@ -2,32 +2,10 @@
 //! 8×2 i8 block (two weight columns) into a 2×2 i32 block. Two `K4N16` quads give 8 k per
 //! column; one `zip` of 32-bit lanes pairs them per column. u8 activations are used as they are.
 
-use super::{drive, MR};
+use super::MR;
 use crate::pack::PANEL;
-use crate::Act;
 use core::arch::aarch64::*;
 use core::arch::asm;
-
-/// See [`crate::I8GemmFn`].
-#[allow(clippy::too_many_arguments)]
-pub fn i8_gemm_i8mm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[u8],
-    lda: usize,
-    a_zp: i32,
-    bp: &[i8],
-    b_sum: &[i32],
-    scale: &[f32],
-    bias: &[f32],
-    act: Act,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    assert!(super::has_i8mm(), "i8_gemm_i8mm on a CPU without i8mm");
-    drive(m, k, n, a, lda, a_zp, bp, b_sum, scale, bias, act, out, ldo, tile, 0);
-}
 
 #[target_feature(enable = "neon,i8mm")]
 #[inline]
@@ -50,7 +28,7 @@ fn usmmla(acc: int32x4_t, a: uint8x16_t, b: int8x16_t) -> int32x4_t {
 /// i8mm present; `rows` (≤ 4) rows of `quads·4` bytes at stride `lda` readable from `a`; one
 /// panel (`quads·64` bytes) readable from `b`.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn tile(
+pub(super) unsafe fn tile(
     rows: usize,
     quads: usize,
     a: *const u8,

@@ -16,9 +16,36 @@ use crate::check::check_gemm;
 use crate::pack::{k4, PANEL};
 use crate::Act;
 
-pub use dot::i8_gemm_dotprod;
-pub use mm::i8_gemm_i8mm;
-pub use neon::i8_gemm_neon;
+/// A public [`crate::I8GemmFn`] that checks its CPU feature, then [`drive`]s a variant's tile.
+macro_rules! variant {
+    ($name:ident, $has:ident, $tile:path, $shift:expr) => {
+        /// See [`crate::I8GemmFn`].
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: &[u8],
+            lda: usize,
+            a_zp: i32,
+            bp: &[i8],
+            b_sum: &[i32],
+            scale: &[f32],
+            bias: &[f32],
+            act: Act,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            assert!($has(), concat!(stringify!($name), " on a CPU without ", stringify!($has)));
+            drive(m, k, n, a, lda, a_zp, bp, b_sum, scale, bias, act, out, ldo, $tile, $shift);
+        }
+    };
+}
+
+variant!(i8_gemm_neon, has_neon, neon::tile, 0);
+// sdot multiplies i8 × i8: the tile works on a − 128 and the epilogue corrects.
+variant!(i8_gemm_dotprod, has_dotprod, dot::tile, 128);
+variant!(i8_gemm_i8mm, has_i8mm, mm::tile, 0);
 
 /// Rows per tile.
 pub(crate) const MR: usize = 4;

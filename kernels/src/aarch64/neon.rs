@@ -1,37 +1,15 @@
 //! NEON baseline: activations and weights widened to i16, `smlal` into one i32x4 per column
 //! (its four lanes are the four k of a quad), lanes summed at the end.
 
-use super::{drive, MR};
+use super::MR;
 use crate::pack::PANEL;
-use crate::Act;
 use core::arch::aarch64::*;
-
-/// See [`crate::I8GemmFn`].
-#[allow(clippy::too_many_arguments)]
-pub fn i8_gemm_neon(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[u8],
-    lda: usize,
-    a_zp: i32,
-    bp: &[i8],
-    b_sum: &[i32],
-    scale: &[f32],
-    bias: &[f32],
-    act: Act,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    assert!(super::has_neon(), "i8_gemm_neon without NEON");
-    drive(m, k, n, a, lda, a_zp, bp, b_sum, scale, bias, act, out, ldo, tile, 0);
-}
 
 /// # Safety
 /// NEON present; `rows` rows of `quads·4` bytes at stride `lda` readable from `a`; one
 /// panel (`quads·64` bytes) readable from `b`.
 #[target_feature(enable = "neon")]
-unsafe fn tile(
+pub(super) unsafe fn tile(
     rows: usize,
     quads: usize,
     a: *const u8,
