@@ -19,7 +19,7 @@ pub(crate) struct Block(pub(crate) [u8; 64]);
 pub struct Session<'m, B: AsRef<[u8]>> {
     model: &'m Model<B>,
     plan: &'m Plan,
-    arena: Vec<Block>,
+    arena: Arena,
     scratch_u8: Vec<u8>,
     scratch_i32: Vec<i32>,
     scratch_f32: Vec<f32>,
@@ -42,12 +42,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
     ) -> Result<Self, Error> {
         let idx = model.plan_index(batch).ok_or(Error::NoSuchPlan { batch: batch as u32 })?;
         let plan = &model.plans[idx];
-        let blocks = plan.arena_size.div_ceil(64);
-        let mut arena = Vec::new();
-        arena
-            .try_reserve_exact(blocks)
-            .map_err(|_| Error::OutOfMemory { bytes: plan.arena_size as u64 })?;
-        arena.resize(blocks, Block([0; 64]));
+        let arena = Arena::new(plan.arena_size)?;
         let (n8, n32, nf) = plan.scratch;
         let scratch_u8 = zeroed(n8)?;
         let scratch_i32 = zeroed(n32)?;
@@ -125,7 +120,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         if inputs.len() != plan.inputs.len() {
             return Err(Error::InputCount { expected: plan.inputs.len(), got: inputs.len() });
         }
-        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut self.arena[..]);
+        let arena: &mut [u8] = self.arena.bytes_mut();
         for (i, (id, data)) in plan.inputs.iter().zip(inputs).enumerate() {
             let v = &plan.values[*id as usize];
             if data.len() != v.nbytes {
@@ -164,7 +159,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
     /// Bytes of output `i` after `run`.
     pub fn output(&self, i: usize) -> &[u8] {
         let v = &self.plan.values[self.plan.outputs[i] as usize];
-        let arena: &[u8] = bytemuck::cast_slice(&self.arena[..]);
+        let arena: &[u8] = self.arena.bytes();
         &arena[v.offset..v.offset + v.nbytes]
     }
 
@@ -185,4 +180,48 @@ fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, Error> {
         .map_err(|_| Error::OutOfMemory { bytes: (n * core::mem::size_of::<T>()) as u64 })?;
     v.resize(n, T::default());
     Ok(v)
+}
+
+/// The arena's storage: heap blocks, or (with `mmap`, from 2 MiB up) an anonymous map advised to
+/// use huge pages, which the kernel zero-fills on first touch: creating a session then costs no
+/// page-by-page zeroing (measured 1.2 ms for MiniLM's 2.5 MB arena in 4 KiB pages), and the first
+/// run takes a couple of huge-page faults instead of hundreds of small ones.
+enum Arena {
+    Heap(Vec<Block>),
+    #[cfg(feature = "mmap")]
+    Map(memmap2::MmapMut),
+}
+
+impl Arena {
+    fn new(bytes: usize) -> Result<Arena, Error> {
+        #[cfg(feature = "mmap")]
+        if bytes >= 2 << 20 {
+            if let Ok(m) = memmap2::MmapMut::map_anon(bytes) {
+                #[cfg(target_os = "linux")]
+                let _ = m.advise(memmap2::Advice::HugePage);
+                return Ok(Arena::Map(m));
+            }
+        }
+        let blocks = bytes.div_ceil(64);
+        let mut v = Vec::new();
+        v.try_reserve_exact(blocks).map_err(|_| Error::OutOfMemory { bytes: bytes as u64 })?;
+        v.resize(blocks, Block([0; 64]));
+        Ok(Arena::Heap(v))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Arena::Heap(v) => bytemuck::cast_slice(&v[..]),
+            #[cfg(feature = "mmap")]
+            Arena::Map(m) => m,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Arena::Heap(v) => bytemuck::cast_slice_mut(&mut v[..]),
+            #[cfg(feature = "mmap")]
+            Arena::Map(m) => m,
+        }
+    }
 }
