@@ -83,6 +83,71 @@ fn i8_gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// INT4 (group-wise) weights for the same shapes.
+struct Gemm4 {
+    bp: Vec<u8>,
+    gsum: Vec<i32>,
+    gscale: Vec<u16>,
+}
+
+fn gemm4_case(n: usize, k: usize, group: usize) -> Gemm4 {
+    let groups = k / group;
+    let q: Vec<i8> = (0..n * k).map(|i| ((i * 7 + i / 13) % 16) as i8 - 8).collect();
+    let mut bp = vec![0u8; pack::k4n16_i4_len(n, k)];
+    pack::pack_k4n16_i4(&q, n, k, &mut bp);
+    let per: Vec<i32> = (0..n * groups)
+        .map(|jg| {
+            q[(jg / groups) * k + (jg % groups) * group..][..group].iter().map(|v| *v as i32).sum()
+        })
+        .collect();
+    let side = n.div_ceil(16) * 16 * groups;
+    let (mut gsum, mut gscale) = (vec![0; side], vec![0u16; side]);
+    pack::panel_groups(&per, n, groups, &mut gsum);
+    pack::panel_groups(&vec![0x2000u16; n * groups], n, groups, &mut gscale);
+    Gemm4 { bp, gsum, gscale }
+}
+
+fn i4_gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("i4_gemm");
+    for (m, k, n, label) in &GEMMS[..3] {
+        let mut case = gemm_case(*m, *k, *n);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        for group in [32, 128] {
+            let w = gemm4_case(*n, *k, group);
+            for (name, f) in Kernels::i4_gemms().filter(|(n, _)| !n.ends_with("generic")) {
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{name} g{group}"), label),
+                    &(),
+                    |bch, _| {
+                        let lda = pack::k4(case.k);
+                        bch.iter(|| {
+                            f(
+                                case.m,
+                                case.k,
+                                case.n,
+                                &case.a,
+                                lda,
+                                128,
+                                &w.bp,
+                                group,
+                                &w.gsum,
+                                &w.gscale,
+                                0.01,
+                                &case.bias,
+                                Act::None,
+                                &mut case.out,
+                                case.n,
+                            );
+                            black_box(&case.out);
+                        })
+                    },
+                );
+            }
+        }
+    }
+    g.finish();
+}
+
 fn f32_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("f32_gemm");
     let (m, k, n) = (128, 384, 384);
@@ -189,6 +254,35 @@ fn peak_summary(_: &mut Criterion) {
     for (m, k, n, label) in GEMMS {
         let mut case = gemm_case(*m, *k, *n);
         let lda = pack::k4(*k);
+        for (name, f) in Kernels::i4_gemms().filter(|(n, _)| !n.ends_with("generic")) {
+            let w = gemm4_case(*n, *k, 32);
+            let mut run = || {
+                f(
+                    case.m,
+                    case.k,
+                    case.n,
+                    &case.a,
+                    lda,
+                    128,
+                    &w.bp,
+                    32,
+                    &w.gsum,
+                    &w.gscale,
+                    0.01,
+                    &case.bias,
+                    Act::None,
+                    &mut case.out,
+                    case.n,
+                )
+            };
+            let secs = seconds_per_call(&mut run);
+            println!(
+                "  {:<20} {label:<30} {:>8.1} GOP/s  {:.1} us (INT4, group 32)",
+                name,
+                2.0 * (m * k * n) as f64 / secs / 1e9,
+                secs * 1e6
+            );
+        }
         for (name, f) in Kernels::i8_gemms().filter(|(n, _)| !n.ends_with("generic")) {
             let mut run = || {
                 f(
@@ -215,7 +309,11 @@ fn peak_summary(_: &mut Criterion) {
             } else {
                 "peak unknown".into()
             };
-            println!("  {name:<20} {label:<30} {:>8.1} GOP/s  {share}", ops / 1e9);
+            println!(
+                "  {name:<20} {label:<30} {:>8.1} GOP/s  {:.1} us  {share}",
+                ops / 1e9,
+                secs * 1e6
+            );
         }
     }
 }
@@ -266,5 +364,5 @@ fn machine_summary(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, i8_gemm, f32_gemm, elementwise, peak_summary, machine_summary);
+criterion_group!(benches, i8_gemm, i4_gemm, f32_gemm, elementwise, peak_summary, machine_summary);
 criterion_main!(benches);

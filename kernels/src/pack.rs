@@ -148,3 +148,50 @@ pub fn quantize_sym_i8(x: f32, inv: f32) -> i8 {
     let t = if t.is_nan() { 0.0 } else { t };
     (t + MAGIC).to_bits() as u8 as i8
 }
+
+/// Layout code of [`pack_k4n16_i4`] (param 6 of a future LinearI4 op).
+pub const LAYOUT_K4N16_I4: u32 = 2;
+
+/// Bytes of `[n, k]` INT4 weights packed by [`pack_k4n16_i4`]: half of [`k4n16_len`].
+#[inline]
+pub const fn k4n16_i4_len(n: usize, k: usize) -> usize {
+    k4n16_len(n, k) / 2
+}
+
+/// Packs row-major INT4 values `q [n, k]` (each in -8..=7, one per i8) in the `K4N16` order,
+/// two per byte: each 64-value quad of a panel becomes 32 bytes, byte `i` holding value `i` in
+/// its low nibble and value `i + 32` in its high nibble (so one 256-bit load and one shift give
+/// all 64). Padding is zero.
+pub fn pack_k4n16_i4(q: &[i8], n: usize, k: usize, out: &mut [u8]) {
+    let out = &mut out[..k4n16_i4_len(n, k)];
+    out.fill(0);
+    for (j, row) in q[..n * k].chunks_exact(k).enumerate() {
+        for (p, v) in row.iter().enumerate() {
+            let ix = k4n16_index(j, p, k);
+            let (quad, within) = (ix / 64, ix % 64);
+            let byte = quad * 32 + within % 32;
+            let nib = (*v as u8) & 0x0F;
+            out[byte] |= if within < 32 { nib } else { nib << 4 };
+        }
+    }
+}
+
+/// Value `i` (0..64) of a 32-byte packed INT4 quad, sign-extended.
+#[inline(always)]
+pub fn i4_at(quad: &[u8], i: usize) -> i8 {
+    let b = quad[i % 32];
+    let nib = if i < 32 { b & 0x0F } else { b >> 4 };
+    ((nib ^ 8) as i8).wrapping_sub(8)
+}
+
+/// Per-(panel, group) side data of INT4 weights in the order the kernels read it:
+/// `[⌈n/16⌉][k/group][16]`, padding columns zero. `per_col[j·groups + g]` → that layout.
+pub fn panel_groups<T: Copy + Default>(per_col: &[T], n: usize, groups: usize, out: &mut [T]) {
+    let out = &mut out[..n.div_ceil(PANEL) * groups * PANEL];
+    out.fill(T::default());
+    for j in 0..n {
+        for g in 0..groups {
+            out[(j / PANEL) * groups * PANEL + g * PANEL + j % PANEL] = per_col[j * groups + g];
+        }
+    }
+}

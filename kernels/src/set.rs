@@ -63,6 +63,32 @@ pub type I8GemmFn = fn(
     ldo: usize,
 );
 
+/// Group-wise INT4 weights (W4A8): `out[i·ldo + j] = act(x_scale · Σ_g t[i,j,g] + bias[j])`,
+/// `t = (Σ_{p∈g} a[i·lda + p]·Q[j,p] − a_zp·gsum[j,g]) as f32 · scale[j,g]`, the groups `g` of
+/// `group` consecutive k summed in order into an f32 (no FMA), so every variant is bit-exact.
+/// `Q` (values −8..=7) is packed by [`crate::pack::pack_k4n16_i4`]; `gsum` (Σ_{p∈g} Q[j,p]) and
+/// `gscale` (f16 bits) are in the `[⌈n/16⌉][k/group][16]` order of [`crate::pack::panel_groups`].
+///
+/// Preconditions: as [`I8GemmFn`], plus `group % 4 == 0`, `k % group == 0`, `bp.len() >=
+/// k4n16_i4_len(n, k)`, `gsum`/`gscale` `>= ⌈n/16⌉·16·k/group`.
+pub type I4GemmFn = fn(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[u8],
+    lda: usize,
+    a_zp: i32,
+    bp: &[u8],
+    group: usize,
+    gsum: &[i32],
+    gscale: &[u16],
+    x_scale: f32,
+    bias: &[f32],
+    act: Act,
+    out: &mut [f32],
+    ldo: usize,
+);
+
 /// `out[m,n] = act(Σ_k a[m,k]·b[n,k] + bias[n])`; `bias` may be empty (no bias).
 pub type F32GemmFn =
     fn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: &[f32], act: Act, out: &mut [f32]);
@@ -99,6 +125,8 @@ pub type SoftmaxFn = fn(x: &[f32], mask: &[f32], o: &mut [f32]);
 pub struct KernelSet {
     pub i8_gemm: I8GemmFn,
     pub i8_gemm_name: &'static str,
+    pub i4_gemm: I4GemmFn,
+    pub i4_gemm_name: &'static str,
     pub f32_gemm: F32GemmFn,
     pub f32_gemm_name: &'static str,
     pub quantize_u8: QuantizeU8Fn,
@@ -145,6 +173,15 @@ static I8_GEMMS: &[Variant<I8GemmFn>] = &[
     #[cfg(target_arch = "aarch64")]
     Variant { name: "i8_gemm_neon", f: arm::i8_gemm_neon, usable: arm::has_neon },
     Variant { name: "i8_gemm_generic", f: generic::i8_gemm, usable: always },
+];
+static I4_GEMMS: &[Variant<I4GemmFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "i4_gemm_avx512vnni",
+        f: x86::i4_gemm_avx512vnni,
+        usable: x86::has_avx512vnni_bw,
+    },
+    Variant { name: "i4_gemm_generic", f: generic::i4_gemm, usable: always },
 ];
 static F32_GEMMS: &[Variant<F32GemmFn>] = &[
     #[cfg(target_arch = "x86_64")]
@@ -202,6 +239,10 @@ impl Kernels {
     pub fn i8_gemms() -> impl Iterator<Item = (&'static str, I8GemmFn)> {
         usable(I8_GEMMS)
     }
+    /// Every INT4 GEMM variant this CPU can run, best first.
+    pub fn i4_gemms() -> impl Iterator<Item = (&'static str, I4GemmFn)> {
+        usable(I4_GEMMS)
+    }
     pub fn f32_gemms() -> impl Iterator<Item = (&'static str, F32GemmFn)> {
         usable(F32_GEMMS)
     }
@@ -233,6 +274,8 @@ impl KernelSet {
     pub const GENERIC: KernelSet = KernelSet {
         i8_gemm: generic::i8_gemm,
         i8_gemm_name: "i8_gemm_generic",
+        i4_gemm: generic::i4_gemm,
+        i4_gemm_name: "i4_gemm_generic",
         f32_gemm: generic::f32_gemm,
         f32_gemm_name: "f32_gemm_generic",
         quantize_u8: generic::quantize_u8,
@@ -282,6 +325,7 @@ impl KernelSet {
 
     fn choose(allow: &dyn Fn(&str, &str) -> bool) -> KernelSet {
         let (i8_gemm, i8_gemm_name) = pick(I8_GEMMS, &|n| allow("i8_gemm", n));
+        let (i4_gemm, i4_gemm_name) = pick(I4_GEMMS, &|n| allow("i4_gemm", n));
         let (f32_gemm, f32_gemm_name) = pick(F32_GEMMS, &|n| allow("f32_gemm", n));
         let (quantize_u8, quantize_u8_name) = pick(QUANTIZERS, &|n| allow("quantize_u8", n));
         let (softmax_row, softmax_row_name) = pick(SOFTMAXES, &|n| allow("softmax_row", n));
@@ -292,6 +336,8 @@ impl KernelSet {
         KernelSet {
             i8_gemm,
             i8_gemm_name,
+            i4_gemm,
+            i4_gemm_name,
             f32_gemm,
             f32_gemm_name,
             quantize_u8,

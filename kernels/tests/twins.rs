@@ -274,6 +274,13 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
             std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vnni")
         );
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let i4: Vec<&str> = Kernels::i4_gemms().map(|(n, _)| n).collect();
+        let bw = std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni");
+        assert_eq!(i4.contains(&"i4_gemm_avx512vnni"), bw);
+    }
     #[cfg(target_arch = "aarch64")]
     {
         assert!(names.contains(&"i8_gemm_neon"));
@@ -382,4 +389,97 @@ fn layer_norm_matches_definition_and_twins() {
             }
         }
     }
+}
+
+#[test]
+fn i4_gemm_variants_are_bit_exact_and_generic_matches_definition() {
+    let mut r = Rng(0x14_6E77);
+    let mut case = 0;
+    for group in [32usize, 128] {
+        for k in [group, 2 * group, 3 * group] {
+            for (m, n) in [(1, 1), (3, 17), (9, 33), (17, 3), (8, 16), (1, 100)] {
+                case += 1;
+                let lda = k + 4 * (case % 3);
+                let ldo = n + case % 4;
+                let groups = k / group;
+                let a: Vec<u8> = (0..m * lda).map(|_| r.next() as u8).collect();
+                let q: Vec<i8> = (0..n * k).map(|_| (r.next() % 16) as i8 - 8).collect();
+                let mut bp = vec![0u8; pack::k4n16_i4_len(n, k)];
+                pack::pack_k4n16_i4(&q, n, k, &mut bp);
+                let sums: Vec<i32> = (0..n * groups)
+                    .map(|jg| {
+                        let (j, g) = (jg / groups, jg % groups);
+                        q[j * k + g * group..j * k + (g + 1) * group]
+                            .iter()
+                            .map(|v| *v as i32)
+                            .sum()
+                    })
+                    .collect();
+                // Normal f16 scales around 2^-10..2^-1.
+                let scales: Vec<u16> = (0..n * groups)
+                    .map(|_| (((5 + r.next() % 10) as u16) << 10) | (r.next() as u16 & 0x3FF))
+                    .collect();
+                let side = n.div_ceil(16) * 16 * groups;
+                let (mut gsum, mut gscale) = (vec![0i32; side], vec![0u16; side]);
+                pack::panel_groups(&sums, n, groups, &mut gsum);
+                pack::panel_groups(&scales, n, groups, &mut gscale);
+                let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
+                let zp = (r.next() % 256) as i32;
+                let xs = 0.0173f32;
+                for act in [Act::None, Act::Relu, Act::Gelu] {
+                    let mut want = vec![f32::NAN; (m - 1) * ldo + n];
+                    generic::i4_gemm(
+                        m, k, n, &a, lda, zp, &bp, group, &gsum, &gscale, xs, &bias, act,
+                        &mut want, ldo,
+                    );
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut f = 0f32;
+                            for g in 0..groups {
+                                let dot: i32 = (g * group..(g + 1) * group)
+                                    .map(|p| (a[i * lda + p] as i32 - zp) * q[j * k + p] as i32)
+                                    .sum();
+                                f += dot as f32 * generic::f16_to_f32(scales[j * groups + g]);
+                            }
+                            let mut d = f * xs + bias[j];
+                            d = match act {
+                                Act::Relu => d.max(0.0),
+                                Act::Gelu => generic::math::gelu(d),
+                                _ => d,
+                            };
+                            assert_eq!(
+                                want[i * ldo + j],
+                                d,
+                                "generic i4 {m}x{k}x{n} g{group} ({i},{j})"
+                            );
+                        }
+                    }
+                    for (name, f) in Kernels::i4_gemms() {
+                        let mut got = vec![f32::NAN; (m - 1) * ldo + n];
+                        f(
+                            m, k, n, &a, lda, zp, &bp, group, &gsum, &gscale, xs, &bias, act,
+                            &mut got, ldo,
+                        );
+                        for i in 0..m {
+                            assert_eq!(
+                                got[i * ldo..i * ldo + n],
+                                want[i * ldo..i * ldo + n],
+                                "{name} {m}x{k}x{n} g{group} row {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // f16 conversion: every finite value round-trips through the f32 definition.
+    for h in (0u16..0x7C00).step_by(7) {
+        let e = (h >> 10) as i32;
+        let man = (h & 0x3FF) as f64;
+        let want =
+            if e == 0 { man * 2f64.powi(-24) } else { (1.0 + man / 1024.0) * 2f64.powi(e - 15) };
+        assert_eq!(generic::f16_to_f32(h) as f64, want, "f16 {h:#x}");
+        assert_eq!(generic::f16_to_f32(h | 0x8000) as f64, -want);
+    }
+    assert!(generic::f16_to_f32(0x7C00).is_infinite() && generic::f16_to_f32(0x7E00).is_nan());
 }

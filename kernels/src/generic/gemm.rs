@@ -1,4 +1,4 @@
-use crate::pack::k4n16_index;
+use crate::pack::{i4_at, k4n16_index, PANEL};
 use crate::Act;
 
 #[inline]
@@ -163,6 +163,69 @@ pub fn f32_matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut 
             for (o, bv) in orow.iter_mut().zip(brow) {
                 *o += av * bv;
             }
+        }
+    }
+}
+
+/// Exact f16 → f32 (IEEE binary16 bits; subnormals, infinities and NaN included).
+#[inline]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let neg = h & 0x8000 != 0;
+    let exp = ((h >> 10) & 0x1F) as u32;
+    let man = (h & 0x3FF) as u32;
+    let sign = if neg { 0x8000_0000u32 } else { 0 };
+    match exp {
+        // Zero and subnormals: man · 2^-24, exact in f32.
+        0 => {
+            let mag = man as f32 * (1.0 / 16_777_216.0);
+            if neg {
+                -mag
+            } else {
+                mag
+            }
+        }
+        31 => f32::from_bits(sign | 0x7F80_0000 | (man << 13)),
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    }
+}
+
+/// Reference INT4 (group-wise) GEMM; see [`crate::set::I4GemmFn`].
+#[allow(clippy::too_many_arguments)]
+pub fn i4_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[u8],
+    lda: usize,
+    a_zp: i32,
+    bp: &[u8],
+    group: usize,
+    gsum: &[i32],
+    gscale: &[u16],
+    x_scale: f32,
+    bias: &[f32],
+    act: Act,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let groups = k / group;
+    for i in 0..m {
+        let arow = &a[i * lda..i * lda + k];
+        for j in 0..n {
+            let side = (j / PANEL) * groups * PANEL + j % PANEL;
+            let mut facc = 0f32;
+            for g in 0..groups {
+                let mut dot: i32 = 0;
+                for (p, x) in arow.iter().enumerate().skip(g * group).take(group) {
+                    let ix = k4n16_index(j, p, k);
+                    let q = i4_at(&bp[ix / 64 * 32..ix / 64 * 32 + 32], ix % 64);
+                    dot = dot.wrapping_add(*x as i32 * q as i32);
+                }
+                let s = side + g * PANEL;
+                let corrected = dot.wrapping_sub(a_zp.wrapping_mul(gsum[s]));
+                facc += corrected as f32 * f16_to_f32(gscale[s]);
+            }
+            out[i * ldo + j] = act_apply(facc * x_scale + bias[j], act);
         }
     }
 }

@@ -4,5 +4,5 @@ mod gemm;
 pub mod math;
 mod quant;
 
-pub use gemm::{f32_gemm, f32_matmul, i8_gemm, relu};
+pub use gemm::{f16_to_f32, f32_gemm, f32_matmul, i4_gemm, i8_gemm, relu};
 pub use quant::{quantize_one_u8, quantize_u8, round_half_even};

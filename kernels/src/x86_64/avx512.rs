@@ -47,7 +47,7 @@ pub fn i8_gemm_avx512vnni(
 
 /// The GELU forms over whole output rows (long enough to vectorize), same bits as generic.
 #[target_feature(enable = "avx512f")]
-fn act_avx512(act: Act, v: &mut [f32]) {
+pub(super) fn act_avx512(act: Act, v: &mut [f32]) {
     act.apply_slice(v)
 }
 

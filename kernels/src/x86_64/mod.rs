@@ -4,10 +4,12 @@
 
 mod avx2;
 mod avx512;
+mod avx512_i4;
 mod vmath;
 
 pub use avx2::i8_gemm_avx2;
 pub use avx512::{i8_gemm_avx512vnni, quantize_u8_avx512};
+pub use avx512_i4::i4_gemm_avx512vnni;
 pub use vmath::{
     erf_avx2, erf_avx512, f32_gemm_avx2, f32_gemm_avx512, f32_matmul_avx2, f32_matmul_avx512,
     layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2, softmax_row_avx512,
@@ -18,6 +20,18 @@ pub fn has_avx512vnni() -> bool {
     #[cfg(feature = "std")]
     {
         std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
+    }
+}
+
+/// AVX-512 F + BW + VNNI (what the INT4 kernel's byte arithmetic needs).
+pub fn has_avx512vnni_bw() -> bool {
+    #[cfg(feature = "std")]
+    {
+        has_avx512vnni() && std::is_x86_feature_detected!("avx512bw")
     }
     #[cfg(not(feature = "std"))]
     {
