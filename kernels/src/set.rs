@@ -69,7 +69,7 @@ pub type I8GemmFn = fn(
 /// `Q` (values −8..=7) is packed by [`crate::pack::pack_k4n16_i4`]; `gsum` (Σ_{p∈g} Q[j,p]) and
 /// `gscale` (f16 bits) are in the `[⌈n/16⌉][k/group][16]` order of [`crate::pack::panel_groups`].
 ///
-/// Preconditions: as [`I8GemmFn`], plus `group % 4 == 0`, `k % group == 0`, `bp.len() >=
+/// Preconditions: as [`I8GemmFn`], plus `group % 4 == 0`, `4 <= group <= 256`, `k % group == 0`, `bp.len() >=
 /// k4n16_i4_len(n, k)`, `gsum`/`gscale` `>= ⌈n/16⌉·16·k/group`.
 pub type I4GemmFn = fn(
     m: usize,

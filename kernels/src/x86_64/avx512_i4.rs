@@ -8,6 +8,8 @@ use crate::Act;
 use core::arch::x86_64::*;
 
 const MR: usize = 8;
+/// Rows per block (see the loop in `i4_gemm_avx512vnni`).
+const MB: usize = 64;
 
 /// See [`crate::I4GemmFn`].
 #[allow(clippy::too_many_arguments)]
@@ -32,7 +34,10 @@ pub fn i4_gemm_avx512vnni(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group), "i4 gemm: group {group} for k {k}");
+    assert!(
+        group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group),
+        "i4 gemm: group {group} for k {k}"
+    );
     let groups = k / group;
     let side = n.div_ceil(PANEL) * PANEL * groups;
     assert!(lda >= k4(k) && a.len() >= (m - 1) * lda + k4(k), "i4 gemm: a too short");
@@ -41,57 +46,149 @@ pub fn i4_gemm_avx512vnni(
     assert!(bias.len() >= n, "i4 gemm: bias too short");
     assert!(ldo >= n && out.len() >= (m - 1) * ldo + n, "i4 gemm: out too short");
     assert!(k <= 65_536, "i4 gemm: k {k} too deep");
-    let e = Epi { n, a_zp, x_scale, bias: bias.as_ptr(), act };
-    let g = Groups { count: groups, quads: group / 4, sum: gsum.as_ptr(), scale: gscale.as_ptr() };
+    assert!(group <= MAX_GROUP, "i4 gemm: group {group} above {MAX_GROUP}");
     let pstride = PANEL * k4(k) / 2;
-    for p in 0..n.div_ceil(PANEL) {
-        let mut i = 0;
-        while i < m {
-            let rows = (m - i).min(MR);
-            // SAFETY: AVX-512 F/BW/VNNI present (asserted); the checks above prove rows
-            // i..i+rows readable through k at stride lda, panel p's k/4 packed quads (32 bytes
-            // each) inside bp, its groups' sums and scales inside gsum/gscale, and the masked
-            // output columns inside out.
-            unsafe {
-                let (ai, bq, oi) = (
-                    a.as_ptr().add(i * lda),
-                    bp.as_ptr().add(p * pstride),
-                    out.as_mut_ptr().add(i * ldo),
-                );
-                match rows {
-                    8 => tile::<8>(ai, lda, bq, &g, p, &e, oi, ldo),
-                    4..=7 => tile::<4>(ai, lda, bq, &g, p, &e, oi, ldo),
-                    _ => tile::<1>(ai, lda, bq, &g, p, &e, oi, ldo),
+    let panels = n.div_ceil(PANEL);
+    let gq = group / 4;
+    // Weights of two panels × one group, widened to i8 once and reused by every row tile.
+    let mut wide = [0i8; 2 * 64 * (MAX_GROUP / 4)];
+    let mut p = 0;
+    while p < panels {
+        let np = if p + 2 <= panels { 2 } else { 1 };
+        // Blocks of MB rows keep their f32 partial sums (MB × 32 floats) in L1 across groups.
+        for i0 in (0..m).step_by(MB) {
+            let i1 = (i0 + MB).min(m);
+            for gi in 0..groups {
+                // SAFETY: AVX-512 F/BW present (asserted); quads gi·gq.. of panels p, p+1 lie in bp
+                // (checked above), and `wide` holds 2·64·gq bytes.
+                unsafe {
+                    for t in 0..np {
+                        let src = bp.as_ptr().add((p + t) * pstride + gi * gq * 32);
+                        widen(src, gq, wide.as_mut_ptr().add(t * 64 * gq));
+                    }
+                }
+                let at = |t: usize| ((p + t) * groups + gi) * PANEL;
+                let mut i = i0;
+                while i < i1 {
+                    let rows = (i1 - i).min(MR);
+                    // SAFETY: AVX-512 F/VNNI present; rows i..i+rows of a readable through the
+                    // group's k range; group sums/scales at `at(t)` hold 16 entries; the output
+                    // rows' columns p·16.. are written with masks that stop at n.
+                    unsafe {
+                        let args = Step {
+                            a: a.as_ptr().add(i * lda + gi * group),
+                            lda,
+                            w: wide.as_ptr(),
+                            gq,
+                            a_zp,
+                            sum: [gsum.as_ptr().add(at(0)), gsum.as_ptr().add(at(np - 1))],
+                            scale: [gscale.as_ptr().add(at(0)), gscale.as_ptr().add(at(np - 1))],
+                            out: out.as_mut_ptr().add(i * ldo + p * PANEL),
+                            ldo,
+                            valid: [
+                                (n - p * PANEL).min(PANEL),
+                                if np == 2 { (n - (p + 1) * PANEL).min(PANEL) } else { 0 },
+                            ],
+                            first: gi == 0,
+                        };
+                        match (rows, np) {
+                            (8, 2) => step::<8, 2>(&args),
+                            (8, _) => step::<8, 1>(&args),
+                            (4..=7, 2) => step::<4, 2>(&args),
+                            (4..=7, _) => step::<4, 1>(&args),
+                            (_, 2) => step::<1, 2>(&args),
+                            _ => step::<1, 1>(&args),
+                        }
+                    }
+                    i += match rows {
+                        8 => 8,
+                        4..=7 => 4,
+                        _ => 1,
+                    };
                 }
             }
-            i += match rows {
-                8 => 8,
-                4..=7 => 4,
-                _ => 1,
-            };
         }
+        p += np;
     }
-    if matches!(act, Act::Gelu | Act::GeluTanh) {
-        for i in 0..m {
+    // out holds Σ_g t; finish with the activation scale, bias and activation.
+    for i in 0..m {
+        let row = &mut out[i * ldo..i * ldo + n];
+        for (o, b) in row.iter_mut().zip(bias) {
+            let v = *o * x_scale + b;
+            *o = if act == Act::Relu { crate::generic::relu(v) } else { v };
+        }
+        if matches!(act, Act::Gelu | Act::GeluTanh) {
             // SAFETY: AVX-512 F is present (asserted above).
-            unsafe { super::avx512::act_avx512(act, &mut out[i * ldo..i * ldo + n]) };
+            unsafe { super::avx512::act_avx512(act, row) };
         }
     }
 }
 
-struct Epi {
-    n: usize,
+/// Largest group the kernel's stack buffer holds.
+pub const MAX_GROUP: usize = 256;
+
+/// One group × one row tile × one or two panels.
+struct Step {
+    a: *const u8,
+    lda: usize,
+    w: *const i8,
+    gq: usize,
     a_zp: i32,
-    x_scale: f32,
-    bias: *const f32,
-    act: Act,
+    sum: [*const i32; 2],
+    scale: [*const u16; 2],
+    out: *mut f32,
+    ldo: usize,
+    valid: [usize; 2],
+    first: bool,
 }
 
-struct Groups {
-    count: usize,
-    quads: usize,
-    sum: *const i32,
-    scale: *const u16,
+/// Widens `quads` packed quads (32 bytes each) from `src` into `dst` (64 i8 each).
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn widen(src: *const u8, quads: usize, dst: *mut i8) {
+    // SAFETY: the caller provides `quads`·32 readable and `quads`·64 writable bytes.
+    unsafe {
+        for q in 0..quads {
+            let w = unpack(_mm256_loadu_si256(src.add(q * 32) as *const __m256i));
+            _mm512_storeu_si512(dst.add(q * 64) as *mut _, w);
+        }
+    }
+}
+
+/// `out[r][c] (+)= (Σ_q a·w − zp·gsum) as f32 · scale` for R rows and NP panels of one group.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn step<const R: usize, const NP: usize>(s: &Step) {
+    // SAFETY: the caller proved every pointer range (see `i4_gemm_avx512vnni`).
+    unsafe {
+        let mut acc = [[_mm512_setzero_si512(); NP]; R];
+        for q in 0..s.gq {
+            let mut wv = [_mm512_setzero_si512(); NP];
+            for (t, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(s.w.add(t * 64 * s.gq + q * 64) as *const _);
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av =
+                    _mm512_set1_epi32((s.a.add(r * s.lda + q * 4) as *const i32).read_unaligned());
+                for (x, w) in accr.iter_mut().zip(&wv) {
+                    *x = _mm512_dpbusd_epi32(*x, av, *w);
+                }
+            }
+        }
+        let zp = _mm512_set1_epi32(s.a_zp);
+        for t in 0..NP {
+            let mask: __mmask16 =
+                if s.valid[t] >= PANEL { 0xFFFF } else { (1u16 << s.valid[t]) - 1 };
+            let gs = _mm512_loadu_si512(s.sum[t] as *const _);
+            let sc = _mm512_cvtph_ps(_mm256_loadu_si256(s.scale[t] as *const __m256i));
+            let corr = _mm512_mullo_epi32(zp, gs);
+            for (r, accr) in acc.iter().enumerate() {
+                let o = s.out.add(r * s.ldo + t * PANEL);
+                let term = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(accr[t], corr)), sc);
+                let prev =
+                    if s.first { _mm512_setzero_ps() } else { _mm512_maskz_loadu_ps(mask, o) };
+                _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(prev, term));
+            }
+        }
+    }
 }
 
 /// 64 sign-extended i4 weights from one 32-byte packed quad (values `i` and `i + 32` share byte `i`).
@@ -104,58 +201,4 @@ fn unpack(raw: __m256i) -> __m512i {
     let v = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
     let eight = _mm512_set1_epi8(8);
     _mm512_sub_epi8(_mm512_xor_si512(v, eight), eight)
-}
-
-/// One `R × 16` tile of panel `p`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    a: *const u8,
-    lda: usize,
-    b: *const u8,
-    g: &Groups,
-    p: usize,
-    e: &Epi,
-    out: *mut f32,
-    ldo: usize,
-) {
-    // SAFETY: the caller proved every row, quad, group entry and masked output in range.
-    unsafe {
-        let zp = _mm512_set1_epi32(e.a_zp);
-        let mut facc = [_mm512_setzero_ps(); R];
-        for gi in 0..g.count {
-            let mut acc = [_mm512_setzero_si512(); R];
-            for qq in 0..g.quads {
-                let q = gi * g.quads + qq;
-                let w = unpack(_mm256_loadu_si256(b.add(q * 32) as *const __m256i));
-                for (r, x) in acc.iter_mut().enumerate() {
-                    let av =
-                        _mm512_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
-                    *x = _mm512_dpbusd_epi32(*x, av, w);
-                }
-            }
-            let at = (p * g.count + gi) * PANEL;
-            let gs = _mm512_loadu_si512(g.sum.add(at) as *const _);
-            let sc = _mm512_cvtph_ps(_mm256_loadu_si256(g.scale.add(at) as *const __m256i));
-            let corr = _mm512_mullo_epi32(zp, gs);
-            for (f, x) in facc.iter_mut().zip(&acc) {
-                *f = _mm512_add_ps(
-                    *f,
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(*x, corr)), sc),
-                );
-            }
-        }
-        let j = p * PANEL;
-        let valid = (e.n - j).min(PANEL);
-        let mask: __mmask16 = if valid == PANEL { 0xFFFF } else { (1u16 << valid) - 1 };
-        let bi = _mm512_maskz_loadu_ps(mask, e.bias.add(j));
-        let xs = _mm512_set1_ps(e.x_scale);
-        for (r, f) in facc.iter().enumerate() {
-            let mut v = _mm512_add_ps(_mm512_mul_ps(*f, xs), bi);
-            if e.act == Act::Relu {
-                v = _mm512_max_ps(v, _mm512_setzero_ps());
-            }
-            _mm512_mask_storeu_ps(out.add(r * ldo + j), mask, v);
-        }
-    }
 }
