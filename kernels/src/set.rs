@@ -181,6 +181,12 @@ static I4_GEMMS: &[Variant<I4GemmFn>] = &[
         f: x86::i4_gemm_avx512vnni,
         usable: x86::has_avx512vnni_bw,
     },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i4_gemm_i8mm", f: arm::i4_gemm_i8mm, usable: arm::has_i8mm },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i4_gemm_dotprod", f: arm::i4_gemm_dotprod, usable: arm::has_dotprod },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i4_gemm_neon", f: arm::i4_gemm_neon, usable: arm::has_neon },
     Variant { name: "i4_gemm_generic", f: generic::i4_gemm, usable: always },
 ];
 static F32_GEMMS: &[Variant<F32GemmFn>] = &[

@@ -286,6 +286,9 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
         assert!(names.contains(&"i8_gemm_neon"));
         let dot = std::arch::is_aarch64_feature_detected!("dotprod");
         assert_eq!(names.contains(&"i8_gemm_dotprod"), dot);
+        let i4: Vec<&str> = Kernels::i4_gemms().map(|(n, _)| n).collect();
+        assert!(i4.contains(&"i4_gemm_neon"));
+        assert_eq!(i4.contains(&"i4_gemm_dotprod"), dot);
         assert_eq!(
             names.contains(&"i8_gemm_i8mm"),
             std::arch::is_aarch64_feature_detected!("i8mm")
@@ -295,8 +298,10 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
     // CI names the variants each emulated CPU must exercise, so a fast path cannot silently
     // drop out of the tests (scripts/test.sh sets this per qemu CPU model).
     if let Ok(expect) = std::env::var("EMBER_EXPECT_KERNELS") {
+        let all: Vec<&str> =
+            names.iter().copied().chain(Kernels::i4_gemms().map(|(n, _)| n)).collect();
         for want in expect.split(',').filter(|s| !s.is_empty()) {
-            assert!(names.contains(&want), "{want} expected on this CPU, have {names:?}");
+            assert!(all.contains(&want), "{want} expected on this CPU, have {all:?}");
         }
     }
 }

@@ -9,6 +9,7 @@
 //! the generic twin.
 
 mod dot;
+mod i4;
 mod mm;
 mod neon;
 
@@ -46,6 +47,41 @@ variant!(i8_gemm_neon, has_neon, neon::tile, 0);
 // sdot multiplies i8 × i8: the tile works on a − 128 and the epilogue corrects.
 variant!(i8_gemm_dotprod, has_dotprod, dot::tile, 128);
 variant!(i8_gemm_i8mm, has_i8mm, mm::tile, 0);
+
+/// A public [`crate::I4GemmFn`] over a variant's INT8 tile (see [`i4::drive_i4`]).
+macro_rules! variant_i4 {
+    ($name:ident, $has:ident, $tile:path, $shift:expr) => {
+        /// See [`crate::I4GemmFn`].
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: &[u8],
+            lda: usize,
+            a_zp: i32,
+            bp: &[u8],
+            group: usize,
+            gsum: &[i32],
+            gscale: &[u16],
+            x_scale: f32,
+            bias: &[f32],
+            act: Act,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            assert!($has(), concat!(stringify!($name), " on a CPU without ", stringify!($has)));
+            i4::drive_i4(
+                m, k, n, a, lda, a_zp, bp, group, gsum, gscale, x_scale, bias, act, out, ldo,
+                $tile, $shift,
+            );
+        }
+    };
+}
+
+variant_i4!(i4_gemm_neon, has_neon, neon::tile, 0);
+variant_i4!(i4_gemm_dotprod, has_dotprod, dot::tile, 128);
+variant_i4!(i4_gemm_i8mm, has_i8mm, mm::tile, 0);
 
 /// Rows per tile.
 pub(crate) const MR: usize = 4;

@@ -3,7 +3,8 @@
 //! `vpdpbusd` into per-group i32 accumulators, and every group is scaled into f32 accumulators
 //! in the same order as the generic twin.
 
-use crate::pack::{k4, k4n16_i4_len, PANEL};
+use crate::check::{check_i4, finish_i4};
+use crate::pack::{k4, PANEL};
 use crate::Act;
 use core::arch::x86_64::*;
 
@@ -31,22 +32,10 @@ pub fn i4_gemm_avx512vnni(
     ldo: usize,
 ) {
     assert!(super::has_avx512vnni_bw(), "i4_gemm_avx512vnni on a CPU without AVX-512 BW/VNNI");
+    let groups = check_i4(m, k, n, a, lda, bp, group, gsum, gscale, bias, out, ldo, MAX_GROUP);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group),
-        "i4 gemm: group {group} for k {k}"
-    );
-    let groups = k / group;
-    let side = n.div_ceil(PANEL) * PANEL * groups;
-    assert!(lda >= k4(k) && a.len() >= (m - 1) * lda + k4(k), "i4 gemm: a too short");
-    assert!(bp.len() >= k4n16_i4_len(n, k), "i4 gemm: packed b too short");
-    assert!(gsum.len() >= side && gscale.len() >= side, "i4 gemm: group sums/scales too short");
-    assert!(bias.len() >= n, "i4 gemm: bias too short");
-    assert!(ldo >= n && out.len() >= (m - 1) * ldo + n, "i4 gemm: out too short");
-    assert!(k <= 65_536, "i4 gemm: k {k} too deep");
-    assert!(group <= MAX_GROUP, "i4 gemm: group {group} above {MAX_GROUP}");
     let pstride = PANEL * k4(k) / 2;
     let panels = n.div_ceil(PANEL);
     let gq = group / 4;
@@ -111,17 +100,11 @@ pub fn i4_gemm_avx512vnni(
         p += np;
     }
     // out holds Σ_g t; finish with the activation scale, bias and activation.
-    for i in 0..m {
-        let row = &mut out[i * ldo..i * ldo + n];
-        for (o, b) in row.iter_mut().zip(bias) {
-            let v = *o * x_scale + b;
-            *o = if act == Act::Relu { crate::generic::relu(v) } else { v };
-        }
-        if matches!(act, Act::Gelu | Act::GeluTanh) {
-            // SAFETY: AVX-512 F is present (asserted above).
-            unsafe { super::avx512::act_avx512(act, row) };
-        }
-    }
+    let gelu = |a: Act, row: &mut [f32]| {
+        // SAFETY: AVX-512 F is present (asserted above).
+        unsafe { super::avx512::act_avx512(a, row) }
+    };
+    finish_i4(m, n, out, ldo, x_scale, bias, act, &gelu);
 }
 
 /// Largest group the kernel's stack buffer holds.
