@@ -276,25 +276,10 @@ fn pick<F: Copy>(v: &'static [Variant<F>], allow: &dyn Fn(&str) -> bool) -> (F, 
 }
 
 impl KernelSet {
-    /// The portable reference set; always available, on every target.
-    pub const GENERIC: KernelSet = KernelSet {
-        i8_gemm: generic::i8_gemm,
-        i8_gemm_name: "i8_gemm_generic",
-        i4_gemm: generic::i4_gemm,
-        i4_gemm_name: "i4_gemm_generic",
-        f32_gemm: generic::f32_gemm,
-        f32_gemm_name: "f32_gemm_generic",
-        quantize_u8: generic::quantize_u8,
-        quantize_u8_name: "quantize_u8_generic",
-        softmax_row: generic::math::softmax_row,
-        softmax_row_name: "softmax_row_generic",
-        erf: generic::math::erf_slice,
-        erf_name: "erf_generic",
-        layer_norm_row: generic::math::layer_norm_row,
-        layer_norm_row_name: "layer_norm_row_generic",
-        f32_matmul: generic::f32_matmul,
-        f32_matmul_name: "f32_matmul_generic",
-    };
+    /// The portable reference set (every family's generic twin); always available.
+    pub fn generic() -> KernelSet {
+        Self::with_override("generic")
+    }
 
     /// Chooses the fastest variant of each family this CPU supports. Under `std`, the
     /// environment variable `EMBER_KERNELS` overrides the choice: a comma-separated list of

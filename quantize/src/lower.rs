@@ -507,11 +507,14 @@ impl<'a> Lowerer<'a> {
                 }
                 pb.push(&n.name, OpCode::MatMulF32, &[a, b], y, &params, "f32");
             }
-            "Add" if self.softmax_mask(g, pb, n).is_some() => {
-                let (x, mask) = self.softmax_mask(g, pb, n).unwrap_or_default();
-                pb.softmax_adds.insert(out_name, (x, mask));
-            }
             "Add" | "Sub" | "Mul" | "Div" => {
+                if n.op == "Add" {
+                    if let Some(xm) = self.softmax_mask(g, pb, n) {
+                        // Emitted by the Softmax that reads it.
+                        pb.softmax_adds.insert(out_name, xm);
+                        return Ok(());
+                    }
+                }
                 let kind = match n.op.as_str() {
                     "Add" => BinaryKind::Add,
                     "Sub" => BinaryKind::Sub,

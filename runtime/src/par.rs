@@ -24,8 +24,13 @@ impl Parallel for Serial {
 }
 
 /// A raw pointer that tasks share to write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
 pub(crate) struct SharedMut<T>(pub *mut T);
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
 // SAFETY: only used to hand disjoint index ranges of one live buffer to tasks of a single
 // `Parallel::run` call, which returns before the buffer's borrow ends.
 unsafe impl<T> Sync for SharedMut<T> {}
@@ -34,8 +39,9 @@ unsafe impl<T> Send for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
     /// # Safety
-    /// `start..start+len` must lie inside the buffer and no other live slice may cover it.
-    pub(crate) unsafe fn slice(self, start: usize, len: usize) -> &'static mut [T] {
+    /// `start..start+len` must lie inside the buffer, no other live slice may cover it, and the
+    /// slice must not outlive the buffer's borrow.
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
         // SAFETY: guaranteed by the caller, see above.
         unsafe { core::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
@@ -74,5 +80,27 @@ pub(crate) fn split_tasks(
         if r0 < r1 {
             f(i, r0, r1);
         }
+    });
+}
+
+/// [`split_rows`] over the rows (of `row` elements) of `out`, handing each task its own rows:
+/// `f(r0, r1, &mut out[r0·row..r1·row])`. The one place that splits a buffer between tasks.
+pub(crate) fn split_rows_mut<T: Send>(
+    par: &dyn Parallel,
+    out: &mut [T],
+    row: usize,
+    min_rows: usize,
+    align: usize,
+    f: &(dyn Fn(usize, usize, &mut [T]) + Sync),
+) {
+    let m = out.len().checked_div(row).unwrap_or(0);
+    let len = out.len();
+    let p = SharedMut(out.as_mut_ptr());
+    split_rows(par, m, min_rows, align, &|r0, r1| {
+        let end = if r1 == m { len } else { r1 * row };
+        // SAFETY: the ranges r0..r1 of one `split_rows` call are disjoint and inside 0..m, so
+        // these slices are disjoint parts of `out`, which stays mutably borrowed until every
+        // task has returned.
+        f(r0, r1, unsafe { p.slice(r0 * row, end - r0 * row) });
     });
 }

@@ -26,7 +26,6 @@ pub struct Session<'m, B: AsRef<[u8]>> {
     kernels: KernelSet,
     #[cfg(feature = "std")]
     pool: Option<alloc::sync::Arc<crate::Pool>>,
-    slots: usize,
 }
 
 impl<'m, B: AsRef<[u8]>> Session<'m, B> {
@@ -57,7 +56,6 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             kernels,
             #[cfg(feature = "std")]
             pool: None,
-            slots: 1,
         })
     }
 
@@ -70,7 +68,6 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         let (n8, n32, _) = self.plan.scratch;
         self.scratch_u8 = zeroed(n8 * slots)?;
         self.scratch_i32 = zeroed(n32 * slots)?;
-        self.slots = slots;
         self.pool = Some(pool);
         Ok(())
     }
@@ -81,11 +78,10 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
     }
 
     fn par(&self) -> &dyn Parallel {
-        #[cfg(feature = "std")]
-        if let Some(p) = &self.pool {
-            return &**p;
-        }
-        &Serial
+        par_of(
+            #[cfg(feature = "std")]
+            &self.pool,
+        )
     }
 
     pub fn batch(&self) -> usize {
@@ -128,13 +124,10 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             }
             arena[v.offset..v.offset + v.nbytes].copy_from_slice(data);
         }
-        #[cfg(feature = "std")]
-        let par: &dyn Parallel = match &self.pool {
-            Some(p) => &**p,
-            None => &Serial,
-        };
-        #[cfg(not(feature = "std"))]
-        let par: &dyn Parallel = &Serial;
+        let par = par_of(
+            #[cfg(feature = "std")]
+            &self.pool,
+        );
         let ctx = Ctx {
             file: self.model.bytes(),
             tensors: &self.model.tensors,
@@ -146,7 +139,8 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             u8s: &mut self.scratch_u8,
             i32s: &mut self.scratch_i32,
             f32s: &mut self.scratch_f32,
-            slots: self.slots,
+            // One scratch slot per thread (see `set_pool`).
+            slots: par.threads(),
         };
         for (i, (op, rec)) in plan.ops.iter().zip(&plan.records).enumerate() {
             run_op(op, i, rec.outputs[0], &ctx, arena, &mut scratch)?;
@@ -171,6 +165,19 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         }
         bytemuck::try_cast_slice(self.output(i)).ok()
     }
+}
+
+/// The session's threads: its pool, or the caller alone.
+// The lifetime is elidable only when the `std` parameter exists.
+#[allow(clippy::needless_lifetimes)]
+fn par_of<'a>(
+    #[cfg(feature = "std")] pool: &'a Option<alloc::sync::Arc<crate::Pool>>,
+) -> &'a dyn Parallel {
+    #[cfg(feature = "std")]
+    if let Some(p) = pool {
+        return &**p;
+    }
+    &Serial
 }
 
 /// A zero-filled vector of `n` elements, or an out-of-memory error instead of an abort.

@@ -250,7 +250,7 @@ fn threads_and_kernel_tiers_give_identical_bits() {
             }
             first
         };
-        let want = run(ember_kernels::KernelSet::GENERIC, 1);
+        let want = run(ember_kernels::KernelSet::generic(), 1);
         for tier in tiers {
             let ks = ember_kernels::KernelSet::with_override(tier);
             for threads in [1, 2, 3] {

@@ -4,7 +4,7 @@
 use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
-use crate::par::{split_rows, split_tasks, Parallel, SharedMut};
+use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
 use crate::Error;
 use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn, quantize_pack_k4n16_nk};
 use ember_kernels::{Act, KernelSet};
@@ -127,13 +127,11 @@ pub(crate) fn run_op(
             let (w, w_sum) = (cast(io.bytes(*w))?, cast(io.bytes(*w_sum))?);
             let (scale, bias) = (cast(io.bytes(*scale))?, cast(io.bytes(*bias))?);
             let o: &mut [f32] = cast_mut(out)?;
-            let o = SharedMut(o[..m * n].as_mut_ptr());
             // Each task quantizes and multiplies its own rows.
-            split_rows(ctx.par, m, 16, 8, &|r0, r1| {
-                // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m; the scratch holds m·lda
-                // bytes and the output m·n floats, both exclusively borrowed by this op.
-                let (qs, os) =
-                    unsafe { (q.slice(r0 * lda, (r1 - r0) * lda), o.slice(r0 * n, (r1 - r0) * n)) };
+            split_rows_mut(ctx.par, &mut o[..m * n], n, 16, 8, &|r0, r1, os| {
+                // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda
+                // bytes, exclusively borrowed by this op.
+                let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
                 (k.quantize_u8)(&x[r0 * kk..r1 * kk], r1 - r0, kk, lda, inv_scale, mult, zp, qs);
                 (k.i8_gemm)(r1 - r0, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n);
             });
@@ -146,14 +144,7 @@ pub(crate) fn run_op(
                 if *b_t {
                     (k.f32_gemm)(*m, *kk, *n, &a[i * a_bs..], &b[i * b_bs..], &[], Act::None, oi);
                 } else {
-                    ember_kernels::generic::f32_matmul(
-                        *m,
-                        *kk,
-                        *n,
-                        &a[i * a_bs..],
-                        &b[i * b_bs..],
-                        oi,
-                    );
+                    (k.f32_matmul)(*m, *kk, *n, &a[i * a_bs..], &b[i * b_bs..], oi);
                 }
                 if *alpha != 1.0 {
                     oi.iter_mut().for_each(|v| *v *= *alpha);
@@ -258,45 +249,35 @@ pub(crate) fn run_op(
                 ),
             }
         }
-        Op::Unary { x, kind: UnaryKind::Erf, .. } => {
-            let x: &[f32] = cast(io.bytes(*x))?;
-            let o: &mut [f32] = cast_mut(out)?;
-            let len = o.len();
-            let op = SharedMut(o.as_mut_ptr());
-            // Blocks of PAR_BLOCK elements, spread over the threads.
-            split_rows(ctx.par, len.div_ceil(PAR_BLOCK), 4, 1, &|b0, b1| {
-                let (s0, s1) = (b0 * PAR_BLOCK, (b1 * PAR_BLOCK).min(len));
-                // SAFETY: disjoint element ranges of the output.
-                let os = unsafe { op.slice(s0, s1 - s0) };
-                (k.erf)(&x[s0..s1], os);
-            });
-        }
         Op::Unary { x, kind, a, b } => {
-            let x: &[f32] = cast(io.bytes(*x))?;
+            let (x, kind, a, b): (&[f32], _, f32, f32) = (cast(io.bytes(*x))?, *kind, *a, *b);
             let o: &mut [f32] = cast_mut(out)?;
-            for (o, v) in o.iter_mut().zip(x) {
-                *o = match kind {
-                    UnaryKind::Relu => v.max(0.0),
-                    UnaryKind::Sigmoid => 1.0 / (1.0 + libm::expf(-v)),
-                    UnaryKind::Tanh => libm::tanhf(*v),
-                    UnaryKind::Erf => ember_kernels::generic::math::erf(*v),
-                    UnaryKind::Gelu => ember_kernels::generic::math::gelu(*v),
-                    UnaryKind::GeluTanh => ember_kernels::generic::math::gelu_tanh(*v),
-                    UnaryKind::Sqrt => libm::sqrtf(*v),
-                    UnaryKind::Clip => v.max(*a).min(*b),
-                    UnaryKind::Pow => libm::powf(*v, *a),
-                };
-            }
+            split_rows_mut(ctx.par, o, 1, PAR_BLOCK, PAR_BLOCK, &|e0, e1, os| {
+                let xs = &x[e0..e1];
+                if kind == UnaryKind::Erf {
+                    return (k.erf)(xs, os);
+                }
+                for (o, v) in os.iter_mut().zip(xs) {
+                    *o = match kind {
+                        UnaryKind::Relu => v.max(0.0),
+                        UnaryKind::Sigmoid => 1.0 / (1.0 + libm::expf(-v)),
+                        UnaryKind::Tanh => libm::tanhf(*v),
+                        UnaryKind::Erf => ember_kernels::generic::math::erf(*v),
+                        UnaryKind::Gelu => ember_kernels::generic::math::gelu(*v),
+                        UnaryKind::GeluTanh => ember_kernels::generic::math::gelu_tanh(*v),
+                        UnaryKind::Sqrt => libm::sqrtf(*v),
+                        UnaryKind::Clip => v.max(a).min(b),
+                        UnaryKind::Pow => libm::powf(*v, a),
+                    };
+                }
+            });
         }
         Op::LayerNorm { x, scale, bias, rows, d, eps } => {
             let (x, d, eps): (&[f32], usize, f32) = (cast(io.bytes(*x))?, *d, *eps);
             let g: &[f32] = cast(io.bytes(*scale))?;
             let bb: &[f32] = if *bias == REF_NONE { &[] } else { cast(io.bytes(*bias))? };
             let o: &mut [f32] = cast_mut(out)?;
-            let op = SharedMut(o[..rows * d].as_mut_ptr());
-            split_rows(ctx.par, *rows, 64, 1, &|r0, r1| {
-                // SAFETY: disjoint row ranges of the rows·d outputs.
-                let os = unsafe { op.slice(r0 * d, (r1 - r0) * d) };
+            split_rows_mut(ctx.par, &mut o[..rows * d], d, 64, 1, &|r0, r1, os| {
                 for (xr, or) in x[r0 * d..r1 * d].chunks_exact(d).zip(os.chunks_exact_mut(d)) {
                     (k.layer_norm_row)(xr, g, bb, eps, or);
                 }
@@ -310,10 +291,7 @@ pub(crate) fn run_op(
             let (x, n): (&[f32], usize) = (cast(io.bytes(*x))?, *n);
             let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
             let o: &mut [f32] = cast_mut(out)?;
-            let op = SharedMut(o[..outer * n].as_mut_ptr());
-            split_rows(ctx.par, *outer, 64, 1, &|r0, r1| {
-                // SAFETY: disjoint row ranges of the outer·n outputs.
-                let os = unsafe { op.slice(r0 * n, (r1 - r0) * n) };
+            split_rows_mut(ctx.par, &mut o[..outer * n], n, 64, 1, &|r0, r1, os| {
                 for (r, (xr, or)) in
                     x[r0 * n..r1 * n].chunks_exact(n).zip(os.chunks_exact_mut(n)).enumerate()
                 {
@@ -396,12 +374,8 @@ pub(crate) fn run_op(
         }
         Op::Copy { x } => {
             let src = io.bytes(*x);
-            let len = out.len();
-            let op = SharedMut(out.as_mut_ptr());
-            split_rows(ctx.par, len.div_ceil(PAR_BLOCK * 4), 4, 1, &|b0, b1| {
-                let (s0, s1) = (b0 * PAR_BLOCK * 4, (b1 * PAR_BLOCK * 4).min(len));
-                // SAFETY: disjoint byte ranges of the output.
-                unsafe { op.slice(s0, s1 - s0) }.copy_from_slice(&src[s0..s1]);
+            split_rows_mut(ctx.par, out, 1, 4 * PAR_BLOCK, 4 * PAR_BLOCK, &|s0, s1, os| {
+                os.copy_from_slice(&src[s0..s1]);
             });
         }
         Op::Transpose { x, elem, rank, out: od, src_strides } => {
@@ -474,17 +448,14 @@ fn binary_par<T: Arith + Send + Sync>(par: &dyn Parallel, a: &[T], b: &[T], o: &
         binary(a, b, o, g.kind, g.rank, g.od, g.sa, g.sb, g.fast);
         return;
     }
+    // Blocks of whole repeats of the broadcast operand: that operand is passed whole.
     let block = PAR_BLOCK.div_ceil(unit) * unit;
-    let op = SharedMut(o.as_mut_ptr());
-    split_rows(par, len.div_ceil(block), 2, 1, &|b0, b1| {
-        let (e0, e1) = (b0 * block, (b1 * block).min(len));
-        // SAFETY: disjoint element ranges of the output.
-        let os = unsafe { op.slice(e0, e1 - e0) };
-        let (aw, bw) = match g.fast {
-            BinFast::Same => (true, true),
-            BinFast::BScalar | BinFast::BSuffix(_) => (true, false),
-            _ => (false, true),
-        };
+    let (aw, bw) = match g.fast {
+        BinFast::Same => (true, true),
+        BinFast::BScalar | BinFast::BSuffix(_) => (true, false),
+        _ => (false, true),
+    };
+    split_rows_mut(par, o, 1, 2 * block, block, &|e0, e1, os| {
         let (ap, bp) = (if aw { &a[e0..e1] } else { a }, if bw { &b[e0..e1] } else { b });
         binary(ap, bp, os, g.kind, g.rank, g.od, g.sa, g.sb, g.fast);
     });
@@ -704,11 +675,7 @@ fn transpose(
         return;
     }
     for chunk in out.chunks_exact_mut(bytes) {
-        if elem == 4 && run == 1 {
-            chunk.copy_from_slice(&src[s * 4..s * 4 + 4]);
-        } else {
-            chunk.copy_from_slice(&src[s * elem..s * elem + bytes]);
-        }
+        chunk.copy_from_slice(&src[s * elem..s * elem + bytes]);
         let mut off = [s];
         advance(&mut idx, od, r, &mut off, [st]);
         s = off[0];
