@@ -10,8 +10,12 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 extern crate alloc;
 
+#[cfg(feature = "std")]
+pub mod batcher;
 mod error;
 pub mod format;
+#[cfg(feature = "std")]
+pub mod histogram;
 #[cfg(feature = "std")]
 mod load;
 mod model;
@@ -21,6 +25,8 @@ mod par;
 mod pool;
 mod session;
 
+#[cfg(feature = "std")]
+pub use batcher::{BatchError, Batcher, BatcherConfig, BatcherStats, Pending, Policy};
 pub use error::Error;
 pub use format::{DType, OpCode};
 #[cfg(feature = "std")]

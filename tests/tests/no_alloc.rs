@@ -1,6 +1,7 @@
 //! `Session::run` performs no heap allocation: proven with a counting global allocator over the
 //! demo model (INT8 linear layers, row-wise embeddings, concat, float ops) and the DLRM oracle
-//! case (batched MatMul, transpose).
+//! case (batched MatMul, transpose). Neither does a request through the `Batcher` in steady state
+//! (submitted from several threads, batched, answered).
 
 use ember_quantize::npz;
 use ember_runtime::{AlignedBuf, Model, Session};
@@ -51,8 +52,12 @@ fn check(onnx: &[u8], calib: &std::path::Path, batch: usize) {
     assert!(s.output_f32(0).unwrap().iter().all(|v| v.is_finite()));
 }
 
+/// The tests of this binary count every allocation in the process: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn run_does_not_allocate() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../host-tools/demo");
     check(
         &std::fs::read(format!("{demo}/model.onnx")).unwrap(),
@@ -61,4 +66,56 @@ fn run_does_not_allocate() {
     );
     let dlrm = ember_tests::case("dlrm");
     check(&std::fs::read(dlrm.join("model.onnx")).unwrap(), &dlrm.join("calib.npz"), 4);
+}
+
+#[test]
+fn batcher_requests_do_not_allocate() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../host-tools/demo");
+    let onnx = std::fs::read(format!("{demo}/model.onnx")).unwrap();
+    let calib = npz::read_npz(std::path::Path::new(&format!("{demo}/calib.npz"))).unwrap();
+    let opts = ember_quantize::Options { batches: vec![1, 4, 8], ..Default::default() };
+    let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
+    let model = std::sync::Arc::new(Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap());
+    let x: Vec<Vec<u8>> =
+        model.inputs.iter().map(|s| calib[&s.name].take_rows(&[3]).to_le_bytes()).collect();
+    for policy in [ember_runtime::Policy::Pad, ember_runtime::Policy::Split] {
+        let cfg = ember_runtime::BatcherConfig {
+            max_wait: std::time::Duration::from_micros(200),
+            queue: 64,
+            policy,
+            sizes: vec![],
+            threads: 2,
+        };
+        let b = ember_runtime::Batcher::new(model.clone(), cfg).unwrap();
+        let start = std::sync::Barrier::new(4);
+        let (before, after) = std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let refs: Vec<&[u8]> = x.iter().map(|v| v.as_slice()).collect();
+                    let mut out = vec![0u8; b.output_lens()[0]];
+                    // Warm-up: the first requests may touch lazily created runtime state.
+                    for _ in 0..20 {
+                        b.infer(&refs, &mut [&mut out]).unwrap();
+                    }
+                    start.wait();
+                    for _ in 0..300 {
+                        b.infer(&refs, &mut [&mut out]).unwrap();
+                    }
+                    start.wait();
+                });
+            }
+            start.wait();
+            let before = ALLOCS.load(Ordering::SeqCst);
+            start.wait();
+            (before, ALLOCS.load(Ordering::SeqCst))
+        });
+        assert_eq!(
+            after - before,
+            0,
+            "{policy:?}: 900 batched requests allocated {} times",
+            after - before
+        );
+        assert_eq!(b.stats().completed, 960);
+    }
 }
