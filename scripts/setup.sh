@@ -31,7 +31,7 @@ done
 if ! python3 - <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
 want = [l.split("==") for l in open("tests/oracle/requirements.txt") if "==" in l and not l.startswith("#")]
-sys.exit(any(m.version(n.strip()) != v.strip() for n, v in want))
+sys.exit(any(m.version(n.split("[")[0].strip()) != v.strip() for n, v in want))
 PY
 then
   echo "setup: installing Python oracles (tests/oracle/requirements.txt)"

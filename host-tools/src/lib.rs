@@ -2,7 +2,9 @@
 //! arguments and map errors to a message and exit status 1.
 
 pub mod cmd;
+pub mod plot;
 pub mod progress;
+pub mod serve;
 
 /// Installs a panic hook that reports a panic as a one-line internal error (exit status 1 via
 /// [`guard`]) instead of a backtrace dump. Panics are bugs; this keeps the user's terminal clean.

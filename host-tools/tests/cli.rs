@@ -11,15 +11,7 @@ fn bin(name: &str) -> Command {
         "quantize" => env!("CARGO_BIN_EXE_quantize"),
         _ => env!("CARGO_BIN_EXE_ember"),
     };
-    match std::env::var("EMBER_TEST_RUNNER") {
-        Ok(r) if !r.trim().is_empty() => {
-            let mut parts = r.split_whitespace();
-            let mut c = Command::new(parts.next().unwrap_or_default());
-            c.args(parts).arg(path);
-            c
-        }
-        _ => Command::new(path),
-    }
+    ember_tests::bin_command(path)
 }
 
 fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {

@@ -51,7 +51,7 @@ impl Default for BatcherConfig {
         BatcherConfig {
             max_wait: Duration::from_micros(1000),
             queue: 256,
-            policy: Policy::Pad,
+            policy: Policy::Split,
             sizes: vec![],
             threads: 0,
         }

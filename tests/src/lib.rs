@@ -13,6 +13,20 @@ pub mod tol {
     pub const INT8_PEARSON: f64 = 0.999;
 }
 
+/// A command for one of the workspace's binaries (`CARGO_BIN_EXE_*`), prefixed by
+/// `EMBER_TEST_RUNNER` (e.g. a qemu command line) when the suite runs cross-compiled.
+pub fn bin_command(path: &str) -> std::process::Command {
+    match std::env::var("EMBER_TEST_RUNNER") {
+        Ok(r) if !r.trim().is_empty() => {
+            let mut parts = r.split_whitespace();
+            let mut c = std::process::Command::new(parts.next().unwrap_or_default());
+            c.args(parts).arg(path);
+            c
+        }
+        _ => std::process::Command::new(path),
+    }
+}
+
 /// Folder holding the oracle cases (made by tests/oracle/make_cases.py). `EMBER_ORACLE_DIR`
 /// points at a ready one; otherwise it is generated once per process under the target folder.
 pub fn oracle_dir() -> &'static Path {

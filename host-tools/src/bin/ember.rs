@@ -16,6 +16,8 @@ enum Cmd {
     Compare(cmd::compare::Args),
     Demo(cmd::demo::Args),
     Bench(cmd::bench::Args),
+    Serve(cmd::serve::Args),
+    Loadgen(cmd::loadgen::Args),
 }
 
 fn main() {
@@ -26,5 +28,7 @@ fn main() {
         Cmd::Compare(a) => cmd::compare::run(a),
         Cmd::Demo(a) => cmd::demo::run(a),
         Cmd::Bench(a) => cmd::bench::run(a),
+        Cmd::Serve(a) => cmd::serve::run(a),
+        Cmd::Loadgen(a) => cmd::loadgen::run(a),
     });
 }

@@ -2,8 +2,10 @@ pub mod bench;
 pub mod compare;
 pub mod demo;
 pub mod inspect;
+pub mod loadgen;
 pub mod quantize;
 pub mod run;
+pub mod serve;
 
 use anyhow::{Context, Result};
 use std::path::Path;

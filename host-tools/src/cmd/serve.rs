@@ -1,0 +1,128 @@
+//! `ember serve MODEL.ember [--name NAME] [--port P] [--max-wait-us U] [--queue Q]`: the model
+//! behind the KServe v2 / Triton HTTP protocol, single requests batched into the compiled sizes.
+
+use crate::serve::{kserve::ModelServer, Running};
+use anyhow::{Context, Result};
+use clap::Parser;
+use ember_runtime::{Batcher, BatcherConfig, Policy};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serve a model over HTTP (KServe v2 / Triton protocol) with dynamic batching.
+#[derive(Parser, Debug)]
+pub struct Args {
+    pub model: PathBuf,
+    /// Name the model is served under (default: the file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free port; the one chosen is printed).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    #[command(flatten)]
+    pub batching: BatchingArgs,
+    /// Open connections at most (more are answered 503).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// How much of the file to check when opening it.
+    #[arg(long, value_enum, default_value_t = super::VerifyArg::Full)]
+    pub verify: super::VerifyArg,
+}
+
+/// How requests are batched (shared by `serve` and `loadgen`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BatchingArgs {
+    /// How long the oldest request waits for a fuller batch, in microseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub max_wait_us: u64,
+    /// Samples queued or running at most; beyond it requests are refused at once (503).
+    #[arg(long, default_value_t = 256)]
+    pub queue: usize,
+    /// How a queue shorter than the largest batch is cleared after max-wait: `split` runs the
+    /// sizes that clear it in the least measured compute time (a padded larger batch when runs
+    /// cost the same whatever their size, smaller full batches when cost grows with size);
+    /// `pad` always runs the smallest size that holds it, padded.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Split)]
+    pub policy: PolicyArg,
+    /// Batch sizes to use, comma-separated (default: every size compiled in the model).
+    #[arg(long, value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Threads for each batch's ops (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PolicyArg {
+    Pad,
+    Split,
+}
+
+impl BatchingArgs {
+    pub fn config(&self) -> BatcherConfig {
+        BatcherConfig {
+            max_wait: Duration::from_micros(self.max_wait_us),
+            queue: self.queue,
+            policy: match self.policy {
+                PolicyArg::Pad => Policy::Pad,
+                PolicyArg::Split => Policy::Split,
+            },
+            sizes: self.batch_sizes.clone(),
+            threads: self.threads.unwrap_or(0),
+        }
+    }
+}
+
+/// Loads `path` and puts a batcher with `cfg` in front of it.
+pub fn model_server(
+    path: &Path,
+    name: &str,
+    cfg: BatcherConfig,
+    verify: super::VerifyArg,
+) -> Result<ModelServer> {
+    let model = Arc::new(super::load_with(path, verify)?);
+    let (inputs, outputs) = (model.inputs.clone(), model.outputs.clone());
+    let batcher =
+        Batcher::new(model, cfg).with_context(|| format!("cannot serve {}", path.display()))?;
+    Ok(ModelServer::new(name.to_string(), batcher, inputs, outputs))
+}
+
+/// The name a model file is served under by default.
+pub fn default_name(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
+    if name.is_empty() || name.contains('/') {
+        anyhow::bail!("invalid model name '{name}' (non-empty, no '/')");
+    }
+    let server = model_server(&a.model, &name, a.batching.config(), a.verify)?;
+    let b = server.batcher();
+    let costs: Vec<String> = b
+        .sizes()
+        .iter()
+        .zip(b.startup_costs())
+        .map(|(s, c)| format!("{s}: {:.3} ms", c.as_secs_f64() * 1e3))
+        .collect();
+    let addr = format!("{}:{}", a.host, a.port);
+    let mut running = Running::start(server, &addr, a.max_connections)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    println!(
+        "serving '{name}' from {} on http://{} (batch sizes {:?}, policy {:?}, max wait {} us, queue {}; one batch: {})",
+        a.model.display(),
+        running.addr,
+        running.model.batcher().sizes(),
+        a.batching.policy,
+        a.batching.max_wait_us,
+        a.batching.queue,
+        costs.join(", ")
+    );
+    let _ = std::io::stdout().flush();
+    running.wait();
+    Ok(())
+}
