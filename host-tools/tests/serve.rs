@@ -407,3 +407,31 @@ fn loadgen_loses_nothing_and_plots_each_policy() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown policy 'fastest'"));
 }
+
+#[test]
+fn sigterm_drains_and_stops() {
+    let d = tmp("term");
+    let model = demo_model(&d);
+    // A long max wait keeps a lone request queued while the signal arrives.
+    let mut srv = Server::start(&model, &["--max-wait-us", "1500000", "--batch-sizes", "4,8"]);
+    let addr = srv.addr.clone();
+    let client = std::thread::spawn(move || {
+        let body = infer_body(&[1], &[2], "[1,4]");
+        let raw = format!(
+            "POST /v2/models/demo/infer HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        read_response(&mut BufReader::new(s)).unwrap().status
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // The queued request is answered, then the server exits cleanly.
+    assert_eq!(client.join().unwrap(), 200);
+    let status = srv.child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}");
+    assert!(TcpStream::connect(&srv.addr).is_err(), "still accepting after SIGTERM");
+}

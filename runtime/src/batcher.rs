@@ -8,7 +8,8 @@
 //! - The worker runs the largest batch size as soon as it fills. Otherwise it waits until the
 //!   oldest request has waited `max_wait`, then clears the queue by the [`Policy`]: `Pad` runs the
 //!   smallest size that holds everything queued (padding the empty rows by repeating the last
-//!   sample), `Split` runs the mix of sizes that takes the least measured compute time.
+//!   sample), `Split` runs the mix of sizes that takes the least measured compute time, and does
+//!   not wait at all when a larger batch is not cheaper per sample (see [`batching_pays`]).
 //! - A failed batch is retried one sample at a time, so one bad request (an id outside a table)
 //!   does not fail the requests batched with it.
 //! - Shutdown drains: every accepted request is answered before the worker stops.
@@ -29,7 +30,8 @@ pub enum Policy {
     /// One run of the smallest batch size that holds the whole queue, padded.
     Pad,
     /// The runs that clear the queue in the least compute time, by each plan's measured cost
-    /// (e.g. 4 + 1 instead of a padded 8 when a batch's cost grows with its size).
+    /// (e.g. 4 + 1 instead of a padded 8 when a batch's cost grows with its size); and no
+    /// waiting for a fuller batch when it would not be cheaper per sample.
     Split,
 }
 
@@ -233,6 +235,12 @@ pub fn choose_batch(
             (r.min(sizes[i]), i)
         }
     }
+}
+
+/// Whether the largest batch costs clearly less per sample (by 10%) than the smallest one.
+pub fn batching_pays(sizes: &[usize], cost: &[Duration]) -> bool {
+    let per = |i: usize| cost[i].as_secs_f64() / sizes[i] as f64;
+    sizes.len() > 1 && per(sizes.len() - 1) < 0.9 * per(0)
 }
 
 impl Batcher {
@@ -677,6 +685,11 @@ fn worker<B: AsRef<[u8]>>(
                 if q.queued.len() >= largest || q.shutdown {
                     break;
                 }
+                // Under `Split`, waiting for a fuller batch only pays when a larger batch is
+                // cheaper per sample (not so for a compute-bound transformer on a CPU).
+                if cfg.policy == Policy::Split && !batching_pays(sizes, &cost) {
+                    break;
+                }
                 let waited = q.queued[0].1.elapsed();
                 if waited >= cfg.max_wait {
                     break;
@@ -734,7 +747,9 @@ mod tests {
         }
         // 5 = 4 + 1 (1500 µs), not a padded 8 (2400 µs).
         assert!(matches!(choose_batch(5, &sizes, &linear, Policy::Split), (1, 0) | (4, 1)));
+        assert!(!batching_pays(&sizes, &linear));
         // Fixed overhead per run (a tiny model): one padded run beats several.
+        assert!(batching_pays(&sizes, &us(&[100, 110, 120])));
         let flat = us(&[100, 110, 120]);
         assert_eq!(choose_batch(5, &sizes, &flat, Policy::Split), (5, 2));
         assert_eq!(choose_batch(2, &sizes, &flat, Policy::Split), (2, 1));

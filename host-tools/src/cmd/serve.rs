@@ -123,6 +123,62 @@ pub fn run(a: Args) -> Result<()> {
         costs.join(", ")
     );
     let _ = std::io::stdout().flush();
-    running.wait();
+    signals::install();
+    while !signals::requested() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Drain: no new connections or requests; every request already accepted is answered.
+    running.stop();
+    let m = running.model.clone();
+    m.batcher().shutdown();
+    let t0 = std::time::Instant::now();
+    while (m.batcher().stats().depth > 0 || m.in_flight() > 0)
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = m.batcher().stats();
+    // The reader of stdout may be gone by now (a supervisor, a test): ignore write errors.
+    let _ = writeln!(
+        std::io::stdout(),
+        "stopped: {} samples answered ({} failed), {} refused, {} still in flight",
+        st.completed,
+        st.failed,
+        st.rejected,
+        st.depth + m.in_flight()
+    );
     Ok(())
+}
+
+/// SIGINT / SIGTERM request a draining stop.
+#[cfg(unix)]
+mod signals {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe; `signal`
+        // with a valid function pointer has no other precondition.
+        unsafe {
+            libc::signal(libc::SIGINT, h);
+            libc::signal(libc::SIGTERM, h);
+        }
+    }
+
+    pub fn requested() -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(not(unix))]
+mod signals {
+    pub fn install() {}
+    pub fn requested() -> bool {
+        false
+    }
 }

@@ -10,6 +10,7 @@ use ember_runtime::{BatchError, Batcher, DType, SigEntry};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ pub struct ModelServer {
     inputs: Vec<SigEntry>,
     outputs: Vec<SigEntry>,
     http: Mutex<BTreeMap<u16, u64>>,
+    in_flight: AtomicUsize,
     started: Instant,
 }
 
@@ -165,6 +167,7 @@ impl ModelServer {
             inputs,
             outputs,
             http: Mutex::new(BTreeMap::new()),
+            in_flight: AtomicUsize::new(0),
             started: Instant::now(),
         }
     }
@@ -173,8 +176,20 @@ impl ModelServer {
         &self.batcher
     }
 
+    /// HTTP requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Answers one HTTP request (never panics on bad input; every error is a status + message).
     pub fn handle(&self, req: &Request) -> Response {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let resp = self.answer(req);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        resp
+    }
+
+    fn answer(&self, req: &Request) -> Response {
         let resp = match self.route(req) {
             Ok(r) => r,
             Err((status, msg)) => Response::error(status, msg),
