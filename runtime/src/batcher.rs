@@ -381,6 +381,8 @@ impl Batcher {
                 return Err(BatchError::QueueFull { capacity: sh.slots.len() });
             };
             q.reserved += 1;
+            // Counted before the worker can see it, so the count never goes below zero.
+            sh.depth.fetch_add(1, Ordering::SeqCst);
             id
         };
         let now = {
@@ -401,7 +403,6 @@ impl Batcher {
             q.reserved -= 1;
             q.queued.push_back((id, now));
         }
-        sh.depth.fetch_add(1, Ordering::Relaxed);
         sh.accepted.fetch_add(1, Ordering::Relaxed);
         sh.work.notify_one();
         Ok(Pending { sh, id, open: true })
@@ -426,7 +427,7 @@ impl Batcher {
         let sh = &*self.shared;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         BatcherStats {
-            depth: sh.depth.load(Ordering::Relaxed),
+            depth: sh.depth.load(Ordering::SeqCst),
             capacity: sh.slots.len(),
             accepted: ld(&sh.accepted),
             rejected: ld(&sh.rejected),
@@ -544,16 +545,19 @@ fn finish(sh: &Shared, id: u32, mut d: MutexGuard<'_, SlotData>, error: Option<E
     }
     sh.completed.fetch_add(1, Ordering::Relaxed);
     d.error = error;
+    // `depth` drops before the slot can be reused or its waiter can see it answered, so a
+    // caller that got its answer never sees its own request still counted.
     if d.abandoned {
         d.state = State::Free;
         drop(d);
         lock(&sh.queue).free.push(id);
+        sh.depth.fetch_sub(1, Ordering::SeqCst);
     } else {
         d.state = State::Done;
+        sh.depth.fetch_sub(1, Ordering::SeqCst);
         drop(d);
         sh.slots[id as usize].done.notify_one();
     }
-    sh.depth.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Most inputs a run passes without allocating its list of input slices.

@@ -106,7 +106,8 @@ fn max_wait_pads_a_short_queue_and_backpressure_is_immediate() {
     assert_eq!((&o0, &o1), (&want[0], &want[1]));
     // Two requests never fill the largest batch: they ran together once the oldest had waited
     // max_wait, in the smallest plan that holds two (4, padded).
-    assert!(l0 >= Duration::from_millis(300) && l1 <= l0, "latencies {l0:?} {l1:?}");
+    assert!(l0 >= Duration::from_millis(300) && l0 < Duration::from_secs(5), "latency {l0:?}");
+    assert!(l1 >= Duration::from_millis(250) && l1 < Duration::from_secs(5), "latency {l1:?}");
     let st = b.stats();
     assert_eq!(
         st.per_size.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
