@@ -38,7 +38,15 @@ pub struct Stats {
     seen: usize,
     /// The first rows seen (row-major, `rows.len() / k` rows).
     pub rows: Vec<f32>,
+    /// Every [`SPREAD_STRIDE`]th row seen, up to [`SPREAD_ROWS`] rows: a sample spread over the
+    /// calibration set (for the Hessian of INT4 error compensation).
+    pub spread: Vec<f32>,
+    rows_seen: usize,
 }
+
+/// Rows kept in [`Stats::spread`], and the stride between them.
+pub const SPREAD_ROWS: usize = 1024;
+pub const SPREAD_STRIDE: usize = 4;
 
 /// Cap on the values kept per tensor for percentile estimates.
 const KEEP: usize = 1 << 20;
@@ -57,6 +65,12 @@ impl Stats {
                 *lo = lo.min(*x);
                 *hi = hi.max(*x);
             }
+        }
+        for row in v.chunks_exact(k) {
+            if self.rows_seen.is_multiple_of(SPREAD_STRIDE) && self.spread.len() < SPREAD_ROWS * k {
+                self.spread.extend_from_slice(row);
+            }
+            self.rows_seen += 1;
         }
         let room = SIM_ROWS * k - self.rows.len().min(SIM_ROWS * k);
         self.rows.extend_from_slice(&v[..room.min(v.len())]);

@@ -52,6 +52,10 @@ pub struct Options {
     /// the calibration set (mean per-sample cosine for outputs of 8+ values per sample, else the
     /// cosine of the whole output); the most sensitive layers fall back to float until it holds.
     pub max_cos_drop: Option<f64>,
+    /// INT4 group size (`bits` 4): along K for weights, along each row for embedding tables.
+    pub group: usize,
+    /// Bits of embedding tables: 8 or 4 (default: 4 when `bits` is 4, else 8).
+    pub embedding_bits: Option<u32>,
 }
 
 impl Default for Options {
@@ -65,6 +69,8 @@ impl Default for Options {
             source_name: "model.onnx".into(),
             int8_act_matmul: false,
             max_cos_drop: None,
+            group: 32,
+            embedding_bits: None,
         }
     }
 }
@@ -157,11 +163,20 @@ pub fn quantize(
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<(Vec<u8>, report::Report)> {
-    if opts.bits != 8 && opts.bits != 32 {
+    if ![4, 8, 32].contains(&opts.bits) {
         return Err(Error::Shape(format!(
-            "--bits {} is not supported (8, or 32 for float)",
+            "--bits {} is not supported (8, 4, or 32 for float)",
             opts.bits
         )));
+    }
+    if opts.bits == 4 && !(opts.group.is_multiple_of(4) && (4..=256).contains(&opts.group)) {
+        return Err(Error::Shape(format!(
+            "--group {} is not supported (a multiple of 4 from 4 to 256, e.g. 32 or 128)",
+            opts.group
+        )));
+    }
+    if let Some(b) = opts.embedding_bits.filter(|b| *b != 8 && *b != 4) {
+        return Err(Error::Shape(format!("--embeddings int{b} is not supported (int8 or int4)")));
     }
     if opts.batches.is_empty() || opts.batches.contains(&0) {
         return Err(Error::Shape("batch sizes must be >= 1".into()));
@@ -182,7 +197,7 @@ pub fn quantize(
     for n in g.nodes.iter().filter(|n| n.op == "MatMul" && opts.int8_act_matmul) {
         linear_inputs.extend(n.inputs.iter().filter(|i| !g.consts.contains_key(*i)).cloned());
     }
-    let stats = if opts.bits == 8 {
+    let stats = if opts.bits != 32 {
         calibrate::calibrate(&g, &samples, batches[0], &linear_inputs, opts.method, |d, t| {
             progress("calibrate", d, t)
         })?
@@ -225,7 +240,7 @@ pub fn quantize(
     let mut built = build(&ctx, &float_nodes)?;
     let mut cos_drop = None;
     let mut fell_back: Vec<(String, f64)> = vec![];
-    if let (8, Some(budget)) = (opts.bits, opts.max_cos_drop) {
+    if let (8 | 4, Some(budget)) = (opts.bits, opts.max_cos_drop) {
         let eval_n = n.min(16);
         let eval: HashMap<String, HostTensor> =
             samples.iter().map(|(k, v)| (k.clone(), v.slice_rows(0, eval_n))).collect();
@@ -243,7 +258,7 @@ pub fn quantize(
             let cands: Vec<String> = built
                 .layers
                 .iter()
-                .filter(|l| l.precision == "int8")
+                .filter(|l| l.precision == "int8" || l.precision == "int4")
                 .map(|l| l.node.clone())
                 .collect();
             let mut gains = vec![];
@@ -266,7 +281,8 @@ pub fn quantize(
         for l in built.layers.iter_mut() {
             if let Some((_, gain)) = fell_back.iter().find(|(c, _)| *c == l.node) {
                 l.reason = Some(format!(
-                    "fell back to f32 for --max-cos-drop {budget}: INT8 here cost {gain:.2e} of output cosine on the calibration set"
+                    "fell back to f32 for --max-cos-drop {budget}: {} here cost {gain:.2e} of output cosine on the calibration set",
+                    if opts.bits == 4 { "INT4/INT8" } else { "INT8" }
                 ));
             }
         }
@@ -285,7 +301,7 @@ pub fn quantize(
     let rep = report::Report {
         source: opts.source_name.clone(),
         bits: opts.bits,
-        method: if opts.bits == 8 {
+        method: if opts.bits != 32 {
             format!("{:?}", opts.method).to_lowercase()
         } else {
             "none".into()
@@ -330,6 +346,8 @@ fn build(ctx: &BuildCtx, float_nodes: &HashSet<String>) -> Result<Built> {
     let opts = ctx.opts;
     let mut lw = lower::Lowerer::new(opts.bits, ctx.stats, opts.method, opts.percentile);
     lw.int8_act_matmul = opts.int8_act_matmul;
+    lw.group = opts.group;
+    lw.emb_bits = opts.embedding_bits.unwrap_or(if opts.bits == 4 { 4 } else { 8 });
     lw.float_nodes = float_nodes.clone();
     lw.choices = Some(ctx.choices);
     let sig = |s: &IoSpec| ember_runtime::format::writer::SigSpec {

@@ -41,7 +41,15 @@ pub struct Lowerer<'a> {
     pub writer: Writer,
     tensors: HashMap<String, u32>,
     linear_i8: HashMap<String, ([u32; 5], f32, i32)>,
+    linear_i4: HashMap<String, ([u32; 5], f32, i32)>,
     emb_i8: HashMap<String, [u32; 3]>,
+    emb_i4: HashMap<String, [u32; 3]>,
+    /// INT4 group size along K (weights) and along rows (embedding tables).
+    pub group: usize,
+    /// Bits of embedding tables (8 or 4) when `bits` is not 32.
+    pub emb_bits: u32,
+    /// Nodes kept in INT8 inside an INT4 model (mixed precision).
+    pub int8_nodes: std::collections::HashSet<String>,
     pub layers: Vec<LayerReport>,
 }
 
@@ -141,9 +149,166 @@ impl<'a> Lowerer<'a> {
             writer: Writer::new(),
             tensors: HashMap::new(),
             linear_i8: HashMap::new(),
+            linear_i4: HashMap::new(),
             emb_i8: HashMap::new(),
+            emb_i4: HashMap::new(),
+            group: 32,
+            emb_bits: if bits == 4 { 4 } else { 8 },
+            int8_nodes: Default::default(),
             layers: vec![],
         }
+    }
+
+    /// The activation scheme of a Linear layer (range, scale, zero point, smoothing), chosen
+    /// once per quantization by simulation and shared by every plan.
+    fn linear_choice(
+        &self,
+        node: &str,
+        x_name: &str,
+        w: &[f32],
+        nn: usize,
+        k: usize,
+    ) -> Result<quant::LinearChoice> {
+        let err = |m: String| Error::node(node, LINEAR_OP, m);
+        let st = self
+            .stats
+            .get(x_name)
+            .ok_or_else(|| err(format!("no calibration data for '{x_name}'")))?;
+        let cached = self.choices.and_then(|c| c.borrow().get(node).cloned());
+        let c = match cached {
+            Some(c) => c,
+            None => {
+                let c = quant::choose_linear(w, nn, k, st, self.method, self.percentile);
+                if let Some(cache) = self.choices {
+                    cache.borrow_mut().insert(node.to_string(), c.clone());
+                }
+                c
+            }
+        };
+        if !c.range.min.is_finite() || !c.range.max.is_finite() {
+            return Err(err(format!(
+                "calibration range of '{x_name}' is not finite ({}, {})",
+                c.range.min, c.range.max
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Quantizes a Linear layer's weights to group-wise INT4 (W4A8, the activation scheme of
+    /// `c`), writes its tensors, and returns (refs for LinearI4 inputs 1..=5, x scale, zero point).
+    #[allow(clippy::too_many_arguments)]
+    fn write_linear_i4(
+        &mut self,
+        g: &Graph,
+        n: &Node,
+        x_name: &str,
+        w: &[f32],
+        nn: usize,
+        k: usize,
+        m: usize,
+        c: &quant::LinearChoice,
+        first: bool,
+    ) -> Result<([u32; 5], f32, i32)> {
+        let group = self.group;
+        let (sx, zp) = (c.act_scale, c.zp);
+        let st = &self.stats[x_name];
+        let rows = (st.rows.len() / k).min(256);
+        let sm = |j: usize| c.smooth.as_ref().map(|s| s[j]).unwrap_or(1.0);
+        // Weights see the smoothed activations x_j / s_j: migrate s_j into them, and weigh each
+        // input channel's weight error by its mean square activation.
+        let ws: Vec<f32> =
+            w.chunks_exact(k).flat_map(|r| r.iter().enumerate().map(|(j, v)| v * sm(j))).collect();
+        let mut imp = vec![0f32; k];
+        for r in 0..rows {
+            for (j, v) in st.rows[r * k..(r + 1) * k].iter().enumerate() {
+                imp[j] += (v / sm(j)).powi(2) / rows.max(1) as f32;
+            }
+        }
+        // GPTQ on the spread sample of the layer's inputs (smoothed like the weights' view).
+        let srows = st.spread.len() / k;
+        let xsm: Vec<f32> = st
+            .spread
+            .chunks_exact(k)
+            .flat_map(|r| r.iter().enumerate().map(|(j, v)| v / sm(j)))
+            .collect();
+        let qi = if srows > 0 {
+            quant::quantize_i4_gptq(&ws, nn, k, group, &xsm, srows)
+        } else {
+            quant::quantize_i4(&ws, nn, k, group, &imp)
+        };
+        let mult: Vec<f32> = (0..k).map(|j| 1.0 / (sx * sm(j))).collect();
+        let xs = &st.rows[..rows * k];
+        let yq = quant::simulate_linear_i4(xs, rows, k, nn, &mult, sx, zp, &qi, group);
+        let (mut sig, mut noise) = (0f64, 0f64);
+        for i in 0..rows {
+            for j in 0..nn {
+                let yf: f64 = xs[i * k..(i + 1) * k]
+                    .iter()
+                    .zip(&w[j * k..(j + 1) * k])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                sig += yf * yf;
+                noise += (yf - yq[i * nn + j] as f64).powi(2);
+            }
+        }
+        let sim_db = quant::sqnr(sig, noise);
+        let (packed, gsum, gscale) = quant::pack_i4(&qi, nn, k, group);
+        let bias: Vec<f32> = match n.input(2) {
+            Some(b) => g.consts[b].to_f32_vec(),
+            None => vec![0.0; nn],
+        };
+        let name = &n.name;
+        let panels = nn.div_ceil(pack::PANEL) as u32;
+        let side = (pack::PANEL * (k / group)) as u32;
+        let wr = &mut self.writer;
+        let qp = TensorRole::QuantParam;
+        let gs = wr.tensor(
+            &format!("{name}.w_gscale"),
+            DType::F16,
+            &[panels, side],
+            qp,
+            REF_NONE,
+            dtype_bytes(&gscale),
+        );
+        let wq = wr.tensor(
+            &format!("{name}.w_i4"),
+            DType::U8,
+            &[panels, (pack::PANEL * pack::k4(k) / 2) as u32],
+            TensorRole::WeightI4Grouped,
+            gs,
+            &packed,
+        );
+        let gsm = wr.tensor(
+            &format!("{name}.w_gsum"),
+            DType::I32,
+            &[panels, side],
+            qp,
+            REF_NONE,
+            dtype_bytes(&gsum),
+        );
+        let bs = wr.tensor(
+            &format!("{name}.bias_f32"),
+            DType::F32,
+            &[nn as u32],
+            qp,
+            REF_NONE,
+            dtype_bytes(&bias),
+        );
+        let mr = match &c.smooth {
+            Some(_) => wr.tensor(
+                &format!("{name}.x_mult"),
+                DType::F32,
+                &[k as u32],
+                qp,
+                REF_NONE,
+                dtype_bytes(&mult),
+            ),
+            None => REF_NONE,
+        };
+        if first {
+            self.layers.push(LayerReport::linear_i4(name, m, k, nn, c, qi.sqnr_db, sim_db, group));
+        }
+        Ok(([wq, gsm, gs, bs, mr], sx, zp))
     }
 
     fn const_ref(&mut self, g: &Graph, name: &str) -> Result<u32> {
@@ -307,30 +472,35 @@ impl<'a> Lowerer<'a> {
                 }
                 let act = n.int("act").unwrap_or(0) as u32;
                 let y = pb.define(&out_name)?;
-                if self.bits == 8 && !self.float_nodes.contains(&n.name) {
+                let int4 = self.bits == 4 && k.is_multiple_of(self.group);
+                if int4 && !self.float_nodes.contains(&n.name) && !self.int8_nodes.contains(&n.name) {
+                    let (refs, sx, zp) = match self.linear_i4.get(&n.name) {
+                        Some(r) => *r,
+                        None => {
+                            let wf = w.as_f32().unwrap_or(&[]);
+                            let c = self.linear_choice(&n.name, x_name, wf, nn, k)?;
+                            let r = self.write_linear_i4(g, n, x_name, wf, nn, k, m, &c, first)?;
+                            self.linear_i4.insert(n.name.clone(), r);
+                            r
+                        }
+                    };
+                    let params = [
+                        m as u32,
+                        k as u32,
+                        nn as u32,
+                        act,
+                        (1.0 / sx).to_bits(),
+                        zp as u32,
+                        pack::LAYOUT_K4N16_I4,
+                        self.group as u32,
+                    ];
+                    let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
+                    pb.push(&n.name, OpCode::LinearI4, &ins, y, &params, "int4");
+                } else if (self.bits == 8 || self.bits == 4) && !self.float_nodes.contains(&n.name) {
                     let (refs, sx, zp) = match self.linear_i8.get(&n.name) {
                         Some(r) => *r,
                         None => {
-                            let st = self.stats.get(x_name).ok_or_else(|| {
-                                err(format!("no calibration data for '{x_name}'"))
-                            })?;
-                            let cached = self.choices.and_then(|c| c.borrow().get(&n.name).cloned());
-                            let c = match cached {
-                                Some(c) => c,
-                                None => {
-                                    let c = quant::choose_linear(w.as_f32().unwrap_or(&[]), nn, k, st, self.method, self.percentile);
-                                    if let Some(cache) = self.choices {
-                                        cache.borrow_mut().insert(n.name.clone(), c.clone());
-                                    }
-                                    c
-                                }
-                            };
-                            if !c.range.min.is_finite() || !c.range.max.is_finite() {
-                                return Err(err(format!(
-                                    "calibration range of '{x_name}' is not finite ({}, {})",
-                                    c.range.min, c.range.max
-                                )));
-                            }
+                            let c = self.linear_choice(&n.name, x_name, w.as_f32().unwrap_or(&[]), nn, k)?;
                             let (sx, zp) = (c.act_scale, c.zp);
                             let qw = &c.weights;
                             let comb: Vec<f32> = qw.scale.iter().map(|s| s * sx).collect();
@@ -401,7 +571,15 @@ impl<'a> Lowerer<'a> {
                                 None => REF_NONE,
                             };
                             if first {
-                                self.layers.push(LayerReport::linear_i8(name, m, k, nn, &c));
+                                let mut rep = LayerReport::linear_i8(name, m, k, nn, &c);
+                                if self.bits == 4 {
+                                    rep.reason = Some(if self.int8_nodes.contains(name) {
+                                        "kept in INT8 for the accuracy budget".into()
+                                    } else {
+                                        format!("INT8: K={k} is not a multiple of the INT4 group {}", self.group)
+                                    });
+                                }
+                                self.layers.push(rep);
                             }
                             let r = ([wq, ws, cs, bs, mr], sx, zp);
                             self.linear_i8.insert(n.name.clone(), r);
@@ -476,7 +654,7 @@ impl<'a> Lowerer<'a> {
                 let (a, b) = (self.operand(g, pb, an, n)?, self.operand(g, pb, bn, n)?);
                 let y = pb.define(&out_name)?;
                 let stats = if self.int8_act_matmul && !self.float_nodes.contains(&n.name) { (self.stats.get(an), self.stats.get(bn)) } else { (None, None) };
-                if let (8, Some(sa), Some(sb)) = (self.bits, stats.0, stats.1) {
+                if let (8 | 4, Some(sa), Some(sb)) = (self.bits, stats.0, stats.1) {
                     let ra = sa.range(None, self.method, self.percentile);
                     let rb = sb.range(None, self.method, self.percentile);
                     if ![ra.min, ra.max, rb.min, rb.max].iter().all(|v| v.is_finite()) {
@@ -563,7 +741,40 @@ impl<'a> Lowerer<'a> {
                     .filter(|t| t.shape.len() == 2 && t.as_f32().is_some());
                 let axis = n.int("axis").unwrap_or(0);
                 let forced_float = self.float_nodes.contains(&n.name);
-                if let (Some(t), 8, 0, false) = (data_const, self.bits, axis, forced_float) {
+                let emb_i4 = data_const
+                    .filter(|t| self.bits != 32 && self.emb_bits == 4 && t.shape[1].is_multiple_of(self.group) && self.group.is_multiple_of(2))
+                    .filter(|_| axis == 0 && !forced_float && !self.int8_nodes.contains(&n.name));
+                if let Some(t) = emb_i4 {
+                    let (rows, d) = (t.shape[0], t.shape[1]);
+                    let group = self.group;
+                    let refs = match self.emb_i4.get(dn) {
+                        Some(r) => *r,
+                        None => {
+                            let qr = quant::quantize_rows_i4(t.as_f32().unwrap_or(&[]), rows, d, group);
+                            let wr = &mut self.writer;
+                            let side = [rows as u32, (d / group) as u32];
+                            let qp = TensorRole::QuantParam;
+                            let s = wr.tensor(&format!("{dn}.group_scale"), DType::F16, &side, qp, REF_NONE, dtype_bytes(&qr.scale));
+                            let b = wr.tensor(&format!("{dn}.group_bias"), DType::F16, &side, qp, REF_NONE, dtype_bytes(&qr.bias));
+                            let q = wr.tensor(
+                                &format!("{dn}.i4"),
+                                DType::U8,
+                                &[rows as u32, (d / 2) as u32],
+                                TensorRole::EmbeddingI4Grouped,
+                                s,
+                                &qr.packed,
+                            );
+                            if first {
+                                self.layers.push(LayerReport::embedding_i4(&n.name, dn, rows, d, group, qr.sqnr_db));
+                            }
+                            let r = [q, s, b];
+                            self.emb_i4.insert(dn.to_string(), r);
+                            r
+                        }
+                    };
+                    let y = pb.define(&out_name)?;
+                    pb.push(&n.name, OpCode::GatherRowsI4, &[refs[0], refs[1], refs[2], ix], y, &[group as u32], "int4");
+                } else if let (Some(t), true, 0, false) = (data_const, self.bits == 8 || self.bits == 4, axis, forced_float) {
                     let (rows, d) = (t.shape[0], t.shape[1]);
                     let refs = match self.emb_i8.get(dn) {
                         Some(r) => *r,

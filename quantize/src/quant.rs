@@ -259,9 +259,499 @@ pub(crate) fn simulate_linear_i8(
     y
 }
 
+/// Group-wise symmetric INT4 weights `[N, K]`: one f16 scale per (row, group of `group` K).
+pub struct QuantI4 {
+    /// Values −8..=7, row-major `[N, K]`.
+    pub q: Vec<i8>,
+    /// f16 bits, `[N, K/group]`.
+    pub scale: Vec<u16>,
+    /// Σ q over each (row, group), `[N, K/group]`.
+    pub sum: Vec<i32>,
+    pub sqnr_db: f32,
+}
+
+/// Clipping ratios tried for each INT4 group (the scale is `ratio · max|w| / 7`).
+const I4_CLIPS: [f32; 8] = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65];
+
+/// Quantizes `w [n, k]` to INT4 in groups of `group` along K. Each group's clipping is searched
+/// to minimize the *activation-weighted* squared error `Σ_j imp[j]·(w_j − q_j·s)²`, `imp[j]` the
+/// mean square of input channel `j` on the calibration data (AWQ-style: errors on channels
+/// that carry large activations cost more); `imp` empty weighs every channel alike. Scales are
+/// rounded to f16 before the codes are chosen, so the codes match the stored scale.
+pub fn quantize_i4(w: &[f32], n: usize, k: usize, group: usize, imp: &[f32]) -> QuantI4 {
+    let groups = k / group;
+    let mut q = vec![0i8; n * k];
+    let mut scale = vec![0u16; n * groups];
+    let mut sum = vec![0i32; n * groups];
+    let (mut sig, mut noise) = (0f64, 0f64);
+    let weight = |j: usize| if imp.is_empty() { 1.0 } else { imp[j] as f64 + 1e-12 };
+    for r in 0..n {
+        for g in 0..groups {
+            let j0 = g * group;
+            let wg = &w[r * k + j0..r * k + j0 + group];
+            let amax = wg.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let mut best = (f64::INFINITY, 0u16);
+            for clip in I4_CLIPS {
+                let s16 = f16::from_f32(if amax > 0.0 { clip * amax / 7.0 } else { 1.0 });
+                let s = s16.to_f32();
+                if !(s > 0.0 && s.is_finite()) {
+                    continue;
+                }
+                let err: f64 = wg
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let t = round_half_even((v / s).clamp(-8.0, 7.0));
+                        weight(j0 + i) * (*v as f64 - (t * s) as f64).powi(2)
+                    })
+                    .sum();
+                if err < best.0 {
+                    best = (err, s16.to_bits());
+                }
+            }
+            let s16 = if best.0.is_finite() { best.1 } else { f16::from_f32(1.0).to_bits() };
+            let s = f16::from_bits(s16).to_f32();
+            scale[r * groups + g] = s16;
+            for (i, v) in wg.iter().enumerate() {
+                let t = round_half_even((v / s).clamp(-8.0, 7.0));
+                q[r * k + j0 + i] = t as i8;
+                sum[r * groups + g] += t as i32;
+                sig += (*v as f64).powi(2);
+                noise += (*v as f64 - (t * s) as f64).powi(2);
+            }
+        }
+    }
+    QuantI4 { q, scale, sum, sqnr_db: sqnr(sig, noise) }
+}
+
+/// GPTQ's damping of the Hessian, as a share of its mean diagonal.
+const DAMP: f64 = 0.1;
+
+/// In-place lower Cholesky factor of the symmetric `a [k, k]` (row-major); false when `a` is
+/// not positive definite.
+fn cholesky(a: &mut [f64], k: usize) -> bool {
+    for j in 0..k {
+        let rj = &mut a[j * k..(j + 1) * k];
+        let d = rj[j] - rj[..j].iter().map(|v| v * v).sum::<f64>();
+        if !(d > 0.0 && d.is_finite()) {
+            return false;
+        }
+        rj[j] = d.sqrt();
+        rj[j + 1..].fill(0.0);
+        let (top, rest) = a.split_at_mut((j + 1) * k);
+        let lj = &top[j * k..j * k + j + 1];
+        for i in j + 1..k {
+            let ri = &mut rest[(i - j - 1) * k..(i - j) * k];
+            let dot: f64 = ri[..j].iter().zip(&lj[..j]).map(|(x, y)| x * y).sum();
+            ri[j] = (ri[j] - dot) / lj[j];
+        }
+    }
+    true
+}
+
+/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), row-major, for `H = L·Lᵀ` given `L`.
+fn upper_chol_of_inverse(l: &[f64], k: usize) -> Option<Vec<f64>> {
+    // L⁻¹ (lower), by forward substitution column by column.
+    let mut li = vec![0f64; k * k];
+    for c in 0..k {
+        li[c * k + c] = 1.0 / l[c * k + c];
+        for i in c + 1..k {
+            let s: f64 = (c..i).map(|p| l[i * k + p] * li[p * k + c]).sum();
+            li[i * k + c] = -s / l[i * k + i];
+        }
+    }
+    // H⁻¹ = L⁻ᵀ·L⁻¹: entry (a, b) = Σ_{p >= max(a,b)} li[p][a]·li[p][b].
+    let mut hi = vec![0f64; k * k];
+    for p in 0..k {
+        let row = &li[p * k..p * k + p + 1];
+        for a in 0..=p {
+            let va = row[a];
+            if va == 0.0 {
+                continue;
+            }
+            let out = &mut hi[a * k..a * k + p + 1];
+            for (o, vb) in out[..=a].iter_mut().zip(row) {
+                *o += va * vb;
+            }
+        }
+    }
+    for a in 0..k {
+        for b in 0..a {
+            hi[b * k + a] = hi[a * k + b];
+        }
+    }
+    if !cholesky(&mut hi, k) {
+        return None;
+    }
+    // U = Lhᵀ.
+    let mut u = vec![0f64; k * k];
+    for a in 0..k {
+        for b in 0..=a {
+            u[b * k + a] = hi[a * k + b];
+        }
+    }
+    Some(u)
+}
+
+/// Group-wise INT4 with GPTQ error compensation (Frantar et al., 2022): the columns of `w [n, k]`
+/// are quantized in order and each one's rounding error is spread over the columns not yet
+/// quantized through the inverse of `H = XᵀX/rows` (`x [rows, k]`: the layer's calibration
+/// inputs), which minimizes the error of `x·wᵀ` rather than of `w`. Each group's scale is chosen
+/// (clip search weighted by `diag(H)`) when its first column is reached, from the weights as
+/// updated so far. Falls back to [`quantize_i4`] (round to nearest) when `x` carries nothing
+/// or `H` cannot be factored.
+pub fn quantize_i4_gptq(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    group: usize,
+    x: &[f32],
+    rows: usize,
+) -> QuantI4 {
+    let mut h = vec![0f64; k * k];
+    let mut xr = vec![0f64; k];
+    for r in 0..rows {
+        for (o, v) in xr.iter_mut().zip(&x[r * k..(r + 1) * k]) {
+            *o = *v as f64;
+        }
+        for a in 0..k {
+            let xa = xr[a];
+            if xa == 0.0 {
+                continue;
+            }
+            for (o, xb) in h[a * k..a * k + a + 1].iter_mut().zip(&xr) {
+                *o += xa * xb;
+            }
+        }
+    }
+    let diag: Vec<f64> = (0..k).map(|j| h[j * k + j] / rows.max(1) as f64).collect();
+    let mean = diag.iter().sum::<f64>() / k.max(1) as f64;
+    let imp: Vec<f32> = diag.iter().map(|v| *v as f32).collect();
+    if rows == 0 || !(mean > 0.0 && mean.is_finite()) {
+        return quantize_i4(w, n, k, group, &imp);
+    }
+    for a in 0..k {
+        for b in 0..a {
+            h[b * k + a] = h[a * k + b];
+        }
+    }
+    for v in h.iter_mut() {
+        *v /= rows as f64;
+    }
+    let mut u = None;
+    for damp in [DAMP, 1.0, 10.0] {
+        let mut l = h.clone();
+        for j in 0..k {
+            // Dead channels (never active) get a unit diagonal; their weights do not matter.
+            if l[j * k + j] == 0.0 {
+                l[j * k + j] = 1.0;
+            }
+            l[j * k + j] += damp * mean;
+        }
+        if cholesky(&mut l, k) {
+            u = upper_chol_of_inverse(&l, k);
+            if u.is_some() {
+                break;
+            }
+        }
+    }
+    let Some(u) = u else { return quantize_i4(w, n, k, group, &imp) };
+    let groups = k / group;
+    let mut wf: Vec<f64> = w.iter().map(|v| *v as f64).collect();
+    let mut q = vec![0i8; n * k];
+    let mut scale = vec![0u16; n * groups];
+    let mut sum = vec![0i32; n * groups];
+    for j in 0..k {
+        let g = j / group;
+        if j.is_multiple_of(group) {
+            for r in 0..n {
+                let cur: Vec<f32> =
+                    wf[r * k + j..r * k + j + group].iter().map(|v| *v as f32).collect();
+                scale[r * groups + g] =
+                    quantize_i4(&cur, 1, group, group, &imp[j..j + group]).scale[0];
+            }
+        }
+        let d = u[j * k + j];
+        let urow = &u[j * k + j + 1..(j + 1) * k];
+        for r in 0..n {
+            let s = f16::from_bits(scale[r * groups + g]).to_f32() as f64;
+            let v = wf[r * k + j];
+            let t = round_half_even(((v / s) as f32).clamp(-8.0, 7.0));
+            q[r * k + j] = t as i8;
+            sum[r * groups + g] += t as i32;
+            let e = (v - t as f64 * s) / d;
+            for (wv, uv) in wf[r * k + j + 1..(r + 1) * k].iter_mut().zip(urow) {
+                *wv -= e * uv;
+            }
+        }
+    }
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for r in 0..n {
+        for j in 0..k {
+            let s = f16::from_bits(scale[r * groups + j / group]).to_f32() as f64;
+            sig += (w[r * k + j] as f64).powi(2);
+            noise += (w[r * k + j] as f64 - q[r * k + j] as f64 * s).powi(2);
+        }
+    }
+    QuantI4 { q, scale, sum, sqnr_db: sqnr(sig, noise) }
+}
+
+/// Row-wise INT4 embedding table in groups of `group` per row: `value ≈ q·scale + bias`,
+/// `q` in 0..=15, f16 scale and bias per (row, group), two codes per byte (low nibble first).
+pub struct QuantRowsI4 {
+    pub packed: Vec<u8>,
+    pub scale: Vec<u16>,
+    pub bias: Vec<u16>,
+    pub sqnr_db: f32,
+}
+
+pub fn quantize_rows_i4(t: &[f32], rows: usize, d: usize, group: usize) -> QuantRowsI4 {
+    let gpr = d / group;
+    let mut packed = vec![0u8; rows * d / 2];
+    let mut scale = vec![0u16; rows * gpr];
+    let mut bias = vec![0u16; rows * gpr];
+    let (mut sig, mut noise) = (0f64, 0f64);
+    let code = |v: f32, s: f32, b: f32| -> f32 {
+        if s > 0.0 {
+            round_half_even(((v - b) / s).clamp(0.0, 15.0))
+        } else {
+            0.0
+        }
+    };
+    for r in 0..rows {
+        for g in 0..gpr {
+            let j0 = r * d + g * group;
+            let vals = &t[j0..j0 + group];
+            let lo = vals.iter().fold(f32::INFINITY, |m, v| m.min(*v));
+            let hi = vals.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            // Search a narrower range around the middle (outliers clip) by squared error.
+            let mut best = (f64::INFINITY, 0u16, 0u16);
+            for shrink in [1.0f32, 0.95, 0.9, 0.85, 0.8] {
+                let mid = 0.5 * (lo + hi);
+                let (l, h) = (mid + (lo - mid) * shrink, mid + (hi - mid) * shrink);
+                let s16 = f16::from_f32((h - l) / 15.0);
+                let b16 = f16::from_f32(l);
+                let (s, b) = (s16.to_f32(), b16.to_f32());
+                let err: f64 = vals
+                    .iter()
+                    .map(|v| (*v as f64 - (code(*v, s, b) * s + b) as f64).powi(2))
+                    .sum();
+                if err < best.0 {
+                    best = (err, s16.to_bits(), b16.to_bits());
+                }
+            }
+            let (s, b) = (f16::from_bits(best.1).to_f32(), f16::from_bits(best.2).to_f32());
+            scale[r * gpr + g] = best.1;
+            bias[r * gpr + g] = best.2;
+            for (i, v) in vals.iter().enumerate() {
+                let c = code(*v, s, b);
+                let at = j0 + i;
+                packed[at / 2] |= (c as u8) << (4 * (at % 2));
+                sig += (*v as f64).powi(2);
+                noise += (*v as f64 - (c * s + b) as f64).powi(2);
+            }
+        }
+    }
+    QuantRowsI4 { packed, scale, bias, sqnr_db: sqnr(sig, noise) }
+}
+
+/// What the runtime's LinearI4 computes on `x [m, k]` (without bias), with this machine's
+/// fastest kernels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn simulate_linear_i4(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    mult: &[f32],
+    sx: f32,
+    zp: i32,
+    qw: &QuantI4,
+    group: usize,
+) -> Vec<f32> {
+    use ember_kernels::pack;
+    let ks = ember_kernels::KernelSet::detect();
+    let lda = pack::k4(k);
+    let mut q = vec![0u8; m * lda];
+    (ks.quantize_u8)(x, m, k, lda, 0.0, mult, zp + 128, &mut q);
+    let (packed, gsum, gscale) = pack_i4(qw, n, k, group);
+    let mut y = vec![0f32; m * n];
+    (ks.i4_gemm)(
+        m,
+        k,
+        n,
+        &q,
+        lda,
+        zp + 128,
+        &packed,
+        group,
+        &gsum,
+        &gscale,
+        sx,
+        &vec![0.0; n],
+        ember_kernels::Act::None,
+        &mut y,
+        n,
+    );
+    y
+}
+
+/// The kernels' layout of INT4 weights: packed codes, group sums, group scales.
+pub fn pack_i4(qw: &QuantI4, n: usize, k: usize, group: usize) -> (Vec<u8>, Vec<i32>, Vec<u16>) {
+    use ember_kernels::pack;
+    let groups = k / group;
+    let mut packed = vec![0u8; pack::k4n16_i4_len(n, k)];
+    pack::pack_k4n16_i4(&qw.q, n, k, &mut packed);
+    let side = n.div_ceil(pack::PANEL) * groups * pack::PANEL;
+    let (mut gsum, mut gscale) = (vec![0i32; side], vec![0u16; side]);
+    pack::panel_groups(&qw.sum, n, groups, &mut gsum);
+    pack::panel_groups(&qw.scale, n, groups, &mut gscale);
+    (packed, gsum, gscale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int4_groups_round_trip_and_sums_match() {
+        let (n, k, group) = (5, 64, 32);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 211) as f32 - 105.0) / 37.0).collect();
+        let qw = quantize_i4(&w, n, k, group, &[]);
+        for r in 0..n {
+            for g in 0..k / group {
+                let s = f16::from_bits(qw.scale[r * 2 + g]).to_f32();
+                let codes = &qw.q[r * k + g * group..r * k + (g + 1) * group];
+                assert!(codes.iter().all(|c| (-8..=7).contains(c)));
+                assert_eq!(qw.sum[r * 2 + g], codes.iter().map(|c| *c as i32).sum::<i32>());
+                let amax = w[r * k + g * group..r * k + (g + 1) * group]
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()));
+                assert!(s <= amax / 7.0 * 1.001 && s >= amax * 0.65 / 7.0 * 0.999, "{s} {amax}");
+            }
+        }
+        assert!(qw.sqnr_db > 15.0, "{}", qw.sqnr_db);
+        // Weighting one channel heavily makes its error smaller.
+        let mut imp = vec![1.0f32; k];
+        imp[3] = 1e6;
+        let qi = quantize_i4(&w, n, k, group, &imp);
+        let err = |q: &QuantI4, j: usize| -> f32 {
+            (0..n)
+                .map(|r| {
+                    (w[r * k + j]
+                        - q.q[r * k + j] as f32
+                            * f16::from_bits(q.scale[r * 2 + j / group]).to_f32())
+                    .abs()
+                })
+                .sum()
+        };
+        assert!(err(&qi, 3) <= err(&qw, 3) + 1e-6);
+        // Zero groups do not divide by zero.
+        let z = quantize_i4(&[0.0; 64], 1, 64, 32, &[]);
+        assert!(z.q.iter().all(|v| *v == 0));
+    }
+
+    #[test]
+    fn inverse_hessian_factor_is_exact() {
+        let k = 7;
+        let mut h = vec![0f64; k * k];
+        for a in 0..k {
+            for b in 0..k {
+                h[a * k + b] =
+                    1.0 / (1.0 + (a as f64 - b as f64).abs()) + if a == b { 1.0 } else { 0.0 };
+            }
+        }
+        let mut l = h.clone();
+        assert!(cholesky(&mut l, k));
+        let u = upper_chol_of_inverse(&l, k).unwrap();
+        // (UᵀU)·H = I.
+        for a in 0..k {
+            for b in 0..k {
+                let v: f64 = (0..k)
+                    .map(|c| {
+                        (0..k).map(|p| u[p * k + a] * u[p * k + c]).sum::<f64>() * h[c * k + b]
+                    })
+                    .sum();
+                assert!((v - if a == b { 1.0 } else { 0.0 }).abs() < 1e-9, "({a},{b}) = {v}");
+            }
+        }
+        let mut bad = vec![1.0, 2.0, 2.0, 1.0];
+        assert!(!cholesky(&mut bad, 2));
+    }
+
+    #[test]
+    fn gptq_beats_round_to_nearest_on_correlated_inputs() {
+        let (n, k, group, rows) = (8, 64, 32, 200);
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+        };
+        let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+        // Inputs with strongly correlated channels and a few large ones.
+        let base: Vec<f32> = (0..rows * 4).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| {
+                let (r, j) = (i / k, i % k);
+                base[r * 4 + j % 4] * (1.0 + (j % 7) as f32) + 0.05 * rnd()
+            })
+            .collect();
+        let out_err = |q: &QuantI4| -> f64 {
+            let mut e = 0.0;
+            for r in 0..rows {
+                for o in 0..n {
+                    let (mut yf, mut yq) = (0f64, 0f64);
+                    for j in 0..k {
+                        let s = f16::from_bits(q.scale[o * 2 + j / group]).to_f32() as f64;
+                        yf += x[r * k + j] as f64 * w[o * k + j] as f64;
+                        yq += x[r * k + j] as f64 * q.q[o * k + j] as f64 * s;
+                    }
+                    e += (yf - yq).powi(2);
+                }
+            }
+            e
+        };
+        let rtn = quantize_i4(&w, n, k, group, &[]);
+        let g = quantize_i4_gptq(&w, n, k, group, &x, rows);
+        for (o, sums) in g.sum.chunks_exact(2).enumerate() {
+            for (gi, sm) in sums.iter().enumerate() {
+                let codes = &g.q[o * k + gi * group..o * k + (gi + 1) * group];
+                assert_eq!(*sm, codes.iter().map(|c| *c as i32).sum::<i32>());
+            }
+        }
+        let (e_rtn, e_gptq) = (out_err(&rtn), out_err(&g));
+        assert!(e_gptq < 0.7 * e_rtn, "GPTQ {e_gptq} vs round-to-nearest {e_rtn}");
+        // No calibration rows: round to nearest.
+        assert_eq!(quantize_i4_gptq(&w, n, k, group, &[], 0).q, rtn.q);
+    }
+
+    #[test]
+    fn int4_rows_round_trip_within_a_step() {
+        let (rows, d, group) = (7, 64, 32);
+        let t: Vec<f32> =
+            (0..rows * d).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 700.0).collect();
+        let qr = quantize_rows_i4(&t, rows, d, group);
+        for r in 0..rows {
+            for j in 0..d {
+                let at = r * d + j;
+                let c = (qr.packed[at / 2] >> (4 * (at % 2))) & 15;
+                let g = r * 2 + j / group;
+                let (s, b) =
+                    (f16::from_bits(qr.scale[g]).to_f32(), f16::from_bits(qr.bias[g]).to_f32());
+                assert!((c as f32 * s + b - t[at]).abs() <= 1.6 * s + 1e-3, "row {r} col {j}");
+            }
+        }
+        assert!(qr.sqnr_db > 18.0, "{}", qr.sqnr_db);
+        let c = quantize_rows_i4(&[0.25; 64], 1, 64, 32);
+        for j in 0..64 {
+            let c0 = (c.packed[j / 2] >> (4 * (j % 2))) & 15;
+            let v = c0 as f32 * f16::from_bits(c.scale[j / 32]).to_f32()
+                + f16::from_bits(c.bias[j / 32]).to_f32();
+            assert!((v - 0.25).abs() < 1e-3);
+        }
+    }
 
     #[test]
     fn weights_round_trip_within_half_a_step() {

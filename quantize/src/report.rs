@@ -97,6 +97,41 @@ impl LayerReport {
             reason: None,
         }
     }
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_i4(
+        node: &str,
+        m: usize,
+        k: usize,
+        n: usize,
+        c: &crate::quant::LinearChoice,
+        w_sqnr: f32,
+        sim_db: f32,
+        group: usize,
+    ) -> Self {
+        let mut r = Self::linear_i8(node, m, k, n, c);
+        r.precision = "int4".into();
+        r.scheme = format!(
+            "W4 symmetric per (channel, group of {group}) with f16 scales, clipping searched on activation-weighted error; A8 static per tensor{} (simulated {sim_db:.1} dB)",
+            if c.smooth.is_some() { " after SmoothQuant migration" } else { "" }
+        );
+        r.weight_sqnr_db = Some(w_sqnr);
+        r
+    }
+    pub fn embedding_i4(
+        node: &str,
+        table: &str,
+        rows: usize,
+        d: usize,
+        group: usize,
+        sqnr: f32,
+    ) -> Self {
+        let mut r = Self::embedding_i8(node, table, rows, d, sqnr);
+        r.precision = "int4".into();
+        r.scheme = format!(
+            "row-wise INT4 in groups of {group}, f16 scale and offset per group (range searched)"
+        );
+        r
+    }
     pub fn embedding_i8(node: &str, table: &str, rows: usize, d: usize, sqnr: f32) -> Self {
         LayerReport {
             node: node.into(),

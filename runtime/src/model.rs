@@ -352,6 +352,8 @@ fn parse_tensors(
             1 => TensorRole::WeightI8PerChannel,
             2 => TensorRole::EmbeddingI8Rowwise,
             3 => TensorRole::QuantParam,
+            4 => TensorRole::WeightI4Grouped,
+            5 => TensorRole::EmbeddingI4Grouped,
             x => return Err(corrupt!("{what}: unknown role {x}")),
         };
         let scale_tensor = if r.scale_tensor == REF_NONE {

@@ -1,7 +1,8 @@
 //! The real transformer export (paraphrase-MiniLM-L3-v2, opset 17): imported with its shape
 //! sub-graphs folded, run in float (must match onnxruntime's sentence embedding `461`) and in
 //! static INT8 with every MatMul in integer arithmetic (mean cosine to onnxruntime FP32 >= 0.995
-//! on sentences not used for calibration).
+//! on sentences not used for calibration), and with group-wise INT4 weights and embedding
+//! tables (W4A8, group 32: mean cosine >= 0.99, the whole file <= 15 MB).
 //! Host only: quantization is a workstation job, and emulated aarch64 would take minutes.
 #![cfg(target_arch = "x86_64")]
 
@@ -12,6 +13,13 @@ use std::collections::{BTreeMap, HashMap};
 const EVAL: usize = 16;
 
 fn quantize(bits: u32) -> (Vec<u8>, ember_quantize::report::Report) {
+    quantize_with(bits, |_| {})
+}
+
+fn quantize_with(
+    bits: u32,
+    f: impl FnOnce(&mut Options),
+) -> (Vec<u8>, ember_quantize::report::Report) {
     let (model, dir) = ember_tests::minilm();
     let onnx = std::fs::read(model).unwrap();
     let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
@@ -24,6 +32,7 @@ fn quantize(bits: u32) -> (Vec<u8>, ember_quantize::report::Report) {
     };
     opts.shapes =
         HashMap::from([("input_ids".into(), vec![128]), ("attention_mask".into(), vec![128])]);
+    f(&mut opts);
     ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap()
 }
 
@@ -113,4 +122,38 @@ fn accuracy_budget_of_0_001_holds_on_unseen_sentences() {
         );
         assert!(l.reason.as_deref().unwrap_or("").contains("--max-cos-drop"));
     }
+}
+
+#[test]
+fn int4_group32_keeps_sentence_embeddings_in_15_mb() {
+    let (bytes, rep) = quantize_with(4, |o| o.group = 32);
+    let c = cosines(&bytes);
+    let mean = c.iter().sum::<f64>() / c.len() as f64;
+    let min = c.iter().cloned().fold(1.0, f64::min);
+    eprintln!("MiniLM-L3 INT4 g32: mean cosine {mean:.5}, min {min:.5}, {} bytes", bytes.len());
+    assert!(mean >= 0.99, "mean cosine {mean}");
+    assert!(bytes.len() <= 15_000_000, "file is {} bytes", bytes.len());
+    let lin: Vec<&str> =
+        rep.layers.iter().filter(|l| l.kind == "linear").map(|l| l.precision.as_str()).collect();
+    assert_eq!(lin, vec!["int4"; 18], "every Linear in INT4");
+    let emb: Vec<&str> = rep
+        .layers
+        .iter()
+        .filter(|l| l.kind.starts_with("embedding"))
+        .map(|l| l.precision.as_str())
+        .collect();
+    assert!(!emb.is_empty() && emb.iter().all(|p| *p == "int4"), "embeddings: {emb:?}");
+    // The same bits on every kernel tier the CPU has, and on 2 threads.
+    let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+    let (_, dir) = ember_tests::minilm();
+    let ev: BTreeMap<_, _> = npz::read_npz(&dir.join("eval.npz"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.slice_rows(0, 2)))
+        .collect();
+    let (inputs, n) = exec::check_inputs(&exec::model_inputs(&model), &ev, "eval").unwrap();
+    let base = exec::run_batched(&model, &inputs, n).unwrap()["461"].to_f32_vec();
+    let pool = std::sync::Arc::new(ember_runtime::Pool::new(2).unwrap());
+    let two = exec::run_batched_on(&model, &inputs, n, Some(pool)).unwrap()["461"].to_f32_vec();
+    assert_eq!(base, two, "2 threads changed the bits");
 }

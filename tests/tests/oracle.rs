@@ -213,18 +213,23 @@ fn threads_and_kernel_tiers_give_identical_bits() {
     use ember_runtime::{Pool, Session};
     use std::sync::Arc;
     let tiers = ["generic", "avx2", "avx512vnni", "neon", "dotprod", "i8mm"];
-    for name in cases() {
-        if name == "unsupported" {
+    // INT8, and group-wise INT4 (groups of 4 fit every layer of the small oracle models, so
+    // LinearI4 and GatherRowsI4 run on every tier too).
+    let mut int4_ops = std::collections::HashMap::new();
+    for (case_name, bits) in cases().into_iter().flat_map(|n| [(n.clone(), 8), (n, 4)]) {
+        if case_name == "unsupported" {
             continue;
         }
-        let dir = case(&name);
+        let name = format!("{case_name} ({bits} bits)");
+        let dir = case(&case_name);
         let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
         let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
         let opts = Options {
-            bits: 8,
+            bits,
+            group: 4,
             batches: vec![8],
             int8_act_matmul: true,
-            source_name: name.clone(),
+            source_name: case_name.clone(),
             ..Default::default()
         };
         let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {})
@@ -256,11 +261,22 @@ fn threads_and_kernel_tiers_give_identical_bits() {
             for threads in [1, 2, 3] {
                 assert!(
                     run(ks, threads) == want,
-                    "{name}: tier {tier} ({}, {}) with {threads} threads differs from generic",
+                    "{name}: tier {tier} ({}, {}, {}) with {threads} threads differs from generic",
                     ks.i8_gemm_name,
+                    ks.i4_gemm_name,
                     ks.softmax_row_name
                 );
             }
         }
+        for r in &model.plans[0].records {
+            *int4_ops.entry(r.opcode).or_insert(0usize) += (bits == 4) as usize;
+        }
+    }
+    // The INT4 builds did run the INT4 ops.
+    for code in [ember_runtime::OpCode::LinearI4, ember_runtime::OpCode::GatherRowsI4] {
+        assert!(
+            int4_ops.get(&(code as u16)).copied().unwrap_or(0) > 0,
+            "no {code:?} in any INT4 model"
+        );
     }
 }

@@ -161,7 +161,48 @@ fn out_of_range_embedding_ids_in_calibration_name_the_node() {
 #[test]
 fn unsupported_bits_are_refused() {
     let m = linear_model(&[-1, 4]);
-    assert!(q(&m, &calib(vec![0.0; 4], 1), Options { bits: 4, ..Default::default() })
-        .unwrap_err()
-        .contains("--bits 4"));
+    for bits in [0, 2, 16] {
+        assert!(q(&m, &calib(vec![0.0; 4], 1), Options { bits, ..Default::default() })
+            .unwrap_err()
+            .contains(&format!("--bits {bits} is not supported")));
+    }
+}
+
+#[test]
+fn int4_options_are_checked_and_small_layers_fall_back_to_int8() {
+    let m = linear_model(&[-1, 4]);
+    let c = calib((0..16).map(|i| i as f32 / 5.0 - 1.0).collect(), 4);
+    for (opts, needle) in [
+        (Options { bits: 5, ..Default::default() }, "--bits 5 is not supported"),
+        (Options { bits: 4, group: 6, ..Default::default() }, "--group 6 is not supported"),
+        (Options { bits: 4, group: 512, ..Default::default() }, "--group 512 is not supported"),
+        (
+            Options { bits: 4, embedding_bits: Some(2), ..Default::default() },
+            "int2 is not supported",
+        ),
+    ] {
+        let e = q(&m, &c, opts).expect_err("expected an error");
+        assert!(e.contains(needle), "'{e}' lacks '{needle}'");
+    }
+    // K = 4 is not a multiple of the default group of 32: the layer stays INT8, and says so.
+    let (bytes, rep) = ember_quantize::quantize(
+        &m,
+        &c,
+        &Options { bits: 4, ..Default::default() },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert!(!bytes.is_empty());
+    let fc = rep.layers.iter().find(|l| l.node == "fc").unwrap();
+    assert_eq!(fc.precision, "int8");
+    assert!(fc.reason.as_deref().unwrap_or("").contains("group"), "{:?}", fc.reason);
+    // With a group that divides K, it is INT4.
+    let (_, rep) = ember_quantize::quantize(
+        &m,
+        &c,
+        &Options { bits: 4, group: 4, ..Default::default() },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(rep.layers.iter().find(|l| l.node == "fc").unwrap().precision, "int4");
 }

@@ -13,6 +13,12 @@ pub enum ActMatmul {
     Int8,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum EmbArg {
+    Int8,
+    Int4,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MethodArg {
     /// Observed min and max.
@@ -35,9 +41,18 @@ pub struct Args {
     /// Calibration set: one array per model input, named as the input, first axis = samples.
     #[arg(long)]
     pub calib: PathBuf,
-    /// Weight/activation bits: 8 (INT8), or 32 to keep the model in float.
+    /// Weight bits: 8 (INT8 weights and activations), 4 (group-wise INT4 weights with INT8
+    /// activations, W4A8), or 32 to keep the model in float.
     #[arg(long, default_value_t = 8)]
     pub bits: u32,
+    /// INT4 group size (with --bits 4): K values per weight scale, and row values per embedding
+    /// scale; a multiple of 4 from 4 to 256 (32 or 128 are usual).
+    #[arg(long, default_value_t = 32)]
+    pub group: usize,
+    /// Precision of embedding tables: int8 (row-wise) or int4 (row-wise in groups; the default
+    /// with --bits 4).
+    #[arg(long, value_enum)]
+    pub embeddings: Option<EmbArg>,
     /// A batch size to compile a plan for; repeat for several (default 1).
     #[arg(long = "batch")]
     pub batch: Vec<usize>,
@@ -106,6 +121,8 @@ pub fn run(a: Args) -> Result<()> {
         percentile: a.percentile,
         int8_act_matmul: a.act_matmul == ActMatmul::Int8,
         max_cos_drop: a.max_cos_drop,
+        group: a.group,
+        embedding_bits: a.embeddings.map(|e| if e == EmbArg::Int4 { 4 } else { 8 }),
         source_name: a
             .model
             .file_name()

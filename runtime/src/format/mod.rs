@@ -194,6 +194,18 @@ pub enum OpCode {
     /// zero-point correction uses `b`'s column sums, computed per run. Param 10 is MatMulF32's
     /// `b_transposed`; param 11 must be 0 (a multiplier is folded into `out_scale`).
     MatMulI8 = 16,
+    /// Group-wise INT4 weights, INT8 activations (W4A8): in [x f32 [M,K], w u8 packed,
+    /// gsum i32 [⌈N/16⌉, 16·K/G], gscale f16 [⌈N/16⌉, 16·K/G], bias f32 [N], mult f32 [K] | NONE];
+    /// params [m, k, n, act, x_inv_scale (f32 bits), x_zero_point (i32), weight layout, group G].
+    /// Layout 2 (`K4N16_I4`, see `ember_kernels::pack::pack_k4n16_i4`) stores the values −8..=7
+    /// two per byte as `[⌈N/16⌉, 8·⌈K/4⌉·4]`; the side data is in the kernels' per-(panel, group)
+    /// order. `y = act(x_scale · Σ_g (Σ_{p∈g} q(x)·w − zp·gsum) · gscale + bias)`, `q(x)` as in
+    /// LinearI8 (`x_scale = 1 / x_inv_scale`). `G % 4 == 0`, `4 <= G <= 256`, `K % G == 0`.
+    LinearI4 = 17,
+    /// in [table u8 [R, D/2], scale f16 [R, D/G], bias f16 [R, D/G], indices i64|i32];
+    /// params [group G]; out f32 [.., D]. Element j of row r is the nibble `j % 2` (low first)
+    /// of byte `j / 2`, an unsigned code `q` in 0..=15: `q·scale[r, j/G] + bias[r, j/G]`.
+    GatherRowsI4 = 18,
 }
 
 impl OpCode {
@@ -215,6 +227,8 @@ impl OpCode {
             14 => Self::LayerNorm,
             15 => Self::Expand,
             16 => Self::MatMulI8,
+            17 => Self::LinearI4,
+            18 => Self::GatherRowsI4,
             _ => return None,
         })
     }
@@ -236,11 +250,21 @@ impl OpCode {
             Self::LayerNorm => "layer_norm",
             Self::Expand => "expand",
             Self::MatMulI8 => "matmul_i8",
+            Self::LinearI4 => "linear_i4",
+            Self::GatherRowsI4 => "gather_rows_i4",
         }
     }
-    /// Whether the op computes in integer arithmetic (reported by `inspect` and the report).
+    /// Whether the op computes in integer arithmetic (INT8 or INT4; reported by `inspect` and
+    /// the report).
     pub fn is_int8(self) -> bool {
-        matches!(self, Self::LinearI8 | Self::GatherRowsI8 | Self::MatMulI8)
+        matches!(
+            self,
+            Self::LinearI8
+                | Self::GatherRowsI8
+                | Self::MatMulI8
+                | Self::LinearI4
+                | Self::GatherRowsI4
+        )
     }
 }
 

@@ -77,6 +77,10 @@ pub enum TensorRole {
     EmbeddingI8Rowwise = 2,
     /// Scales, biases or sums belonging to a quantized tensor.
     QuantParam = 3,
+    /// INT4 weights, symmetric per (output channel, group of K), packed two per byte.
+    WeightI4Grouped = 4,
+    /// INT4 embedding table, affine per (row, group) with f16 scale and bias, two per byte.
+    EmbeddingI4Grouped = 5,
 }
 
 pub const TENSOR_RECORD_LEN: usize = 64;

@@ -136,6 +136,65 @@ pub(crate) fn run_op(
                 (k.i8_gemm)(r1 - r0, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n);
             });
         }
+        Op::LinearI4 { x, w, gsum, gscale, bias, mult, m, k: kk, n, act, inv_scale, zp, group } => {
+            let (m, kk, n, act, inv_scale, group) = (*m, *kk, *n, *act, *inv_scale, *group);
+            let lda = k4(kk);
+            let q = SharedMut(scratch.u8s[..m * lda].as_mut_ptr());
+            let mult: &[f32] = if *mult == REF_NONE { &[] } else { cast(io.bytes(*mult))? };
+            let zp = zp + 128;
+            let x: &[f32] = cast(io.bytes(*x))?;
+            let w: &[u8] = io.bytes(*w);
+            let (gsum, gscale): (&[i32], &[u16]) =
+                (cast(io.bytes(*gsum))?, cast(io.bytes(*gscale))?);
+            let bias: &[f32] = cast(io.bytes(*bias))?;
+            let x_scale = 1.0 / inv_scale;
+            let o: &mut [f32] = cast_mut(out)?;
+            split_rows_mut(ctx.par, &mut o[..m * n], n, 16, 8, &|r0, r1, os| {
+                // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda
+                // bytes, exclusively borrowed by this op.
+                let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
+                (k.quantize_u8)(&x[r0 * kk..r1 * kk], r1 - r0, kk, lda, inv_scale, mult, zp, qs);
+                (k.i4_gemm)(
+                    r1 - r0,
+                    kk,
+                    n,
+                    qs,
+                    lda,
+                    zp,
+                    w,
+                    group,
+                    gsum,
+                    gscale,
+                    x_scale,
+                    bias,
+                    act,
+                    os,
+                    n,
+                );
+            });
+        }
+        Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx } => {
+            let t: &[u8] = io.bytes(*table);
+            let s: &[u16] = cast(io.bytes(*scale))?;
+            let bs: &[u16] = cast(io.bytes(*bias))?;
+            let ix = io.bytes(*idx);
+            let o: &mut [f32] = cast_mut(out)?;
+            let (d, group) = (*d, *group);
+            let gpr = d / group;
+            for i in 0..*n_idx {
+                let r = index(ix, *idx64, i, *rows, op_index)?;
+                let row = &t[r * d / 2..(r + 1) * d / 2];
+                for (g, og) in o[i * d..(i + 1) * d].chunks_exact_mut(group).enumerate() {
+                    let sc = half::f16::from_bits(s[r * gpr + g]).to_f32();
+                    let bi = half::f16::from_bits(bs[r * gpr + g]).to_f32();
+                    let bytes = &row[g * group / 2..(g + 1) * group / 2];
+                    for (o2, b) in og.chunks_exact_mut(2).zip(bytes) {
+                        o2[0] = (b & 15) as f32 * sc + bi;
+                        o2[1] = (b >> 4) as f32 * sc + bi;
+                    }
+                }
+            }
+        }
         Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs, b_t, alpha } } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;

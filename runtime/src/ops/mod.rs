@@ -74,6 +74,21 @@ pub(crate) enum Op {
         inv_scale: f32,
         zp: i32,
     },
+    LinearI4 {
+        x: u32,
+        w: u32,
+        gsum: u32,
+        gscale: u32,
+        bias: u32,
+        mult: u32,
+        m: usize,
+        k: usize,
+        n: usize,
+        act: Act,
+        inv_scale: f32,
+        zp: i32,
+        group: usize,
+    },
     MatMulF32 {
         a: u32,
         b: u32,
@@ -151,6 +166,17 @@ pub(crate) enum Op {
         d: usize,
         n_idx: usize,
     },
+    GatherRowsI4 {
+        table: u32,
+        scale: u32,
+        bias: u32,
+        idx: u32,
+        idx64: bool,
+        rows: usize,
+        d: usize,
+        group: usize,
+        n_idx: usize,
+    },
     Concat {
         inputs: [u32; OP_MAX_INPUTS],
         n: usize,
@@ -219,7 +245,7 @@ impl Op {
     pub fn scratch(&self) -> (usize, usize, usize) {
         match self {
             // u8 activations at row stride k4(k)
-            Op::LinearI8 { m, k, .. } => (m * k4(*k), 0, 0),
+            Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } => (m * k4(*k), 0, 0),
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
             Op::MatMulI8 { d, .. } => (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n, 2 * d.n),
             _ => (0, 0, 0),
@@ -253,7 +279,7 @@ pub(crate) fn prepare<'a>(
             ensure!(
                 *x != REF_NONE
                     || (code == OpCode::LinearF32 && j == 2)
-                    || (code == OpCode::LinearI8 && j == 5),
+                    || (matches!(code, OpCode::LinearI8 | OpCode::LinearI4) && j == 5),
                 "input #{j} is missing"
             );
         }
@@ -358,6 +384,111 @@ pub(crate) fn prepare<'a>(
                     inv_scale,
                     zp,
                 }
+            }
+        }
+        OpCode::LinearI4 => {
+            arity(6)?;
+            let (m, k, n, group) = (p[0] as usize, p[1] as usize, p[2] as usize, p[7] as usize);
+            let act =
+                Act::from_u32(p[3]).ok_or_else(|| alloc::format!("unknown activation {}", p[3]))?;
+            ensure!(m > 0 && k > 0 && n > 0, "empty GEMM {m}x{k}x{n}");
+            let x = need(ins[0], &f32_only, "x")?;
+            ensure!(numel(x.dims) == m * k, "x has {} elements, expected {m}x{k}", numel(x.dims));
+            ensure!(k as u32 <= MAX_I8_K, "reduction depth {k} exceeds {MAX_I8_K}");
+            ensure!(
+                group.is_multiple_of(4) && (4..=256).contains(&group) && k.is_multiple_of(group),
+                "group {group} must be a multiple of 4 in 4..=256 dividing K={k}"
+            );
+            ensure!(
+                p[6] == ember_kernels::pack::LAYOUT_K4N16_I4,
+                "unknown INT4 weight layout {} (this runtime knows 2, K4N16 INT4)",
+                p[6]
+            );
+            let w = need(ins[1], &[DType::U8], "weights")?;
+            let (panels, plen) = (n.div_ceil(PANEL), PANEL * k4(k) / 2);
+            ensure!(
+                w.dims == [panels, plen],
+                "packed weights are {:?}, expected [{panels}, {plen}] for {n}x{k} in K4N16 INT4",
+                w.dims
+            );
+            let side = PANEL * (k / group);
+            for (j, dt, nm) in [(2, DType::I32, "group sums"), (3, DType::F16, "group scales")] {
+                let t = need(ins[j], &[dt], nm)?;
+                ensure!(
+                    t.dims == [panels, side],
+                    "{nm} are {:?}, expected [{panels}, {side}]",
+                    t.dims
+                );
+            }
+            let b = need(ins[4], &f32_only, "bias")?;
+            ensure!(b.dims == [n], "bias is {:?}, expected [{n}]", b.dims);
+            if ins[5] != REF_NONE {
+                let mlt = need(ins[5], &f32_only, "channel multipliers")?;
+                ensure!(mlt.dims == [k], "channel multipliers are {:?}, expected [{k}]", mlt.dims);
+            }
+            let inv_scale = f32::from_bits(p[4]);
+            let zp = p[5] as i32;
+            ensure!(
+                inv_scale.is_finite() && inv_scale > 0.0 && (1.0 / inv_scale).is_finite(),
+                "activation scale {inv_scale} is not positive"
+            );
+            ensure!((-128..=127).contains(&zp), "zero point {zp} outside i8");
+            ensure!(
+                out.dtype == DType::F32 && numel(out.dims) == m * n,
+                "output must be f32 with {m}x{n} elements"
+            );
+            Op::LinearI4 {
+                x: ins[0],
+                w: ins[1],
+                gsum: ins[2],
+                gscale: ins[3],
+                bias: ins[4],
+                mult: ins[5],
+                m,
+                k,
+                n,
+                act,
+                inv_scale,
+                zp,
+                group,
+            }
+        }
+        OpCode::GatherRowsI4 => {
+            arity(4)?;
+            let t = need(ins[0], &[DType::U8], "table")?;
+            ensure!(t.dims.len() == 2, "table must be 2-D");
+            let group = p[0] as usize;
+            let (rows, half) = (t.dims[0], t.dims[1]);
+            let d = 2 * half;
+            ensure!(
+                group > 0 && group.is_multiple_of(2) && d.is_multiple_of(group),
+                "group {group} does not divide the row of {d}"
+            );
+            for (j, nm) in [(1, "scales"), (2, "biases")] {
+                let s = need(ins[j], &[DType::F16], nm)?;
+                ensure!(
+                    s.dims == [rows, d / group],
+                    "{nm} are {:?}, expected [{rows}, {}]",
+                    s.dims,
+                    d / group
+                );
+            }
+            let ix = need(ins[3], &[DType::I64, DType::I32], "indices")?;
+            let n_idx = numel(ix.dims);
+            ensure!(
+                out.dtype == DType::F32 && numel(out.dims) == n_idx * d,
+                "output has the wrong size"
+            );
+            Op::GatherRowsI4 {
+                table: ins[0],
+                scale: ins[1],
+                bias: ins[2],
+                idx: ins[3],
+                idx64: ix.dtype == DType::I64,
+                rows,
+                d,
+                group,
+                n_idx,
             }
         }
         OpCode::MatMulF32 | OpCode::MatMulI8 => {
