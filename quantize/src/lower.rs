@@ -127,6 +127,21 @@ impl PlanBuild<'_> {
     }
 }
 
+/// Params of LinearI8 / LinearI4: [m, k, n, act, x_inv_scale, x_zero_point, layout, group].
+#[allow(clippy::too_many_arguments)]
+fn linear_params(
+    m: usize,
+    k: usize,
+    n: usize,
+    act: u32,
+    sx: f32,
+    zp: i32,
+    layout: u32,
+    group: usize,
+) -> [u32; 8] {
+    [m as u32, k as u32, n as u32, act, (1.0 / sx).to_bits(), zp as u32, layout, group as u32]
+}
+
 fn dtype_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
@@ -484,16 +499,8 @@ impl<'a> Lowerer<'a> {
                             r
                         }
                     };
-                    let params = [
-                        m as u32,
-                        k as u32,
-                        nn as u32,
-                        act,
-                        (1.0 / sx).to_bits(),
-                        zp as u32,
-                        pack::LAYOUT_K4N16_I4,
-                        self.group as u32,
-                    ];
+                    let params =
+                        linear_params(m, k, nn, act, sx, zp, pack::LAYOUT_K4N16_I4, self.group);
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI4, &ins, y, &params, "int4");
                 } else if (self.bits == 8 || self.bits == 4) && !self.float_nodes.contains(&n.name) {
@@ -586,15 +593,7 @@ impl<'a> Lowerer<'a> {
                             r
                         }
                     };
-                    let params = [
-                        m as u32,
-                        k as u32,
-                        nn as u32,
-                        act,
-                        (1.0 / sx).to_bits(),
-                        zp as u32,
-                        pack::LAYOUT_K4N16,
-                    ];
+                    let params = linear_params(m, k, nn, act, sx, zp, pack::LAYOUT_K4N16, 0);
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI8, &ins, y, &params, "int8");
                 } else {

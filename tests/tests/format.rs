@@ -272,3 +272,113 @@ fn forged_header_and_tables_are_rejected() {
     b.push(0);
     expect_err(&b, "file_size");
 }
+
+/// x f32 [2,4] → LinearI4 (3 outputs, group 4) and ids → GatherRowsI4 (5 rows of 4, group 2).
+fn small_i4(edit: impl FnOnce(&mut PlanSpec)) -> Vec<u8> {
+    use ember_kernels::pack;
+    let mut w = Writer::new();
+    let (n, k, group) = (3usize, 4usize, 4usize);
+    let q: [i8; 12] = [1, -1, 2, 0, 0, 0, 0, 0, 7, -8, 1, 1];
+    let mut packed = vec![0u8; pack::k4n16_i4_len(n, k)];
+    pack::pack_k4n16_i4(&q, n, k, &mut packed);
+    let sums: Vec<i32> = q.chunks(k).map(|r| r.iter().map(|v| *v as i32).sum()).collect();
+    let half = half::f16::from_f32(0.5).to_bits();
+    let (mut gsum, mut gscale) = (vec![0i32; 16], vec![0u16; 16]);
+    pack::panel_groups(&sums, n, 1, &mut gsum);
+    pack::panel_groups(&[half; 3], n, 1, &mut gscale);
+    let qp = TensorRole::QuantParam;
+    let b = |v: &[u8]| v.to_vec();
+    let ts =
+        w.tensor("gscale", DType::F16, &[1, 16], qp, REF_NONE, &b(bytemuck::cast_slice(&gscale)));
+    let tw = w.tensor("w_i4", DType::U8, &[1, 32], TensorRole::WeightI4Grouped, ts, &packed);
+    let tg = w.tensor("gsum", DType::I32, &[1, 16], qp, REF_NONE, &b(bytemuck::cast_slice(&gsum)));
+    let tb = w.tensor("bias", DType::F32, &[3], qp, REF_NONE, &[0u8; 12]);
+    // Embedding rows r = [r, r+1, r+2, r+3] exactly: codes 0..3 with scale 1, offset r.
+    let table: Vec<u8> = (0..5).flat_map(|_| [0x10u8, 0x32]).collect();
+    let one = half::f16::from_f32(1.0).to_bits();
+    let scales: Vec<u16> = vec![one; 10];
+    let offs: Vec<u16> = (0..5)
+        .flat_map(|r| [r as f32, r as f32 + 2.0])
+        .map(|v| half::f16::from_f32(v).to_bits())
+        .collect();
+    let te =
+        w.tensor("emb_i4", DType::U8, &[5, 2], TensorRole::EmbeddingI4Grouped, REF_NONE, &table);
+    let tes =
+        w.tensor("emb_s", DType::F16, &[5, 2], qp, REF_NONE, &b(bytemuck::cast_slice(&scales)));
+    let teb = w.tensor("emb_b", DType::F16, &[5, 2], qp, REF_NONE, &b(bytemuck::cast_slice(&offs)));
+    w.input(SigSpec { name: "x".into(), dtype: DType::F32, dims: vec![4] });
+    w.input(SigSpec { name: "id".into(), dtype: DType::I64, dims: vec![] });
+    w.output(SigSpec { name: "y".into(), dtype: DType::F32, dims: vec![3] });
+    w.output(SigSpec { name: "e".into(), dtype: DType::F32, dims: vec![4] });
+    let v = |dt: DType, dims: &[u32], off: u64| {
+        let mut d = [0; MAX_RANK];
+        d[..dims.len()].copy_from_slice(dims);
+        ValueRecord {
+            dtype: dt as u32,
+            rank: dims.len() as u32,
+            dims: d,
+            offset: off,
+            nbytes: dims.iter().product::<u32>() as u64 * dt.size() as u64,
+        }
+    };
+    let op = |code: OpCode, ins: &[u32], out: u32, params: &[u32]| {
+        let mut r = OpRecord {
+            opcode: code as u16,
+            n_inputs: ins.len() as u8,
+            n_outputs: 1,
+            ..Default::default()
+        };
+        r.inputs[..ins.len()].copy_from_slice(ins);
+        r.outputs[0] = out;
+        r.params[..params.len()].copy_from_slice(params);
+        r
+    };
+    let mut p = PlanSpec {
+        batch: 2,
+        arena_size: 256,
+        inputs: vec![0, 1],
+        outputs: vec![2, 3],
+        values: vec![
+            v(DType::F32, &[2, 4], 0),
+            v(DType::I64, &[2], 64),
+            v(DType::F32, &[2, 3], 128),
+            v(DType::F32, &[2, 4], 192),
+        ],
+        ops: vec![
+            op(
+                OpCode::LinearI4,
+                &[0, tw, tg, ts, tb, REF_NONE],
+                2,
+                &[2, 4, 3, 0, 1f32.to_bits(), 0, 2, group as u32],
+            ),
+            op(OpCode::GatherRowsI4, &[te, tes, teb, 1], 3, &[2]),
+        ],
+    };
+    edit(&mut p);
+    w.plan(p);
+    w.finish()
+}
+
+#[test]
+fn int4_ops_run_and_forged_int4_records_are_rejected() {
+    let b = small_i4(|_| {});
+    let m = parse(&b).unwrap();
+    let mut s = Session::new(&m, 2).unwrap();
+    let x: Vec<u8> =
+        [1.0f32, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let ids: Vec<u8> = [4i64, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    s.run(&[&x, &ids]).unwrap();
+    // 0.5·(1 − 2 + 6 + 0), 0, 0.5·(7 − 16 + 3 + 4); the zero row gives zeros.
+    assert_eq!(s.output_f32(0).unwrap(), &[2.5, 0.0, -1.0, 0.0, 0.0, 0.0]);
+    assert_eq!(s.output_f32(1).unwrap(), &[4.0, 5.0, 8.0, 9.0, 1.0, 2.0, 5.0, 6.0]);
+    let bad: Vec<u8> = [5i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert!(matches!(s.run(&[&x, &bad]), Err(Error::IndexOutOfRange { op: 1, index: 5, .. })));
+    expect_err(&small_i4(|p| p.ops[0].params[7] = 3), "group 3 must be a multiple of 4");
+    expect_err(&small_i4(|p| p.ops[0].params[7] = 8), "dividing K=4");
+    expect_err(&small_i4(|p| p.ops[0].params[6] = 1), "unknown INT4 weight layout 1");
+    expect_err(&small_i4(|p| p.ops[0].params[2] = 20), "packed weights are");
+    expect_err(&small_i4(|p| p.ops[0].inputs.swap(2, 3)), "dtype");
+    expect_err(&small_i4(|p| p.ops[0].params[4] = 0), "activation scale");
+    expect_err(&small_i4(|p| p.ops[1].params[0] = 3), "group 3 does not divide");
+    expect_err(&small_i4(|p| p.ops[1].params[0] = 4), "scales are");
+}

@@ -453,44 +453,6 @@ pub(crate) fn prepare<'a>(
                 group,
             }
         }
-        OpCode::GatherRowsI4 => {
-            arity(4)?;
-            let t = need(ins[0], &[DType::U8], "table")?;
-            ensure!(t.dims.len() == 2, "table must be 2-D");
-            let group = p[0] as usize;
-            let (rows, half) = (t.dims[0], t.dims[1]);
-            let d = 2 * half;
-            ensure!(
-                group > 0 && group.is_multiple_of(2) && d.is_multiple_of(group),
-                "group {group} does not divide the row of {d}"
-            );
-            for (j, nm) in [(1, "scales"), (2, "biases")] {
-                let s = need(ins[j], &[DType::F16], nm)?;
-                ensure!(
-                    s.dims == [rows, d / group],
-                    "{nm} are {:?}, expected [{rows}, {}]",
-                    s.dims,
-                    d / group
-                );
-            }
-            let ix = need(ins[3], &[DType::I64, DType::I32], "indices")?;
-            let n_idx = numel(ix.dims);
-            ensure!(
-                out.dtype == DType::F32 && numel(out.dims) == n_idx * d,
-                "output has the wrong size"
-            );
-            Op::GatherRowsI4 {
-                table: ins[0],
-                scale: ins[1],
-                bias: ins[2],
-                idx: ins[3],
-                idx64: ix.dtype == DType::I64,
-                rows,
-                d,
-                group,
-                n_idx,
-            }
-        }
         OpCode::MatMulF32 | OpCode::MatMulI8 => {
             arity(2)?;
             let a = need(ins[0], &f32_only, "a")?;
@@ -691,14 +653,22 @@ pub(crate) fn prepare<'a>(
                 n_idx,
             }
         }
-        OpCode::GatherRowsI8 => {
+        OpCode::GatherRowsI8 | OpCode::GatherRowsI4 => {
             arity(4)?;
-            let t = need(ins[0], &[DType::I8], "table")?;
+            let i4 = code == OpCode::GatherRowsI4;
+            let t = need(ins[0], &[if i4 { DType::U8 } else { DType::I8 }], "table")?;
             ensure!(t.dims.len() == 2, "table must be 2-D");
-            let (rows, d) = (t.dims[0], t.dims[1]);
+            // INT4: two codes per byte, one scale and offset per group of a row.
+            let (rows, d) = (t.dims[0], if i4 { 2 * t.dims[1] } else { t.dims[1] });
+            let group = if i4 { p[0] as usize } else { d };
+            ensure!(
+                !i4 || (group > 0 && group.is_multiple_of(2) && d.is_multiple_of(group)),
+                "group {group} does not divide the row of {d}"
+            );
+            let side: &[usize] = if i4 { &[rows, d / group] } else { &[rows] };
             for (j, nm) in [(1, "scales"), (2, "biases")] {
                 let s = need(ins[j], &[DType::F16], nm)?;
-                ensure!(s.dims == [rows], "{nm} are {:?}, expected [{rows}]", s.dims);
+                ensure!(s.dims == side, "{nm} are {:?}, expected {side:?}", s.dims);
             }
             let ix = need(ins[3], &[DType::I64, DType::I32], "indices")?;
             let n_idx = numel(ix.dims);
@@ -706,15 +676,12 @@ pub(crate) fn prepare<'a>(
                 out.dtype == DType::F32 && numel(out.dims) == n_idx * d,
                 "output has the wrong size"
             );
-            Op::GatherRowsI8 {
-                table: ins[0],
-                scale: ins[1],
-                bias: ins[2],
-                idx: ins[3],
-                idx64: ix.dtype == DType::I64,
-                rows,
-                d,
-                n_idx,
+            let (table, scale, bias, idx, idx64) =
+                (ins[0], ins[1], ins[2], ins[3], ix.dtype == DType::I64);
+            if i4 {
+                Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx }
+            } else {
+                Op::GatherRowsI8 { table, scale, bias, idx, idx64, rows, d, n_idx }
             }
         }
         OpCode::Concat => {
