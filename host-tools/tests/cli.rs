@@ -68,10 +68,14 @@ fn quantize_run_inspect_compare() {
             &"8",
             &"--report",
             &report,
+            &"--plot",
+            &d.join("layers.svg"),
             &"-q",
         ],
     ));
     assert!(out.contains("top0") && out.contains("int8"), "{out}");
+    let svg = std::fs::read_to_string(d.join("layers.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("int8"), "{svg}");
     let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(rep["bits"], 8);
     assert!(rep["float_ops"].as_array().unwrap().iter().any(|o| o["node"] == "sigmoid"));

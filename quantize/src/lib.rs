@@ -236,10 +236,11 @@ pub fn quantize(
         onnx_bytes,
         n,
     };
-    let mut float_nodes = HashSet::new();
-    let mut built = build(&ctx, &float_nodes)?;
+    // Layers widened for the accuracy budget: INT4 ones to INT8 first, INT8 ones to f32.
+    let mut wide = Widened::default();
+    let mut built = build(&ctx, &wide)?;
     let mut cos_drop = None;
-    let mut fell_back: Vec<(String, f64)> = vec![];
+    let mut fell_back: Vec<(String, f64, &str)> = vec![];
     if let (8 | 4, Some(budget)) = (opts.bits, opts.max_cos_drop) {
         let eval_n = n.min(16);
         let eval: HashMap<String, HostTensor> =
@@ -255,34 +256,34 @@ pub fn quantize(
         };
         let mut d = drop_of(&built.bytes)?;
         if d > budget {
-            let cands: Vec<String> = built
+            let cands: Vec<(String, bool)> = built
                 .layers
                 .iter()
                 .filter(|l| l.precision == "int8" || l.precision == "int4")
-                .map(|l| l.node.clone())
+                .map(|l| (l.node.clone(), l.precision == "int4"))
                 .collect();
             let mut gains = vec![];
-            for (i, c) in cands.iter().enumerate() {
+            for (i, (c, int4)) in cands.iter().enumerate() {
                 progress("sensitivity", i, cands.len());
-                let one: HashSet<String> = HashSet::from([c.clone()]);
-                gains.push((d - drop_of(&build(&ctx, &one)?.bytes)?, c.clone()));
+                let one = Widened::default().with(c, *int4);
+                gains.push((d - drop_of(&build(&ctx, &one)?.bytes)?, c.clone(), *int4));
             }
             gains.sort_by(|a, b| b.0.total_cmp(&a.0));
-            for (gain, c) in gains {
+            for (gain, c, int4) in gains {
                 if d <= budget {
                     break;
                 }
-                float_nodes.insert(c.clone());
-                built = build(&ctx, &float_nodes)?;
+                wide = wide.with(&c, int4);
+                built = build(&ctx, &wide)?;
                 d = drop_of(&built.bytes)?;
-                fell_back.push((c, gain));
+                fell_back.push((c, gain, if int4 { "INT8" } else { "f32" }));
             }
         }
         for l in built.layers.iter_mut() {
-            if let Some((_, gain)) = fell_back.iter().find(|(c, _)| *c == l.node) {
+            if let Some((_, gain, to)) = fell_back.iter().find(|(c, ..)| *c == l.node) {
                 l.reason = Some(format!(
-                    "fell back to f32 for --max-cos-drop {budget}: {} here cost {gain:.2e} of output cosine on the calibration set",
-                    if opts.bits == 4 { "INT4/INT8" } else { "INT8" }
+                    "widened to {to} for --max-cos-drop {budget}: {} here cost {gain:.2e} of output cosine on the calibration set",
+                    if *to == "INT8" { "INT4" } else { "INT8" }
                 ));
             }
         }
@@ -316,7 +317,7 @@ pub fn quantize(
         outputs,
         max_cos_drop: opts.max_cos_drop,
         cos_drop,
-        fell_back: fell_back.into_iter().map(|(c, _)| c).collect(),
+        fell_back: fell_back.into_iter().map(|(c, ..)| c).collect(),
     };
     Ok((bytes, rep))
 }
@@ -341,14 +342,34 @@ struct Built {
     ids: HashMap<String, u32>,
 }
 
-/// Lowers every batch size into one file, with `float_nodes` kept in float.
-fn build(ctx: &BuildCtx, float_nodes: &HashSet<String>) -> Result<Built> {
+/// Layers kept wider than asked, for the accuracy budget.
+#[derive(Clone, Default)]
+struct Widened {
+    float: HashSet<String>,
+    int8: HashSet<String>,
+}
+
+impl Widened {
+    /// One step wider for `node`: INT8 when it is INT4, f32 when it is INT8.
+    fn with(mut self, node: &str, int4: bool) -> Self {
+        if int4 {
+            self.int8.insert(node.to_string());
+        } else {
+            self.float.insert(node.to_string());
+        }
+        self
+    }
+}
+
+/// Lowers every batch size into one file, with the `wide` layers kept wider.
+fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
     let opts = ctx.opts;
     let mut lw = lower::Lowerer::new(opts.bits, ctx.stats, opts.method, opts.percentile);
     lw.int8_act_matmul = opts.int8_act_matmul;
     lw.group = opts.group;
     lw.emb_bits = opts.embedding_bits.unwrap_or(if opts.bits == 4 { 4 } else { 8 });
-    lw.float_nodes = float_nodes.clone();
+    lw.float_nodes = wide.float.clone();
+    lw.int8_nodes = wide.int8.clone();
     lw.choices = Some(ctx.choices);
     let sig = |s: &IoSpec| ember_runtime::format::writer::SigSpec {
         name: s.name.clone(),

@@ -248,7 +248,7 @@ impl Report {
         }
         if let (Some(b), Some(d)) = (self.max_cos_drop, self.cos_drop) {
             s.push_str(&format!(
-                "accuracy budget: cosine drop {d:.2e} <= {b:.2e}; layers kept in float: {}\n",
+                "accuracy budget: cosine drop {d:.2e} <= {b:.2e}; layers widened (see each one's reason): {}\n",
                 if self.fell_back.is_empty() {
                     "none".to_string()
                 } else {

@@ -170,6 +170,35 @@ fn accuracy_budget_falls_back_the_most_sensitive_layers_and_says_so() {
     }
     // Fewest layers: not everything fell back.
     assert!(tight.layers.iter().any(|l| l.precision == "int8"));
+
+    // INT4: the sensitive INT4 layers widen to INT8 first (not straight to float).
+    let q4 = |budget: f64| {
+        let opts = Options {
+            bits: 4,
+            group: 4,
+            batches: vec![4],
+            max_cos_drop: Some(budget),
+            ..Default::default()
+        };
+        ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap().1
+    };
+    let loose = q4(0.5);
+    assert!(loose.fell_back.is_empty());
+    let budget = loose.cos_drop.unwrap() / 4.0;
+    let tight = q4(budget);
+    assert!(tight.cos_drop.unwrap() <= budget, "{:?} > {budget}", tight.cos_drop);
+    assert!(!tight.fell_back.is_empty());
+    let widened: Vec<&str> = tight
+        .fell_back
+        .iter()
+        .map(|n| tight.layers.iter().find(|l| &l.node == n).unwrap().precision.as_str())
+        .collect();
+    assert!(widened.contains(&"int8"), "INT4 layers should widen to INT8: {widened:?}");
+    for n in &tight.fell_back {
+        let l = tight.layers.iter().find(|l| &l.node == n).unwrap();
+        assert!(l.reason.as_deref().unwrap_or("").contains("widened to"), "{n}: {:?}", l.reason);
+    }
+    assert!(tight.layers.iter().any(|l| l.precision == "int4"), "everything widened");
 }
 
 #[test]

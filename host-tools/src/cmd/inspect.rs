@@ -22,8 +22,10 @@ pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
             (format!("{} + {}", k.quantize_u8_name, k.i8_gemm_name), "int8")
         }
         OpCode::LinearF32 => (k.f32_gemm_name.to_string(), "f32"),
+        OpCode::LinearI4 => (format!("{} + {}", k.quantize_u8_name, k.i4_gemm_name), "int4"),
         OpCode::GatherRowsI8 => ("i8_gather_rows_dequant_generic".into(), "int8"),
-        OpCode::MatMulF32 => ("f32_matmul_generic".into(), "f32"),
+        OpCode::GatherRowsI4 => ("i4_gather_rows_dequant_generic".into(), "int4"),
+        OpCode::MatMulF32 => (format!("{} | {}", k.f32_matmul_name, k.f32_gemm_name), "f32"),
         OpCode::Binary | OpCode::Unary | OpCode::Softmax | OpCode::Reduce => {
             (format!("f32_{}_generic", code.name()), "f32")
         }

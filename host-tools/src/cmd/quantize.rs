@@ -76,6 +76,9 @@ pub struct Args {
     /// Also write the accuracy report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Also draw the per-layer error (1 − cosine to float, by precision) as an SVG here.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -139,6 +142,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(r) = &a.report {
         atomic::write(r, json.as_bytes())?;
     }
+    if let Some(p) = &a.plot {
+        atomic::write(p, layer_error_chart(&report).to_svg().as_bytes())?;
+    }
     if a.json {
         println!("{json}");
     } else {
@@ -146,4 +152,30 @@ pub fn run(a: Args) -> Result<()> {
         println!("wrote {} ({} bytes)", a.output.display(), bytes.len());
     }
     Ok(())
+}
+
+/// The per-layer error picture: each layer's `1 − cosine` of its output to float (measured on
+/// the calibration samples, earlier layers' errors included), one series per precision, so the
+/// layers that fell back and the ones that hurt most stand out.
+pub fn layer_error_chart(r: &ember_quantize::report::Report) -> crate::plot::Chart {
+    use crate::plot::{Chart, Series};
+    let mut series: Vec<Series> = vec![];
+    for (i, l) in r.layers.iter().enumerate() {
+        let Some(c) = l.cosine_to_float else { continue };
+        let y = (1.0 - c).max(1e-7);
+        match series.iter_mut().find(|s| s.name == l.precision) {
+            Some(s) => s.points.push((i as f64, y)),
+            None => series.push(Series { name: l.precision.clone(), points: vec![(i as f64, y)] }),
+        }
+    }
+    let hlines =
+        r.max_cos_drop.map(|b| vec![(format!("output budget {b}"), b)]).unwrap_or_default();
+    Chart {
+        title: format!("{}: per-layer error ({} bits)", r.source, r.bits),
+        x_label: "layer, in graph order (see the report's table)".into(),
+        y_label: "1 - cosine to float (log)".into(),
+        series,
+        hlines,
+        log_y: true,
+    }
 }
