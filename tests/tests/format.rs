@@ -109,6 +109,33 @@ fn resealed_random_mutations_never_panic() {
     }
 }
 
+/// An arena value record of `dims` at `off`.
+fn value_record(dt: DType, dims: &[u32], off: u64) -> ValueRecord {
+    let mut d = [0; MAX_RANK];
+    d[..dims.len()].copy_from_slice(dims);
+    ValueRecord {
+        dtype: dt as u32,
+        rank: dims.len() as u32,
+        dims: d,
+        offset: off,
+        nbytes: dims.iter().product::<u32>() as u64 * dt.size() as u64,
+    }
+}
+
+/// An op record with one output.
+fn op_record(code: OpCode, ins: &[u32], out: u32, params: &[u32]) -> OpRecord {
+    let mut r = OpRecord {
+        opcode: code as u16,
+        n_inputs: ins.len() as u8,
+        n_outputs: 1,
+        ..Default::default()
+    };
+    r.inputs[..ins.len()].copy_from_slice(ins);
+    r.outputs[0] = out;
+    r.params[..params.len()].copy_from_slice(params);
+    r
+}
+
 /// A small hand-written model: x f32 [B,4] → Linear(3) → Relu, and Gather of an embedding row.
 fn small(edit: impl FnOnce(&mut Writer, &mut PlanSpec, &mut Vec<u32>)) -> Vec<u8> {
     let mut w = Writer::new();
@@ -120,29 +147,7 @@ fn small(edit: impl FnOnce(&mut Writer, &mut PlanSpec, &mut Vec<u32>)) -> Vec<u8
     w.input(SigSpec { name: "id".into(), dtype: DType::I64, dims: vec![] });
     w.output(SigSpec { name: "y".into(), dtype: DType::F32, dims: vec![3] });
     w.output(SigSpec { name: "e".into(), dtype: DType::F32, dims: vec![2] });
-    let v = |dt: DType, dims: &[u32], off: u64| {
-        let mut d = [0; MAX_RANK];
-        d[..dims.len()].copy_from_slice(dims);
-        ValueRecord {
-            dtype: dt as u32,
-            rank: dims.len() as u32,
-            dims: d,
-            offset: off,
-            nbytes: dims.iter().product::<u32>() as u64 * dt.size() as u64,
-        }
-    };
-    let op = |code: OpCode, ins: &[u32], out: u32, params: &[u32]| {
-        let mut r = OpRecord {
-            opcode: code as u16,
-            n_inputs: ins.len() as u8,
-            n_outputs: 1,
-            ..Default::default()
-        };
-        r.inputs[..ins.len()].copy_from_slice(ins);
-        r.outputs[0] = out;
-        r.params[..params.len()].copy_from_slice(params);
-        r
-    };
+    let (v, op) = (value_record, op_record);
     let mut p = PlanSpec {
         batch: 2,
         arena_size: 384,
@@ -310,29 +315,7 @@ fn small_i4(edit: impl FnOnce(&mut PlanSpec)) -> Vec<u8> {
     w.input(SigSpec { name: "id".into(), dtype: DType::I64, dims: vec![] });
     w.output(SigSpec { name: "y".into(), dtype: DType::F32, dims: vec![3] });
     w.output(SigSpec { name: "e".into(), dtype: DType::F32, dims: vec![4] });
-    let v = |dt: DType, dims: &[u32], off: u64| {
-        let mut d = [0; MAX_RANK];
-        d[..dims.len()].copy_from_slice(dims);
-        ValueRecord {
-            dtype: dt as u32,
-            rank: dims.len() as u32,
-            dims: d,
-            offset: off,
-            nbytes: dims.iter().product::<u32>() as u64 * dt.size() as u64,
-        }
-    };
-    let op = |code: OpCode, ins: &[u32], out: u32, params: &[u32]| {
-        let mut r = OpRecord {
-            opcode: code as u16,
-            n_inputs: ins.len() as u8,
-            n_outputs: 1,
-            ..Default::default()
-        };
-        r.inputs[..ins.len()].copy_from_slice(ins);
-        r.outputs[0] = out;
-        r.params[..params.len()].copy_from_slice(params);
-        r
-    };
+    let (v, op) = (value_record, op_record);
     let mut p = PlanSpec {
         batch: 2,
         arena_size: 256,

@@ -296,6 +296,27 @@ pub(crate) fn prepare<'a>(
         Ok(i)
     };
     let f32_only = [DType::F32];
+    // Shared by LinearI8 and LinearI4: the optional channel multipliers (input 5), the
+    // activation scale and zero point (params 4 and 5), and the f32 [m, n] output.
+    let linear_quant =
+        |m: usize, k: usize, n: usize| -> Result<(f32, i32), alloc::string::String> {
+            if ins[5] != REF_NONE {
+                let mlt = need(ins[5], &f32_only, "channel multipliers")?;
+                ensure!(mlt.dims == [k], "channel multipliers are {:?}, expected [{k}]", mlt.dims);
+            }
+            let inv_scale = f32::from_bits(p[4]);
+            let zp = p[5] as i32;
+            ensure!(
+                inv_scale.is_finite() && inv_scale > 0.0 && (1.0 / inv_scale).is_finite(),
+                "activation scale {inv_scale} is not positive"
+            );
+            ensure!((-128..=127).contains(&zp), "zero point {zp} outside i8");
+            ensure!(
+                out.dtype == DType::F32 && numel(out.dims) == m * n,
+                "output must be f32 with {m}x{n} elements"
+            );
+            Ok((inv_scale, zp))
+        };
     Ok(match code {
         OpCode::LinearF32 | OpCode::LinearI8 => {
             let (m, k, n) = (p[0] as usize, p[1] as usize, p[2] as usize);
@@ -325,14 +346,6 @@ pub(crate) fn prepare<'a>(
             } else {
                 arity(6)?;
                 let x = x.ok_or("x must be f32")?;
-                if ins[5] != REF_NONE {
-                    let mlt = need(ins[5], &f32_only, "channel multipliers")?;
-                    ensure!(
-                        mlt.dims == [k],
-                        "channel multipliers are {:?}, expected [{k}]",
-                        mlt.dims
-                    );
-                }
                 ensure!(k as u32 <= MAX_I8_K, "reduction depth {k} exceeds {MAX_I8_K}");
                 ensure!(
                     numel(x.dims) == m * k,
@@ -359,17 +372,7 @@ pub(crate) fn prepare<'a>(
                     let t = need(ins[j], &[dt], nm)?;
                     ensure!(t.dims == [n], "{nm} are {:?}, expected [{n}]", t.dims);
                 }
-                let inv_scale = f32::from_bits(p[4]);
-                let zp = p[5] as i32;
-                ensure!(
-                    inv_scale.is_finite() && inv_scale > 0.0,
-                    "activation scale {inv_scale} is not positive"
-                );
-                ensure!((-128..=127).contains(&zp), "zero point {zp} outside i8");
-                ensure!(
-                    out.dtype == DType::F32 && numel(out.dims) == m * n,
-                    "output must be f32 with {m}x{n} elements"
-                );
+                let (inv_scale, zp) = linear_quant(m, k, n)?;
                 Op::LinearI8 {
                     x: ins[0],
                     w: ins[1],
@@ -422,21 +425,7 @@ pub(crate) fn prepare<'a>(
             }
             let b = need(ins[4], &f32_only, "bias")?;
             ensure!(b.dims == [n], "bias is {:?}, expected [{n}]", b.dims);
-            if ins[5] != REF_NONE {
-                let mlt = need(ins[5], &f32_only, "channel multipliers")?;
-                ensure!(mlt.dims == [k], "channel multipliers are {:?}, expected [{k}]", mlt.dims);
-            }
-            let inv_scale = f32::from_bits(p[4]);
-            let zp = p[5] as i32;
-            ensure!(
-                inv_scale.is_finite() && inv_scale > 0.0 && (1.0 / inv_scale).is_finite(),
-                "activation scale {inv_scale} is not positive"
-            );
-            ensure!((-128..=127).contains(&zp), "zero point {zp} outside i8");
-            ensure!(
-                out.dtype == DType::F32 && numel(out.dims) == m * n,
-                "output must be f32 with {m}x{n} elements"
-            );
+            let (inv_scale, zp) = linear_quant(m, k, n)?;
             Op::LinearI4 {
                 x: ins[0],
                 w: ins[1],
