@@ -412,8 +412,8 @@ fn loadgen_loses_nothing_and_plots_each_policy() {
 fn sigterm_drains_and_stops() {
     let d = tmp("term");
     let model = demo_model(&d);
-    // A long max wait keeps a lone request queued while the signal arrives.
-    let mut srv = Server::start(&model, &["--max-wait-us", "1500000", "--batch-sizes", "4,8"]);
+    // A long max wait keeps a lone request queued until the signal arrives.
+    let mut srv = Server::start(&model, &["--max-wait-us", "60000000", "--batch-sizes", "4,8"]);
     let addr = srv.addr.clone();
     let client = std::thread::spawn(move || {
         let body = infer_body(&[1], &[2], "[1,4]");
@@ -426,7 +426,16 @@ fn sigterm_drains_and_stops() {
         s.write_all(raw.as_bytes()).unwrap();
         read_response(&mut BufReader::new(s)).unwrap().status
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Signal only once the request sits in the queue (slow under emulation).
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, _, m) = srv.request(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+        if String::from_utf8_lossy(&m).contains("ember_queue_depth{model=\"demo\"} 1") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the request never reached the queue");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pid = srv.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     // The queued request is answered, then the server exits cleanly.

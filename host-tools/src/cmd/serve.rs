@@ -131,11 +131,17 @@ pub fn run(a: Args) -> Result<()> {
     running.stop();
     let m = running.model.clone();
     m.batcher().shutdown();
+    // Done once nothing is queued or being answered for a short while (a request read just
+    // before the signal may still be on its way to the queue), or after 30 s at most.
     let t0 = std::time::Instant::now();
-    while (m.batcher().stats().depth > 0 || m.in_flight() > 0)
-        && t0.elapsed() < Duration::from_secs(30)
-    {
-        std::thread::sleep(Duration::from_millis(10));
+    let mut quiet_since = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if m.batcher().stats().depth > 0 || m.in_flight() > 0 {
+            quiet_since = std::time::Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     let st = m.batcher().stats();
     // The reader of stdout may be gone by now (a supervisor, a test): ignore write errors.
