@@ -54,7 +54,7 @@ const KEEP: usize = 1 << 20;
 pub const SIM_ROWS: usize = 256;
 
 impl Stats {
-    fn observe(&mut self, v: &[f32], k: usize, keep_values: bool) {
+    fn observe(&mut self, v: &[f32], k: usize, keep_values: bool, keep_spread: bool) {
         if self.k == 0 {
             self.k = k;
             self.ch_min = vec![f32::INFINITY; k];
@@ -66,7 +66,7 @@ impl Stats {
                 *hi = hi.max(*x);
             }
         }
-        for row in v.chunks_exact(k) {
+        for row in v.chunks_exact(k).filter(|_| keep_spread) {
             if self.rows_seen.is_multiple_of(SPREAD_STRIDE) && self.spread.len() < SPREAD_ROWS * k {
                 self.spread.extend_from_slice(row);
             }
@@ -108,13 +108,15 @@ impl Stats {
 }
 
 /// Observes `names` over `samples` (already validated), `batch` samples at a time (the last
-/// chunk padded with repeats, which are not observed).
+/// chunk padded with repeats, which are not observed). `keep_spread`: also keep the
+/// [`Stats::spread`] sample (INT4 error compensation needs it; INT8 does not).
 pub fn calibrate(
     g: &Graph,
     samples: &HashMap<String, HostTensor>,
     batch: usize,
     names: &HashSet<String>,
     method: Method,
+    keep_spread: bool,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<HashMap<String, Stats>> {
     let n = samples.values().next().map(|t| t.shape[0]).unwrap_or(0);
@@ -130,7 +132,12 @@ pub fn calibrate(
                 return;
             }
             let v = &v[..v.len() * take / batch];
-            obs.entry(name.to_string()).or_default().observe(v, k, method == Method::Percentile);
+            obs.entry(name.to_string()).or_default().observe(
+                v,
+                k,
+                method == Method::Percentile,
+                keep_spread,
+            );
         };
         reference::evaluate(g, &chunk, Some((names, &mut f)))?;
         progress(start + take, n);

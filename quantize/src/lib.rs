@@ -198,9 +198,16 @@ pub fn quantize(
         linear_inputs.extend(n.inputs.iter().filter(|i| !g.consts.contains_key(*i)).cloned());
     }
     let stats = if opts.bits != 32 {
-        calibrate::calibrate(&g, &samples, batches[0], &linear_inputs, opts.method, |d, t| {
-            progress("calibrate", d, t)
-        })?
+        let spread = opts.bits == 4;
+        calibrate::calibrate(
+            &g,
+            &samples,
+            batches[0],
+            &linear_inputs,
+            opts.method,
+            spread,
+            |d, t| progress("calibrate", d, t),
+        )?
     } else {
         HashMap::new()
     };

@@ -229,44 +229,22 @@ impl<'a> Lowerer<'a> {
         let st = &self.stats[x_name];
         let rows = (st.rows.len() / k).min(256);
         let sm = |j: usize| c.smooth.as_ref().map(|s| s[j]).unwrap_or(1.0);
-        // Weights see the smoothed activations x_j / s_j: migrate s_j into them, and weigh each
-        // input channel's weight error by its mean square activation.
+        // Weights see the smoothed activations x_j / s_j: migrate s_j into them.
         let ws: Vec<f32> =
             w.chunks_exact(k).flat_map(|r| r.iter().enumerate().map(|(j, v)| v * sm(j))).collect();
-        let mut imp = vec![0f32; k];
-        for r in 0..rows {
-            for (j, v) in st.rows[r * k..(r + 1) * k].iter().enumerate() {
-                imp[j] += (v / sm(j)).powi(2) / rows.max(1) as f32;
-            }
-        }
-        // GPTQ on the spread sample of the layer's inputs (smoothed like the weights' view).
+        // GPTQ on the spread sample of the layer's inputs, smoothed like the weights' view (it
+        // falls back to round-to-nearest when calibration saw no rows).
         let srows = st.spread.len() / k;
         let xsm: Vec<f32> = st
             .spread
             .chunks_exact(k)
             .flat_map(|r| r.iter().enumerate().map(|(j, v)| v / sm(j)))
             .collect();
-        let qi = if srows > 0 {
-            quant::quantize_i4_gptq(&ws, nn, k, group, &xsm, srows)
-        } else {
-            quant::quantize_i4(&ws, nn, k, group, &imp)
-        };
+        let qi = quant::quantize_i4_gptq(&ws, nn, k, group, &xsm, srows);
         let mult: Vec<f32> = (0..k).map(|j| 1.0 / (sx * sm(j))).collect();
         let xs = &st.rows[..rows * k];
         let yq = quant::simulate_linear_i4(xs, rows, k, nn, &mult, sx, zp, &qi, group);
-        let (mut sig, mut noise) = (0f64, 0f64);
-        for i in 0..rows {
-            for j in 0..nn {
-                let yf: f64 = xs[i * k..(i + 1) * k]
-                    .iter()
-                    .zip(&w[j * k..(j + 1) * k])
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum();
-                sig += yf * yf;
-                noise += (yf - yq[i * nn + j] as f64).powi(2);
-            }
-        }
-        let sim_db = quant::sqnr(sig, noise);
+        let sim_db = quant::output_sqnr(xs, rows, k, w, nn, &yq);
         let (packed, gsum, gscale) = quant::pack_i4(&qi, nn, k, group);
         let bias: Vec<f32> = match n.input(2) {
             Some(b) => g.consts[b].to_f32_vec(),

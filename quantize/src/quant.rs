@@ -126,25 +126,31 @@ fn candidate(
         (0..k).map(|j| 1.0 / (sx * s.as_ref().map(|s| s[j]).unwrap_or(1.0))).collect();
     let scale: Vec<f32> = qw.scale.iter().map(|v| v * sx).collect();
     let yq = simulate_linear_i8(&st.rows, m, k, n, &mult, zp, &qw, &scale);
-    let (mut sig, mut noise) = (0f64, 0f64);
-    for i in 0..m {
-        let x = &st.rows[i * k..(i + 1) * k];
-        for j in 0..n {
-            let yf: f64 =
-                x.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum();
-            sig += yf * yf;
-            noise += (yf - yq[i * n + j] as f64).powi(2);
-        }
-    }
+    let sqnr_db = output_sqnr(&st.rows, m, k, w, n, &yq);
     LinearChoice {
         weights: qw,
         act_scale: sx,
         zp,
         range,
         smooth: s,
-        sqnr_db: sqnr(sig, noise),
+        sqnr_db,
         other_sqnr_db: f32::NAN,
     }
+}
+
+/// SQNR (dB) of `yq [m, n]` against the float layer `x [m, k] · wᵀ` (`w [n, k]`).
+pub fn output_sqnr(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, yq: &[f32]) -> f32 {
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for i in 0..m {
+        let xi = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let yf: f64 =
+                xi.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum();
+            sig += yf * yf;
+            noise += (yf - yq[i * n + j] as f64).powi(2);
+        }
+    }
+    sqnr(sig, noise)
 }
 
 /// Chooses the activation scheme of one Linear layer by simulating candidates on the

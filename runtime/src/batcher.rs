@@ -206,9 +206,6 @@ pub fn choose_batch(
 ) -> (usize, usize) {
     let last = sizes.len() - 1;
     let largest = sizes[last];
-    if q >= largest && policy == Policy::Pad {
-        return (largest, last);
-    }
     match policy {
         Policy::Pad => {
             let i = sizes.iter().position(|&s| s >= q).unwrap_or(last);
@@ -330,6 +327,11 @@ impl Batcher {
                 Err(BatchError::Config("the batcher thread stopped while starting".into()))
             }
         }
+    }
+
+    /// Requests that may be queued or running at once.
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.len()
     }
 
     /// The batch sizes in use, ascending.
@@ -712,10 +714,7 @@ fn worker<B: AsRef<[u8]>>(
         let t = Instant::now();
         runner.run_group(sh, &batch, si);
         // Track each plan's cost as it runs (a moving average).
-        if batch.len() <= sizes[si] {
-            let dt = t.elapsed();
-            cost[si] = (cost[si] * 7 + dt) / 8;
-        }
+        cost[si] = (cost[si] * 7 + t.elapsed()) / 8;
     }
 }
 

@@ -295,8 +295,14 @@ pub fn run(a: Args) -> Result<()> {
     if !a.json {
         header();
     }
+    // The signature, compiled sizes and requests are the same for every policy.
+    let probe = super::load_with(path, super::VerifyArg::Full)?;
+    let (ins, outs) = (probe.inputs.clone(), probe.outputs.clone());
+    let reqs: Vec<Vec<u8>> = samples(&ins, a.input.as_ref())?
+        .iter()
+        .map(|x| infer_request(&name, &ins, &outs, x))
+        .collect();
     for p in &policies {
-        let probe = super::load_with(path, super::VerifyArg::Full)?;
         let sizes = probe.batch_sizes();
         let sizes = match p.only {
             Some(true) => vec![sizes[0]],
@@ -311,11 +317,6 @@ pub fn run(a: Args) -> Result<()> {
             threads: a.threads.unwrap_or(0),
         };
         let server = super::serve::model_server(path, &name, cfg, super::VerifyArg::Full)?;
-        let (ins, outs) = (probe.inputs.clone(), probe.outputs.clone());
-        let reqs: Vec<Vec<u8>> = samples(&ins, a.input.as_ref())?
-            .iter()
-            .map(|x| infer_request(&name, &ins, &outs, x))
-            .collect();
         let running = Running::start(server, "127.0.0.1:0", a.connections + 16)?;
         let b = running.model.batcher();
         if full_batch.is_none() {

@@ -52,8 +52,9 @@ fn fail<T>(status: u16, msg: impl Into<String>) -> Result<T, Fail> {
 }
 
 fn shape_text(dims: &[usize]) -> String {
-    let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    format!("[-1, {}]", d.join(", ")).replace("[-1, ]", "[-1]")
+    let d: Vec<String> =
+        ["-1".to_string()].into_iter().chain(dims.iter().map(|d| d.to_string())).collect();
+    format!("[{}]", d.join(", "))
 }
 
 /// Flattens nested JSON arrays of numbers (row-major) into `out` as little-endian `d` values.
@@ -448,12 +449,12 @@ impl ModelServer {
             data.push(bytes);
         }
         let n = count.unwrap_or(0);
-        if n > self.batcher.stats().capacity {
+        if n > self.batcher.capacity() {
             return fail(
                 400,
                 format!(
                     "{n} samples in one request exceed the queue ({})",
-                    self.batcher.stats().capacity
+                    self.batcher.capacity()
                 ),
             );
         }

@@ -117,60 +117,39 @@ pub(crate) fn run_op(
             );
         }
         Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k: kk, n, act, inv_scale, zp } => {
-            let (m, kk, n, act, inv_scale) = (*m, *kk, *n, *act, *inv_scale);
-            let lda = k4(kk);
-            let q = SharedMut(scratch.u8s[..m * lda].as_mut_ptr());
-            let mult: &[f32] = if *mult == REF_NONE { &[] } else { cast(io.bytes(*mult))? };
-            // The file's zero point is that of i8 codes; kernels take u8 codes (+128).
-            let zp = zp + 128;
-            let x: &[f32] = cast(io.bytes(*x))?;
             let (w, w_sum) = (cast(io.bytes(*w))?, cast(io.bytes(*w_sum))?);
             let (scale, bias) = (cast(io.bytes(*scale))?, cast(io.bytes(*bias))?);
-            let o: &mut [f32] = cast_mut(out)?;
-            // Each task quantizes and multiplies its own rows.
-            split_rows_mut(ctx.par, &mut o[..m * n], n, 16, 8, &|r0, r1, os| {
-                // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda
-                // bytes, exclusively borrowed by this op.
-                let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
-                (k.quantize_u8)(&x[r0 * kk..r1 * kk], r1 - r0, kk, lda, inv_scale, mult, zp, qs);
-                (k.i8_gemm)(r1 - r0, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n);
+            let (kk, n, act) = (*kk, *n, *act);
+            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
+            q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
+                (k.i8_gemm)(rows, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n)
             });
         }
-        Op::LinearI4 { x, w, gsum, gscale, bias, mult, m, k: kk, n, act, inv_scale, zp, group } => {
-            let (m, kk, n, act, inv_scale, group) = (*m, *kk, *n, *act, *inv_scale, *group);
-            let lda = k4(kk);
-            let q = SharedMut(scratch.u8s[..m * lda].as_mut_ptr());
-            let mult: &[f32] = if *mult == REF_NONE { &[] } else { cast(io.bytes(*mult))? };
-            let zp = zp + 128;
-            let x: &[f32] = cast(io.bytes(*x))?;
+        Op::LinearI4 {
+            x,
+            w,
+            gsum,
+            gscale,
+            bias,
+            mult,
+            m,
+            k: kk,
+            n,
+            act,
+            inv_scale,
+            zp,
+            group,
+            x_scale,
+        } => {
             let w: &[u8] = io.bytes(*w);
-            let (gsum, gscale): (&[i32], &[u16]) =
-                (cast(io.bytes(*gsum))?, cast(io.bytes(*gscale))?);
+            let (gsum, gscale) = (cast(io.bytes(*gsum))?, cast(io.bytes(*gscale))?);
             let bias: &[f32] = cast(io.bytes(*bias))?;
-            let x_scale = 1.0 / inv_scale;
-            let o: &mut [f32] = cast_mut(out)?;
-            split_rows_mut(ctx.par, &mut o[..m * n], n, 16, 8, &|r0, r1, os| {
-                // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda
-                // bytes, exclusively borrowed by this op.
-                let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
-                (k.quantize_u8)(&x[r0 * kk..r1 * kk], r1 - r0, kk, lda, inv_scale, mult, zp, qs);
+            let (kk, n, act, group, x_scale) = (*kk, *n, *act, *group, *x_scale);
+            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
+            q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
                 (k.i4_gemm)(
-                    r1 - r0,
-                    kk,
-                    n,
-                    qs,
-                    lda,
-                    zp,
-                    w,
-                    group,
-                    gsum,
-                    gscale,
-                    x_scale,
-                    bias,
-                    act,
-                    os,
-                    n,
-                );
+                    rows, kk, n, qs, lda, zp, w, group, gsum, gscale, x_scale, bias, act, os, n,
+                )
             });
         }
         Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx } => {
@@ -776,5 +755,61 @@ fn fill<T: bytemuck::Pod>(out: &mut [u8], v: &[u8]) -> bool {
             true
         }
         _ => false,
+    }
+}
+
+/// `gemm(rows, u8 codes, lda, zero point, output rows)`: the integer GEMM of one row block.
+type RowGemm<'g> = dyn Fn(usize, &[u8], usize, i32, &mut [f32]) + Sync + 'g;
+
+/// The f32 input of an integer Linear op with its static quantization: each task quantizes its
+/// own rows into the scratch (u8 codes at row stride `k4(k)`) and multiplies them right away.
+struct QuantIn<'a> {
+    x: &'a [f32],
+    mult: &'a [f32],
+    m: usize,
+    k: usize,
+    inv_scale: f32,
+    /// Zero point of the u8 codes the kernels take (the file's i8 zero point + 128).
+    zp: i32,
+    kernels: &'a KernelSet,
+}
+
+impl<'a> QuantIn<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        io: &'a Io<'_>,
+        kernels: &'a KernelSet,
+        x: u32,
+        mult: u32,
+        m: usize,
+        k: usize,
+        inv_scale: f32,
+        zp: i32,
+    ) -> Result<Self, Error> {
+        let mult: &[f32] = if mult == REF_NONE { &[] } else { cast(io.bytes(mult))? };
+        Ok(QuantIn { x: cast(io.bytes(x))?, mult, m, k, inv_scale, zp: zp + 128, kernels })
+    }
+
+    /// Calls `gemm(rows, codes, lda, zp, out_rows)` on row blocks of `out` (`n` per row),
+    /// spread over `par`'s threads.
+    fn run(
+        &self,
+        par: &dyn Parallel,
+        scratch: &mut [u8],
+        out: &mut [f32],
+        n: usize,
+        gemm: &RowGemm<'_>,
+    ) {
+        let (m, k) = (self.m, self.k);
+        let lda = k4(k);
+        let q = SharedMut(scratch[..m * lda].as_mut_ptr());
+        split_rows_mut(par, &mut out[..m * n], n, 16, 8, &|r0, r1, os| {
+            // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda bytes,
+            // exclusively borrowed by this op.
+            let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
+            let x = &self.x[r0 * k..r1 * k];
+            (self.kernels.quantize_u8)(x, r1 - r0, k, lda, self.inv_scale, self.mult, self.zp, qs);
+            gemm(r1 - r0, qs, lda, self.zp, os);
+        });
     }
 }

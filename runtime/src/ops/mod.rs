@@ -88,6 +88,8 @@ pub(crate) enum Op {
         inv_scale: f32,
         zp: i32,
         group: usize,
+        /// `1 / inv_scale`, the kernels' dequantization factor (computed once at load).
+        x_scale: f32,
     },
     MatMulF32 {
         a: u32,
@@ -440,6 +442,7 @@ pub(crate) fn prepare<'a>(
                 inv_scale,
                 zp,
                 group,
+                x_scale: 1.0 / inv_scale,
             }
         }
         OpCode::MatMulF32 | OpCode::MatMulI8 => {
