@@ -2,8 +2,10 @@
 //! arguments and map errors to a message and exit status 1.
 
 pub mod cmd;
+pub mod mf_model;
 pub mod plot;
 pub mod progress;
+pub mod ratings;
 pub mod serve;
 
 /// Installs a panic hook that reports a panic as a one-line internal error (exit status 1 via

@@ -267,3 +267,210 @@ fn demo_runs_offline_and_tracks_float() {
     );
     assert!(j["latency_us"]["batch1"]["p99"].as_f64().unwrap() > 0.0);
 }
+
+/// Writes `text` as a CSV file in `d`.
+fn csv(d: &Path, name: &str, text: &str) -> PathBuf {
+    let p = d.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn movielens() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/ml-latest-small/ratings.csv")
+}
+
+#[test]
+fn finetune_trains_resumes_from_tables_and_serves() {
+    let d = tmp("finetune");
+    let npz = d.join("mf.npz");
+    let o = ok(&run(
+        "ember",
+        &[
+            &"finetune",
+            &"--ratings",
+            &movielens(),
+            &"--holdout",
+            &"0.1",
+            &"--init",
+            &"--k",
+            &"16",
+            &"--epochs",
+            &"8",
+            &"--threads",
+            &"2",
+            &"--json",
+            &"-o",
+            &npz,
+        ],
+    ));
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    for key in ["val_rmse", "seconds", "updates_per_s", "switch_epoch"] {
+        assert!(j.get(key).is_some(), "--json lacks {key}: {o}");
+    }
+    let rmse = j["val_rmse"].as_f64().unwrap();
+    assert!(rmse > 0.75 && rmse < 0.95, "MovieLens validation RMSE {rmse}");
+    assert_eq!(j["epoch_log"].as_array().unwrap().len(), 8);
+    assert!(j["updates_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["users"], 610);
+    assert_eq!(j["precision"], "auto");
+
+    // Continue from the tables on the same split: no worse than where it stopped.
+    let npz2 = d.join("mf2.npz");
+    let o = ok(&run(
+        "ember",
+        &[
+            &"finetune",
+            &"--ratings",
+            &movielens(),
+            &"--holdout",
+            &"0.1",
+            &"--model",
+            &npz,
+            &"--epochs",
+            &"4",
+            &"--precision",
+            &"fp32",
+            &"--json",
+            &"-o",
+            &npz2,
+        ],
+    ));
+    let j2: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let rmse2 = j2["val_rmse"].as_f64().unwrap();
+    assert!(rmse2 < rmse + 0.01, "resumed {rmse2} vs {rmse}");
+    assert_eq!(j2["switch_epoch"], serde_json::Value::Null);
+
+    // A servable .ember: `ember run` predicts what the float tables predict, within INT8 rows.
+    // (One epoch at a negligible learning rate over three ratings leaves the tables as they are.)
+    let m = d.join("mf.ember");
+    let ratings = csv(&d, "few.csv", "user,item,rating\n1,1,4\n1,3,4\n6,1,3\n");
+    ok(&run(
+        "ember",
+        &[
+            &"finetune",
+            &"--ratings",
+            &ratings,
+            &"--model",
+            &npz2,
+            &"--epochs",
+            &"1",
+            &"--lr",
+            &"1e-12",
+            &"-o",
+            &m,
+            &"--quiet",
+        ],
+    ));
+    let inspect = ok(&run("ember", &[&"inspect", &m]));
+    assert!(inspect.contains("user_ids") && inspect.contains("gather_rows_i8"), "{inspect}");
+    let t = ember_quantize::npz::read_npz(&npz2).unwrap();
+    let (p, q) = (t["user_factors"].to_f32_vec(), t["item_factors"].to_f32_vec());
+    let (bu, bi, st) =
+        (t["user_bias"].to_f32_vec(), t["item_bias"].to_f32_vec(), t["stats"].to_f32_vec());
+    let pairs: Vec<(usize, usize)> = (0..40).map(|j| (j * 7 % 610, j * 131 % 9724)).collect();
+    let mut input = std::collections::BTreeMap::new();
+    let ids =
+        |f: fn(&(usize, usize)) -> usize| pairs.iter().map(|x| f(x) as i64).collect::<Vec<i64>>();
+    input.insert("user".to_string(), ember_quantize::HostTensor::i64(vec![40], ids(|x| x.0)));
+    input.insert("item".to_string(), ember_quantize::HostTensor::i64(vec![40], ids(|x| x.1)));
+    let (inp, out) = (d.join("in.npz"), d.join("out.npz"));
+    ember_quantize::npz::write_npz(&inp, &input).unwrap();
+    ok(&run("ember", &[&"run", &m, &"--input", &inp, &"--output", &out]));
+    let got = ember_quantize::npz::read_npz(&out).unwrap()["rating"].to_f32_vec();
+    for (n, (u, i)) in pairs.iter().enumerate() {
+        let dot: f32 = (0..16).map(|j| p[u * 16 + j] * q[i * 16 + j]).sum();
+        let want = (st[0] + bu[*u] + bi[*i] + dot).clamp(st[1], st[2]);
+        assert!((got[n] - want).abs() < 0.02, "pair {u},{i}: {} vs {want}", got[n]);
+    }
+}
+
+#[test]
+fn finetune_names_bad_input() {
+    let d = tmp("finetune-bad");
+    let out = d.join("o.npz");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "user,item,rating\n1,2,4\n1,2\n".into(),
+            "line 3: expected user,item,rating[,timestamp], found 2 fields",
+        ),
+        ("1,2,4\nx,2,4\n".into(), "line 2: user id 'x' is not an integer"),
+        ("1,2,4\n1,2,NaN\n".into(), "line 2: rating NaN is not finite"),
+        ("1,2,4\n1,2,good\n".into(), "line 2: rating 'good' is not a number"),
+        ("user,item,rating\n".into(), "no ratings"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let f = csv(&d, &format!("bad{i}.csv"), text);
+        fails(
+            &run("ember", &[&"finetune", &"--ratings", &f, &"--init", &"-o", &out]),
+            needle,
+            Some(&out),
+        );
+    }
+    // --skip-bad counts instead.
+    let f = csv(&d, "mixed.csv", "1,2,4\n1,2\n2,3,NaN\n2,2,3\n3,2,5\n");
+    let o = ok(&run(
+        "ember",
+        &[
+            &"finetune",
+            &"--ratings",
+            &f,
+            &"--init",
+            &"--skip-bad",
+            &"--epochs",
+            &"2",
+            &"--json",
+            &"-o",
+            &out,
+        ],
+    ));
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(j["train_ratings"], 3);
+    assert_eq!(j["skipped"]["wrong field count"], 1);
+    assert_eq!(j["skipped"]["non-finite rating"], 1);
+    // Unknown ids against existing tables: the line is named, or skipped and counted.
+    let f = csv(&d, "new.csv", "1,2,4\n99,2,4\n");
+    let out2 = d.join("o2.npz");
+    fails(
+        &run("ember", &[&"finetune", &"--ratings", &f, &"--model", &out, &"-o", &out2]),
+        "line 2: unknown user id 99",
+        Some(&out2),
+    );
+    let o = ok(&run(
+        "ember",
+        &[&"finetune", &"--ratings", &f, &"--model", &out, &"--skip-bad", &"--json", &"-o", &out2],
+    ));
+    assert!(o.contains("\"unknown id\": 1"), "{o}");
+    // Settings and files.
+    std::fs::remove_file(&out2).unwrap();
+    let good = csv(&d, "good.csv", "1,2,4\n");
+    for (args, needle) in [
+        (vec!["--precision", "fp8", "--init"], "--precision fp8"),
+        (vec!["--k", "0", "--init"], "--k and --epochs"),
+        (vec!["--lr=-1", "--init"], "--lr must be positive"),
+        (vec!["--holdout", "1.5", "--init"], "--holdout 1.5"),
+        (vec![], "--model TABLES.npz or --init"),
+    ] {
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"finetune", &"--ratings", &good, &"-o", &out2];
+        for x in &args {
+            a.push(x);
+        }
+        fails(&run("ember", &a), needle, Some(&out2));
+    }
+    let missing = d.join("missing.csv");
+    fails(
+        &run("ember", &[&"finetune", &"--ratings", &missing, &"--init", &"-o", &out2]),
+        "no such file",
+        Some(&out2),
+    );
+    fails(
+        &run("ember", &[&"finetune", &"--ratings", &good, &"--init", &"-o", &d.join("x.txt")]),
+        "must end in .npz or .ember",
+        None,
+    );
+    fails(
+        &run("ember", &[&"finetune", &"--ratings", &good, &"--model", &good, &"-o", &out2]),
+        "good.csv",
+        Some(&out2),
+    );
+}

@@ -23,6 +23,6 @@ mod set;
 pub mod x86_64;
 
 pub use set::{
-    Act, F32GemmFn, F32MatMulFn, I4GemmFn, I8GemmFn, KernelSet, Kernels, LayerNormFn, QuantizeU8Fn,
-    RowFn, SoftmaxFn, Variant,
+    Act, F32GemmFn, F32MatMulFn, I4GemmFn, I8GemmFn, KernelSet, Kernels, LayerNormFn, MfStepF16Fn,
+    MfStepF32Fn, QuantizeU8Fn, RowFn, SoftmaxFn, Variant,
 };

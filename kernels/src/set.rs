@@ -120,6 +120,14 @@ pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &
 /// `o = softmax(x + mask)` over one row; `mask` empty or as long as `x`.
 pub type SoftmaxFn = fn(x: &[f32], mask: &[f32], o: &mut [f32]);
 
+/// One matrix-factorization SGD step on f32 rows; see [`crate::generic::mf`]. Returns the error.
+pub type MfStepF32Fn = fn(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32;
+
+/// The same step on rows stored as f16 bits; adds the element updates lost to the 16-bit
+/// storage to `lost`. See [`crate::generic::mf`].
+pub type MfStepF16Fn =
+    fn(p: &mut [u16], q: &mut [u16], target: f32, lr: f32, reg: f32, lost: &mut u32) -> f32;
+
 /// The kernels chosen for this process. Plain function pointers: no dispatch cost beyond a call.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSet {
@@ -139,6 +147,10 @@ pub struct KernelSet {
     pub layer_norm_row_name: &'static str,
     pub f32_matmul: F32MatMulFn,
     pub f32_matmul_name: &'static str,
+    pub mf_step_f32: MfStepF32Fn,
+    pub mf_step_f32_name: &'static str,
+    pub mf_step_f16: MfStepF16Fn,
+    pub mf_step_f16_name: &'static str,
 }
 
 /// One registered variant: its name, the function, and whether this CPU can run it.
@@ -236,6 +248,21 @@ static LAYER_NORMS: &[Variant<LayerNormFn>] = &[
     Variant { name: "layer_norm_row_generic", f: generic::math::layer_norm_row, usable: always },
 ];
 
+static MF_STEPS_F32: &[Variant<MfStepF32Fn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "mf_step_f32_avx512", f: x86::mf_step_f32_avx512, usable: x86::has_avx512f },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "mf_step_f32_avx2", f: x86::mf_step_f32_avx2, usable: x86::has_avx2 },
+    Variant { name: "mf_step_f32_generic", f: generic::mf::mf_step_f32, usable: always },
+];
+static MF_STEPS_F16: &[Variant<MfStepF16Fn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "mf_step_f16_avx512", f: x86::mf_step_f16_avx512, usable: x86::has_avx512f },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "mf_step_f16_avx2", f: x86::mf_step_f16_avx2, usable: x86::has_avx2_f16c },
+    Variant { name: "mf_step_f16_generic", f: generic::mf::mf_step_f16, usable: always },
+];
+
 fn usable<F: Copy>(v: &'static [Variant<F>]) -> impl Iterator<Item = (&'static str, F)> {
     v.iter().filter(|v| (v.usable)()).map(|v| (v.name, v.f))
 }
@@ -266,6 +293,12 @@ impl Kernels {
     }
     pub fn f32_matmuls() -> impl Iterator<Item = (&'static str, F32MatMulFn)> {
         usable(F32_MATMULS)
+    }
+    pub fn mf_steps_f32() -> impl Iterator<Item = (&'static str, MfStepF32Fn)> {
+        usable(MF_STEPS_F32)
+    }
+    pub fn mf_steps_f16() -> impl Iterator<Item = (&'static str, MfStepF16Fn)> {
+        usable(MF_STEPS_F16)
     }
 }
 
@@ -324,6 +357,8 @@ impl KernelSet {
         let (layer_norm_row, layer_norm_row_name) =
             pick(LAYER_NORMS, &|n| allow("layer_norm_row", n));
         let (f32_matmul, f32_matmul_name) = pick(F32_MATMULS, &|n| allow("f32_matmul", n));
+        let (mf_step_f32, mf_step_f32_name) = pick(MF_STEPS_F32, &|n| allow("mf_step_f32", n));
+        let (mf_step_f16, mf_step_f16_name) = pick(MF_STEPS_F16, &|n| allow("mf_step_f16", n));
         KernelSet {
             i8_gemm,
             i8_gemm_name,
@@ -341,6 +376,10 @@ impl KernelSet {
             layer_norm_row_name,
             f32_matmul,
             f32_matmul_name,
+            mf_step_f32,
+            mf_step_f32_name,
+            mf_step_f16,
+            mf_step_f16_name,
         }
     }
 }

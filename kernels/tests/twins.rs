@@ -488,3 +488,92 @@ fn i4_gemm_variants_are_bit_exact_and_generic_matches_definition() {
     }
     assert!(generic::f16_to_f32(0x7C00).is_infinite() && generic::f16_to_f32(0x7E00).is_nan());
 }
+
+#[test]
+fn f32_to_f16_rounds_to_nearest_even_everywhere() {
+    use generic::mf::f32_to_f16;
+    // Every f16 value round-trips, and every midpoint between neighbours goes to the even one.
+    for h in 0u16..=0xFFFF {
+        let x = generic::f16_to_f32(h);
+        if x.is_nan() {
+            assert!(generic::f16_to_f32(f32_to_f16(x)).is_nan());
+            continue;
+        }
+        assert_eq!(f32_to_f16(x), h, "{h:#x} {x}");
+        let next = h.wrapping_add(1);
+        if h & 0x7FFF < 0x7BFF {
+            let y = generic::f16_to_f32(next);
+            let mid = (x as f64 + y as f64) / 2.0;
+            let want = if h & 1 == 0 { h } else { next };
+            assert_eq!(f32_to_f16(mid as f32), want, "midpoint of {h:#x}");
+            // One f32 step past the midpoint in magnitude goes to `next`, one short of it to `h`.
+            let m = (mid as f32).to_bits();
+            assert_eq!(f32_to_f16(f32::from_bits(m + 1)), next, "past the midpoint of {h:#x}");
+            assert_eq!(f32_to_f16(f32::from_bits(m - 1)), h, "short of the midpoint of {h:#x}");
+        }
+    }
+    assert_eq!(f32_to_f16(1e6), 0x7C00);
+    assert_eq!(f32_to_f16(-1e-9), 0x8000);
+}
+
+#[test]
+fn mf_steps_match_definition_and_twins() {
+    let mut r = Rng(0x5eed_f00d);
+    for k in [1usize, 3, 8, 15, 16, 17, 33, 64, 127, 128, 1000] {
+        for trial in 0..4 {
+            let scale = [1.0f32, 1e-3, 30.0, 1e-6][trial];
+            let p0: Vec<f32> = (0..k).map(|_| r.f32() * scale).collect();
+            let q0: Vec<f32> = (0..k).map(|_| r.f32() * scale).collect();
+            let (target, lr, reg) = (r.f32() * 5.0, 0.01 + r.f32().abs() * 0.05, 0.02);
+            // f32: the definition in f64 bounds the generic twin; every variant is bit-exact.
+            let dot: f64 = p0.iter().zip(&q0).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let (mut gp, mut gq) = (p0.clone(), q0.clone());
+            let e = generic::mf::mf_step_f32(&mut gp, &mut gq, target, lr, reg);
+            let mag: f64 = p0.iter().zip(&q0).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            assert!((e as f64 - (target as f64 - dot)).abs() <= 1e-5 * (mag + target.abs() as f64));
+            for j in 0..k {
+                let want =
+                    p0[j] as f64 + lr as f64 * (e as f64 * q0[j] as f64 - 0.02 * p0[j] as f64);
+                let terms = p0[j].abs() as f64
+                    + lr as f64 * ((e * q0[j]).abs() as f64 + 0.02 * p0[j].abs() as f64);
+                assert!((gp[j] as f64 - want).abs() <= 1e-6 * terms, "k={k} j={j}");
+            }
+            for (name, f) in Kernels::mf_steps_f32() {
+                let (mut p, mut q) = (p0.clone(), q0.clone());
+                let ev = f(&mut p, &mut q, target, lr, reg);
+                assert_eq!(ev.to_bits(), e.to_bits(), "{name} k={k}");
+                assert_eq!(p, gp, "{name} k={k}");
+                assert_eq!(q, gq, "{name} k={k}");
+            }
+            // f16 storage: the generic twin against a scalar restatement, variants bit-exact.
+            let h = |v: &[f32]| v.iter().map(|x| generic::mf::f32_to_f16(*x)).collect::<Vec<_>>();
+            let (hp0, hq0) = (h(&p0), h(&q0));
+            let (mut gp, mut gq, mut glost) = (hp0.clone(), hq0.clone(), 0u32);
+            let e = generic::mf::mf_step_f16(&mut gp, &mut gq, target, lr, reg, &mut glost);
+            let pf: Vec<f32> = hp0.iter().map(|x| generic::f16_to_f32(*x)).collect();
+            let qf: Vec<f32> = hq0.iter().map(|x| generic::f16_to_f32(*x)).collect();
+            let (mut wp, mut wq) = (pf.clone(), qf.clone());
+            let we = generic::mf::mf_step_f32(&mut wp, &mut wq, target, lr, reg);
+            assert_eq!(e.to_bits(), we.to_bits());
+            assert_eq!(gp, h(&wp), "k={k}");
+            assert_eq!(gq, h(&wq), "k={k}");
+            let want_lost = (0..k)
+                .map(|j| {
+                    ((gp[j] == hp0[j] && wp[j] != pf[j]) as u32)
+                        + ((gq[j] == hq0[j] && wq[j] != qf[j]) as u32)
+                })
+                .sum::<u32>();
+            assert_eq!(glost, want_lost, "k={k}");
+            if trial == 3 && k >= 64 {
+                assert!(glost > 0, "tiny rows lose updates in f16 (k={k})");
+            }
+            for (name, f) in Kernels::mf_steps_f16() {
+                let (mut p, mut q, mut lost) = (hp0.clone(), hq0.clone(), 7u32);
+                let ev = f(&mut p, &mut q, target, lr, reg, &mut lost);
+                assert_eq!(ev.to_bits(), e.to_bits(), "{name} k={k}");
+                assert_eq!((p, q), (gp.clone(), gq.clone()), "{name} k={k}");
+                assert_eq!(lost, glost + 7, "{name} k={k}");
+            }
+        }
+    }
+}

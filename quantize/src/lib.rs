@@ -56,6 +56,9 @@ pub struct Options {
     pub group: usize,
     /// Bits of embedding tables: 8 or 4 (default: 4 when `bits` is 4, else 8).
     pub embedding_bits: Option<u32>,
+    /// Tensors stored in the file as they are (role plain) without being used by any plan,
+    /// e.g. the raw ids behind the rows of a fine-tuned model's tables.
+    pub extra_tensors: Vec<(String, HostTensor)>,
 }
 
 impl Default for Options {
@@ -71,6 +74,7 @@ impl Default for Options {
             max_cos_drop: None,
             group: 32,
             embedding_bits: None,
+            extra_tensors: Vec::new(),
         }
     }
 }
@@ -398,6 +402,18 @@ fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
         }
         lw.writer.meta(&format!("op_names.b{b}"), &names.join("\n"));
         lw.writer.plan(plan);
+    }
+    for (name, t) in &opts.extra_tensors {
+        let dims: Vec<u32> = t.shape.iter().map(|d| *d as u32).collect();
+        let role = ember_runtime::format::TensorRole::Plain;
+        lw.writer.tensor(
+            name,
+            t.dtype(),
+            &dims,
+            role,
+            ember_runtime::format::REF_NONE,
+            &t.to_le_bytes(),
+        );
     }
     lw.writer.meta("source", &opts.source_name);
     lw.writer.meta("source_crc32", &format!("{:08x}", crc32fast::hash(ctx.onnx_bytes)));

@@ -13,6 +13,8 @@ extern crate alloc;
 #[cfg(feature = "std")]
 pub mod batcher;
 mod error;
+#[cfg(feature = "finetune")]
+pub mod finetune;
 pub mod format;
 #[cfg(feature = "std")]
 pub mod histogram;

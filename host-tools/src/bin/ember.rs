@@ -18,6 +18,7 @@ enum Cmd {
     Bench(cmd::bench::Args),
     Serve(cmd::serve::Args),
     Loadgen(cmd::loadgen::Args),
+    Finetune(cmd::finetune::Args),
 }
 
 fn main() {
@@ -30,5 +31,6 @@ fn main() {
         Cmd::Bench(a) => cmd::bench::run(a),
         Cmd::Serve(a) => cmd::serve::run(a),
         Cmd::Loadgen(a) => cmd::loadgen::run(a),
+        Cmd::Finetune(a) => cmd::finetune::run(a),
     });
 }

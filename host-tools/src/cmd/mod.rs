@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod compare;
 pub mod demo;
+pub mod finetune;
 pub mod inspect;
 pub mod loadgen;
 pub mod quantize;

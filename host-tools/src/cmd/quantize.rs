@@ -126,6 +126,7 @@ pub fn run(a: Args) -> Result<()> {
         max_cos_drop: a.max_cos_drop,
         group: a.group,
         embedding_bits: a.embeddings.map(|e| if e == EmbArg::Int4 { 4 } else { 8 }),
+        extra_tensors: Vec::new(),
         source_name: a
             .model
             .file_name()

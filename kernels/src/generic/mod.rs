@@ -2,6 +2,7 @@
 
 mod gemm;
 pub mod math;
+pub mod mf;
 mod quant;
 
 pub use gemm::{f16_to_f32, f32_gemm, f32_matmul, i4_gemm, i8_gemm, relu};

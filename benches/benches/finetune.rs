@@ -1,0 +1,270 @@
+//! `ember finetune`'s trainer beside LIBMF (the `libmf` crate, which bundles LIBMF's C++) on the
+//! same split, k, epochs and threads, printing test RMSE, training seconds and the ratios.
+//!
+//! cargo bench -p ember-benches --bench finetune -- [--data ml-latest-small | --synthetic NAME]
+//!     [--k 128] [--epochs 50] [--threads 2] [--repeat 3] [--precisions fp32,fp16,auto]
+//!     [--lr 0.01] [--reg 0.05] [--no-libmf] [--curve]
+//!
+//! Ember's seconds are the trainer's set-up (shuffle, block layout) plus its epochs; the
+//! validation RMSE after each epoch (for the curve, the time to target, and `auto`'s switch
+//! decision) is timed apart and reported as `val s`. LIBMF's seconds are its `fit`.
+//! Time to target: the training seconds until validation RMSE first comes within 0.002 of the
+//! final fp32 RMSE. Synthetic sets (`ml-10m`, `netflix`, `tiny`) have a known floor (the noise).
+
+use ember_runtime::finetune::synth::{split, SynthSpec};
+use ember_runtime::finetune::{Factors, Precision, Rating, TrainConfig, Trainer};
+use std::collections::HashMap;
+use std::time::Instant;
+
+struct Opts {
+    data: String,
+    synthetic: Option<String>,
+    k: usize,
+    epochs: usize,
+    threads: usize,
+    repeat: usize,
+    precisions: Vec<Precision>,
+    lr: f32,
+    reg: f32,
+    libmf: bool,
+    curve: bool,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        data: concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/ml-latest-small/ratings.csv")
+            .into(),
+        synthetic: None,
+        k: 128,
+        epochs: 50,
+        threads: 2,
+        repeat: 3,
+        precisions: vec![Precision::Fp32, Precision::Fp16, Precision::Auto],
+        lr: 0.01,
+        reg: 0.05,
+        libmf: true,
+        curve: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--data" => o.data = val(),
+            "--synthetic" => o.synthetic = Some(val()),
+            "--k" => o.k = val().parse().expect("--k"),
+            "--epochs" => o.epochs = val().parse().expect("--epochs"),
+            "--threads" => o.threads = val().parse().expect("--threads"),
+            "--repeat" => o.repeat = val().parse().expect("--repeat"),
+            "--lr" => o.lr = val().parse().expect("--lr"),
+            "--reg" => o.reg = val().parse().expect("--reg"),
+            "--precisions" => {
+                o.precisions =
+                    val().split(',').map(|p| Precision::parse(p).expect("fp32|fp16|auto")).collect()
+            }
+            "--no-libmf" => o.libmf = false,
+            "--curve" => o.curve = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    o
+}
+
+/// MovieLens CSV → dense ratings (ids in order of appearance).
+fn read_csv(path: &str) -> Vec<Rating> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let (mut um, mut im) = (HashMap::new(), HashMap::new());
+    let mut out = vec![];
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let n = um.len() as u32;
+        let u = *um.entry(f[0].to_string()).or_insert(n);
+        let n = im.len() as u32;
+        let i = *im.entry(f[1].to_string()).or_insert(n);
+        out.push(Rating { user: u, item: i, value: f[2].parse().expect("rating") });
+    }
+    out
+}
+
+struct Run {
+    rmse: f64,
+    seconds: f64,
+    val_seconds: f64,
+    curve: Vec<(f64, f64)>,
+    lost: Vec<f64>,
+    switch: Option<usize>,
+}
+
+fn ember(o: &Opts, train: &[Rating], test: &[Rating], p: Precision, dims: (usize, usize)) -> Run {
+    let mean = train.iter().map(|r| r.value as f64).sum::<f64>() / train.len() as f64;
+    let lo = train.iter().map(|r| r.value).fold(f32::INFINITY, f32::min);
+    let hi = train.iter().map(|r| r.value).fold(f32::NEG_INFINITY, f32::max);
+    let cfg = TrainConfig {
+        k: o.k,
+        lr: o.lr,
+        reg: o.reg,
+        threads: o.threads,
+        precision: p,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let f = Factors::random(
+        dims.0,
+        dims.1,
+        o.k,
+        (mean as f32, lo, hi),
+        cfg.init_std,
+        cfg.seed,
+        p != Precision::Fp32,
+    );
+    let mut tr = Trainer::new(f, train, &cfg).expect("trainer");
+    let mut seconds = t0.elapsed().as_secs_f64();
+    let (mut val_seconds, mut curve, mut rmse, mut lost) = (0.0, vec![], 0.0, vec![]);
+    for _ in 0..o.epochs {
+        let t = Instant::now();
+        let st = tr.run_epoch();
+        seconds += t.elapsed().as_secs_f64();
+        let tv = Instant::now();
+        rmse = tr.factors.rmse(test, tr.pool());
+        val_seconds += tv.elapsed().as_secs_f64();
+        let t = Instant::now();
+        tr.observe(&st, Some(rmse));
+        seconds += t.elapsed().as_secs_f64();
+        curve.push((seconds, rmse));
+        lost.push(st.lost_share);
+    }
+    Run { rmse, seconds, val_seconds, curve, lost, switch: tr.switched.map(|s| s.epoch) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn libmf(o: &Opts, train: &[Rating], test: &[Rating]) -> (f64, f64) {
+    let (mut a, mut b) = (libmf::Matrix::new(), libmf::Matrix::new());
+    for r in train {
+        a.push(r.user as i32, r.item as i32, r.value);
+    }
+    for r in test {
+        b.push(r.user as i32, r.item as i32, r.value);
+    }
+    let t = Instant::now();
+    let m = libmf::Model::params()
+        .factors(o.k as i32)
+        .iterations(o.epochs as i32)
+        .threads(o.threads as i32)
+        .quiet(true)
+        .fit(&a)
+        .expect("libmf fit");
+    let s = t.elapsed().as_secs_f64();
+    (m.rmse(&b).expect("libmf rmse"), s)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn libmf(_: &Opts, _: &[Rating], _: &[Rating]) -> (f64, f64) {
+    (f64::NAN, f64::NAN)
+}
+
+/// Memory bandwidth: `threads` threads each stream a 256 MiB buffer into another (read + write
+/// bytes per second, best of 3), the figure the trainer's bytes per second are set against.
+fn bandwidth(threads: usize) -> f64 {
+    const N: usize = 32 << 20; // f64s: 256 MiB per buffer
+    let mut bufs: Vec<(Vec<f64>, Vec<f64>)> =
+        (0..threads).map(|_| (vec![1.0; N], vec![0.0; N])).collect();
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for (a, b) in bufs.iter_mut() {
+                s.spawn(move || b.copy_from_slice(a));
+            }
+        });
+        best = best.max((threads * N * 16) as f64 / t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&bufs);
+    best
+}
+
+/// Bytes an update moves: both rows read and written, the rating record, both biases.
+fn bytes_per_update(k: usize, f16: bool) -> f64 {
+    (4 * k * if f16 { 2 } else { 4 } + 12 + 16) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let o = opts();
+    let (all, name, floor) = match &o.synthetic {
+        Some(s) => {
+            let spec = SynthSpec::named(s).unwrap_or_else(|| panic!("unknown synthetic set {s}"));
+            let t = Instant::now();
+            let r = spec.generate();
+            eprintln!("generated {} ratings in {:.1} s", r.len(), t.elapsed().as_secs_f64());
+            (r, format!("synthetic {s}"), Some(spec.noise))
+        }
+        None => (read_csv(&o.data), o.data.clone(), None),
+    };
+    let users = all.iter().map(|r| r.user).max().map_or(0, |m| m as usize + 1);
+    let items = all.iter().map(|r| r.item).max().map_or(0, |m| m as usize + 1);
+    let (train, test) = split(&all, 0.1, 7);
+    println!(
+        "{name}: {} train / {} test ratings, {users} users x {items} items, k {}, {} epochs, {} threads, lr {} reg {}{}",
+        train.len(), test.len(), o.k, o.epochs, o.threads, o.lr, o.reg,
+        floor.map(|f| format!(", floor RMSE {f}")).unwrap_or_default()
+    );
+    let lib = if o.libmf && cfg!(target_arch = "x86_64") {
+        let runs: Vec<(f64, f64)> = (0..o.repeat).map(|_| libmf(&o, &train, &test)).collect();
+        let (r, s) = (runs[0].0, median(runs.iter().map(|x| x.1).collect()));
+        println!("{:<8} test RMSE {r:.4}  {s:>8.3} s  (median of {})", "LIBMF", o.repeat);
+        Some((r, s))
+    } else {
+        None
+    };
+    let bw = bandwidth(o.threads);
+    println!("memory bandwidth (copy, {} threads): {:.1} GB/s", o.threads, bw / 1e9);
+    let mut fp32_final = None;
+    for &p in &o.precisions {
+        let runs: Vec<Run> =
+            (0..o.repeat).map(|_| ember(&o, &train, &test, p, (users, items))).collect();
+        let s = median(runs.iter().map(|r| r.seconds).collect());
+        let r = &runs[0];
+        if p == Precision::Fp32 {
+            fp32_final = Some(r.rmse);
+        }
+        let target = fp32_final.map(|f| f + 0.002);
+        let ttt = target.and_then(|t| r.curve.iter().find(|(_, v)| *v <= t).map(|(s, _)| *s));
+        let upd = (train.len() * o.epochs) as f64 / s;
+        let f16_epochs = match p {
+            Precision::Fp16 => o.epochs,
+            Precision::Fp32 => 0,
+            Precision::Auto => r.switch.unwrap_or(o.epochs),
+        };
+        let bytes = train.len() as f64
+            * (f16_epochs as f64 * bytes_per_update(o.k, true)
+                + (o.epochs - f16_epochs) as f64 * bytes_per_update(o.k, false));
+        let mut line = format!(
+            "{:<8} test RMSE {:.4}  {s:>8.3} s  {:.1} M updates/s  {:.1} GB/s ({:.0}% of copy)  val s {:.3}",
+            format!("ember {}", p.name()),
+            r.rmse,
+            upd / 1e6,
+            bytes / s / 1e9,
+            bytes / s / bw * 100.0,
+            r.val_seconds
+        );
+        if let Some(t) = ttt {
+            line += &format!("  to fp32+0.002: {t:.3} s");
+        }
+        if let Some(e) = r.switch {
+            line += &format!("  switched after epoch {e}");
+        }
+        if let Some((lr, ls)) = lib {
+            line += &format!("  | vs LIBMF: RMSE {:+.4}, time x{:.2}", r.rmse - lr, s / ls);
+        }
+        println!("{line}");
+        if o.curve {
+            for (e, ((s, v), l)) in r.curve.iter().zip(&r.lost).enumerate() {
+                println!("    epoch {:>3} {s:>8.3} s  RMSE {v:.4}  lost {:.2}%", e + 1, l * 100.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Matrix-factorization SGD: one rating's update of a user row `p` and an item row `q`.
+//!
+//! Definition (both storage forms): `e = target − p·q`, then for every j, with the old values,
+//! `p_j ← p_j + lr·(e·q_j − reg·p_j)` and `q_j ← q_j + lr·(e·p_j − reg·q_j)`; the kernel returns
+//! `e` (the caller updates the biases). Plain multiplies and adds, no FMA, and the dot product in
+//! a fixed order: 16 lane sums (element j into lane j mod 16, in order), then folded in halves
+//! (lanes l and l+8, then l and l+4, l and l+2, l and l+1). Every overlay computes exactly these
+//! bits, so variants are tested bit-exact.
+//!
+//! The f16 form stores rows as IEEE binary16 bits and computes in f32: load, update, round to
+//! nearest even on store. It also counts the element updates lost to the storage: those whose
+//! f32 result differs from the old value but rounds back to the old f16 bits (`lost`). That share
+//! tells the trainer when 16-bit storage has stopped keeping up with the updates.
+
+use super::f16_to_f32;
+
+const LANES: usize = 16;
+
+/// `p·q` in the fixed order of the module docs.
+#[inline(always)]
+pub fn dot_fixed(p: &[f32], q: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut pc = p.chunks_exact(LANES);
+    let mut qc = q.chunks_exact(LANES);
+    for (a, b) in (&mut pc).zip(&mut qc) {
+        for l in 0..LANES {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    for (l, (a, b)) in pc.remainder().iter().zip(qc.remainder()).enumerate() {
+        acc[l] += a * b;
+    }
+    fold16(acc)
+}
+
+/// Folds 16 lane sums in halves (l + l+8, l + l+4, l + l+2, l + l+1).
+#[inline(always)]
+pub fn fold16(acc: [f32; LANES]) -> f32 {
+    let mut s8 = [0f32; 8];
+    for l in 0..8 {
+        s8[l] = acc[l] + acc[l + 8];
+    }
+    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
+    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
+    s2[0] + s2[1]
+}
+
+/// One SGD step on f32 rows; see the module docs. `p.len() == q.len()`.
+pub fn mf_step_f32(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32 {
+    let e = target - dot_fixed(p, q);
+    for (a, b) in p.iter_mut().zip(q.iter_mut()) {
+        let (pa, qb) = (*a, *b);
+        *a = pa + lr * (e * qb - reg * pa);
+        *b = qb + lr * (e * pa - reg * qb);
+    }
+    e
+}
+
+/// f32 → f16 bits, round to nearest even (overflow to infinity, subnormals exact, NaN kept NaN).
+#[inline]
+pub fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xFF) as i32;
+    let man = b & 0x7F_FFFF;
+    if exp == 0xFF {
+        return sign | 0x7C00 | if man != 0 { 0x200 | (man >> 13) as u16 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 31 {
+        return sign | 0x7C00;
+    }
+    if e <= 0 {
+        // Subnormal (or zero) in f16: shift the full significand right, rounding to even.
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1u32 << shift) - 1);
+        let mut v = m >> shift;
+        if rest > half || (rest == half && v & 1 == 1) {
+            v += 1;
+        }
+        return sign | v as u16;
+    }
+    let rest = man & 0x1FFF;
+    let mut v = ((e as u32) << 10) | (man >> 13);
+    if rest > 0x1000 || (rest == 0x1000 && v & 1 == 1) {
+        v += 1; // may carry into the exponent, up to infinity: still correct
+    }
+    sign | v as u16
+}
+
+/// One SGD step on f16-stored rows; see the module docs. Adds the lost element updates to `lost`.
+pub fn mf_step_f16(
+    p: &mut [u16],
+    q: &mut [u16],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (j, (a, b)) in p.iter().zip(q.iter()).enumerate() {
+        acc[j % LANES] += f16_to_f32(*a) * f16_to_f32(*b);
+    }
+    let e = target - fold16(acc);
+    let mut n = 0u32;
+    for (a, b) in p.iter_mut().zip(q.iter_mut()) {
+        let (pa, qb) = (f16_to_f32(*a), f16_to_f32(*b));
+        let (np, nq) = (pa + lr * (e * qb - reg * pa), qb + lr * (e * pa - reg * qb));
+        let (hp, hq) = (f32_to_f16(np), f32_to_f16(nq));
+        n += ((hp == *a) & (np != pa)) as u32 + ((hq == *b) & (nq != qb)) as u32;
+        *a = hp;
+        *b = hq;
+    }
+    *lost += n;
+    e
+}
+
+/// f16 bits → f32 over a slice (`o.len() == h.len()`).
+pub fn f16_to_f32_slice(h: &[u16], o: &mut [f32]) {
+    for (x, y) in h.iter().zip(o) {
+        *y = f16_to_f32(*x);
+    }
+}
+
+/// f32 → f16 bits over a slice, round to nearest even (`o.len() == x.len()`).
+pub fn f32_to_f16_slice(x: &[f32], o: &mut [u16]) {
+    for (a, b) in x.iter().zip(o) {
+        *b = f32_to_f16(*a);
+    }
+}

@@ -1,0 +1,216 @@
+//! Matrix-factorization SGD steps (see `generic::mf` for the definition and the fixed order of
+//! the dot product): the f32 form is the generic body compiled for wider registers; the f16 form
+//! converts rows with `vcvtph2ps`/`vcvtps2ph` (AVX-512F, or AVX2 + F16C) and counts lost
+//! updates on the 16-bit patterns. Same bits as the generic twin.
+
+use crate::generic::{f16_to_f32, mf as g};
+use core::arch::x86_64::*;
+
+macro_rules! overlay_f32 {
+    ($name:ident, $feat:literal, $has:path) => {
+        /// The generic f32 step compiled for wider registers: same contract, same bits.
+        pub fn $name(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32 {
+            #[target_feature(enable = $feat)]
+            fn inner(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32 {
+                g::mf_step_f32(p, q, target, lr, reg)
+            }
+            assert!($has(), concat!(stringify!($name), " on a CPU without ", $feat));
+            // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
+            unsafe { inner(p, q, target, lr, reg) }
+        }
+    };
+}
+
+overlay_f32!(mf_step_f32_avx512, "avx512f", super::has_avx512f);
+overlay_f32!(mf_step_f32_avx2, "avx2", super::has_avx2);
+
+/// The scalar tail of the f16 step (elements `from..`), identical to the generic loop.
+#[inline(always)]
+fn tail_update(p: &mut [u16], q: &mut [u16], e: f32, lr: f32, reg: f32) -> u32 {
+    let mut n = 0;
+    for (a, b) in p.iter_mut().zip(q.iter_mut()) {
+        let (pa, qb) = (f16_to_f32(*a), f16_to_f32(*b));
+        let (np, nq) = (pa + lr * (e * qb - reg * pa), qb + lr * (e * pa - reg * qb));
+        let (hp, hq) = (g::f32_to_f16(np), g::f32_to_f16(nq));
+        n += ((hp == *a) & (np != pa)) as u32 + ((hq == *b) & (nq != qb)) as u32;
+        *a = hp;
+        *b = hq;
+    }
+    n
+}
+
+/// f16 step with AVX-512F; same contract and bits as `generic::mf::mf_step_f16`.
+pub fn mf_step_f16_avx512(
+    p: &mut [u16],
+    q: &mut [u16],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    assert!(super::has_avx512f(), "mf_step_f16_avx512 on a CPU without avx512f");
+    let n = p.len().min(q.len());
+    let (p, q) = (&mut p[..n], &mut q[..n]);
+    // SAFETY: the CPU has AVX-512F (asserted); every access is within `p[..n]` and `q[..n]`.
+    unsafe { step_f16_avx512(p, q, target, lr, reg, lost) }
+}
+
+#[target_feature(enable = "avx512f")]
+fn step_f16_avx512(
+    p: &mut [u16],
+    q: &mut [u16],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    let n = p.len();
+    let full = n / 16 * 16;
+    let mut acc = _mm512_setzero_ps();
+    for c in (0..full).step_by(16) {
+        // SAFETY: c + 16 <= full <= n = p.len() = q.len(); unaligned 32-byte loads.
+        let (hp, hq) = unsafe {
+            (
+                _mm256_loadu_si256(p.as_ptr().add(c) as *const __m256i),
+                _mm256_loadu_si256(q.as_ptr().add(c) as *const __m256i),
+            )
+        };
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtph_ps(hp), _mm512_cvtph_ps(hq)));
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for j in full..n {
+        lanes[j - full] += f16_to_f32(p[j]) * f16_to_f32(q[j]);
+    }
+    let e = target - g::fold16(lanes);
+    let (ve, vlr, vreg) = (_mm512_set1_ps(e), _mm512_set1_ps(lr), _mm512_set1_ps(reg));
+    let mut nlost = 0u32;
+    for c in (0..full).step_by(16) {
+        // SAFETY: as above; the stores write the same 16 elements.
+        unsafe {
+            let pp = p.as_mut_ptr().add(c) as *mut __m256i;
+            let qp = q.as_mut_ptr().add(c) as *mut __m256i;
+            let (hp, hq) = (_mm256_loadu_si256(pp), _mm256_loadu_si256(qp));
+            let (a, b) = (_mm512_cvtph_ps(hp), _mm512_cvtph_ps(hq));
+            let na = _mm512_add_ps(
+                a,
+                _mm512_mul_ps(vlr, _mm512_sub_ps(_mm512_mul_ps(ve, b), _mm512_mul_ps(vreg, a))),
+            );
+            let nb = _mm512_add_ps(
+                b,
+                _mm512_mul_ps(vlr, _mm512_sub_ps(_mm512_mul_ps(ve, a), _mm512_mul_ps(vreg, b))),
+            );
+            let hna = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(na);
+            let hnb = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(nb);
+            let la = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(na, a)
+                & _mm512_cmpeq_epi32_mask(_mm512_cvtepu16_epi32(hna), _mm512_cvtepu16_epi32(hp));
+            let lb = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nb, b)
+                & _mm512_cmpeq_epi32_mask(_mm512_cvtepu16_epi32(hnb), _mm512_cvtepu16_epi32(hq));
+            nlost += la.count_ones() + lb.count_ones();
+            _mm256_storeu_si256(pp, hna);
+            _mm256_storeu_si256(qp, hnb);
+        }
+    }
+    nlost += tail_update(&mut p[full..], &mut q[full..], e, lr, reg);
+    *lost += nlost;
+    e
+}
+
+/// AVX2 + F16C.
+pub fn has_avx2_f16c() -> bool {
+    #[cfg(feature = "std")]
+    {
+        super::has_avx2() && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
+    }
+}
+
+/// f16 step with AVX2 + F16C; same contract and bits as `generic::mf::mf_step_f16`.
+pub fn mf_step_f16_avx2(
+    p: &mut [u16],
+    q: &mut [u16],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    assert!(has_avx2_f16c(), "mf_step_f16_avx2 on a CPU without avx2 and f16c");
+    let n = p.len().min(q.len());
+    let (p, q) = (&mut p[..n], &mut q[..n]);
+    // SAFETY: the CPU has AVX2 and F16C (asserted); accesses stay within `p[..n]`, `q[..n]`.
+    unsafe { step_f16_avx2(p, q, target, lr, reg, lost) }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn step_f16_avx2(
+    p: &mut [u16],
+    q: &mut [u16],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    let n = p.len();
+    let full = n / 16 * 16;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for c in (0..full).step_by(16) {
+        // SAFETY: c + 16 <= full <= n = p.len() = q.len(); unaligned 16-byte loads.
+        unsafe {
+            let pp = p.as_ptr().add(c) as *const __m128i;
+            let qp = q.as_ptr().add(c) as *const __m128i;
+            let a0 = _mm256_cvtph_ps(_mm_loadu_si128(pp));
+            let a1 = _mm256_cvtph_ps(_mm_loadu_si128(pp.add(1)));
+            let b0 = _mm256_cvtph_ps(_mm_loadu_si128(qp));
+            let b1 = _mm256_cvtph_ps(_mm_loadu_si128(qp.add(1)));
+            lo = _mm256_add_ps(lo, _mm256_mul_ps(a0, b0));
+            hi = _mm256_add_ps(hi, _mm256_mul_ps(a1, b1));
+        }
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    for j in full..n {
+        lanes[j - full] += f16_to_f32(p[j]) * f16_to_f32(q[j]);
+    }
+    let e = target - g::fold16(lanes);
+    let (ve, vlr, vreg) = (_mm256_set1_ps(e), _mm256_set1_ps(lr), _mm256_set1_ps(reg));
+    let mut nlost = 0u32;
+    for c in (0..full).step_by(8) {
+        // SAFETY: as above; the stores write the same 8 elements.
+        unsafe {
+            let pp = p.as_mut_ptr().add(c) as *mut __m128i;
+            let qp = q.as_mut_ptr().add(c) as *mut __m128i;
+            let (hp, hq) = (_mm_loadu_si128(pp), _mm_loadu_si128(qp));
+            let (a, b) = (_mm256_cvtph_ps(hp), _mm256_cvtph_ps(hq));
+            let na = _mm256_add_ps(
+                a,
+                _mm256_mul_ps(vlr, _mm256_sub_ps(_mm256_mul_ps(ve, b), _mm256_mul_ps(vreg, a))),
+            );
+            let nb = _mm256_add_ps(
+                b,
+                _mm256_mul_ps(vlr, _mm256_sub_ps(_mm256_mul_ps(ve, a), _mm256_mul_ps(vreg, b))),
+            );
+            let hna = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(na);
+            let hnb = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(nb);
+            let same = |h: __m128i, old: __m128i| {
+                _mm_movemask_epi8(_mm_packs_epi16(_mm_cmpeq_epi16(h, old), _mm_setzero_si128()))
+                    as u32
+            };
+            let la = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(na, a)) as u32 & same(hna, hp);
+            let lb = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(nb, b)) as u32 & same(hnb, hq);
+            nlost += la.count_ones() + lb.count_ones();
+            _mm_storeu_si128(pp, hna);
+            _mm_storeu_si128(qp, hnb);
+        }
+    }
+    nlost += tail_update(&mut p[full..], &mut q[full..], e, lr, reg);
+    *lost += nlost;
+    e
+}

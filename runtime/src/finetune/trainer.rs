@@ -1,0 +1,516 @@
+//! The SGD trainer: factor tables, the block grid, epochs, validation and the precision switch.
+
+use crate::{Parallel, Pool};
+use alloc::string::String;
+use alloc::vec::Vec;
+use ember_kernels::generic::mf::f32_to_f16;
+use ember_kernels::generic::{f16_to_f32, mf::dot_fixed};
+use ember_kernels::KernelSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One rating: dense user and item row indices and the value. 12 bytes, stored in block order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct Rating {
+    pub user: u32,
+    pub item: u32,
+    pub value: f32,
+}
+
+/// How factor rows are stored during training; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Auto,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "fp32" | "f32" => Some(Precision::Fp32),
+            "fp16" | "f16" => Some(Precision::Fp16),
+            "auto" => Some(Precision::Auto),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Auto => "auto",
+        }
+    }
+}
+
+/// Training settings. `Default` is what `ember finetune` uses unless told otherwise.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Factors per row.
+    pub k: usize,
+    pub lr: f32,
+    /// L2 regularization of the factor rows.
+    pub reg: f32,
+    /// L2 regularization of the biases.
+    pub reg_bias: f32,
+    /// Threads in all (0 = one per core).
+    pub threads: usize,
+    pub precision: Precision,
+    /// Standard deviation of the initial factors.
+    pub init_std: f32,
+    pub seed: u64,
+    /// `Auto`: switch to f32 when more than this share of element updates is lost in f16.
+    pub lost_limit: f64,
+    /// `Auto`: switch to f32 when the monitored RMSE improves by less than this fraction.
+    pub plateau: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            k: 64,
+            lr: 0.01,
+            reg: 0.05,
+            reg_bias: 0.01,
+            threads: 0,
+            precision: Precision::Auto,
+            init_std: 0.1,
+            seed: 42,
+            lost_limit: 0.25,
+            plateau: 0.001,
+        }
+    }
+}
+
+/// Bad input to the trainer.
+#[derive(Debug, PartialEq)]
+pub enum MfError {
+    /// A rating names a row outside the tables.
+    Id { index: usize, what: &'static str, id: u32, rows: usize },
+    /// A rating is NaN or infinite.
+    Value { index: usize, value: f32 },
+    /// Zero factors, zero threads after detection, or no ratings.
+    Config(String),
+}
+
+impl core::fmt::Display for MfError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MfError::Id { index, what, id, rows } => {
+                write!(f, "rating {index}: {what} {id} is outside the table of {rows} rows")
+            }
+            MfError::Value { index, value } => {
+                write!(f, "rating {index}: value {value} is not finite")
+            }
+            MfError::Config(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for MfError {}
+
+/// Factor rows, `rows × k` row-major, as f32 or as f16 bits.
+#[derive(Clone, Debug)]
+pub enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl Rows {
+    /// Row `r` as f32 into `out` (`out.len() == k`).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let k = out.len();
+        match self {
+            Rows::F32(v) => out.copy_from_slice(&v[r * k..r * k + k]),
+            Rows::F16(v) => {
+                for (o, h) in out.iter_mut().zip(&v[r * k..r * k + k]) {
+                    *o = f16_to_f32(*h);
+                }
+            }
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len() * 4,
+            Rows::F16(v) => v.len() * 2,
+        }
+    }
+    /// Converts f16 rows to f32 in place of the old vector (peak: both forms of this table).
+    fn widen(&mut self) {
+        if let Rows::F16(v) = self {
+            let w: Vec<f32> = v.iter().map(|h| f16_to_f32(*h)).collect();
+            *self = Rows::F32(w);
+        }
+    }
+}
+
+/// A biased matrix-factorization model: `r̂ = clamp(mean + bu[u] + bi[i] + p[u]·q[i], lo, hi)`.
+#[derive(Clone, Debug)]
+pub struct Factors {
+    pub k: usize,
+    pub users: usize,
+    pub items: usize,
+    pub mean: f32,
+    pub lo: f32,
+    pub hi: f32,
+    pub p: Rows,
+    pub q: Rows,
+    pub bu: Vec<f32>,
+    pub bi: Vec<f32>,
+}
+
+/// xorshift64*: the trainer's only randomness (initialization, shuffling).
+pub(crate) struct Rng(u64);
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    pub(crate) fn normal(&mut self) -> f64 {
+        let (a, b) = (self.unit().max(1e-300), self.unit());
+        (-2.0 * a.ln()).sqrt() * (core::f64::consts::TAU * b).cos()
+    }
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (((self.next() >> 32) * n as u64) >> 32) as usize
+    }
+}
+
+impl Factors {
+    /// Random rows `N(0, std²)`, zero biases; `f16` picks the storage.
+    #[allow(clippy::too_many_arguments)]
+    pub fn random(
+        users: usize,
+        items: usize,
+        k: usize,
+        stats: (f32, f32, f32),
+        std: f32,
+        seed: u64,
+        f16: bool,
+    ) -> Factors {
+        let mut rng = Rng::new(seed);
+        let mut gen =
+            |n: usize| (0..n).map(|_| (rng.normal() * std as f64) as f32).collect::<Vec<f32>>();
+        let (p, q) = (gen(users * k), gen(items * k));
+        let store = |v: Vec<f32>| {
+            if f16 {
+                Rows::F16(v.iter().map(|x| f32_to_f16(*x)).collect())
+            } else {
+                Rows::F32(v)
+            }
+        };
+        let (mean, lo, hi) = stats;
+        Factors {
+            k,
+            users,
+            items,
+            mean,
+            lo,
+            hi,
+            p: store(p),
+            q: store(q),
+            bu: alloc::vec![0.0; users],
+            bi: alloc::vec![0.0; items],
+        }
+    }
+
+    pub fn is_f16(&self) -> bool {
+        matches!(self.p, Rows::F16(_))
+    }
+
+    /// Bytes of the factor rows (the biases excluded).
+    pub fn table_bytes(&self) -> usize {
+        self.p.bytes() + self.q.bytes()
+    }
+
+    /// Converts f16 storage to f32, one table at a time.
+    pub fn widen(&mut self) {
+        self.p.widen();
+        self.q.widen();
+    }
+
+    /// The prediction for one pair; `pu`/`qi` are scratch rows of `k`.
+    pub fn predict_with(&self, u: usize, i: usize, pu: &mut [f32], qi: &mut [f32]) -> f32 {
+        self.p.row(u, pu);
+        self.q.row(i, qi);
+        (self.mean + self.bu[u] + self.bi[i] + dot_fixed(pu, qi)).clamp(self.lo, self.hi)
+    }
+
+    /// Root mean squared error over `ratings` (ids must be in range), on `pool`'s threads.
+    pub fn rmse(&self, ratings: &[Rating], pool: &dyn Parallel) -> f64 {
+        if ratings.is_empty() {
+            return 0.0;
+        }
+        let tasks = pool.threads() * 4;
+        let chunk = ratings.len().div_ceil(tasks);
+        let total = Mutex::new(0f64);
+        pool.run(tasks, &|t| {
+            let (mut pu, mut qi) = (alloc::vec![0f32; self.k], alloc::vec![0f32; self.k]);
+            let mut s = 0f64;
+            for r in ratings.iter().skip(t * chunk).take(chunk) {
+                let e =
+                    r.value - self.predict_with(r.user as usize, r.item as usize, &mut pu, &mut qi);
+                s += (e as f64) * (e as f64);
+            }
+            *total.lock().unwrap_or_else(|e| e.into_inner()) += s;
+        });
+        (total.into_inner().unwrap_or_else(|e| e.into_inner()) / ratings.len() as f64).sqrt()
+    }
+}
+
+/// Checks every rating's ids and value against the tables.
+pub fn check_ratings(ratings: &[Rating], users: usize, items: usize) -> Result<(), MfError> {
+    for (index, r) in ratings.iter().enumerate() {
+        if r.user as usize >= users {
+            return Err(MfError::Id { index, what: "user", id: r.user, rows: users });
+        }
+        if r.item as usize >= items {
+            return Err(MfError::Id { index, what: "item", id: r.item, rows: items });
+        }
+        if !r.value.is_finite() {
+            return Err(MfError::Value { index, value: r.value });
+        }
+    }
+    Ok(())
+}
+
+/// What one epoch did.
+#[derive(Clone, Debug)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    pub updates: u64,
+    /// Element updates lost to f16 storage (0 in f32).
+    pub lost: u64,
+    /// `lost / (2·k·updates)`.
+    pub lost_share: f64,
+    /// RMSE of the ratings as seen before each update (a free training-loss estimate).
+    pub train_rmse: f64,
+    pub seconds: f64,
+    pub f16: bool,
+}
+
+/// When and why `Auto` moved to f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Switch {
+    /// The switch happened after this epoch (1-based).
+    pub epoch: usize,
+    pub reason: String,
+}
+
+/// Raw views of the tables shared by the tasks of one round; see `Trainer::run_epoch`.
+struct Raw<T> {
+    p: *mut T,
+    q: *mut T,
+    bu: *mut f32,
+    bi: *mut f32,
+}
+// SAFETY: the tasks of a round touch disjoint rows (see `Trainer::run_epoch`).
+unsafe impl<T> Sync for Raw<T> {}
+
+fn block_of(id: u32, b: usize) -> usize {
+    ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % b
+}
+
+/// SGD over a fixed set of ratings; see the module docs.
+pub struct Trainer {
+    pub factors: Factors,
+    pub cfg: TrainConfig,
+    pub epoch: usize,
+    pub switched: Option<Switch>,
+    kernels: KernelSet,
+    pool: Pool,
+    b: usize,
+    /// Ratings in block order; block `(ub, ib)` is `data[starts[ub·b+ib]..starts[ub·b+ib+1]]`.
+    data: Vec<Rating>,
+    starts: Vec<usize>,
+    /// `Auto`: the monitored RMSE after each epoch so far.
+    history: Vec<f64>,
+}
+
+impl Trainer {
+    /// Checks the ratings, shuffles them once and lays them out by block.
+    pub fn new(factors: Factors, train: &[Rating], cfg: &TrainConfig) -> Result<Trainer, MfError> {
+        if factors.k == 0 || factors.k != cfg.k {
+            return Err(MfError::Config(alloc::format!(
+                "k must be at least 1 and match the tables ({} vs {})",
+                cfg.k,
+                factors.k
+            )));
+        }
+        if train.is_empty() {
+            return Err(MfError::Config("no training ratings".into()));
+        }
+        check_ratings(train, factors.users, factors.items)?;
+        let pool = Pool::new(cfg.threads)
+            .map_err(|e| MfError::Config(alloc::format!("cannot start threads: {e}")))?;
+        let b = pool.threads().max(1);
+        let mut order: Vec<u32> = (0..train.len() as u32).collect();
+        let mut rng = Rng::new(cfg.seed ^ 0x5348_5546);
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let key = |r: &Rating| block_of(r.user, b) * b + block_of(r.item, b);
+        let mut starts = alloc::vec![0usize; b * b + 1];
+        for r in train {
+            starts[key(r) + 1] += 1;
+        }
+        for i in 0..b * b {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut data = alloc::vec![Rating { user: 0, item: 0, value: 0.0 }; train.len()];
+        for &o in &order {
+            let r = train[o as usize];
+            let s = &mut fill[key(&r)];
+            data[*s] = r;
+            *s += 1;
+        }
+        Ok(Trainer {
+            factors,
+            cfg: cfg.clone(),
+            epoch: 0,
+            switched: None,
+            kernels: KernelSet::detect(),
+            pool,
+            b,
+            data,
+            starts,
+            history: Vec::new(),
+        })
+    }
+
+    /// The thread pool (for validation on the same threads).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Names of the SGD kernels in use.
+    pub fn kernel_names(&self) -> (&'static str, &'static str) {
+        (self.kernels.mf_step_f32_name, self.kernels.mf_step_f16_name)
+    }
+
+    /// One pass over every rating.
+    pub fn run_epoch(&mut self) -> EpochStats {
+        let t0 = Instant::now();
+        let lost = AtomicU64::new(0);
+        let (b, k, e) = (self.b, self.factors.k, self.epoch);
+        let f = &mut self.factors;
+        let (mean, lr, reg, rb) = (f.mean, self.cfg.lr, self.cfg.reg, self.cfg.reg_bias);
+        let (bu, bi) = (f.bu.as_mut_ptr(), f.bi.as_mut_ptr());
+        let (data, starts, ks) = (&self.data, &self.starts, &self.kernels);
+        let sums = Mutex::new(0f64);
+        macro_rules! epoch {
+            ($p:expr, $q:expr, $step:expr) => {{
+                let raw = Raw { p: $p.as_mut_ptr(), q: $q.as_mut_ptr(), bu, bi };
+                for round in 0..b {
+                    self.pool.run(b, &|t| {
+                        let raw = &raw; // the whole struct (Sync), not its raw fields
+                        let blk = t * b + (t + round + e) % b;
+                        let recs = &data[starts[blk]..starts[blk + 1]];
+                        let (mut s, mut l) = (0f64, 0u32);
+                        for r in recs {
+                            let (u, i) = (r.user as usize, r.item as usize);
+                            // SAFETY: ids were checked against the table sizes in `new`, so the
+                            // rows and biases are in bounds. In this round, task `t` owns user
+                            // block `t` and item block `(t + round + e) mod b`: every rating of
+                            // this block has users and items in those blocks only, and no other
+                            // task of the round owns either, so no row is aliased.
+                            let (pu, qi, bu, bi) = unsafe {
+                                (
+                                    core::slice::from_raw_parts_mut(raw.p.add(u * k), k),
+                                    core::slice::from_raw_parts_mut(raw.q.add(i * k), k),
+                                    &mut *raw.bu.add(u),
+                                    &mut *raw.bi.add(i),
+                                )
+                            };
+                            let err = $step(pu, qi, r.value - mean - *bu - *bi, lr, reg, &mut l);
+                            *bu += lr * (err - rb * *bu);
+                            *bi += lr * (err - rb * *bi);
+                            s += (err as f64) * (err as f64);
+                        }
+                        lost.fetch_add(l as u64, Ordering::Relaxed);
+                        *sums.lock().unwrap_or_else(|e| e.into_inner()) += s;
+                    });
+                }
+            }};
+        }
+        let f16 = f.is_f16();
+        match (&mut f.p, &mut f.q) {
+            (Rows::F32(p), Rows::F32(q)) => {
+                let st = ks.mf_step_f32;
+                epoch!(p, q, |p: &mut [f32], q: &mut [f32], t, lr, reg, _l: &mut u32| st(
+                    p, q, t, lr, reg
+                ))
+            }
+            (Rows::F16(p), Rows::F16(q)) => epoch!(p, q, ks.mf_step_f16),
+            _ => unreachable!("both tables share one storage"),
+        }
+        self.epoch += 1;
+        let updates = self.data.len() as u64;
+        let lost = lost.into_inner();
+        let s = sums.into_inner().unwrap_or_else(|e| e.into_inner());
+        EpochStats {
+            epoch: self.epoch,
+            updates,
+            lost,
+            lost_share: lost as f64 / (2 * k) as f64 / updates as f64,
+            train_rmse: (s / updates as f64).sqrt(),
+            seconds: t0.elapsed().as_secs_f64(),
+            f16,
+        }
+    }
+
+    /// `Auto`: decides after an epoch whether to move to f32 (and does), given the epoch's
+    /// stats and the validation RMSE if there is a validation set.
+    pub fn observe(&mut self, st: &EpochStats, val_rmse: Option<f64>) -> Option<Switch> {
+        if self.cfg.precision != Precision::Auto || !self.factors.is_f16() {
+            return None;
+        }
+        let (metric, name) = match val_rmse {
+            Some(v) => (v, "validation RMSE"),
+            None => (st.train_rmse, "training RMSE"),
+        };
+        let reason = if st.lost_share > self.cfg.lost_limit {
+            Some(alloc::format!(
+                "{:.1}% of element updates were lost in f16 (limit {:.1}%)",
+                st.lost_share * 100.0,
+                self.cfg.lost_limit * 100.0
+            ))
+        } else {
+            self.history.push(metric);
+            let h = &self.history;
+            // The best of the last two epochs against the best before them: blocked SGD's
+            // epoch-to-epoch wobble does not count as progress or as a plateau.
+            let n = h.len();
+            if n >= 3 {
+                let recent = h[n - 1].min(h[n - 2]);
+                let before = h[..n - 2].iter().copied().fold(f64::INFINITY, f64::min);
+                (recent > before * (1.0 - self.cfg.plateau)).then(|| {
+                    alloc::format!(
+                        "{name} {recent:.4} improved on {before:.4} by less than {:.2}% in two epochs",
+                        self.cfg.plateau * 100.0
+                    )
+                })
+            } else {
+                None
+            }
+        };
+        let reason = reason?;
+        self.factors.widen();
+        let s = Switch { epoch: st.epoch, reason };
+        self.switched = Some(s.clone());
+        Some(s)
+    }
+}

@@ -1,0 +1,167 @@
+//! The matrix-factorization trainer: convergence toward the planted floor of a synthetic set in
+//! every precision and thread count, the f16 → f32 switch, and bad input.
+
+use ember_runtime::finetune::synth::{split, SynthSpec};
+use ember_runtime::finetune::{
+    check_ratings, Factors, MfError, Precision, Rating, Rows, TrainConfig, Trainer,
+};
+
+fn tiny() -> (Vec<Rating>, Vec<Rating>, SynthSpec) {
+    let spec = SynthSpec::named("tiny").unwrap();
+    let all = spec.generate();
+    let (a, b) = split(&all, 0.1, 3);
+    (a, b, spec)
+}
+
+fn train(p: Precision, threads: usize, epochs: usize) -> (Trainer, Vec<f64>) {
+    let (tr, va, spec) = tiny();
+    let cfg = TrainConfig { k: 16, threads, precision: p, lr: 0.02, ..Default::default() };
+    let f = Factors::random(
+        spec.users,
+        spec.items,
+        16,
+        (3.5, -10.0, 20.0),
+        0.1,
+        1,
+        p != Precision::Fp32,
+    );
+    let mut t = Trainer::new(f, &tr, &cfg).unwrap();
+    let mut curve = vec![];
+    for _ in 0..epochs {
+        let st = t.run_epoch();
+        assert_eq!(st.updates, tr.len() as u64);
+        assert!(st.train_rmse.is_finite());
+        let v = t.factors.rmse(&va, t.pool());
+        t.observe(&st, Some(v));
+        curve.push(v);
+    }
+    (t, curve)
+}
+
+#[test]
+fn sgd_approaches_the_planted_floor_in_every_precision_and_thread_count() {
+    // Baseline: predicting the mean scores about sqrt(noise² + signal² + biases²) ≈ 1.07.
+    let (_, va, spec) = tiny();
+    let mean = 3.5f64;
+    let base =
+        (va.iter().map(|r| (r.value as f64 - mean).powi(2)).sum::<f64>() / va.len() as f64).sqrt();
+    for p in [Precision::Fp32, Precision::Fp16, Precision::Auto] {
+        for threads in [1, 2, 3] {
+            let (t, curve) = train(p, threads, 40);
+            let last = *curve.last().unwrap();
+            assert!(last < base - 0.12, "{p:?} x{threads}: {last} vs mean-only {base}");
+            assert!(
+                last < spec.noise as f64 + 0.15,
+                "{p:?} x{threads}: {last} vs floor {}",
+                spec.noise
+            );
+            assert_eq!(
+                t.factors.is_f16(),
+                p == Precision::Fp16 || (p == Precision::Auto && t.switched.is_none())
+            );
+        }
+    }
+}
+
+#[test]
+fn auto_switches_once_names_why_and_keeps_the_values() {
+    let (tr, _, spec) = tiny();
+    // A zero limit forces the switch after the first epoch (some update is always lost).
+    let cfg = TrainConfig {
+        k: 8,
+        threads: 2,
+        precision: Precision::Auto,
+        lost_limit: 0.0,
+        ..Default::default()
+    };
+    let f = Factors::random(spec.users, spec.items, 8, (3.5, 0.0, 9.0), 0.1, 1, true);
+    let mut t = Trainer::new(f, &tr, &cfg).unwrap();
+    let st = t.run_epoch();
+    assert!(st.f16 && st.lost > 0 && st.lost_share > 0.0);
+    let before = match &t.factors.p {
+        Rows::F16(v) => {
+            v.iter().map(|h| ember_kernels::generic::f16_to_f32(*h)).collect::<Vec<f32>>()
+        }
+        _ => panic!("auto starts in f16"),
+    };
+    let s = t.observe(&st, None).expect("switch");
+    assert_eq!(s.epoch, 1);
+    assert!(s.reason.contains("lost in f16"), "{}", s.reason);
+    match &t.factors.p {
+        Rows::F32(v) => assert_eq!(v, &before),
+        _ => panic!("rows are f32 after the switch"),
+    }
+    assert!(!t.factors.is_f16());
+    let st2 = t.run_epoch();
+    assert!(!st2.f16 && st2.lost == 0);
+    assert!(t.observe(&st2, None).is_none(), "switches once");
+
+    // The plateau rule: a monitored RMSE that stops improving.
+    let cfg = TrainConfig {
+        k: 8,
+        threads: 1,
+        precision: Precision::Auto,
+        lost_limit: 1.0,
+        plateau: 0.01,
+        ..Default::default()
+    };
+    let f = Factors::random(spec.users, spec.items, 8, (3.5, 0.0, 9.0), 0.1, 1, true);
+    let mut t = Trainer::new(f, &tr, &cfg).unwrap();
+    let st = t.run_epoch();
+    assert!(t.observe(&st, Some(0.9)).is_none());
+    assert!(t.observe(&st, Some(0.85)).is_none());
+    assert!(t.observe(&st, Some(0.80)).is_none(), "6% better than before the last two");
+    assert!(t.observe(&st, Some(0.81)).is_none(), "the best of the last two still improves");
+    let s = t.observe(&st, Some(0.799)).expect("plateau");
+    assert!(s.reason.contains("validation RMSE"), "{}", s.reason);
+
+    // fp16 and fp32 never switch.
+    for p in [Precision::Fp16, Precision::Fp32] {
+        let cfg =
+            TrainConfig { k: 8, threads: 1, precision: p, lost_limit: 0.0, ..Default::default() };
+        let f = Factors::random(
+            spec.users,
+            spec.items,
+            8,
+            (3.5, 0.0, 9.0),
+            0.1,
+            1,
+            p == Precision::Fp16,
+        );
+        let mut t = Trainer::new(f, &tr, &cfg).unwrap();
+        let st = t.run_epoch();
+        assert!(t.observe(&st, Some(1.0)).is_none());
+    }
+}
+
+#[test]
+fn bad_ratings_and_settings_are_named() {
+    let ok = Rating { user: 1, item: 2, value: 4.0 };
+    assert_eq!(check_ratings(&[ok], 2, 3), Ok(()));
+    let e = check_ratings(&[ok, Rating { user: 5, ..ok }], 2, 3).unwrap_err();
+    assert_eq!(e, MfError::Id { index: 1, what: "user", id: 5, rows: 2 });
+    assert!(e.to_string().contains("rating 1: user 5 is outside the table of 2 rows"), "{e}");
+    let e = check_ratings(&[Rating { item: 3, ..ok }], 2, 3).unwrap_err();
+    assert!(e.to_string().contains("item 3"), "{e}");
+    let e = check_ratings(&[Rating { value: f32::NAN, ..ok }], 2, 3).unwrap_err();
+    assert!(e.to_string().contains("not finite"), "{e}");
+    let f = Factors::random(2, 3, 4, (3.0, 1.0, 5.0), 0.1, 1, false);
+    let cfg = TrainConfig { k: 4, threads: 1, ..Default::default() };
+    assert!(Trainer::new(f.clone(), &[], &cfg).is_err());
+    assert!(Trainer::new(f.clone(), &[ok], &TrainConfig { k: 5, ..cfg.clone() }).is_err());
+    assert!(Trainer::new(f, &[Rating { user: 2, ..ok }], &cfg).is_err());
+}
+
+#[test]
+fn predictions_are_clamped_and_match_the_formula() {
+    let mut f = Factors::random(2, 2, 3, (3.0, 1.0, 5.0), 0.5, 9, false);
+    f.bu = vec![0.25, -0.5];
+    f.bi = vec![0.125, 10.0];
+    let (mut a, mut b) = (vec![0f32; 3], vec![0f32; 3]);
+    let (mut p, mut q) = (vec![0f32; 3], vec![0f32; 3]);
+    f.p.row(0, &mut p);
+    f.q.row(0, &mut q);
+    let want = 3.0 + 0.25 + 0.125 + p.iter().zip(&q).map(|(x, y)| x * y).sum::<f32>();
+    assert!((f.predict_with(0, 0, &mut a, &mut b) - want.clamp(1.0, 5.0)).abs() < 1e-6);
+    assert_eq!(f.predict_with(0, 1, &mut a, &mut b), 5.0, "clamped to the top of the range");
+}
