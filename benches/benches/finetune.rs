@@ -12,7 +12,7 @@
 //! final fp32 RMSE. Synthetic sets (`ml-10m`, `netflix`, `tiny`) have a known floor (the noise).
 
 use ember_runtime::finetune::synth::{split, SynthSpec};
-use ember_runtime::finetune::{Factors, Precision, Rating, TrainConfig, Trainer};
+use ember_runtime::finetune::{Factors, Precision, Rating, TrainConfig, Trainer, UserFit};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -187,6 +187,25 @@ fn bytes_per_update(k: usize, f16: bool) -> f64 {
     (4 * k * if f16 { 2 } else { 4 } + 12 + 16) as f64
 }
 
+/// The user-only fast path: one user with 500 ratings (or all the user has) fitted against
+/// frozen item rows, median of 200 fits.
+fn user_fit_timing(o: &Opts, train: &[Rating], dims: (usize, usize)) {
+    let f = Factors::random(dims.0, dims.1, o.k, (3.5, 0.5, 5.0), 0.1, 1, false);
+    let n = 500.min(train.len());
+    let items: Vec<u32> = train[..n].iter().map(|r| r.item).collect();
+    let values: Vec<f32> = train[..n].iter().map(|r| r.value).collect();
+    let mut uf = UserFit::new(o.k, 500);
+    let mut row = vec![0f32; o.k];
+    let t: Vec<f64> = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            uf.fit(&f, &items, &values, o.reg, 0.01, &mut row).expect("user fit");
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    println!("user-only fit: {n} ratings, k {}: median {:.0} us", o.k, median(t) * 1e6);
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -212,20 +231,29 @@ fn main() {
         train.len(), test.len(), o.k, o.epochs, o.threads, o.lr, o.reg,
         floor.map(|f| format!(", floor RMSE {f}")).unwrap_or_default()
     );
-    let lib = if o.libmf && cfg!(target_arch = "x86_64") {
-        let runs: Vec<(f64, f64)> = (0..o.repeat).map(|_| libmf(&o, &train, &test)).collect();
-        let (r, s) = (runs[0].0, median(runs.iter().map(|x| x.1).collect()));
+    // Interleaved: each repeat runs LIBMF and then every precision, so that the VM's load drifts
+    // over all of them alike; times are medians, ratios the median of per-repeat ratios.
+    let with_lib = o.libmf && cfg!(target_arch = "x86_64");
+    let mut lib_runs = vec![];
+    let mut all_runs: Vec<Vec<Run>> = o.precisions.iter().map(|_| vec![]).collect();
+    for _ in 0..o.repeat {
+        if with_lib {
+            lib_runs.push(libmf(&o, &train, &test));
+        }
+        for (n, &p) in o.precisions.iter().enumerate() {
+            all_runs[n].push(ember(&o, &train, &test, p, (users, items)));
+        }
+    }
+    let lib = (!lib_runs.is_empty()).then(|| {
+        let (r, s) = (lib_runs[0].0, median(lib_runs.iter().map(|x| x.1).collect()));
         println!("{:<8} test RMSE {r:.4}  {s:>8.3} s  (median of {})", "LIBMF", o.repeat);
-        Some((r, s))
-    } else {
-        None
-    };
+        (r, s)
+    });
+    user_fit_timing(&o, &train, (users, items));
     let bw = bandwidth(o.threads);
     println!("memory bandwidth (copy, {} threads): {:.1} GB/s", o.threads, bw / 1e9);
     let mut fp32_final = None;
-    for &p in &o.precisions {
-        let runs: Vec<Run> =
-            (0..o.repeat).map(|_| ember(&o, &train, &test, p, (users, items))).collect();
+    for (&p, runs) in o.precisions.iter().zip(&all_runs) {
         let s = median(runs.iter().map(|r| r.seconds).collect());
         let r = &runs[0];
         if p == Precision::Fp32 {
@@ -258,7 +286,9 @@ fn main() {
             line += &format!("  switched after epoch {e}");
         }
         if let Some((lr, ls)) = lib {
-            line += &format!("  | vs LIBMF: RMSE {:+.4}, time x{:.2}", r.rmse - lr, s / ls);
+            let _ = ls;
+            let ratio = median(runs.iter().zip(&lib_runs).map(|(r, l)| r.seconds / l.1).collect());
+            line += &format!("  | vs LIBMF: RMSE {:+.4}, time x{ratio:.2}", r.rmse - lr);
         }
         println!("{line}");
         if o.curve {

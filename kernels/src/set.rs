@@ -252,7 +252,7 @@ static MF_STEPS_F32: &[Variant<MfStepF32Fn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "mf_step_f32_avx512", f: x86::mf_step_f32_avx512, usable: x86::has_avx512f },
     #[cfg(target_arch = "x86_64")]
-    Variant { name: "mf_step_f32_avx2", f: x86::mf_step_f32_avx2, usable: x86::has_avx2 },
+    Variant { name: "mf_step_f32_avx2", f: x86::mf_step_f32_avx2, usable: x86::has_avx2_fma },
     Variant { name: "mf_step_f32_generic", f: generic::mf::mf_step_f32, usable: always },
 ];
 static MF_STEPS_F16: &[Variant<MfStepF16Fn>] = &[

@@ -165,3 +165,66 @@ fn predictions_are_clamped_and_match_the_formula() {
     assert!((f.predict_with(0, 0, &mut a, &mut b) - want.clamp(1.0, 5.0)).abs() < 1e-6);
     assert_eq!(f.predict_with(0, 1, &mut a, &mut b), 5.0, "clamped to the top of the range");
 }
+
+#[test]
+fn user_fit_recovers_a_planted_user_and_names_bad_input() {
+    use ember_runtime::finetune::UserFit;
+    for (k, n, f16) in
+        [(1usize, 1usize, false), (17, 40, false), (128, 500, true), (33, 300, false)]
+    {
+        let mut f = Factors::random(3, 700, k, (3.5, -100.0, 100.0), 0.3, k as u64, f16);
+        for (j, b) in f.bi.iter_mut().enumerate() {
+            *b = (j % 7) as f32 * 0.1 - 0.3;
+        }
+        let truth: Vec<f32> = (0..k).map(|j| ((j * 37 % 11) as f32 - 5.0) * 0.1).collect();
+        let bias = 0.4f32;
+        let items: Vec<u32> = (0..n as u32).map(|j| j * 13 % 700).collect();
+        let (mut row, mut qr) = (vec![0f32; k], vec![0f32; k]);
+        let values: Vec<f32> = items
+            .iter()
+            .map(|&i| {
+                f.q.row(i as usize, &mut qr);
+                f.mean
+                    + bias
+                    + f.bi[i as usize]
+                    + truth.iter().zip(&qr).map(|(a, b)| a * b).sum::<f32>()
+            })
+            .collect();
+        let mut uf = UserFit::new(k, 500);
+        let b = uf.fit(&f, &items, &values, 1e-7, 1e-7, &mut row).unwrap();
+        if n > k {
+            // Noise-free, well-determined: the plant comes back.
+            assert!((b - bias).abs() < 2e-3, "k={k}: bias {b}");
+            for (g, t) in row.iter().zip(&truth) {
+                assert!((g - t).abs() < 2e-3, "k={k}: {g} vs {t}");
+            }
+        }
+        // Heavier regularization shrinks toward zero but still fits.
+        let b2 = uf.fit(&f, &items, &values, 0.5, 0.5, &mut row).unwrap();
+        assert!(b2.abs() < bias.abs() + 1e-3 && row.iter().all(|v| v.is_finite()));
+    }
+    let f = Factors::random(3, 10, 4, (3.5, 0.0, 5.0), 0.3, 1, false);
+    let mut uf = UserFit::new(4, 8);
+    let mut row = vec![0f32; 4];
+    assert!(uf
+        .fit(&f, &[], &[], 0.1, 0.1, &mut row)
+        .unwrap_err()
+        .to_string()
+        .contains("0 ratings"));
+    assert!(uf
+        .fit(&f, &[1; 9], &[3.0; 9], 0.1, 0.1, &mut row)
+        .unwrap_err()
+        .to_string()
+        .contains("9 ratings"));
+    assert!(uf
+        .fit(&f, &[10], &[3.0], 0.1, 0.1, &mut row)
+        .unwrap_err()
+        .to_string()
+        .contains("item 10"));
+    assert!(uf
+        .fit(&f, &[1], &[f32::NAN], 0.1, 0.1, &mut row)
+        .unwrap_err()
+        .to_string()
+        .contains("not finite"));
+    assert!(uf.fit(&f, &[1], &[3.0], 0.1, 0.1, &mut row[..3]).is_err());
+}

@@ -1,11 +1,12 @@
 //! Matrix-factorization SGD: one rating's update of a user row `p` and an item row `q`.
 //!
 //! Definition (both storage forms): `e = target − p·q`, then for every j, with the old values,
-//! `p_j ← p_j + lr·(e·q_j − reg·p_j)` and `q_j ← q_j + lr·(e·p_j − reg·q_j)`; the kernel returns
-//! `e` (the caller updates the biases). Plain multiplies and adds, no FMA, and the dot product in
-//! a fixed order: 16 lane sums (element j into lane j mod 16, in order), then folded in halves
-//! (lanes l and l+8, then l and l+4, l and l+2, l and l+1). Every overlay computes exactly these
-//! bits, so variants are tested bit-exact.
+//! `p_j ← p_j + lr·(e·q_j − reg·p_j)` and `q_j ← q_j + lr·(e·p_j − reg·q_j)`, computed as
+//! `fma(lr·e, q_j, (1 − lr·reg)·p_j)` (and the same for `q_j`); the kernel returns `e` (the
+//! caller updates the biases). The dot product is fused multiply-adds in a fixed order: 16 lane
+//! sums (element j into lane j mod 16, in order), then folded in halves (lanes l and l+8, then
+//! l and l+4, l and l+2, l and l+1). A fused multiply-add rounds once whatever computes it, so
+//! every overlay gives exactly these bits and variants are tested bit-exact.
 //!
 //! The f16 form stores rows as IEEE binary16 bits and computes in f32: load, update, round to
 //! nearest even on store. It also counts the element updates lost to the storage: those whose
@@ -16,6 +17,19 @@ use super::f16_to_f32;
 
 const LANES: usize = 16;
 
+/// `a·b + c` rounded once (the hardware instruction under `std`, `libm` without it).
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(feature = "std")]
+    {
+        a.mul_add(b, c)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        libm::fmaf(a, b, c)
+    }
+}
+
 /// `p·q` in the fixed order of the module docs.
 #[inline(always)]
 pub fn dot_fixed(p: &[f32], q: &[f32]) -> f32 {
@@ -24,11 +38,11 @@ pub fn dot_fixed(p: &[f32], q: &[f32]) -> f32 {
     let mut qc = q.chunks_exact(LANES);
     for (a, b) in (&mut pc).zip(&mut qc) {
         for l in 0..LANES {
-            acc[l] += a[l] * b[l];
+            acc[l] = fma(a[l], b[l], acc[l]);
         }
     }
     for (l, (a, b)) in pc.remainder().iter().zip(qc.remainder()).enumerate() {
-        acc[l] += a * b;
+        acc[l] = fma(*a, *b, acc[l]);
     }
     fold16(acc)
 }
@@ -45,13 +59,16 @@ pub fn fold16(acc: [f32; LANES]) -> f32 {
     s2[0] + s2[1]
 }
 
-/// One SGD step on f32 rows; see the module docs. `p.len() == q.len()`.
+/// One SGD step on f32 rows; see the module docs. `p.len() == q.len()`. Inlined so that each
+/// ISA's overlay compiles it with its own features (FMA among them).
+#[inline(always)]
 pub fn mf_step_f32(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32 {
     let e = target - dot_fixed(p, q);
+    let (c, d) = (lr * e, 1.0 - lr * reg);
     for (a, b) in p.iter_mut().zip(q.iter_mut()) {
         let (pa, qb) = (*a, *b);
-        *a = pa + lr * (e * qb - reg * pa);
-        *b = qb + lr * (e * pa - reg * qb);
+        *a = fma(c, qb, d * pa);
+        *b = fma(c, pa, d * qb);
     }
     e
 }
@@ -104,13 +121,14 @@ pub fn mf_step_f16(
 ) -> f32 {
     let mut acc = [0f32; LANES];
     for (j, (a, b)) in p.iter().zip(q.iter()).enumerate() {
-        acc[j % LANES] += f16_to_f32(*a) * f16_to_f32(*b);
+        acc[j % LANES] = fma(f16_to_f32(*a), f16_to_f32(*b), acc[j % LANES]);
     }
     let e = target - fold16(acc);
+    let (c, d) = (lr * e, 1.0 - lr * reg);
     let mut n = 0u32;
     for (a, b) in p.iter_mut().zip(q.iter_mut()) {
         let (pa, qb) = (f16_to_f32(*a), f16_to_f32(*b));
-        let (np, nq) = (pa + lr * (e * qb - reg * pa), qb + lr * (e * pa - reg * qb));
+        let (np, nq) = (fma(c, qb, d * pa), fma(c, pa, d * qb));
         let (hp, hq) = (f32_to_f16(np), f32_to_f16(nq));
         n += ((hp == *a) & (np != pa)) as u32 + ((hq == *b) & (nq != qb)) as u32;
         *a = hp;

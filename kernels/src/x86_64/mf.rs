@@ -1,6 +1,6 @@
 //! Matrix-factorization SGD steps (see `generic::mf` for the definition and the fixed order of
 //! the dot product): the f32 form is the generic body compiled for wider registers; the f16 form
-//! converts rows with `vcvtph2ps`/`vcvtps2ph` (AVX-512F, or AVX2 + F16C) and counts lost
+//! converts rows with `vcvtph2ps`/`vcvtps2ph` (AVX-512F, or AVX2 + F16C + FMA) and counts lost
 //! updates on the 16-bit patterns. Same bits as the generic twin.
 
 use crate::generic::{f16_to_f32, mf as g};
@@ -22,15 +22,15 @@ macro_rules! overlay_f32 {
 }
 
 overlay_f32!(mf_step_f32_avx512, "avx512f", super::has_avx512f);
-overlay_f32!(mf_step_f32_avx2, "avx2", super::has_avx2);
+overlay_f32!(mf_step_f32_avx2, "avx2,fma", has_avx2_fma);
 
-/// The scalar tail of the f16 step (elements `from..`), identical to the generic loop.
+/// The scalar tail of the f16 step, identical to the generic loop (`c = lr·e`, `d = 1 − lr·reg`).
 #[inline(always)]
-fn tail_update(p: &mut [u16], q: &mut [u16], e: f32, lr: f32, reg: f32) -> u32 {
+fn tail_update(p: &mut [u16], q: &mut [u16], c: f32, d: f32) -> u32 {
     let mut n = 0;
     for (a, b) in p.iter_mut().zip(q.iter_mut()) {
         let (pa, qb) = (f16_to_f32(*a), f16_to_f32(*b));
-        let (np, nq) = (pa + lr * (e * qb - reg * pa), qb + lr * (e * pa - reg * qb));
+        let (np, nq) = (g::fma(c, qb, d * pa), g::fma(c, pa, d * qb));
         let (hp, hq) = (g::f32_to_f16(np), g::f32_to_f16(nq));
         n += ((hp == *a) & (np != pa)) as u32 + ((hq == *b) & (nq != qb)) as u32;
         *a = hp;
@@ -75,16 +75,17 @@ fn step_f16_avx512(
                 _mm256_loadu_si256(q.as_ptr().add(c) as *const __m256i),
             )
         };
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtph_ps(hp), _mm512_cvtph_ps(hq)));
+        acc = _mm512_fmadd_ps(_mm512_cvtph_ps(hp), _mm512_cvtph_ps(hq), acc);
     }
     let mut lanes = [0f32; 16];
     // SAFETY: `lanes` holds 16 f32.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
     for j in full..n {
-        lanes[j - full] += f16_to_f32(p[j]) * f16_to_f32(q[j]);
+        lanes[j - full] = g::fma(f16_to_f32(p[j]), f16_to_f32(q[j]), lanes[j - full]);
     }
     let e = target - g::fold16(lanes);
-    let (ve, vlr, vreg) = (_mm512_set1_ps(e), _mm512_set1_ps(lr), _mm512_set1_ps(reg));
+    let (c, d) = (lr * e, 1.0 - lr * reg);
+    let (vc, vd) = (_mm512_set1_ps(c), _mm512_set1_ps(d));
     let mut nlost = 0u32;
     for c in (0..full).step_by(16) {
         // SAFETY: as above; the stores write the same 16 elements.
@@ -93,14 +94,8 @@ fn step_f16_avx512(
             let qp = q.as_mut_ptr().add(c) as *mut __m256i;
             let (hp, hq) = (_mm256_loadu_si256(pp), _mm256_loadu_si256(qp));
             let (a, b) = (_mm512_cvtph_ps(hp), _mm512_cvtph_ps(hq));
-            let na = _mm512_add_ps(
-                a,
-                _mm512_mul_ps(vlr, _mm512_sub_ps(_mm512_mul_ps(ve, b), _mm512_mul_ps(vreg, a))),
-            );
-            let nb = _mm512_add_ps(
-                b,
-                _mm512_mul_ps(vlr, _mm512_sub_ps(_mm512_mul_ps(ve, a), _mm512_mul_ps(vreg, b))),
-            );
+            let na = _mm512_fmadd_ps(vc, b, _mm512_mul_ps(vd, a));
+            let nb = _mm512_fmadd_ps(vc, a, _mm512_mul_ps(vd, b));
             let hna = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(na);
             let hnb = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(nb);
             let la = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(na, a)
@@ -112,16 +107,28 @@ fn step_f16_avx512(
             _mm256_storeu_si256(qp, hnb);
         }
     }
-    nlost += tail_update(&mut p[full..], &mut q[full..], e, lr, reg);
+    nlost += tail_update(&mut p[full..], &mut q[full..], c, d);
     *lost += nlost;
     e
 }
 
-/// AVX2 + F16C.
+/// AVX2 + FMA.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(feature = "std")]
+    {
+        super::has_avx2() && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
+    }
+}
+
+/// AVX2 + F16C + FMA.
 pub fn has_avx2_f16c() -> bool {
     #[cfg(feature = "std")]
     {
-        super::has_avx2() && std::is_x86_feature_detected!("f16c")
+        has_avx2_fma() && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(feature = "std"))]
     {
@@ -138,14 +145,14 @@ pub fn mf_step_f16_avx2(
     reg: f32,
     lost: &mut u32,
 ) -> f32 {
-    assert!(has_avx2_f16c(), "mf_step_f16_avx2 on a CPU without avx2 and f16c");
+    assert!(has_avx2_f16c(), "mf_step_f16_avx2 on a CPU without avx2, f16c and fma");
     let n = p.len().min(q.len());
     let (p, q) = (&mut p[..n], &mut q[..n]);
     // SAFETY: the CPU has AVX2 and F16C (asserted); accesses stay within `p[..n]`, `q[..n]`.
     unsafe { step_f16_avx2(p, q, target, lr, reg, lost) }
 }
 
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,f16c,fma")]
 fn step_f16_avx2(
     p: &mut [u16],
     q: &mut [u16],
@@ -166,8 +173,8 @@ fn step_f16_avx2(
             let a1 = _mm256_cvtph_ps(_mm_loadu_si128(pp.add(1)));
             let b0 = _mm256_cvtph_ps(_mm_loadu_si128(qp));
             let b1 = _mm256_cvtph_ps(_mm_loadu_si128(qp.add(1)));
-            lo = _mm256_add_ps(lo, _mm256_mul_ps(a0, b0));
-            hi = _mm256_add_ps(hi, _mm256_mul_ps(a1, b1));
+            lo = _mm256_fmadd_ps(a0, b0, lo);
+            hi = _mm256_fmadd_ps(a1, b1, hi);
         }
     }
     let mut lanes = [0f32; 16];
@@ -177,10 +184,11 @@ fn step_f16_avx2(
         _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
     }
     for j in full..n {
-        lanes[j - full] += f16_to_f32(p[j]) * f16_to_f32(q[j]);
+        lanes[j - full] = g::fma(f16_to_f32(p[j]), f16_to_f32(q[j]), lanes[j - full]);
     }
     let e = target - g::fold16(lanes);
-    let (ve, vlr, vreg) = (_mm256_set1_ps(e), _mm256_set1_ps(lr), _mm256_set1_ps(reg));
+    let (c, d) = (lr * e, 1.0 - lr * reg);
+    let (vc, vd) = (_mm256_set1_ps(c), _mm256_set1_ps(d));
     let mut nlost = 0u32;
     for c in (0..full).step_by(8) {
         // SAFETY: as above; the stores write the same 8 elements.
@@ -189,14 +197,8 @@ fn step_f16_avx2(
             let qp = q.as_mut_ptr().add(c) as *mut __m128i;
             let (hp, hq) = (_mm_loadu_si128(pp), _mm_loadu_si128(qp));
             let (a, b) = (_mm256_cvtph_ps(hp), _mm256_cvtph_ps(hq));
-            let na = _mm256_add_ps(
-                a,
-                _mm256_mul_ps(vlr, _mm256_sub_ps(_mm256_mul_ps(ve, b), _mm256_mul_ps(vreg, a))),
-            );
-            let nb = _mm256_add_ps(
-                b,
-                _mm256_mul_ps(vlr, _mm256_sub_ps(_mm256_mul_ps(ve, a), _mm256_mul_ps(vreg, b))),
-            );
+            let na = _mm256_fmadd_ps(vc, b, _mm256_mul_ps(vd, a));
+            let nb = _mm256_fmadd_ps(vc, a, _mm256_mul_ps(vd, b));
             let hna = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(na);
             let hnb = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(nb);
             let same = |h: __m128i, old: __m128i| {
@@ -210,7 +212,7 @@ fn step_f16_avx2(
             _mm_storeu_si128(qp, hnb);
         }
     }
-    nlost += tail_update(&mut p[full..], &mut q[full..], e, lr, reg);
+    nlost += tail_update(&mut p[full..], &mut q[full..], c, d);
     *lost += nlost;
     e
 }

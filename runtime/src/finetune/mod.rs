@@ -18,12 +18,17 @@
 //! two epochs: from there on the updates are small, and 16-bit storage would round the last
 //! improvements away. The switch and its reason are reported.
 //!
+//! One user can also be fitted alone, in closed form against frozen item rows ([`UserFit`]):
+//! the fast path for a new or changed user on the device.
+//!
 //! Rules: training allocates at set-up and at the switch only; bad input is an [`MfError`].
 
 pub mod synth;
 mod trainer;
+mod user;
 
 pub use trainer::{
     check_ratings, EpochStats, Factors, MfError, Precision, Rating, Rows, Switch, TrainConfig,
     Trainer,
 };
+pub use user::UserFit;
