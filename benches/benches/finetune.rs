@@ -12,7 +12,9 @@
 //! final fp32 RMSE. Synthetic sets (`ml-10m`, `netflix`, `tiny`) have a known floor (the noise).
 
 use ember_runtime::finetune::synth::{split, SynthSpec};
-use ember_runtime::finetune::{Factors, Precision, Rating, TrainConfig, Trainer, UserFit};
+use ember_runtime::finetune::{
+    rating_stats, Factors, Precision, Rating, TrainConfig, Trainer, UserFit,
+};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -96,9 +98,7 @@ struct Run {
 }
 
 fn ember(o: &Opts, train: &[Rating], test: &[Rating], p: Precision, dims: (usize, usize)) -> Run {
-    let mean = train.iter().map(|r| r.value as f64).sum::<f64>() / train.len() as f64;
-    let lo = train.iter().map(|r| r.value).fold(f32::INFINITY, f32::min);
-    let hi = train.iter().map(|r| r.value).fold(f32::NEG_INFINITY, f32::max);
+    let stats = rating_stats(train);
     let cfg = TrainConfig {
         k: o.k,
         lr: o.lr,
@@ -108,15 +108,8 @@ fn ember(o: &Opts, train: &[Rating], test: &[Rating], p: Precision, dims: (usize
         ..Default::default()
     };
     let t0 = Instant::now();
-    let f = Factors::random(
-        dims.0,
-        dims.1,
-        o.k,
-        (mean as f32, lo, hi),
-        cfg.init_std,
-        cfg.seed,
-        p != Precision::Fp32,
-    );
+    let f =
+        Factors::random(dims.0, dims.1, o.k, stats, cfg.init_std, cfg.seed, p != Precision::Fp32);
     let mut tr = Trainer::new(f, train, &cfg).expect("trainer");
     let mut seconds = t0.elapsed().as_secs_f64();
     let (mut val_seconds, mut curve, mut rmse, mut lost) = (0.0, vec![], 0.0, vec![]);

@@ -38,15 +38,12 @@ impl RawRatings {
     }
     /// Splits off a random `frac` of the ratings (seeded) as a second set.
     pub fn split(mut self, frac: f64, seed: u64) -> (RawRatings, RawRatings) {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut rng = ember_runtime::finetune::Rng::new(seed);
         let mut keep =
             RawRatings { skipped: std::mem::take(&mut self.skipped), ..Default::default() };
         let mut held = RawRatings::default();
         for j in 0..self.len() {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let x = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+            let x = rng.unit();
             let dst = if x < frac { &mut held } else { &mut keep };
             dst.push(self.user[j], self.item[j], self.value[j], self.line[j]);
         }

@@ -8,7 +8,9 @@ use crate::ratings::{self, IdMap, RawRatings};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ember_quantize::HostTensor;
-use ember_runtime::finetune::{Factors, Precision, Rating, Rows, TrainConfig, Trainer};
+use ember_runtime::finetune::{
+    rating_stats, Factors, Precision, Rating, Rows, TrainConfig, Trainer,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -96,37 +98,26 @@ fn load_npz(path: &Path, f16: bool) -> Result<Tables> {
     if bu.len() != users || bi.len() != items || uid.len() != users || iid.len() != items {
         bail!("{}: biases and id lists must have one entry per row", path.display());
     }
-    let mut factors =
-        Factors::random(users, items, k, (stats[0], stats[1], stats[2]), 0.0, 0, false);
-    factors.p = Rows::F32(p.to_f32_vec());
-    factors.q = Rows::F32(q.to_f32_vec());
-    factors.bu = bu;
-    factors.bi = bi;
-    if f16 {
-        let h = |r: &Rows| match r {
-            Rows::F32(v) => {
-                Rows::F16(v.iter().map(|x| ember_kernels::generic::mf::f32_to_f16(*x)).collect())
-            }
-            other => other.clone(),
-        };
-        factors.p = h(&factors.p);
-        factors.q = h(&factors.q);
-    }
+    let factors = Factors {
+        k,
+        users,
+        items,
+        mean: stats[0],
+        lo: stats[1],
+        hi: stats[2],
+        p: Rows::from_f32(p.to_f32_vec(), f16),
+        q: Rows::from_f32(q.to_f32_vec(), f16),
+        bu,
+        bi,
+    };
     Ok(Tables { factors, users: IdMap::from_ids(uid), items: IdMap::from_ids(iid) })
-}
-
-fn rows_f32(r: &Rows) -> Vec<f32> {
-    match r {
-        Rows::F32(v) => v.clone(),
-        Rows::F16(v) => v.iter().map(|h| ember_kernels::generic::f16_to_f32(*h)).collect(),
-    }
 }
 
 fn save_npz(t: &Tables, path: &Path) -> Result<()> {
     let f = &t.factors;
     let mut a = BTreeMap::new();
-    a.insert("user_factors".into(), HostTensor::f32(vec![f.users, f.k], rows_f32(&f.p)));
-    a.insert("item_factors".into(), HostTensor::f32(vec![f.items, f.k], rows_f32(&f.q)));
+    a.insert("user_factors".into(), HostTensor::f32(vec![f.users, f.k], f.p.to_f32()));
+    a.insert("item_factors".into(), HostTensor::f32(vec![f.items, f.k], f.q.to_f32()));
     a.insert("user_bias".into(), HostTensor::f32(vec![f.users], f.bu.clone()));
     a.insert("item_bias".into(), HostTensor::f32(vec![f.items], f.bi.clone()));
     a.insert("stats".into(), HostTensor::f32(vec![3], vec![f.mean, f.lo, f.hi]));
@@ -139,8 +130,8 @@ fn save_ember(t: &Tables, train: &[Rating], path: &Path) -> Result<()> {
     let f = &t.factors;
     let onnx = crate::mf_model::onnx_bytes(
         f.k,
-        &rows_f32(&f.p),
-        &rows_f32(&f.q),
+        &f.p.to_f32(),
+        &f.q.to_f32(),
         &f.bu,
         &f.bi,
         (f.mean, f.lo, f.hi),
@@ -169,13 +160,6 @@ fn save_ember(t: &Tables, train: &[Rating], path: &Path) -> Result<()> {
     };
     let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {})?;
     Ok(ember_quantize::atomic::write(path, &bytes)?)
-}
-
-fn stats_of(r: &[Rating]) -> (f32, f32, f32) {
-    let mean = r.iter().map(|x| x.value as f64).sum::<f64>() / r.len().max(1) as f64;
-    let lo = r.iter().map(|x| x.value).fold(f32::INFINITY, f32::min);
-    let hi = r.iter().map(|x| x.value).fold(f32::NEG_INFINITY, f32::max);
-    (mean as f32, lo, hi)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -210,47 +194,24 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: no ratings", a.ratings.display());
     }
     let f16_start = precision != Precision::Fp32;
-    let (mut tables, grow) = match &a.model {
-        Some(m) => (load_npz(m, f16_start)?, false),
-        None => (
-            Tables {
-                factors: Factors::random(0, 0, a.k, (0.0, 0.0, 0.0), 0.0, 0, false),
-                users: IdMap::default(),
-                items: IdMap::default(),
-            },
-            true,
-        ),
+    let (mut users, mut items, loaded) = match &a.model {
+        Some(m) => {
+            let t = load_npz(m, f16_start)?;
+            (t.users, t.items, Some(t.factors))
+        }
+        None => (IdMap::default(), IdMap::default(), None),
     };
+    let grow = loaded.is_none();
     let what = a.ratings.display().to_string();
-    let (train, skipped_train) = ratings::to_rows(
-        &train_raw,
-        &mut tables.users,
-        &mut tables.items,
-        grow,
-        a.skip_bad,
-        &what,
-    )?;
+    let (train, skipped_train) =
+        ratings::to_rows(&train_raw, &mut users, &mut items, grow, a.skip_bad, &what)?;
     let vwhat = a.validate.as_ref().unwrap_or(&a.ratings).display().to_string();
     let (val, skipped_val) = match &val_raw {
-        Some(v) => {
-            ratings::to_rows(v, &mut tables.users, &mut tables.items, grow, a.skip_bad, &vwhat)?
-        }
+        Some(v) => ratings::to_rows(v, &mut users, &mut items, grow, a.skip_bad, &vwhat)?,
         None => (vec![], 0),
     };
-    if grow {
-        let st = stats_of(&train);
-        tables.factors = Factors::random(
-            tables.users.len(),
-            tables.items.len(),
-            a.k,
-            st,
-            0.1,
-            a.seed,
-            f16_start,
-        );
-    }
-    let cfg = TrainConfig {
-        k: tables.factors.k,
+    let mut cfg = TrainConfig {
+        k: a.k,
         lr: a.lr,
         reg: a.reg,
         reg_bias: a.reg_bias,
@@ -259,8 +220,13 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
+    let factors = loaded.unwrap_or_else(|| {
+        let st = rating_stats(&train);
+        Factors::random(users.len(), items.len(), a.k, st, cfg.init_std, a.seed, f16_start)
+    });
+    cfg.k = factors.k;
     let load_s = t_load.elapsed().as_secs_f64();
-    let mut tr = Trainer::new(tables.factors, &train, &cfg)?;
+    let mut tr = Trainer::new(factors, &train, &cfg)?;
     let mut prog = Progress::new(a.quiet || a.json);
     let mut epochs = vec![];
     let (mut train_s, mut val_s) = (0.0, 0.0);
@@ -300,7 +266,7 @@ pub fn run(a: Args) -> Result<()> {
     let updates = (train.len() * a.epochs) as f64;
     let switch = tr.switched.clone();
     let (kf32, kf16) = tr.kernel_names();
-    tables.factors = tr.factors;
+    let tables = Tables { factors: tr.factors, users, items };
     let t_out = Instant::now();
     if ext == "npz" {
         save_npz(&tables, &a.output)?;

@@ -124,7 +124,14 @@ pub fn mf_step_f16(
         acc[j % LANES] = fma(f16_to_f32(*a), f16_to_f32(*b), acc[j % LANES]);
     }
     let e = target - fold16(acc);
-    let (c, d) = (lr * e, 1.0 - lr * reg);
+    *lost += update_f16(p, q, lr * e, 1.0 - lr * reg);
+    e
+}
+
+/// The update half of the f16 step with `c = lr·e`, `d = 1 − lr·reg`; returns the lost element
+/// updates. Overlays run it on the elements after their last full vector.
+#[inline(always)]
+pub fn update_f16(p: &mut [u16], q: &mut [u16], c: f32, d: f32) -> u32 {
     let mut n = 0u32;
     for (a, b) in p.iter_mut().zip(q.iter_mut()) {
         let (pa, qb) = (f16_to_f32(*a), f16_to_f32(*b));
@@ -134,20 +141,5 @@ pub fn mf_step_f16(
         *a = hp;
         *b = hq;
     }
-    *lost += n;
-    e
-}
-
-/// f16 bits → f32 over a slice (`o.len() == h.len()`).
-pub fn f16_to_f32_slice(h: &[u16], o: &mut [f32]) {
-    for (x, y) in h.iter().zip(o) {
-        *y = f16_to_f32(*x);
-    }
-}
-
-/// f32 → f16 bits over a slice, round to nearest even (`o.len() == x.len()`).
-pub fn f32_to_f16_slice(x: &[f32], o: &mut [u16]) {
-    for (a, b) in x.iter().zip(o) {
-        *b = f32_to_f16(*a);
-    }
+    n
 }

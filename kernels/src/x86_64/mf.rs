@@ -24,21 +24,6 @@ macro_rules! overlay_f32 {
 overlay_f32!(mf_step_f32_avx512, "avx512f", super::has_avx512f);
 overlay_f32!(mf_step_f32_avx2, "avx2,fma", has_avx2_fma);
 
-/// The scalar tail of the f16 step, identical to the generic loop (`c = lr·e`, `d = 1 − lr·reg`).
-#[inline(always)]
-fn tail_update(p: &mut [u16], q: &mut [u16], c: f32, d: f32) -> u32 {
-    let mut n = 0;
-    for (a, b) in p.iter_mut().zip(q.iter_mut()) {
-        let (pa, qb) = (f16_to_f32(*a), f16_to_f32(*b));
-        let (np, nq) = (g::fma(c, qb, d * pa), g::fma(c, pa, d * qb));
-        let (hp, hq) = (g::f32_to_f16(np), g::f32_to_f16(nq));
-        n += ((hp == *a) & (np != pa)) as u32 + ((hq == *b) & (nq != qb)) as u32;
-        *a = hp;
-        *b = hq;
-    }
-    n
-}
-
 /// f16 step with AVX-512F; same contract and bits as `generic::mf::mf_step_f16`.
 pub fn mf_step_f16_avx512(
     p: &mut [u16],
@@ -107,7 +92,7 @@ fn step_f16_avx512(
             _mm256_storeu_si256(qp, hnb);
         }
     }
-    nlost += tail_update(&mut p[full..], &mut q[full..], c, d);
+    nlost += g::update_f16(&mut p[full..], &mut q[full..], c, d);
     *lost += nlost;
     e
 }
@@ -212,7 +197,7 @@ fn step_f16_avx2(
             _mm_storeu_si128(qp, hnb);
         }
     }
-    nlost += tail_update(&mut p[full..], &mut q[full..], c, d);
+    nlost += g::update_f16(&mut p[full..], &mut q[full..], c, d);
     *lost += nlost;
     e
 }

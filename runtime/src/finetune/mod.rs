@@ -28,7 +28,7 @@ mod trainer;
 mod user;
 
 pub use trainer::{
-    check_ratings, EpochStats, Factors, MfError, Precision, Rating, Rows, Switch, TrainConfig,
-    Trainer,
+    check_ratings, rating_stats, EpochStats, Factors, MfError, Precision, Rating, Rng, Rows,
+    Switch, TrainConfig, Trainer,
 };
 pub use user::UserFit;

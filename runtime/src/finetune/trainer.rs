@@ -6,7 +6,6 @@ use alloc::vec::Vec;
 use ember_kernels::generic::mf::f32_to_f16;
 use ember_kernels::generic::{f16_to_f32, mf::dot_fixed};
 use ember_kernels::KernelSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -119,6 +118,21 @@ pub enum Rows {
 }
 
 impl Rows {
+    /// f32 values stored as they are, or rounded to f16 (nearest even).
+    pub fn from_f32(v: Vec<f32>, f16: bool) -> Rows {
+        if f16 {
+            Rows::F16(v.iter().map(|x| f32_to_f16(*x)).collect())
+        } else {
+            Rows::F32(v)
+        }
+    }
+    /// Every value as f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Rows::F32(v) => v.clone(),
+            Rows::F16(v) => v.iter().map(|h| f16_to_f32(*h)).collect(),
+        }
+    }
     /// Row `r` as f32 into `out` (`out.len() == k`).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let k = out.len();
@@ -131,19 +145,20 @@ impl Rows {
             }
         }
     }
-    fn bytes(&self) -> usize {
-        match self {
-            Rows::F32(v) => v.len() * 4,
-            Rows::F16(v) => v.len() * 2,
-        }
-    }
     /// Converts f16 rows to f32 in place of the old vector (peak: both forms of this table).
     fn widen(&mut self) {
-        if let Rows::F16(v) = self {
-            let w: Vec<f32> = v.iter().map(|h| f16_to_f32(*h)).collect();
-            *self = Rows::F32(w);
+        if let Rows::F16(_) = self {
+            *self = Rows::F32(self.to_f32());
         }
     }
+}
+
+/// Mean, minimum and maximum of the ratings' values (the model's `mean`, `lo`, `hi`).
+pub fn rating_stats(ratings: &[Rating]) -> (f32, f32, f32) {
+    let mean = ratings.iter().map(|x| x.value as f64).sum::<f64>() / ratings.len().max(1) as f64;
+    let lo = ratings.iter().map(|x| x.value).fold(f32::INFINITY, f32::min);
+    let hi = ratings.iter().map(|x| x.value).fold(f32::NEG_INFINITY, f32::max);
+    (mean as f32, lo, hi)
 }
 
 /// A biased matrix-factorization model: `r̂ = clamp(mean + bu[u] + bi[i] + p[u]·q[i], lo, hi)`.
@@ -161,29 +176,29 @@ pub struct Factors {
     pub bi: Vec<f32>,
 }
 
-/// xorshift64*: the trainer's only randomness (initialization, shuffling).
-pub(crate) struct Rng(u64);
+/// xorshift64*: the fine-tuning code's only randomness (initialization, shuffling, splits).
+pub struct Rng(u64);
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub(crate) fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     /// Uniform in [0, 1).
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     /// Standard normal (Box-Muller).
-    pub(crate) fn normal(&mut self) -> f64 {
+    pub fn normal(&mut self) -> f64 {
         let (a, b) = (self.unit().max(1e-300), self.unit());
         (-2.0 * a.ln()).sqrt() * (core::f64::consts::TAU * b).cos()
     }
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
+    pub fn below(&mut self, n: usize) -> usize {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 }
 
@@ -203,13 +218,6 @@ impl Factors {
         let mut gen =
             |n: usize| (0..n).map(|_| (rng.normal() * std as f64) as f32).collect::<Vec<f32>>();
         let (p, q) = (gen(users * k), gen(items * k));
-        let store = |v: Vec<f32>| {
-            if f16 {
-                Rows::F16(v.iter().map(|x| f32_to_f16(*x)).collect())
-            } else {
-                Rows::F32(v)
-            }
-        };
         let (mean, lo, hi) = stats;
         Factors {
             k,
@@ -218,8 +226,8 @@ impl Factors {
             mean,
             lo,
             hi,
-            p: store(p),
-            q: store(q),
+            p: Rows::from_f32(p, f16),
+            q: Rows::from_f32(q, f16),
             bu: alloc::vec![0.0; users],
             bi: alloc::vec![0.0; items],
         }
@@ -227,11 +235,6 @@ impl Factors {
 
     pub fn is_f16(&self) -> bool {
         matches!(self.p, Rows::F16(_))
-    }
-
-    /// Bytes of the factor rows (the biases excluded).
-    pub fn table_bytes(&self) -> usize {
-        self.p.bytes() + self.q.bytes()
     }
 
     /// Converts f16 storage to f32, one table at a time.
@@ -404,13 +407,13 @@ impl Trainer {
     /// One pass over every rating.
     pub fn run_epoch(&mut self) -> EpochStats {
         let t0 = Instant::now();
-        let lost = AtomicU64::new(0);
         let (b, k, e) = (self.b, self.factors.k, self.epoch);
         let f = &mut self.factors;
         let (mean, lr, reg, rb) = (f.mean, self.cfg.lr, self.cfg.reg, self.cfg.reg_bias);
         let (bu, bi) = (f.bu.as_mut_ptr(), f.bi.as_mut_ptr());
         let (data, starts, ks) = (&self.data, &self.starts, &self.kernels);
-        let sums = Mutex::new(0f64);
+        // Squared error and lost element updates, added once per block.
+        let sums = Mutex::new((0f64, 0u64));
         macro_rules! epoch {
             ($p:expr, $q:expr, $step:expr) => {{
                 let raw = Raw { p: $p.as_mut_ptr(), q: $q.as_mut_ptr(), bu, bi };
@@ -440,8 +443,9 @@ impl Trainer {
                             *bi += lr * (err - rb * *bi);
                             s += (err as f64) * (err as f64);
                         }
-                        lost.fetch_add(l as u64, Ordering::Relaxed);
-                        *sums.lock().unwrap_or_else(|e| e.into_inner()) += s;
+                        let mut g = sums.lock().unwrap_or_else(|e| e.into_inner());
+                        g.0 += s;
+                        g.1 += l as u64;
                     });
                 }
             }};
@@ -459,8 +463,7 @@ impl Trainer {
         }
         self.epoch += 1;
         let updates = self.data.len() as u64;
-        let lost = lost.into_inner();
-        let s = sums.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (s, lost) = sums.into_inner().unwrap_or_else(|e| e.into_inner());
         EpochStats {
             epoch: self.epoch,
             updates,
