@@ -21,11 +21,14 @@ python3 tests/oracle/make_cases.py "$EMBER_ORACLE_DIR"
 export EMBER_MINILM="${EMBER_CACHE:-$HOME/.cache/ember}/minilm/paraphrase-MiniLM-L3-v2.onnx"
 python3 tests/oracle/minilm.py "$EMBER_MINILM" "$EMBER_ORACLE_DIR/minilm"
 
+# NVRTC from PyPI: the CUDA kernels must compile to PTX for every architecture (no GPU needed).
+NVRTC_LIB=$(python3 -c "import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + '/lib')")
 echo "== tests (host)"
 host_expect=""
 if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx512vnni,i8_gemm_avx2,i4_gemm_avx512vnni
 elif grep -q avx2 /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx2; fi
-EMBER_EXPECT_KERNELS="$host_expect" cargo test --workspace --locked
+LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EMBER_REQUIRE_NVRTC=1 \
+  EMBER_EXPECT_KERNELS="$host_expect" cargo test --workspace --locked
 
 echo "== no_std core for thumbv7em-none-eabihf"
 cargo build --locked -p ember-kernels -p ember-runtime --no-default-features --target thumbv7em-none-eabihf

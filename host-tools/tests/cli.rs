@@ -474,3 +474,80 @@ fn finetune_names_bad_input() {
         Some(&out2),
     );
 }
+
+#[test]
+fn device_selection_and_embedded_ptx() {
+    use ember_runtime::cuda;
+    let case = ember_tests::case("mlp");
+    let d = tmp("cuda");
+    let m = d.join("m.ember");
+    let (onnx, calib) = (case.join("model.onnx"), case.join("calib.npz"));
+    let q = |out: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&onnx as _, &"-o", &out, &"--calib", &calib];
+        args.extend_from_slice(extra);
+        run("quantize", &args)
+    };
+    // A Jetson board: its default batches, and PTX for sm_87 when NVRTC is here (else a note).
+    let out = ok(&q(&m, &[&"--board", &"jetson-orin-nano", &"--cuda-arch", &"sm_72"]));
+    let model = ember_runtime::load_file(&m).unwrap();
+    assert_eq!(model.batch_sizes(), vec![1, 8]);
+    assert_eq!(model.meta("board"), Some("jetson-orin-nano"));
+    let ptx: Vec<&str> =
+        model.tensors.iter().filter_map(|t| t.name.strip_prefix(cuda::PTX_TENSOR_PREFIX)).collect();
+    if cuda::nvrtc_present() {
+        assert_eq!(ptx, vec!["87", "72"], "{out}");
+        assert!(out.contains("sm_87: ") && out.contains("PTX embedded"), "{out}");
+        let hash = format!("{:016x}", ember_kernels::cuda::source_hash());
+        assert_eq!(model.meta(cuda::PTX_META_KEY), Some(hash.as_str()));
+    } else {
+        assert!(ptx.is_empty());
+        assert!(out.contains("compiles the kernels at first load"), "{out}");
+    }
+    let bad = d.join("bad.ember");
+    fails(&q(&bad, &[&"--cuda-arch", &"sm_52"]), "--cuda-arch sm_52: unsupported", Some(&bad));
+    fails(&q(&bad, &[&"--board", &"nope"]), "unknown board 'nope'", Some(&bad));
+
+    // --device: cuda fails cleanly without a GPU, auto falls back and says so.
+    let outputs = d.join("out.npz");
+    let dev = |device: &str| {
+        run(
+            "ember",
+            &[
+                &"run",
+                &m,
+                &"--input",
+                &case.join("test.npz"),
+                &"--output",
+                &outputs,
+                &"--device",
+                &device,
+            ],
+        )
+    };
+    fails(&dev("tpu"), "unknown device 'tpu'", Some(&outputs));
+    if cuda::probe(0).is_err() {
+        fails(&dev("cuda"), "no CUDA device", Some(&outputs));
+        fails(&dev("cuda:1"), "no CUDA device", Some(&outputs));
+        let o = dev("auto");
+        let text = ok(&o);
+        assert!(text.contains("on cpu"), "{text}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("no CUDA device") && err.contains("running on the CPU"), "{err}");
+        fails(&run("ember", &[&"bench", &m, &"--device", &"cuda"]), "no CUDA device", None);
+        fails(
+            &run("ember", &[&"serve", &m, &"--device", &"cuda", &"--port", &"0"]),
+            "no CUDA device",
+            None,
+        );
+    } else {
+        // With a GPU the same commands run there and match the CPU.
+        let text = ok(&dev("cuda"));
+        assert!(text.contains("on cuda:0"), "{text}");
+        let gpu = ember_quantize::npz::read_npz(&outputs).unwrap();
+        ok(&dev("cpu"));
+        let cpu = ember_quantize::npz::read_npz(&outputs).unwrap();
+        let (g, c) = (gpu["probs"].to_f32_vec(), cpu["probs"].to_f32_vec());
+        assert!(g.iter().zip(&c).all(|(a, b)| (a - b).abs() < 1e-3));
+    }
+}

@@ -16,6 +16,7 @@
 pub mod aarch64;
 #[allow(dead_code)]
 mod check;
+pub mod cuda;
 pub mod generic;
 pub mod pack;
 mod set;

@@ -155,10 +155,8 @@ pub fn run_batched_on<B: AsRef<[u8]>>(
     n: usize,
     pool: Option<std::sync::Arc<ember_runtime::Pool>>,
 ) -> Result<BTreeMap<String, HostTensor>> {
-    let sizes = model.batch_sizes();
     let mut sessions: HashMap<usize, Session<B>> = HashMap::new();
-    let mut parts: Vec<Vec<HostTensor>> = vec![vec![]; model.outputs.len()];
-    for (start, real, b) in schedule(n, &sizes) {
+    run_batched_by(model, inputs, n, &mut |b, refs, out| {
         let s = match sessions.entry(b) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -169,17 +167,43 @@ pub fn run_batched_on<B: AsRef<[u8]>>(
                 e.insert(s)
             }
         };
+        s.run(refs)?;
+        for i in 0..model.outputs.len() {
+            out(i, s.output(i))?;
+        }
+        Ok(())
+    })
+}
+
+/// Receives output `i` of one run (its bytes).
+pub type OutputSink<'a> = dyn FnMut(usize, &[u8]) -> Result<()> + 'a;
+
+/// Runs one padded chunk on the plan of `batch`, passing each output's bytes to the sink.
+pub type BatchRun<'a> = dyn FnMut(usize, &[&[u8]], &mut OutputSink) -> Result<()> + 'a;
+
+/// The batching of [`run_batched_on`] over any backend: `run(batch, inputs, sink)` runs one
+/// padded chunk on the plan of `batch` and passes each output's bytes to `sink`.
+pub fn run_batched_by<B: AsRef<[u8]>>(
+    model: &Model<B>,
+    inputs: &HashMap<String, HostTensor>,
+    n: usize,
+    run: &mut BatchRun,
+) -> Result<BTreeMap<String, HostTensor>> {
+    let sizes = model.batch_sizes();
+    let mut parts: Vec<Vec<HostTensor>> = vec![vec![]; model.outputs.len()];
+    for (start, real, b) in schedule(n, &sizes) {
         let chunk = padded_chunk(inputs, start, real, b);
         let bufs: Vec<Vec<u8>> =
             model.inputs.iter().map(|sig| chunk[&sig.name].to_le_bytes()).collect();
         let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
-        s.run(&refs)?;
-        for (i, sig) in model.outputs.iter().enumerate() {
+        run(b, &refs, &mut |i, bytes| {
+            let sig = &model.outputs[i];
             let mut shape = vec![b];
             shape.extend_from_slice(&sig.dims);
-            let t = HostTensor::from_le_bytes(sig.dtype, shape, s.output(i))?;
+            let t = HostTensor::from_le_bytes(sig.dtype, shape, bytes)?;
             parts[i].push(t.slice_rows(0, real));
-        }
+            Ok(())
+        })?;
     }
     Ok(model
         .outputs

@@ -59,6 +59,11 @@ pub struct Options {
     /// Tensors stored in the file as they are (role plain) without being used by any plan,
     /// e.g. the raw ids behind the rows of a fine-tuned model's tables.
     pub extra_tensors: Vec<(String, HostTensor)>,
+    /// CUDA architectures (SM, e.g. 87) to embed PTX for (`--board` with a GPU, `--cuda-arch`),
+    /// compiled with NVRTC when it is present on this host.
+    pub cuda_archs: Vec<u32>,
+    /// The board packed for (stored in the metadata).
+    pub board: Option<String>,
 }
 
 impl Default for Options {
@@ -75,6 +80,8 @@ impl Default for Options {
             group: 32,
             embedding_bits: None,
             extra_tensors: Vec::new(),
+            cuda_archs: Vec::new(),
+            board: None,
         }
     }
 }
@@ -237,7 +244,9 @@ pub fn quantize(
         per_batch.push((*b, shapes, gb));
     }
     let choices = std::cell::RefCell::new(HashMap::new());
+    let (ptx, cuda_notes) = cuda_ptx(&opts.cuda_archs, progress);
     let ctx = BuildCtx {
+        ptx: &ptx,
         specs: &specs,
         out_specs: &out_specs,
         per_batch: &per_batch,
@@ -329,6 +338,7 @@ pub fn quantize(
         max_cos_drop: opts.max_cos_drop,
         cos_drop,
         fell_back: fell_back.into_iter().map(|(c, ..)| c).collect(),
+        cuda: cuda_notes,
     };
     Ok((bytes, rep))
 }
@@ -343,6 +353,8 @@ struct BuildCtx<'a> {
     choices: &'a std::cell::RefCell<HashMap<String, quant::LinearChoice>>,
     onnx_bytes: &'a [u8],
     n: usize,
+    /// PTX to embed, per SM.
+    ptx: &'a [(u32, String)],
 }
 
 /// One lowered `.ember` file with its report parts.
@@ -414,6 +426,21 @@ fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
             ember_runtime::format::REF_NONE,
             &t.to_le_bytes(),
         );
+    }
+    for (sm, text) in ctx.opts.cuda_archs.iter().filter_map(|a| ctx.ptx.iter().find(|p| p.0 == *a))
+    {
+        let name = format!("{}{sm}", ember_runtime::cuda::PTX_TENSOR_PREFIX);
+        let (role, none) =
+            (ember_runtime::format::TensorRole::Plain, ember_runtime::format::REF_NONE);
+        let dims = [text.len() as u32];
+        lw.writer.tensor(&name, ember_runtime::DType::U8, &dims, role, none, text.as_bytes());
+    }
+    if !ctx.ptx.is_empty() {
+        let hash = format!("{:016x}", ember_kernels::cuda::source_hash());
+        lw.writer.meta(ember_runtime::cuda::PTX_META_KEY, &hash);
+    }
+    if let Some(b) = &ctx.opts.board {
+        lw.writer.meta("board", b);
     }
     lw.writer.meta("source", &opts.source_name);
     lw.writer.meta("source_crc32", &format!("{:08x}", crc32fast::hash(ctx.onnx_bytes)));
@@ -540,4 +567,26 @@ fn measure<B: AsRef<[u8]>>(
             )
         })
         .collect())
+}
+
+/// PTX for each requested SM, compiled once per quantization (NVRTC), and one note per SM for
+/// the report: embedded, or why not (the device then compiles the kernels at first load).
+fn cuda_ptx(
+    archs: &[u32],
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> (Vec<(u32, String)>, Vec<String>) {
+    let (mut ptx, mut notes) = (vec![], vec![]);
+    for (i, sm) in archs.iter().enumerate() {
+        progress("cuda ptx", i, archs.len());
+        match ember_runtime::cuda::compile_ptx(*sm) {
+            Ok(text) => {
+                notes.push(format!("sm_{sm}: {} bytes of PTX embedded", text.len()));
+                ptx.push((*sm, text));
+            }
+            Err(e) => notes.push(format!(
+                "sm_{sm}: no PTX embedded ({e}); the device compiles the kernels at first load"
+            )),
+        }
+    }
+    (ptx, notes)
 }

@@ -216,6 +216,8 @@ pub struct Report {
     pub cos_drop: Option<f64>,
     /// Layers kept in float to meet the budget, most sensitive first.
     pub fell_back: Vec<String>,
+    /// CUDA kernels: per requested SM, whether PTX was embedded (or why not).
+    pub cuda: Vec<String>,
 }
 
 impl Report {
@@ -255,6 +257,9 @@ impl Report {
                     self.fell_back.join(", ")
                 }
             ));
+        }
+        for c in &self.cuda {
+            s.push_str(&format!("cuda {c}\n"));
         }
         for o in &self.outputs {
             s.push_str(&format!(

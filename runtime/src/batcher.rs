@@ -46,6 +46,8 @@ pub struct BatcherConfig {
     pub sizes: Vec<usize>,
     /// Threads for each run's ops (0: one per core).
     pub threads: usize,
+    /// Run on this CUDA GPU (ordinal) instead of the CPU (feature `cuda`).
+    pub device: Option<usize>,
 }
 
 impl Default for BatcherConfig {
@@ -56,6 +58,7 @@ impl Default for BatcherConfig {
             policy: Policy::Split,
             sizes: vec![],
             threads: 0,
+            device: None,
         }
     }
 }
@@ -565,8 +568,35 @@ fn finish(sh: &Shared, id: u32, mut d: MutexGuard<'_, SlotData>, error: Option<E
 /// Most inputs a run passes without allocating its list of input slices.
 const MAX_INPUTS: usize = 16;
 
+/// A plan on the CPU or on a GPU.
+enum Engine<'m, B: AsRef<[u8]>> {
+    Cpu(Session<'m, B>),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaSession<'m, B>),
+}
+
+impl<B: AsRef<[u8]>> Engine<'_, B> {
+    fn run(&mut self, inputs: &[&[u8]]) -> Result<(), Error> {
+        match self {
+            Engine::Cpu(s) => s.run(inputs),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(s) => s.run(inputs).map_err(|e| match e {
+                crate::cuda::CudaError::Run(e) => e,
+                other => Error::Device(other.to_string()),
+            }),
+        }
+    }
+    fn output(&self, i: usize) -> &[u8] {
+        match self {
+            Engine::Cpu(s) => s.output(i),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(s) => s.output(i),
+        }
+    }
+}
+
 struct Runner<'m, B: AsRef<[u8]>> {
-    sessions: Vec<Session<'m, B>>,
+    sessions: Vec<Engine<'m, B>>,
     /// Per size, per input: the batch's input bytes.
     bufs: Vec<Vec<Vec<u8>>>,
     sizes: Vec<usize>,
@@ -648,10 +678,27 @@ fn worker<B: AsRef<[u8]>>(
 ) {
     let start = || -> Result<(Runner<'_, B>, Vec<Duration>), BatchError> {
         let mut runner = Runner { sessions: vec![], bufs: vec![], sizes: sizes.to_vec() };
+        #[cfg(feature = "cuda")]
+        let gpu = match cfg.device {
+            Some(n) => Some(crate::cuda::probe(n).map_err(|e| BatchError::Config(e.to_string()))?),
+            None => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        if cfg.device.is_some() {
+            return Err(BatchError::Config("built without the cuda feature".into()));
+        }
         for &s in sizes {
+            #[cfg(feature = "cuda")]
+            if let Some(info) = &gpu {
+                let sess = crate::cuda::CudaSession::new(model, s, info.clone(), None)
+                    .map_err(|e| BatchError::Config(e.to_string()))?;
+                runner.sessions.push(Engine::Cuda(sess));
+                runner.bufs.push(sh.in_lens.iter().map(|n| vec![0u8; n * s]).collect());
+                continue;
+            }
             let mut sess = Session::new(model, s).map_err(|e| BatchError::Config(e.to_string()))?;
             sess.set_pool(pool.clone()).map_err(|e| BatchError::Config(e.to_string()))?;
-            runner.sessions.push(sess);
+            runner.sessions.push(Engine::Cpu(sess));
             runner.bufs.push(sh.in_lens.iter().map(|n| vec![0u8; n * s]).collect());
         }
         let mut costs = vec![];

@@ -29,6 +29,8 @@ pub enum Error {
     OutOfMemory { bytes: u64 },
     /// I/O error while loading (std only), with the path.
     Io(String),
+    /// A GPU backend failed (driver call, kernel load), with its message.
+    Device(String),
 }
 
 impl fmt::Display for Error {
@@ -60,6 +62,7 @@ impl fmt::Display for Error {
             Error::Misaligned { what } => write!(f, "{what} is not aligned for its dtype"),
             Error::OutOfMemory { bytes } => write!(f, "could not allocate {bytes} bytes"),
             Error::Io(m) => write!(f, "{m}"),
+            Error::Device(m) => write!(f, "{m}"),
         }
     }
 }

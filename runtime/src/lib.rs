@@ -12,6 +12,8 @@ extern crate alloc;
 
 #[cfg(feature = "std")]
 pub mod batcher;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 #[cfg(feature = "finetune")]
 pub mod finetune;

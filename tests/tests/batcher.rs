@@ -50,6 +50,7 @@ fn cfg(policy: Policy, max_wait_us: u64, queue: usize) -> BatcherConfig {
         policy,
         sizes: vec![],
         threads: 1,
+        device: None,
     }
 }
 

@@ -86,6 +86,7 @@ fn batcher_requests_do_not_allocate() {
             policy,
             sizes: vec![],
             threads: 2,
+            device: None,
         };
         let b = ember_runtime::Batcher::new(model.clone(), cfg).unwrap();
         let start = std::sync::Barrier::new(4);

@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use clap::Parser;
 use ember_quantize::exec;
+use ember_runtime::cuda::CudaSession;
 use ember_runtime::{DType, OpCode, Pool, Session};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -38,6 +39,9 @@ pub struct Args {
     /// How much of the file to check when opening it (part of `open_ms`).
     #[arg(long, value_enum, default_value_t = super::VerifyArg::Full)]
     pub verify: super::VerifyArg,
+    /// Where to run: cpu, cuda[:N], or auto (the GPU when there is one, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print the results as JSON (keys p50_ms, p99_ms, samples_per_s, ...).
     #[arg(long)]
     pub json: bool,
@@ -102,6 +106,12 @@ pub fn run(a: Args) -> Result<()> {
             a.model.display(),
             model.batch_sizes()
         );
+    }
+    if let Some(info) = super::device(&a.device)? {
+        if a.profile {
+            bail!("--profile times CPU ops; on CUDA profile with Nsight Systems (nsys)");
+        }
+        return bench_cuda(&a, &model, batch, info, t_open, load_ms);
     }
     let threads = a.threads.unwrap_or(0);
     let pool = Arc::new(Pool::new(threads)?);
@@ -210,5 +220,79 @@ pub fn run(a: Args) -> Result<()> {
             println!("    #{i:<4} {kind:<14} {ms:>8.3} ms  {name}");
         }
     }
+    Ok(())
+}
+
+/// `ember bench --device cuda`: the same figures for a [`CudaSession`] (the open time includes
+/// loading the PTX and placing the weights; each run copies inputs in and outputs out).
+fn bench_cuda(
+    a: &Args,
+    model: &ember_runtime::Model<ember_runtime::FileBytes>,
+    batch: usize,
+    info: ember_runtime::cuda::DeviceInfo,
+    t_open: Instant,
+    load_ms: f64,
+) -> Result<()> {
+    let gpu = super::gpu_line(&info);
+    let mut s = CudaSession::new(model, batch, info, Some(&a.model))?;
+    let open_ms = t_open.elapsed().as_secs_f64() * 1e3;
+    for note in s.notes() {
+        eprintln!("ember: {note}");
+    }
+    let bufs = inputs(model, batch, a.input.as_ref())?;
+    let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
+    let t_first = Instant::now();
+    s.run(&refs)?;
+    let first_ms = t_first.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..a.warmup {
+        s.run(&refs)?;
+    }
+    let mut times = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters {
+        let st = Instant::now();
+        s.run(&refs)?;
+        times.push(st.elapsed().as_secs_f64() * 1e3);
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    let (launches, graph) = s.launches();
+    let out = json!({
+        "model": a.model,
+        "batch": batch,
+        "device": gpu,
+        "ptx": format!("{:?}", s.ptx_source()),
+        "weights": format!("{:?}", s.weights_mode()),
+        "launches_per_run": launches,
+        "cuda_graph": graph,
+        "iters": a.iters,
+        "open_ms": open_ms,
+        "load_ms": load_ms,
+        "first_run_ms": first_ms,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "mean_ms": mean,
+        "min_ms": times[0],
+        "samples_per_s": batch as f64 / (p50 * 1e-3),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{}: batch {batch} on {gpu}", a.model.display());
+    println!(
+        "  PTX {:?}, weights {:?}, {launches} launches per run{}",
+        s.ptx_source(),
+        s.weights_mode(),
+        if graph { " in one CUDA graph" } else { "" }
+    );
+    println!(
+        "  open {open_ms:.2} ms (load and verify {load_ms:.2} ms), first run {first_ms:.2} ms"
+    );
+    println!(
+        "  latency p50 {p50:.3} ms, p99 {p99:.3} ms, mean {mean:.3} ms over {} runs; {:.1} samples/s",
+        a.iters,
+        batch as f64 / (p50 * 1e-3)
+    );
     Ok(())
 }

@@ -46,6 +46,26 @@ pub fn load_with(
     ember_runtime::load_file_with(path, v).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// Resolves `--device cpu|cuda[:N]|auto`: the GPU to use, or `None` for the CPU. `cuda` without
+/// a usable GPU is an error ("no CUDA device: ..."); `auto` then falls back to the CPU and says
+/// so on stderr.
+pub fn device(arg: &str) -> Result<Option<ember_runtime::cuda::DeviceInfo>> {
+    use ember_runtime::cuda;
+    let choice = cuda::DeviceChoice::parse(arg).map_err(anyhow::Error::msg)?;
+    let mut fallback = None;
+    let found = cuda::select(choice, &mut fallback)?;
+    if let Some(why) = fallback {
+        eprintln!("ember: --device auto: {why}");
+    }
+    Ok(found)
+}
+
+/// One line naming the GPU a command runs on.
+pub fn gpu_line(d: &ember_runtime::cuda::DeviceInfo) -> String {
+    let kind = if d.integrated { "integrated" } else { "discrete" };
+    format!("cuda:{} {} (sm_{}, {kind}, {} MiB)", d.ordinal, d.name, d.sm, d.total_mem >> 20)
+}
+
 /// Reads an `.npz`, naming it in errors.
 pub fn read_npz(path: &Path) -> Result<ember_quantize::npz::Arrays> {
     if !path.exists() {

@@ -82,6 +82,13 @@ pub struct Args {
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Target board (see boards/profiles/boards.toml): its default batch sizes when --batch is
+    /// not given, and PTX for its GPU (e.g. jetson-orin-nano -> sm_87) when it has one.
+    #[arg(long)]
+    pub board: Option<String>,
+    /// Also embed PTX for this CUDA architecture (sm_72, sm_87, ...; repeatable).
+    #[arg(long = "cuda-arch", value_name = "sm_XX")]
+    pub cuda_arch: Vec<String>,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -110,11 +117,35 @@ pub fn run(a: Args) -> Result<()> {
     if a.max_cos_drop.is_some_and(|d| !(0.0..=1.0).contains(&d)) {
         bail!("--max-cos-drop must be between 0 and 1");
     }
+    let board =
+        a.board.as_deref().map(ember_boards::find).transpose().map_err(anyhow::Error::msg)?;
+    let mut cuda_archs = Vec::new();
+    for s in &a.cuda_arch {
+        let sm = s.strip_prefix("sm_").unwrap_or(s).parse::<u32>().ok();
+        match sm.filter(|v| ember_kernels::cuda::ARCHS.contains(v)) {
+            Some(v) => cuda_archs.push(v),
+            None => bail!(
+                "--cuda-arch {s}: unsupported (supported: {})",
+                ember_kernels::cuda::ARCHS.map(|a| format!("sm_{a}")).join(", ")
+            ),
+        }
+    }
+    if let Some(sm) = board.as_ref().and_then(|b| b.cuda_sm) {
+        cuda_archs.insert(0, sm);
+    }
+    cuda_archs.dedup();
+    let batches = match (&board, a.batch.is_empty()) {
+        (Some(b), true) => b.default_batches.iter().map(|v| *v as usize).collect(),
+        (_, true) => vec![1],
+        _ => a.batch.clone(),
+    };
     let onnx = super::read(&a.model)?;
     let calib = super::read_npz(&a.calib)?;
     let opts = Options {
         bits: a.bits,
-        batches: if a.batch.is_empty() { vec![1] } else { a.batch.clone() },
+        batches,
+        cuda_archs,
+        board: board.map(|b| b.name),
         shapes: parse_shapes(&a.shape)?,
         method: match a.method {
             MethodArg::Minmax => Method::MinMax,

@@ -1,8 +1,10 @@
-//! `ember run MODEL.ember --input IN.npz --output OUT.npz`
+//! `ember run MODEL.ember --input IN.npz --output OUT.npz [--device cpu|cuda[:N]|auto]`
 
 use anyhow::Result;
 use clap::Parser;
 use ember_quantize::{exec, npz};
+use ember_runtime::cuda::{CudaError, CudaSession};
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::PathBuf;
 
 /// Run a model on every sample of an `.npz`, in the compiled batch sizes.
@@ -18,9 +20,20 @@ pub struct Args {
     /// Threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to run: cpu, cuda[:N], or auto (the GPU when there is one, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A CUDA backend error as the batching helper's error (the message is kept whole).
+pub fn cuda_err(e: CudaError) -> ember_quantize::Error {
+    match e {
+        CudaError::Run(e) => e.into(),
+        other => ember_quantize::Error::Io(other.to_string()),
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -31,21 +44,48 @@ pub fn run(a: Args) -> Result<()> {
         &arrays,
         &format!("{}", a.input.display()),
     )?;
+    let gpu = super::device(&a.device)?;
     let t0 = std::time::Instant::now();
-    let pool = std::sync::Arc::new(ember_runtime::Pool::new(a.threads.unwrap_or(0))?);
-    let outs = exec::run_batched_on(&model, &inputs, n, Some(pool))?;
+    let outs = match &gpu {
+        None => {
+            let pool = std::sync::Arc::new(ember_runtime::Pool::new(a.threads.unwrap_or(0))?);
+            exec::run_batched_on(&model, &inputs, n, Some(pool))?
+        }
+        Some(info) => {
+            let mut sessions: HashMap<usize, CudaSession<_>> = HashMap::new();
+            exec::run_batched_by(&model, &inputs, n, &mut |b, refs, out| {
+                let s = match sessions.entry(b) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        let s = CudaSession::new(&model, b, info.clone(), Some(&a.model))
+                            .map_err(cuda_err)?;
+                        for note in s.notes() {
+                            eprintln!("ember: {note}");
+                        }
+                        e.insert(s)
+                    }
+                };
+                s.run(refs).map_err(cuda_err)?;
+                for i in 0..model.outputs.len() {
+                    out(i, s.output(i))?;
+                }
+                Ok(())
+            })?
+        }
+    };
     let secs = t0.elapsed().as_secs_f64();
     npz::write_npz(&a.output, &outs)?;
+    let device = gpu.as_ref().map(super::gpu_line).unwrap_or_else(|| "cpu".into());
     if a.json {
         let shapes: serde_json::Map<String, serde_json::Value> =
             outs.iter().map(|(k, v)| (k.clone(), serde_json::json!(v.shape))).collect();
         println!(
             "{}",
-            serde_json::json!({"samples": n, "seconds": secs, "outputs": shapes, "output_file": a.output})
+            serde_json::json!({"samples": n, "seconds": secs, "device": device, "outputs": shapes, "output_file": a.output})
         );
     } else {
         println!(
-            "ran {n} samples in {:.1} ms (batch sizes {:?}); wrote {}",
+            "ran {n} samples in {:.1} ms on {device} (batch sizes {:?}); wrote {}",
             secs * 1e3,
             model.batch_sizes(),
             a.output.display()

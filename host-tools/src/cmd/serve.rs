@@ -54,6 +54,9 @@ pub struct BatchingArgs {
     /// Threads for each batch's ops (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where batches run: cpu, cuda[:N], or auto (the GPU when there is one, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -73,6 +76,7 @@ impl BatchingArgs {
             },
             sizes: self.batch_sizes.clone(),
             threads: self.threads.unwrap_or(0),
+            device: None,
         }
     }
 }
@@ -101,7 +105,10 @@ pub fn run(a: Args) -> Result<()> {
     if name.is_empty() || name.contains('/') {
         anyhow::bail!("invalid model name '{name}' (non-empty, no '/')");
     }
-    let server = model_server(&a.model, &name, a.batching.config(), a.verify)?;
+    let mut cfg = a.batching.config();
+    let gpu = super::device(&a.batching.device)?;
+    cfg.device = gpu.as_ref().map(|d| d.ordinal);
+    let server = model_server(&a.model, &name, cfg, a.verify)?;
     let b = server.batcher();
     let costs: Vec<String> = b
         .sizes()
@@ -112,8 +119,9 @@ pub fn run(a: Args) -> Result<()> {
     let addr = format!("{}:{}", a.host, a.port);
     let mut running = Running::start(server, &addr, a.max_connections)
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let on = gpu.as_ref().map(super::gpu_line).unwrap_or_else(|| "cpu".into());
     println!(
-        "serving '{name}' from {} on http://{} (batch sizes {:?}, policy {:?}, max wait {} us, queue {}; one batch: {})",
+        "serving '{name}' from {} on http://{} ({on}; batch sizes {:?}, policy {:?}, max wait {} us, queue {}; one batch: {})",
         a.model.display(),
         running.addr,
         running.model.batcher().sizes(),
