@@ -20,6 +20,18 @@ extern "C" __global__ void ember_gather(Args A) {
     }
 }
 
+// Row of output element e of a row gather (p[3] indices, p[5] error word; i[0] rows, i[1] d,
+// i[3] idx64, i[4] op), or -1 after recording an out-of-range index.
+__device__ __forceinline__ i64 ember_gather_row(const Args& A, u64 e) {
+    i64 rows = A.i[0];
+    i64 v = ember_index((const u8*)A.p[3], (int)A.i[3], e / A.i[1]), r = v < 0 ? v + rows : v;
+    if (r < 0 || r >= rows) {
+        ember_index_error((int*)A.p[5], (int)A.i[4], v);
+        return -1;
+    }
+    return r;
+}
+
 // q·scale[r] + bias[r] per row (f16 side data). p: [table i8, scale f16, bias f16, idx, out,
 // err]; i: [rows, d, n_idx, idx64, op]. Thread per output element.
 extern "C" __global__ void ember_gather_rows_i8(Args A) {
@@ -27,11 +39,10 @@ extern "C" __global__ void ember_gather_rows_i8(Args A) {
     const u16* sc = (const u16*)A.p[1];
     const u16* bi = (const u16*)A.p[2];
     float* o = (float*)A.p[4];
-    i64 rows = A.i[0], d = A.i[1];
+    i64 d = A.i[1];
     for (u64 e = ember_tid(); e < (u64)(A.i[2] * d); e += ember_threads()) {
-        i64 v = ember_index((const u8*)A.p[3], (int)A.i[3], e / d), r = v < 0 ? v + rows : v;
-        if (r < 0 || r >= rows) {
-            ember_index_error((int*)A.p[5], (int)A.i[4], v);
+        i64 r = ember_gather_row(A, e);
+        if (r < 0) {
             o[e] = 0.0f;
             continue;
         }
@@ -47,11 +58,10 @@ extern "C" __global__ void ember_gather_rows_i4(Args A) {
     const u16* sc = (const u16*)A.p[1];
     const u16* bi = (const u16*)A.p[2];
     float* o = (float*)A.p[4];
-    i64 rows = A.i[0], d = A.i[1], g = A.i[5];
+    i64 d = A.i[1], g = A.i[5];
     for (u64 e = ember_tid(); e < (u64)(A.i[2] * d); e += ember_threads()) {
-        i64 v = ember_index((const u8*)A.p[3], (int)A.i[3], e / d), r = v < 0 ? v + rows : v;
-        if (r < 0 || r >= rows) {
-            ember_index_error((int*)A.p[5], (int)A.i[4], v);
+        i64 r = ember_gather_row(A, e);
+        if (r < 0) {
             o[e] = 0.0f;
             continue;
         }

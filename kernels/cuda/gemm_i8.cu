@@ -60,6 +60,33 @@ extern "C" __global__ void ember_pack_b_i8(Args A) {
     }
 }
 
+// The operands of one head of an INT8 product (Args of ember_linear_i8_dp4a).
+struct I8Gemm {
+    const s8* q;
+    const int* w;
+    const int* wsum;
+    float* out;
+    int m, k, n, lda, zp, act, uniform, quads;
+};
+
+__device__ __forceinline__ I8Gemm ember_i8_gemm(const Args& A) {
+    i64 head = blockIdx.z;
+    I8Gemm g;
+    g.q = (const s8*)A.p[0] + head * A.i[7];
+    g.w = (const int*)((const s8*)A.p[1] + head * A.i[8]);
+    g.wsum = (const int*)A.p[2] + head * A.i[9];
+    g.out = (float*)A.p[5] + head * A.i[10];
+    g.m = (int)A.i[0];
+    g.k = (int)A.i[1];
+    g.n = (int)A.i[2];
+    g.lda = (int)A.i[3];
+    g.zp = (int)A.i[4];
+    g.act = (int)A.i[5];
+    g.uniform = (int)A.i[6];
+    g.quads = (g.k + 3) / 4;
+    return g;
+}
+
 // Shared epilogue of the INT8 kernels: uniform = 1 uses one scale f[0] and no bias (MatMulI8).
 __device__ __forceinline__ float ember_i8_epilogue(int acc, int zp, int wsum, const float* scale,
                                                    const float* bias, int j, int uniform,
@@ -76,14 +103,13 @@ __device__ __forceinline__ float ember_i8_epilogue(int acc, int zp, int wsum, co
 // i: [m, k, n, lda, zp, act, uniform, q/w/w_sum/out head strides (bytes, bytes, elems, elems)];
 // f: [uniform scale].
 extern "C" __global__ void ember_linear_i8_dp4a(Args A) {
-    i64 head = blockIdx.z;
-    const s8* q = (const s8*)A.p[0] + head * A.i[7];
-    const int* w = (const int*)((const s8*)A.p[1] + head * A.i[8]);
-    const int* wsum = (const int*)A.p[2] + head * A.i[9];
-    float* out = (float*)A.p[5] + head * A.i[10];
-    int m = (int)A.i[0], k = (int)A.i[1], n = (int)A.i[2], lda = (int)A.i[3];
-    int zp = (int)A.i[4], act = (int)A.i[5], uniform = (int)A.i[6];
-    int k4 = (k + 3) / 4 * 4, quads = k4 / 4;
+    I8Gemm op = ember_i8_gemm(A);
+    const s8* q = op.q;
+    const int* w = op.w;
+    const int* wsum = op.wsum;
+    float* out = op.out;
+    int m = op.m, n = op.n, lda = op.lda, zp = op.zp, act = op.act, uniform = op.uniform;
+    int quads = op.quads, k4 = 4 * quads;
     int c = threadIdx.x, j = blockIdx.x * 16 + c;
     const int* wp = w + (i64)blockIdx.x * 4 * k4 + c;
     int r0 = blockIdx.y * 64 + threadIdx.y;
@@ -114,14 +140,13 @@ extern "C" __global__ void ember_linear_i8_dp4a(Args A) {
 // Same Args as ember_linear_i8_dp4a.
 extern "C" __global__ void ember_linear_i8_mma(Args A) {
 #if __CUDA_ARCH__ >= 720
-    i64 head = blockIdx.z;
-    const s8* q = (const s8*)A.p[0] + head * A.i[7];
-    const int* w = (const int*)((const s8*)A.p[1] + head * A.i[8]);
-    const int* wsum = (const int*)A.p[2] + head * A.i[9];
-    float* out = (float*)A.p[5] + head * A.i[10];
-    int m = (int)A.i[0], k = (int)A.i[1], n = (int)A.i[2], lda = (int)A.i[3];
-    int zp = (int)A.i[4], act = (int)A.i[5], uniform = (int)A.i[6];
-    int k4 = (k + 3) / 4 * 4, quads = k4 / 4;
+    I8Gemm op = ember_i8_gemm(A);
+    const s8* q = op.q;
+    const int* w = op.w;
+    const int* wsum = op.wsum;
+    float* out = op.out;
+    int m = op.m, n = op.n, lda = op.lda, zp = op.zp, act = op.act, uniform = op.uniform;
+    int quads = op.quads, k4 = 4 * quads;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int row0 = blockIdx.y * 32 + warp * 8;
     int ra = row0 + g;

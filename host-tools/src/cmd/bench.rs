@@ -51,6 +51,32 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The figures every bench reports, from the per-run times (sorted here): the JSON object with
+/// the batch, open/load/first-run times, percentiles and throughput, and (p50, p99, mean).
+fn timings(
+    times: &mut [f64],
+    batch: usize,
+    open_ms: f64,
+    load_ms: f64,
+    first_ms: f64,
+) -> (serde_json::Value, f64, f64, f64) {
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(times, 0.5), percentile(times, 0.99));
+    let out = json!({
+        "batch": batch,
+        "open_ms": open_ms,
+        "load_ms": load_ms,
+        "first_run_ms": first_ms,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "mean_ms": mean,
+        "min_ms": times[0],
+        "samples_per_s": batch as f64 / (p50 * 1e-3),
+    });
+    (out, p50, p99, mean)
+}
+
 /// One batch of input bytes per model input.
 fn inputs(
     model: &ember_runtime::Model<ember_runtime::FileBytes>,
@@ -143,26 +169,13 @@ pub fn run(a: Args) -> Result<()> {
         }
         times.push(st.elapsed().as_secs_f64() * 1e3);
     }
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    times.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
     let k = s.kernels();
-    let mut out = json!({
-        "model": a.model,
-        "batch": batch,
-        "threads": s.threads(),
-        "iters": a.iters,
-        "kernels": {"i8_gemm": k.i8_gemm_name, "quantize_u8": k.quantize_u8_name, "f32_gemm": k.f32_gemm_name},
-        "verify": format!("{:?}", a.verify).to_lowercase(),
-        "open_ms": open_ms,
-        "load_ms": load_ms,
-        "first_run_ms": first_ms,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "mean_ms": mean,
-        "min_ms": times[0],
-        "samples_per_s": batch as f64 / (p50 * 1e-3),
-    });
+    let (mut out, p50, p99, mean) = timings(&mut times, batch, open_ms, load_ms, first_ms);
+    out["model"] = json!(a.model);
+    out["threads"] = json!(s.threads());
+    out["iters"] = json!(a.iters);
+    out["kernels"] = json!({"i8_gemm": k.i8_gemm_name, "quantize_u8": k.quantize_u8_name, "f32_gemm": k.f32_gemm_name});
+    out["verify"] = json!(format!("{:?}", a.verify).to_lowercase());
     let mut by_kind: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     let mut ops = Vec::new();
     if a.profile {
@@ -253,28 +266,15 @@ fn bench_cuda(
         s.run(&refs)?;
         times.push(st.elapsed().as_secs_f64() * 1e3);
     }
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    times.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
     let (launches, graph) = s.launches();
-    let out = json!({
-        "model": a.model,
-        "batch": batch,
-        "device": gpu,
-        "ptx": format!("{:?}", s.ptx_source()),
-        "weights": format!("{:?}", s.weights_mode()),
-        "launches_per_run": launches,
-        "cuda_graph": graph,
-        "iters": a.iters,
-        "open_ms": open_ms,
-        "load_ms": load_ms,
-        "first_run_ms": first_ms,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "mean_ms": mean,
-        "min_ms": times[0],
-        "samples_per_s": batch as f64 / (p50 * 1e-3),
-    });
+    let (mut out, p50, p99, mean) = timings(&mut times, batch, open_ms, load_ms, first_ms);
+    out["model"] = json!(a.model);
+    out["device"] = json!(gpu);
+    out["ptx"] = json!(format!("{:?}", s.ptx_source()));
+    out["weights"] = json!(format!("{:?}", s.weights_mode()));
+    out["launches_per_run"] = json!(launches);
+    out["cuda_graph"] = json!(graph);
+    out["iters"] = json!(a.iters);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());

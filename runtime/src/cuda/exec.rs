@@ -614,42 +614,19 @@ fn plan_op<B: AsRef<[u8]>>(
             ]);
             v.push(grid_stride("ember_gather", outer * n_idx * inner_bytes, a));
         }
-        Op::GatherRowsI8 { table, scale, bias, idx, idx64, rows, d, n_idx } => {
-            a.p[..6].copy_from_slice(&[
-                addr(*table),
-                addr(*scale),
-                addr(*bias),
-                addr(*idx),
-                o,
-                b.err,
-            ]);
-            a.i[..5].copy_from_slice(&[
-                *rows as i64,
-                *d as i64,
-                *n_idx as i64,
-                *idx64 as i64,
-                index as i64,
-            ]);
-            v.push(grid_stride("ember_gather_rows_i8", n_idx * d, a));
-        }
-        Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx } => {
-            a.p[..6].copy_from_slice(&[
-                addr(*table),
-                addr(*scale),
-                addr(*bias),
-                addr(*idx),
-                o,
-                b.err,
-            ]);
-            a.i[..6].copy_from_slice(&[
-                *rows as i64,
-                *d as i64,
-                *n_idx as i64,
-                *idx64 as i64,
-                index as i64,
-                *group as i64,
-            ]);
-            v.push(grid_stride("ember_gather_rows_i4", n_idx * d, a));
+        Op::GatherRowsI8 { table, scale, bias, idx, idx64, rows, d, n_idx }
+        | Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, n_idx, .. } => {
+            let (k, group) = match op {
+                Op::GatherRowsI4 { group, .. } => ("ember_gather_rows_i4", *group),
+                _ => ("ember_gather_rows_i8", 0),
+            };
+            let p = [addr(*table), addr(*scale), addr(*bias), addr(*idx), o, b.err];
+            a.p[..6].copy_from_slice(&p);
+            let i = [*rows, *d, *n_idx, *idx64 as usize, index, group];
+            for (dst, v) in a.i.iter_mut().zip(i) {
+                *dst = v as i64;
+            }
+            v.push(grid_stride(k, n_idx * d, a));
         }
         Op::Concat { inputs, n, outer, chunks } => {
             let total: usize = chunks[..*n].iter().sum();
