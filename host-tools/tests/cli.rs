@@ -98,6 +98,8 @@ fn quantize_run_inspect_compare() {
     assert!(ops.iter().any(|o| o["precision"] == "f32" && o["node"] == "sigmoid"));
     let text = ok(&run("ember", &[&"inspect", &ember]));
     assert!(text.contains("compute in float"), "{text}");
+    // Signature shapes read as one list with the batch axis first.
+    assert!(text.contains("[N, ") && !text.contains("[N, ["), "{text}");
 
     let cmp: serde_json::Value = serde_json::from_str(&ok(&run(
         "ember",

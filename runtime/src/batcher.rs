@@ -48,6 +48,8 @@ pub struct BatcherConfig {
     pub threads: usize,
     /// Run on this CUDA GPU (ordinal) instead of the CPU (feature `cuda`).
     pub device: Option<usize>,
+    /// The model's file, where the CUDA backend caches PTX it compiles (none: in memory only).
+    pub model_path: Option<std::path::PathBuf>,
 }
 
 impl Default for BatcherConfig {
@@ -59,6 +61,7 @@ impl Default for BatcherConfig {
             sizes: vec![],
             threads: 0,
             device: None,
+            model_path: None,
         }
     }
 }
@@ -690,7 +693,8 @@ fn worker<B: AsRef<[u8]>>(
         for &s in sizes {
             #[cfg(feature = "cuda")]
             if let Some(info) = &gpu {
-                let sess = crate::cuda::CudaSession::new(model, s, info.clone(), None)
+                let path = cfg.model_path.as_deref();
+                let sess = crate::cuda::CudaSession::new(model, s, info.clone(), path)
                     .map_err(|e| BatchError::Config(e.to_string()))?;
                 runner.sessions.push(Engine::Cuda(sess));
                 runner.bufs.push(sh.in_lens.iter().map(|n| vec![0u8; n * s]).collect());

@@ -51,6 +51,7 @@ fn cfg(policy: Policy, max_wait_us: u64, queue: usize) -> BatcherConfig {
         sizes: vec![],
         threads: 1,
         device: None,
+        model_path: None,
     }
 }
 

@@ -87,6 +87,7 @@ fn batcher_requests_do_not_allocate() {
             sizes: vec![],
             threads: 2,
             device: None,
+            model_path: None,
         };
         let b = ember_runtime::Batcher::new(model.clone(), cfg).unwrap();
         let start = std::sync::Barrier::new(4);

@@ -97,10 +97,10 @@ pub fn run(a: Args) -> Result<()> {
         println!("  {k}: {}", v.as_str().unwrap_or(""));
     }
     for s in &model.inputs {
-        println!("input  {:<20} {} [N, {:?}]", s.name, s.dtype.name(), s.dims);
+        println!("input  {:<20} {} {}", s.name, s.dtype.name(), batch_shape(&s.dims));
     }
     for s in &model.outputs {
-        println!("output {:<20} {} [N, {:?}]", s.name, s.dtype.name(), s.dims);
+        println!("output {:<20} {} {}", s.name, s.dtype.name(), batch_shape(&s.dims));
     }
     println!("\n{:<32} {:<6} {:<16} {:>10}  role", "tensor", "dtype", "shape", "bytes");
     for t in &model.tensors {
@@ -140,4 +140,14 @@ pub fn run(a: Args) -> Result<()> {
         println!("\n{float_ops} op(s) of the first plan compute in float (precision f32 above).");
     }
     Ok(())
+}
+
+/// A signature shape with its batch axis: `[N, 16, 4]`, or `[N]` for one value per sample.
+fn batch_shape(dims: &[usize]) -> String {
+    let mut s = String::from("[N");
+    for d in dims {
+        s.push_str(&format!(", {d}"));
+    }
+    s.push(']');
+    s
 }

@@ -316,6 +316,7 @@ pub fn run(a: Args) -> Result<()> {
             sizes,
             threads: a.threads.unwrap_or(0),
             device: None,
+            model_path: None,
         };
         let server = super::serve::model_server(path, &name, cfg, super::VerifyArg::Full)?;
         let running = Running::start(server, "127.0.0.1:0", a.connections + 16)?;

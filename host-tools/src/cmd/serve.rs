@@ -77,6 +77,7 @@ impl BatchingArgs {
             sizes: self.batch_sizes.clone(),
             threads: self.threads.unwrap_or(0),
             device: None,
+            model_path: None,
         }
     }
 }
@@ -108,6 +109,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut cfg = a.batching.config();
     let gpu = super::device(&a.batching.device)?;
     cfg.device = gpu.as_ref().map(|d| d.ordinal);
+    cfg.model_path = Some(a.model.clone());
     let server = model_server(&a.model, &name, cfg, a.verify)?;
     let b = server.batcher();
     let costs: Vec<String> = b
