@@ -103,33 +103,29 @@ __device__ __forceinline__ float ember_i8_epilogue(int acc, int zp, int wsum, co
 // i: [m, k, n, lda, zp, act, uniform, q/w/w_sum/out head strides (bytes, bytes, elems, elems)];
 // f: [uniform scale].
 extern "C" __global__ void ember_linear_i8_dp4a(Args A) {
-    I8Gemm op = ember_i8_gemm(A);
-    const s8* q = op.q;
-    const int* w = op.w;
-    const int* wsum = op.wsum;
-    float* out = op.out;
-    int m = op.m, n = op.n, lda = op.lda, zp = op.zp, act = op.act, uniform = op.uniform;
-    int quads = op.quads, k4 = 4 * quads;
+    const I8Gemm op = ember_i8_gemm(A);
+    int m = op.m, quads = op.quads;
     int c = threadIdx.x, j = blockIdx.x * 16 + c;
-    const int* wp = w + (i64)blockIdx.x * 4 * k4 + c;
+    const int* wp = op.w + (i64)blockIdx.x * 16 * quads + c;
     int r0 = blockIdx.y * 64 + threadIdx.y;
     const int* ar[4];
     int acc[4];
     for (int t = 0; t < 4; t++) {
         int r = r0 + 16 * t;
-        ar[t] = (const int*)(q + (i64)(r < m ? r : 0) * lda);
+        ar[t] = (const int*)(op.q + (i64)(r < m ? r : 0) * op.lda);
         acc[t] = 0;
     }
     for (int kq = 0; kq < quads; kq++) {
         int wv = wp[kq * 16];
         for (int t = 0; t < 4; t++) acc[t] = __dp4a(ar[t][kq], wv, acc[t]);
     }
-    if (j >= n) return;
+    if (j >= op.n) return;
     for (int t = 0; t < 4; t++) {
         int r = r0 + 16 * t;
         if (r < m)
-            out[(i64)r * n + j] = ember_i8_epilogue(acc[t], zp, wsum[j], (const float*)A.p[3],
-                                                    (const float*)A.p[4], j, uniform, A.f[0], act);
+            op.out[(i64)r * op.n + j] =
+                ember_i8_epilogue(acc[t], op.zp, op.wsum[j], (const float*)A.p[3],
+                                  (const float*)A.p[4], j, op.uniform, A.f[0], op.act);
     }
 }
 
@@ -140,18 +136,13 @@ extern "C" __global__ void ember_linear_i8_dp4a(Args A) {
 // Same Args as ember_linear_i8_dp4a.
 extern "C" __global__ void ember_linear_i8_mma(Args A) {
 #if __CUDA_ARCH__ >= 720
-    I8Gemm op = ember_i8_gemm(A);
-    const s8* q = op.q;
-    const int* w = op.w;
-    const int* wsum = op.wsum;
-    float* out = op.out;
-    int m = op.m, n = op.n, lda = op.lda, zp = op.zp, act = op.act, uniform = op.uniform;
-    int quads = op.quads, k4 = 4 * quads;
+    const I8Gemm op = ember_i8_gemm(A);
+    int m = op.m, quads = op.quads;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int row0 = blockIdx.y * 32 + warp * 8;
     int ra = row0 + g;
-    const int* arow = (const int*)(q + (i64)(ra < m ? ra : 0) * lda);
-    const int* wp = w + (i64)blockIdx.x * 4 * k4;
+    const int* arow = (const int*)(op.q + (i64)(ra < m ? ra : 0) * op.lda);
+    const int* wp = op.w + (i64)blockIdx.x * 16 * quads;
     int d0 = 0, d1 = 0, d2 = 0, d3 = 0;
     for (int kb = 0; kb < quads; kb += 4) {
         int kq = kb + t;
@@ -167,9 +158,10 @@ extern "C" __global__ void ember_linear_i8_mma(Args A) {
     int d[4] = {d0, d1, d2, d3};
     for (int e = 0; e < 4; e++) {
         int j = blockIdx.x * 16 + (e / 2) * 8 + 2 * t + e % 2;
-        if (j < n)
-            out[(i64)ra * n + j] = ember_i8_epilogue(d[e], zp, wsum[j], (const float*)A.p[3],
-                                                     (const float*)A.p[4], j, uniform, A.f[0], act);
+        if (j < op.n)
+            op.out[(i64)ra * op.n + j] =
+                ember_i8_epilogue(d[e], op.zp, op.wsum[j], (const float*)A.p[3],
+                                  (const float*)A.p[4], j, op.uniform, A.f[0], op.act);
     }
 #else
     __trap();

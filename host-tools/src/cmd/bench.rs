@@ -51,6 +51,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Times the first run (ms), then runs `warmup` more untimed.
+fn first_and_warmup(warmup: usize, run: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    run()?;
+    let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..warmup {
+        run()?;
+    }
+    Ok(first_ms)
+}
+
 /// The figures every bench reports, from the per-run times (sorted here): the JSON object with
 /// the batch, open/load/first-run times, percentiles and throughput, and (p50, p99, mean).
 fn timings(
@@ -146,12 +157,7 @@ pub fn run(a: Args) -> Result<()> {
     let open_ms = t_open.elapsed().as_secs_f64() * 1e3;
     let bufs = inputs(&model, batch, a.input.as_ref())?;
     let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
-    let t_first = Instant::now();
-    s.run(&refs)?;
-    let first_ms = t_first.elapsed().as_secs_f64() * 1e3;
-    for _ in 0..a.warmup {
-        s.run(&refs)?;
-    }
+    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(&refs)?))?;
     let n_ops = s.plan().records.len();
     let mut op_ns = vec![0f64; n_ops];
     let mut times = Vec::with_capacity(a.iters);
@@ -254,12 +260,7 @@ fn bench_cuda(
     }
     let bufs = inputs(model, batch, a.input.as_ref())?;
     let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
-    let t_first = Instant::now();
-    s.run(&refs)?;
-    let first_ms = t_first.elapsed().as_secs_f64() * 1e3;
-    for _ in 0..a.warmup {
-        s.run(&refs)?;
-    }
+    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(&refs)?))?;
     let mut times = Vec::with_capacity(a.iters);
     for _ in 0..a.iters {
         let st = Instant::now();
