@@ -64,6 +64,9 @@ pub struct Options {
     pub cuda_archs: Vec<u32>,
     /// The board packed for (stored in the metadata).
     pub board: Option<String>,
+    /// Linear layers (node names, or "all") whose activations are quantized per row at run time
+    /// (INT8 weights) instead of with a static calibrated scale.
+    pub dynamic_layers: Vec<String>,
 }
 
 impl Default for Options {
@@ -82,6 +85,7 @@ impl Default for Options {
             extra_tensors: Vec::new(),
             cuda_archs: Vec::new(),
             board: None,
+            dynamic_layers: Vec::new(),
         }
     }
 }
@@ -197,6 +201,24 @@ pub fn quantize(
     batches.dedup();
     let g = prepare_graph(onnx_bytes)?;
     let specs = input_specs(&g, &opts.shapes, &batches)?;
+    let linears: Vec<&str> =
+        g.nodes.iter().filter(|n| n.op == reference::LINEAR_OP).map(|n| n.name.as_str()).collect();
+    let mut wide = Widened::default();
+    for d in &opts.dynamic_layers {
+        if d == "all" {
+            wide.dynamic.extend(linears.iter().map(|s| s.to_string()));
+        } else if linears.contains(&d.as_str()) {
+            wide.dynamic.insert(d.clone());
+        } else {
+            return Err(Error::Shape(format!(
+                "--dynamic names '{d}', which is not a Linear layer of the model (layers: {})",
+                linears.join(", ")
+            )));
+        }
+    }
+    if opts.bits == 32 && !wide.dynamic.is_empty() {
+        return Err(Error::Shape("--dynamic needs --bits 8 or 4".into()));
+    }
     let (samples, n) = exec::check_inputs(&specs, calib, "calibration set")?;
     // Observed: the input of every Linear, and both operands of activation x activation MatMuls.
     let mut linear_inputs: HashSet<String> = g
@@ -256,11 +278,12 @@ pub fn quantize(
         onnx_bytes,
         n,
     };
-    // Layers widened for the accuracy budget: INT4 ones to INT8 first, INT8 ones to f32.
-    let mut wide = Widened::default();
+    // Layers widened for the accuracy budget, one step at a time: INT4 to INT8, static INT8
+    // Linear to dynamic INT8, INT8 (dynamic, or act x act MatMul, or embedding) to f32.
     let mut built = build(&ctx, &wide)?;
     let mut cos_drop = None;
-    let mut fell_back: Vec<(String, f64, &str)> = vec![];
+    // (node, gain of its last step, precision before the budget, steps taken)
+    let mut fell_back: Vec<(String, f64, String, Vec<Step>)> = vec![];
     if let (8 | 4, Some(budget)) = (opts.bits, opts.max_cos_drop) {
         let eval_n = n.min(16);
         let eval: HashMap<String, HostTensor> =
@@ -275,35 +298,74 @@ pub fn quantize(
                 .fold(0.0, f64::max))
         };
         let mut d = drop_of(&built.bytes)?;
-        if d > budget {
-            let cands: Vec<(String, bool)> = built
+        // Rounds: measure every layer's next step on top of what is widened so far, then take
+        // the steps that gain most until the budget holds.
+        while d > budget {
+            let cands: Vec<(String, String, Step)> = built
                 .layers
                 .iter()
-                .filter(|l| l.precision == "int8" || l.precision == "int4")
-                .map(|l| (l.node.clone(), l.precision == "int4"))
+                .filter_map(|l| Step::next(l).map(|s| (l.node.clone(), l.precision.clone(), s)))
                 .collect();
+            if cands.is_empty() {
+                break;
+            }
             let mut gains = vec![];
-            for (i, (c, int4)) in cands.iter().enumerate() {
+            for (i, (c, from, step)) in cands.iter().enumerate() {
                 progress("sensitivity", i, cands.len());
-                let one = Widened::default().with(c, *int4);
-                gains.push((d - drop_of(&build(&ctx, &one)?.bytes)?, c.clone(), *int4));
+                let one = wide.clone().with(c, *step);
+                gains.push((
+                    d - drop_of(&build(&ctx, &one)?.bytes)?,
+                    c.clone(),
+                    from.clone(),
+                    *step,
+                ));
             }
             gains.sort_by(|a, b| b.0.total_cmp(&a.0));
-            for (gain, c, int4) in gains {
+            for (i, (gain, c, from, step)) in gains.into_iter().enumerate() {
                 if d <= budget {
                     break;
                 }
-                wide = wide.with(&c, int4);
+                // Steps that did not help are skipped (the best one is always taken, so every
+                // round widens something and the rounds end).
+                if gain <= 0.0 && i > 0 {
+                    continue;
+                }
+                wide = wide.with(&c, step);
                 built = build(&ctx, &wide)?;
                 d = drop_of(&built.bytes)?;
-                fell_back.push((c, gain, if int4 { "INT8" } else { "f32" }));
+                match fell_back.iter_mut().find(|f| f.0 == c) {
+                    Some(f) => {
+                        f.1 = gain;
+                        f.3.push(step);
+                    }
+                    None => fell_back.push((c, gain, from, vec![step])),
+                }
             }
         }
+        // Greedy steps overshoot: undo the last step of each widened layer, least gain first,
+        // wherever the budget still holds without it.
+        if d <= budget && fell_back.len() > 1 {
+            let mut order: Vec<usize> = (0..fell_back.len()).collect();
+            order.sort_by(|a, b| fell_back[*a].1.total_cmp(&fell_back[*b].1));
+            for (i, fi) in order.into_iter().enumerate() {
+                progress("prune", i, fell_back.len());
+                let (node, steps) = (&fell_back[fi].0, &fell_back[fi].3);
+                let Some(last) = steps.last() else { continue };
+                let try_wide = wide.clone().without(node, *last);
+                let try_built = build(&ctx, &try_wide)?;
+                let try_d = drop_of(&try_built.bytes)?;
+                if try_d <= budget {
+                    (wide, built, d) = (try_wide, try_built, try_d);
+                    fell_back[fi].3.pop();
+                }
+            }
+            fell_back.retain(|f| !f.3.is_empty());
+        }
         for l in built.layers.iter_mut() {
-            if let Some((_, gain, to)) = fell_back.iter().find(|(c, ..)| *c == l.node) {
+            if let Some((_, gain, from, steps)) = fell_back.iter().find(|f| f.0 == l.node) {
+                let to = steps.last().map(|s| s.name()).unwrap_or("");
                 l.reason = Some(format!(
-                    "widened to {to} for --max-cos-drop {budget}: {} here cost {gain:.2e} of output cosine on the calibration set",
-                    if *to == "INT8" { "INT4" } else { "INT8" }
+                    "widened from {from} to {to} for --max-cos-drop {budget}: the last step gained {gain:.2e} of output cosine on the calibration set"
                 ));
             }
         }
@@ -365,21 +427,61 @@ struct Built {
     ids: HashMap<String, u32>,
 }
 
-/// Layers kept wider than asked, for the accuracy budget.
+/// Layers kept wider than asked (`--dynamic`, the accuracy budget).
 #[derive(Clone, Default)]
 struct Widened {
     float: HashSet<String>,
     int8: HashSet<String>,
+    dynamic: HashSet<String>,
+}
+
+/// One step wider for a layer of the accuracy budget.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// INT4 weights to INT8 (static activations).
+    Int8,
+    /// Static INT8 activations to dynamic per-row ones (Linear layers).
+    Dynamic,
+    /// To f32.
+    Float,
+}
+
+impl Step {
+    /// The next step of a layer in the report, if it has one.
+    fn next(l: &report::LayerReport) -> Option<Step> {
+        match l.precision.as_str() {
+            "int4" => Some(Step::Int8),
+            "int8" if l.kind == "linear" => Some(Step::Dynamic),
+            "int8" | "int8-dynamic" => Some(Step::Float),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Step::Int8 => "int8",
+            Step::Dynamic => "int8-dynamic",
+            Step::Float => "f32",
+        }
+    }
 }
 
 impl Widened {
-    /// One step wider for `node`: INT8 when it is INT4, f32 when it is INT8.
-    fn with(mut self, node: &str, int4: bool) -> Self {
-        if int4 {
-            self.int8.insert(node.to_string());
-        } else {
-            self.float.insert(node.to_string());
-        }
+    fn with(mut self, node: &str, step: Step) -> Self {
+        let set = match step {
+            Step::Int8 => &mut self.int8,
+            Step::Dynamic => &mut self.dynamic,
+            Step::Float => &mut self.float,
+        };
+        set.insert(node.to_string());
+        self
+    }
+    /// Undoes [`Widened::with`].
+    fn without(mut self, node: &str, step: Step) -> Self {
+        match step {
+            Step::Int8 => self.int8.remove(node),
+            Step::Dynamic => self.dynamic.remove(node),
+            Step::Float => self.float.remove(node),
+        };
         self
     }
 }
@@ -393,6 +495,7 @@ fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
     lw.emb_bits = opts.embedding_bits.unwrap_or(if opts.bits == 4 { 4 } else { 8 });
     lw.float_nodes = wide.float.clone();
     lw.int8_nodes = wide.int8.clone();
+    lw.dynamic_nodes = wide.dynamic.clone();
     lw.choices = Some(ctx.choices);
     let sig = |s: &IoSpec| ember_runtime::format::writer::SigSpec {
         name: s.name.clone(),

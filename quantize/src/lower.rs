@@ -50,6 +50,8 @@ pub struct Lowerer<'a> {
     pub emb_bits: u32,
     /// Nodes kept in INT8 inside an INT4 model (mixed precision).
     pub int8_nodes: std::collections::HashSet<String>,
+    /// Linear nodes whose activations are quantized per row at run time (INT8 weights).
+    pub dynamic_nodes: std::collections::HashSet<String>,
     pub layers: Vec<LayerReport>,
 }
 
@@ -170,6 +172,7 @@ impl<'a> Lowerer<'a> {
             group: 32,
             emb_bits: if bits == 4 { 4 } else { 8 },
             int8_nodes: Default::default(),
+            dynamic_nodes: Default::default(),
             layers: vec![],
         }
     }
@@ -302,6 +305,113 @@ impl<'a> Lowerer<'a> {
             self.layers.push(LayerReport::linear_i4(name, m, k, nn, c, qi.sqnr_db, sim_db, group));
         }
         Ok(([wq, gsm, gs, bs, mr], sx, zp))
+    }
+
+    /// Quantizes a Linear layer's weights to per-channel INT8 and writes its tensors: with the
+    /// static activation scheme chosen on the calibration data, or (`dynamic`) for activations
+    /// quantized per row at run time (no smoothing, `scale` = the weight scales alone). Returns
+    /// (refs for LinearI8 inputs 1..=5, x scale, zero point).
+    #[allow(clippy::too_many_arguments)]
+    fn write_linear_i8(
+        &mut self,
+        g: &Graph,
+        n: &Node,
+        x_name: &str,
+        w: &[f32],
+        nn: usize,
+        k: usize,
+        m: usize,
+        dynamic: bool,
+        first: bool,
+    ) -> Result<([u32; 5], f32, i32)> {
+        let name = &n.name;
+        let (qw, comb, mult, sx, zp, mut rep) = if dynamic {
+            let qw = quant::quantize_weights(w, nn, k);
+            let comb = qw.scale.clone();
+            let rep = LayerReport::linear_i8_dynamic(name, m, k, nn, qw.sqnr_db);
+            (qw, comb, None, 1.0, 0, rep)
+        } else {
+            let c = self.linear_choice(name, x_name, w, nn, k)?;
+            let (sx, zp) = (c.act_scale, c.zp);
+            let comb: Vec<f32> = c.weights.scale.iter().map(|s| s * sx).collect();
+            let mult: Option<Vec<f32>> =
+                c.smooth.as_ref().map(|s| s.iter().map(|v| 1.0 / (v * sx)).collect());
+            let rep = LayerReport::linear_i8(name, m, k, nn, &c);
+            (c.weights, comb, mult, sx, zp, rep)
+        };
+        let bias: Vec<f32> = match n.input(2) {
+            Some(b) => g.consts[b].to_f32_vec(),
+            None => vec![0.0; nn],
+        };
+        let (nu, ku) = (nn as u32, k as u32);
+        let wr = &mut self.writer;
+        let qp = TensorRole::QuantParam;
+        let sc = wr.tensor(
+            &format!("{name}.w_scale"),
+            DType::F32,
+            &[nu],
+            qp,
+            REF_NONE,
+            dtype_bytes(&qw.scale),
+        );
+        // Packed once here for the kernels; the runtime uses it in place.
+        let mut packed = vec![0i8; pack::k4n16_len(nn, k)];
+        pack::pack_k4n16(&qw.q, nn, k, &mut packed);
+        let (panels, plen) = (nn.div_ceil(pack::PANEL), pack::PANEL * pack::k4(k));
+        let wq = wr.tensor(
+            &format!("{name}.w_i8"),
+            DType::I8,
+            &[panels as u32, plen as u32],
+            TensorRole::WeightI8PerChannel,
+            sc,
+            dtype_bytes(&packed),
+        );
+        let ws = wr.tensor(
+            &format!("{name}.w_sum"),
+            DType::I32,
+            &[nu],
+            qp,
+            REF_NONE,
+            dtype_bytes(&qw.sum),
+        );
+        let cs = if dynamic {
+            sc
+        } else {
+            wr.tensor(&format!("{name}.scale"), DType::F32, &[nu], qp, REF_NONE, dtype_bytes(&comb))
+        };
+        let bs = wr.tensor(
+            &format!("{name}.bias_f32"),
+            DType::F32,
+            &[nu],
+            qp,
+            REF_NONE,
+            dtype_bytes(&bias),
+        );
+        let mr = match &mult {
+            Some(mult) => wr.tensor(
+                &format!("{name}.x_mult"),
+                DType::F32,
+                &[ku],
+                qp,
+                REF_NONE,
+                dtype_bytes(mult),
+            ),
+            None => REF_NONE,
+        };
+        if first {
+            // (the accuracy budget replaces the reason of the layers it widened)
+            if dynamic {
+                rep.reason = Some("activations quantized per row at run time (--dynamic)".into());
+            } else if self.bits == 4 {
+                rep.reason = Some(if self.int8_nodes.contains(name) {
+                    "kept in INT8 for the accuracy budget".into()
+                } else {
+                    format!("INT8: K={k} is not a multiple of the INT4 group {}", self.group)
+                });
+            }
+            self.layers.push(rep);
+        }
+        Ok(([wq, ws, cs, bs, mr], sx, zp))
     }
 
     fn const_ref(&mut self, g: &Graph, name: &str) -> Result<u32> {
@@ -466,7 +576,8 @@ impl<'a> Lowerer<'a> {
                 let act = n.int("act").unwrap_or(0) as u32;
                 let y = pb.define(&out_name)?;
                 let int4 = self.bits == 4 && k.is_multiple_of(self.group);
-                if int4 && !self.float_nodes.contains(&n.name) && !self.int8_nodes.contains(&n.name) {
+                let narrow = !self.int8_nodes.contains(&n.name) && !self.dynamic_nodes.contains(&n.name);
+                if int4 && !self.float_nodes.contains(&n.name) && narrow {
                     let (refs, sx, zp) = match self.linear_i4.get(&n.name) {
                         Some(r) => *r,
                         None => {
@@ -482,96 +593,21 @@ impl<'a> Lowerer<'a> {
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI4, &ins, y, &params, "int4");
                 } else if (self.bits == 8 || self.bits == 4) && !self.float_nodes.contains(&n.name) {
+                    let dynamic = self.dynamic_nodes.contains(&n.name);
                     let (refs, sx, zp) = match self.linear_i8.get(&n.name) {
                         Some(r) => *r,
                         None => {
-                            let c = self.linear_choice(&n.name, x_name, w.as_f32().unwrap_or(&[]), nn, k)?;
-                            let (sx, zp) = (c.act_scale, c.zp);
-                            let qw = &c.weights;
-                            let comb: Vec<f32> = qw.scale.iter().map(|s| s * sx).collect();
-                            let bias: Vec<f32> = match n.input(2) {
-                                Some(b) => g.consts[b].to_f32_vec(),
-                                None => vec![0.0; nn],
-                            };
-                            let name = &n.name;
-                            let (nu, ku) = (nn as u32, k as u32);
-                            let wr = &mut self.writer;
-                            let qp = TensorRole::QuantParam;
-                            let sc = wr.tensor(
-                                &format!("{name}.w_scale"),
-                                DType::F32,
-                                &[nu],
-                                qp,
-                                REF_NONE,
-                                dtype_bytes(&qw.scale),
-                            );
-                            // Packed once here for the kernels; the runtime uses it in place.
-                            let mut packed = vec![0i8; pack::k4n16_len(nn, k)];
-                            pack::pack_k4n16(&qw.q, nn, k, &mut packed);
-                            let (panels, plen) = (nn.div_ceil(pack::PANEL), pack::PANEL * pack::k4(k));
-                            let wq = wr.tensor(
-                                &format!("{name}.w_i8"),
-                                DType::I8,
-                                &[panels as u32, plen as u32],
-                                TensorRole::WeightI8PerChannel,
-                                sc,
-                                dtype_bytes(&packed),
-                            );
-                            let ws = wr.tensor(
-                                &format!("{name}.w_sum"),
-                                DType::I32,
-                                &[nu],
-                                qp,
-                                REF_NONE,
-                                dtype_bytes(&qw.sum),
-                            );
-                            let cs = wr.tensor(
-                                &format!("{name}.scale"),
-                                DType::F32,
-                                &[nu],
-                                qp,
-                                REF_NONE,
-                                dtype_bytes(&comb),
-                            );
-                            let bs = wr.tensor(
-                                &format!("{name}.bias_f32"),
-                                DType::F32,
-                                &[nu],
-                                qp,
-                                REF_NONE,
-                                dtype_bytes(&bias),
-                            );
-                            let mr = match &c.smooth {
-                                Some(s) => {
-                                    let mult: Vec<f32> = s.iter().map(|v| 1.0 / (v * sx)).collect();
-                                    wr.tensor(
-                                        &format!("{name}.x_mult"),
-                                        DType::F32,
-                                        &[ku],
-                                        qp,
-                                        REF_NONE,
-                                        dtype_bytes(&mult),
-                                    )
-                                }
-                                None => REF_NONE,
-                            };
-                            if first {
-                                let mut rep = LayerReport::linear_i8(name, m, k, nn, &c);
-                                if self.bits == 4 {
-                                    rep.reason = Some(if self.int8_nodes.contains(name) {
-                                        "kept in INT8 for the accuracy budget".into()
-                                    } else {
-                                        format!("INT8: K={k} is not a multiple of the INT4 group {}", self.group)
-                                    });
-                                }
-                                self.layers.push(rep);
-                            }
-                            let r = ([wq, ws, cs, bs, mr], sx, zp);
+                            let wf = w.as_f32().unwrap_or(&[]);
+                            let r = self.write_linear_i8(g, n, x_name, wf, nn, k, m, dynamic, first)?;
                             self.linear_i8.insert(n.name.clone(), r);
                             r
                         }
                     };
-                    let params = linear_params(m, k, nn, act, sx, zp, pack::LAYOUT_K4N16, 0);
+                    let mut params = linear_params(m, k, nn, act, sx, zp, pack::LAYOUT_K4N16, 0);
+                    if dynamic {
+                        // x_inv_scale 0: per-row scales computed at run time.
+                        params[4] = 0;
+                    }
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI8, &ins, y, &params, "int8");
                 } else {
@@ -632,8 +668,8 @@ impl<'a> Lowerer<'a> {
                 let y = pb.define(&out_name)?;
                 let stats = if self.int8_act_matmul && !self.float_nodes.contains(&n.name) { (self.stats.get(an), self.stats.get(bn)) } else { (None, None) };
                 if let (8 | 4, Some(sa), Some(sb)) = (self.bits, stats.0, stats.1) {
-                    let ra = sa.range(None, self.method, self.percentile);
-                    let rb = sb.range(None, self.method, self.percentile);
+                    let ra = quant::operand_range(sa, self.method, self.percentile, false);
+                    let rb = quant::operand_range(sb, self.method, self.percentile, true);
                     if ![ra.min, ra.max, rb.min, rb.max].iter().all(|v| v.is_finite()) {
                         return Err(err("calibration ranges of the operands are not finite".into()));
                     }

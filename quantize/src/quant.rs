@@ -213,6 +213,37 @@ pub fn choose_linear(
     }
 }
 
+/// The range of an activation x activation MatMul operand (`symmetric`: the B side, zero point
+/// 0). A clipped range (percentile, entropy) is kept only when it quantizes the calibration rows
+/// at least as well as the min-max range: attention probabilities, whose rare peaks carry the
+/// signal, are where the entropy threshold would clip what matters.
+pub fn operand_range(
+    st: &crate::calibrate::Stats,
+    method: crate::Method,
+    pct: f32,
+    symmetric: bool,
+) -> crate::calibrate::Range {
+    let full = st.range(None, crate::Method::MinMax, pct);
+    let r = st.range(None, method, pct);
+    if matches!(method, crate::Method::MinMax | crate::Method::Mse) || st.rows.is_empty() {
+        return r;
+    }
+    let db = |r: crate::calibrate::Range| {
+        let (s, zp) = if symmetric {
+            let a = r.min.abs().max(r.max.abs());
+            (if a > 0.0 { a / 127.0 } else { 1.0 }, 0)
+        } else {
+            act_params(r.min, r.max)
+        };
+        operand_sqnr(&st.rows, s, zp)
+    };
+    if db(r) >= db(full) {
+        r
+    } else {
+        full
+    }
+}
+
 /// SQNR (dB) of quantizing `v` with `scale` and `zp` (affine, i8) and back.
 pub fn operand_sqnr(v: &[f32], scale: f32, zp: i32) -> f32 {
     let (mut sig, mut noise) = (0f64, 0f64);

@@ -7,7 +7,7 @@ use serde::Serialize;
 pub struct LayerReport {
     pub node: String,
     pub kind: String,
-    /// "int8" or "f32".
+    /// "int8", "int8-dynamic" (activations quantized per row at run time), "int4" or "f32".
     pub precision: String,
     pub scheme: String,
     pub m: usize,
@@ -58,6 +58,24 @@ impl LayerReport {
             act_scale: Some(c.act_scale),
             act_zero_point: Some(c.zp),
             weight_sqnr_db: Some(c.weights.sqnr_db),
+            cosine_to_float: None,
+            sqnr_db_to_float: None,
+            reason: None,
+        }
+    }
+    pub fn linear_i8_dynamic(node: &str, m: usize, k: usize, n: usize, w_sqnr: f32) -> Self {
+        LayerReport {
+            node: node.into(),
+            kind: "linear".into(),
+            precision: "int8-dynamic".into(),
+            scheme: "W8 per output channel, A8 dynamic per row (symmetric, scale from each row's largest |x| at run time)".into(),
+            m,
+            k,
+            n,
+            act_range: None,
+            act_scale: None,
+            act_zero_point: None,
+            weight_sqnr_db: Some(w_sqnr),
             cosine_to_float: None,
             sqnr_db_to_float: None,
             reason: None,

@@ -157,3 +157,57 @@ fn int4_group32_keeps_sentence_embeddings_in_15_mb() {
     let two = exec::run_batched_on(&model, &inputs, n, Some(pool)).unwrap()["461"].to_f32_vec();
     assert_eq!(base, two, "2 threads changed the bits");
 }
+
+#[test]
+fn entropy_calibration_keeps_sentence_embeddings() {
+    let (bytes, rep) = quantize_with(8, |o| o.method = Method::Entropy);
+    let c = cosines(&bytes);
+    let mean = c.iter().sum::<f64>() / c.len() as f64;
+    let min = c.iter().cloned().fold(1.0, f64::min);
+    eprintln!("MiniLM-L3 static INT8, entropy calibration: mean cosine {mean:.5}, min {min:.5}");
+    assert_eq!(rep.method, "entropy");
+    assert!(rep.layers.iter().filter(|l| l.kind == "linear").all(|l| l.precision == "int8"));
+    assert!(mean >= 0.995, "mean cosine {mean}");
+}
+
+#[test]
+fn dynamic_per_row_activations_keep_sentence_embeddings() {
+    let (bytes, rep) = quantize_with(8, |o| o.dynamic_layers = vec!["all".into()]);
+    let c = cosines(&bytes);
+    let mean = c.iter().sum::<f64>() / c.len() as f64;
+    let min = c.iter().cloned().fold(1.0, f64::min);
+    eprintln!("MiniLM-L3 dynamic INT8 (every Linear): mean cosine {mean:.5}, min {min:.5}");
+    let lin: Vec<_> = rep.layers.iter().filter(|l| l.kind == "linear").collect();
+    assert!(!lin.is_empty() && lin.iter().all(|l| l.precision == "int8-dynamic"), "{lin:?}");
+    assert!(lin.iter().all(|l| l.act_scale.is_none() && l.reason.is_some()));
+    assert!(mean >= 0.995, "mean cosine {mean}");
+}
+
+/// A budget tighter than static INT8 can meet: layers step to dynamic per-row activations
+/// before any goes to float, and every widened layer is named with its steps.
+#[test]
+fn tight_budget_widens_through_dynamic_int8_first() {
+    let (bytes, rep) = quantize_with(8, |o| {
+        o.batches = vec![8];
+        o.max_cos_drop = Some(0.0004);
+    });
+    let c = cosines(&bytes);
+    let mean = c.iter().sum::<f64>() / c.len() as f64;
+    let by = |p: &str| {
+        rep.layers.iter().filter(|l| l.precision == p).map(|l| l.node.clone()).collect::<Vec<_>>()
+    };
+    eprintln!(
+        "MiniLM-L3 --max-cos-drop 0.0004: mean cosine {mean:.5}, drop on calibration {:.2e}, dynamic {:?}, f32 {:?}",
+        rep.cos_drop.unwrap(), by("int8-dynamic"), by("f32")
+    );
+    assert!(rep.cos_drop.unwrap() <= 0.0004);
+    assert!(!by("int8-dynamic").is_empty(), "no layer stepped to dynamic INT8");
+    // The pruning pass keeps the widened set small (MiniLM-L3 has 24 quantized layers).
+    assert!(rep.fell_back.len() <= 8, "{:?}", rep.fell_back);
+    for l in rep.layers.iter().filter(|l| l.precision != "int8") {
+        assert!(rep.fell_back.contains(&l.node), "{} ({}) not reported", l.node, l.precision);
+        let why = l.reason.as_deref().unwrap_or("");
+        assert!(why.contains("--max-cos-drop") && why.contains(&l.precision), "{why}");
+    }
+    assert!(mean >= 0.999, "mean cosine {mean}");
+}

@@ -27,6 +27,8 @@ pub enum MethodArg {
     Percentile,
     /// Search clipping ratios for the least simulated output error of each layer.
     Mse,
+    /// Clip |x| where the 8-bit histogram keeps most information (least KL divergence).
+    Entropy,
 }
 
 /// Quantize an ONNX model into a `.ember` file, calibrated on sample inputs.
@@ -70,9 +72,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ActMatmul::Float)]
     pub act_matmul: ActMatmul,
     /// Accuracy budget: the largest drop of mean per-sample output cosine to float allowed on the
-    /// calibration set; the most sensitive layers are kept in float until it holds.
+    /// calibration set; the most sensitive layers are widened one step at a time (INT4 -> INT8
+    /// -> INT8 with dynamic per-row activations -> f32) until it holds.
     #[arg(long, value_name = "DROP")]
     pub max_cos_drop: Option<f64>,
+    /// Quantize this Linear layer's activations per row at run time (dynamic INT8) instead of
+    /// with a static calibrated scale; repeatable, or `all`.
+    #[arg(long = "dynamic", value_name = "LAYER|all")]
+    pub dynamic: Vec<String>,
     /// Also write the accuracy report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -151,6 +158,7 @@ pub fn run(a: Args) -> Result<()> {
             MethodArg::Minmax => Method::MinMax,
             MethodArg::Percentile => Method::Percentile,
             MethodArg::Mse => Method::Mse,
+            MethodArg::Entropy => Method::Entropy,
         },
         percentile: a.percentile,
         int8_act_matmul: a.act_matmul == ActMatmul::Int8,
@@ -158,6 +166,7 @@ pub fn run(a: Args) -> Result<()> {
         group: a.group,
         embedding_bits: a.embeddings.map(|e| if e == EmbArg::Int4 { 4 } else { 8 }),
         extra_tensors: Vec::new(),
+        dynamic_layers: a.dynamic.clone(),
         source_name: a
             .model
             .file_name()

@@ -111,6 +111,19 @@ impl<'m, B: AsRef<[u8]>> CudaSession<'m, B> {
             ))
         })?;
         let plan = &model.plans[idx];
+        if let Some(i) = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::LinearI8 { inv_scale, .. } if *inv_scale == 0.0))
+        {
+            return Err(CudaError::Model(std::format!(
+                "op {i} ({}) quantizes its activations dynamically per row, which has no CUDA kernel yet: run this model with --device cpu",
+                model
+                    .meta(&std::format!("op_names.b{batch}"))
+                    .and_then(|s| s.lines().nth(i))
+                    .unwrap_or("linear")
+            )));
+        }
         let mut notes = Vec::new();
         let embedded: Vec<(u32, &[u8])> = model
             .tensors

@@ -156,6 +156,9 @@ pub enum OpCode {
     /// `[⌈N/16⌉, 16·⌈K/4⌉·4]` with zero padding; it is the only layout defined so far.
     /// `y = act((Σ q(x)·w − zp·w_sum) · scale + bias)`, `q(x) = clamp(rne(x·inv_scale)+zp)`, or,
     /// with `mult` (per-channel smoothing folded with the scale), `q(x_j) = clamp(rne(x_j·mult_j)+zp)`.
+    /// `x_inv_scale` bits 0 selects dynamic per-row quantization (zero point 0, no `mult`): row
+    /// i is quantized symmetrically with `s_i = max_j |x_ij| / 127` and `scale` holds the weight
+    /// scales alone: `y_i = act((Σ q(x_i)·w) · scale · s_i + bias)`.
     LinearI8 = 2,
     /// in [a f32 [B?,M,K], b f32 [B?,K,N]]; params [batch, m, k, n, a_batch_stride,
     /// b_batch_stride, 0, 0, 0, 0, b_transposed, alpha (f32 bits, 0 = 1.0)]. With

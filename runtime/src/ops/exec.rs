@@ -121,9 +121,26 @@ pub(crate) fn run_op(
             let (scale, bias) = (cast(io.bytes(*scale))?, cast(io.bytes(*bias))?);
             let (kk, n, act) = (*kk, *n, *act);
             let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
-            q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
-                (k.i8_gemm)(rows, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n)
-            });
+            if *inv_scale == 0.0 {
+                let zeros = &mut scratch.f32s[..n];
+                zeros.fill(0.0);
+                let zeros = &*zeros;
+                q.run_dynamic(
+                    ctx.par,
+                    scratch.u8s,
+                    cast_mut(out)?,
+                    n,
+                    bias,
+                    act,
+                    &|r, qs, l, z, os| {
+                        (k.i8_gemm)(r, kk, n, qs, l, z, w, w_sum, scale, zeros, Act::None, os, n)
+                    },
+                );
+            } else {
+                q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
+                    (k.i8_gemm)(rows, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n)
+                });
+            }
         }
         Op::LinearI4 {
             x,
@@ -810,6 +827,50 @@ impl<'a> QuantIn<'a> {
             let x = &self.x[r0 * k..r1 * k];
             (self.kernels.quantize_u8)(x, r1 - r0, k, lda, self.inv_scale, self.mult, self.zp, qs);
             gemm(r1 - r0, qs, lda, self.zp, os);
+        });
+    }
+
+    /// As [`QuantIn::run`], with each row quantized symmetrically by its own scale
+    /// (`max |x| / 127`, codes around 128) and `gemm` run without bias or activation; each output
+    /// row is then multiplied by its row's scale, `bias` added and `act` applied.
+    #[allow(clippy::too_many_arguments)]
+    fn run_dynamic(
+        &self,
+        par: &dyn Parallel,
+        scratch: &mut [u8],
+        out: &mut [f32],
+        n: usize,
+        bias: &[f32],
+        act: Act,
+        gemm: &RowGemm<'_>,
+    ) {
+        let (m, k) = (self.m, self.k);
+        let lda = k4(k);
+        let q = SharedMut(scratch[..m * lda].as_mut_ptr());
+        let row_scale = |xr: &[f32]| {
+            let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
+            if amax > 0.0 && amax.is_finite() {
+                amax / 127.0
+            } else {
+                0.0
+            }
+        };
+        split_rows_mut(par, &mut out[..m * n], n, 16, 8, &|r0, r1, os| {
+            // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda bytes,
+            // exclusively borrowed by this op.
+            let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
+            let x = &self.x[r0 * k..r1 * k];
+            for (xr, qr) in x.chunks_exact(k).zip(qs.chunks_mut(lda)) {
+                let s = row_scale(xr);
+                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                (self.kernels.quantize_u8)(xr, 1, k, lda, inv, &[], 128, qr);
+            }
+            gemm(r1 - r0, qs, lda, 128, os);
+            for (xr, or) in x.chunks_exact(k).zip(os.chunks_exact_mut(n)) {
+                let s = row_scale(xr);
+                or.iter_mut().zip(bias).for_each(|(o, b)| *o = *o * s + b);
+                act.apply_slice(or);
+            }
         });
     }
 }

@@ -247,6 +247,8 @@ impl Op {
     pub fn scratch(&self) -> (usize, usize, usize) {
         match self {
             // u8 activations at row stride k4(k)
+            // (dynamic LinearI8: and a zero bias for the kernel's epilogue)
+            Op::LinearI8 { m, k, n, inv_scale, .. } if *inv_scale == 0.0 => (m * k4(*k), 0, *n),
             Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } => (m * k4(*k), 0, 0),
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
             Op::MatMulI8 { d, .. } => (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n, 2 * d.n),
@@ -308,10 +310,19 @@ pub(crate) fn prepare<'a>(
             }
             let inv_scale = f32::from_bits(p[4]);
             let zp = p[5] as i32;
-            ensure!(
-                inv_scale.is_finite() && inv_scale > 0.0 && (1.0 / inv_scale).is_finite(),
-                "activation scale {inv_scale} is not positive"
-            );
+            if code == OpCode::LinearI8 && p[4] == 0 {
+                // Dynamic per-row activation quantization (symmetric, scale from each row).
+                ensure!(zp == 0, "dynamic activation quantization needs zero point 0, not {zp}");
+                ensure!(
+                    ins[5] == REF_NONE,
+                    "dynamic activation quantization takes no channel multipliers"
+                );
+            } else {
+                ensure!(
+                    inv_scale.is_finite() && inv_scale > 0.0 && (1.0 / inv_scale).is_finite(),
+                    "activation scale {inv_scale} is not positive"
+                );
+            }
             ensure!((-128..=127).contains(&zp), "zero point {zp} outside i8");
             ensure!(
                 out.dtype == DType::F32 && numel(out.dims) == m * n,
