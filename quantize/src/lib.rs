@@ -95,6 +95,7 @@ pub fn prepare_graph(onnx_bytes: &[u8]) -> Result<Graph> {
     let mut g = import::import_bytes(onnx_bytes)?;
     passes::fold_constants(&mut g)?;
     passes::fuse_gelu(&mut g);
+    passes::fuse_layer_norm(&mut g);
     passes::fuse_linear(&mut g)?;
     passes::fuse_matmul_operands(&mut g);
     Ok(g)

@@ -390,6 +390,141 @@ fn find_gelu(g: &Graph) -> Option<(Vec<usize>, String, String, String)> {
     None
 }
 
+/// Rewrites LayerNorm spelled out in primitive ops (PyTorch exports before opset 17, TF):
+/// `d = x − ReduceMean(x)`, `v = ReduceMean(d²)` (`Pow(d, 2)` or `d·d`), `y = d / Sqrt(v + ε)`,
+/// then `· γ` and optionally `+ β` (1-D constants), all over the last axis (`axes = [-1]`, as an
+/// attribute or a constant input), into one `LayerNormalization` node. Every intermediate value
+/// must have no other reader. Returns the number of rewrites.
+pub fn fuse_layer_norm(g: &mut Graph) -> usize {
+    let mut count = 0;
+    while let Some((remove, inputs, out, eps, name)) = find_layer_norm(g) {
+        let at = *remove.iter().max().unwrap_or(&0);
+        g.nodes[at] = Node {
+            name,
+            op: "LayerNormalization".into(),
+            inputs,
+            outputs: vec![out],
+            attrs: HashMap::from([
+                ("axis".to_string(), Attr::Int(-1)),
+                ("epsilon".to_string(), Attr::Float(eps)),
+            ]),
+        };
+        let mut rm: Vec<usize> = remove.into_iter().filter(|i| *i != at).collect();
+        rm.sort_unstable();
+        for i in rm.into_iter().rev() {
+            g.nodes.remove(i);
+        }
+        count += 1;
+    }
+    count
+}
+
+/// One decomposed LayerNorm: (nodes to remove, [x, γ, β?], output, ε, a name).
+#[allow(clippy::type_complexity)]
+fn find_layer_norm(g: &Graph) -> Option<(Vec<usize>, Vec<String>, String, f32, String)> {
+    let consumers = g.consumers();
+    let outputs: HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+    let readers = |v: &str| {
+        if outputs.contains(v) {
+            usize::MAX
+        } else {
+            consumers.get(v).copied().unwrap_or(0)
+        }
+    };
+    let private = |v: &str| readers(v) == 1;
+    let producer =
+        |v: &str| g.nodes.iter().position(|n| n.outputs.first().map(|s| s.as_str()) == Some(v));
+    let reader = |v: &str| g.nodes.iter().position(|n| n.inputs.iter().any(|i| i == v));
+    let last_axis_mean = |n: &Node| {
+        let axes: Option<Vec<i64>> = match (n.ints("axes"), n.input(1)) {
+            (Some(a), _) => Some(a.to_vec()),
+            (None, Some(c)) => g.consts.get(c).and_then(|t| t.as_i64().map(|v| v.to_vec())),
+            _ => None,
+        };
+        n.op == "ReduceMean"
+            && axes.as_deref() == Some(&[-1])
+            && n.int("keepdims").unwrap_or(1) == 1
+    };
+    let vector = |v: &str| {
+        g.consts.get(v).filter(|t| t.shape.len() == 1 && t.shape[0] > 1 && t.as_f32().is_some())
+    };
+    for (idv, dv) in g.nodes.iter().enumerate() {
+        // y = d / s
+        if dv.op != "Div" || !private(&dv.outputs[0]) {
+            continue;
+        }
+        let (Some(d), Some(sq)) = (dv.input(0), dv.input(1)) else { continue };
+        let (Some(isub), Some(isq)) = (producer(d), producer(sq)) else { continue };
+        let (sub, sqrt) = (&g.nodes[isub], &g.nodes[isq]);
+        if sub.op != "Sub" || sqrt.op != "Sqrt" || !private(sq) {
+            continue;
+        }
+        // d = x − mean(x)
+        let (Some(x), Some(mean)) = (sub.input(0), sub.input(1)) else { continue };
+        let Some(imean) = producer(mean) else { continue };
+        if !last_axis_mean(&g.nodes[imean]) || g.nodes[imean].inputs[0] != x || !private(mean) {
+            continue;
+        }
+        // s = sqrt(mean(d²) + ε)
+        let Some(iadd) = producer(&sqrt.inputs[0]) else { continue };
+        let add = &g.nodes[iadd];
+        if add.op != "Add" || !private(&add.outputs[0]) {
+            continue;
+        }
+        let (var, eps) = match (add.input(0), add.input(1)) {
+            (Some(a), Some(b)) if scalar(g, b).is_some() => (a, scalar(g, b)?),
+            (Some(a), Some(b)) if scalar(g, a).is_some() => (b, scalar(g, a)?),
+            _ => continue,
+        };
+        let Some(ivar) = producer(var) else { continue };
+        if !last_axis_mean(&g.nodes[ivar]) || !private(var) {
+            continue;
+        }
+        let sqd = &g.nodes[ivar].inputs[0];
+        let Some(isqd) = producer(sqd) else { continue };
+        let sqn = &g.nodes[isqd];
+        let squares = match sqn.op.as_str() {
+            "Pow" => sqn.input(0) == Some(d) && near(sqn.input(1).and_then(|e| scalar(g, e)), 2.0),
+            "Mul" => sqn.input(0) == Some(d) && sqn.input(1) == Some(d),
+            _ => false,
+        };
+        // d is read by the square (once or twice) and the Div, nothing else.
+        let d_reads = if sqn.op == "Mul" { 3 } else { 2 };
+        if !squares || !private(sqd) || readers(d) != d_reads || eps.is_nan() || eps <= 0.0 {
+            continue;
+        }
+        // · γ, then optionally + β
+        let Some(imul) = reader(&dv.outputs[0]) else { continue };
+        let mul = &g.nodes[imul];
+        let gamma = match (mul.op.as_str(), mul.input(0), mul.input(1)) {
+            ("Mul", Some(a), Some(b)) if a == dv.outputs[0] && vector(b).is_some() => b,
+            ("Mul", Some(a), Some(b)) if b == dv.outputs[0] && vector(a).is_some() => a,
+            _ => continue,
+        };
+        let mut remove = vec![imean, isub, isqd, ivar, iadd, isq, idv, imul];
+        let mut inputs = vec![x.to_string(), gamma.to_string()];
+        let mut out = mul.outputs[0].clone();
+        let glen = vector(gamma).map(|t| t.shape[0]);
+        if private(&out) {
+            if let Some(ib) = reader(&out) {
+                let bn = &g.nodes[ib];
+                let beta = match (bn.op.as_str(), bn.input(0), bn.input(1)) {
+                    ("Add", Some(a), Some(b)) if a == out && vector(b).is_some() => Some(b),
+                    ("Add", Some(a), Some(b)) if b == out && vector(a).is_some() => Some(a),
+                    _ => None,
+                };
+                if let Some(b) = beta.filter(|b| vector(b).map(|t| t.shape[0]) == glen) {
+                    inputs.push(b.to_string());
+                    remove.push(ib);
+                    out = bn.outputs[0].clone();
+                }
+            }
+        }
+        return Some((remove, inputs, out, eps, format!("{}.layer_norm", sub.name)));
+    }
+    None
+}
+
 /// Folds what surrounds activation × activation MatMuls into the MatMul itself:
 /// - a Transpose feeding `b` whose permutation moves the last input axis to the second-to-last
 ///   place becomes the Transpose with the last two axes swapped back plus `transB = 1` (the

@@ -282,3 +282,106 @@ fn transposed_matmul_operand_and_scale_fold_into_the_matmul() {
         }
     }
 }
+
+/// x [N?, D] → decomposed LayerNorm over the last axis → y [N?, D], as PyTorch exported it
+/// before opset 17: `d = x − mean(x)`, `mean(d²)` (`Pow(d, 2)` or `d·d`), `d / √(v + ε)`, `·γ`
+/// and optionally `+β`. `axes` of the two ReduceMeans as an attribute or (opset 18) an input.
+fn decomposed_layer_norm(square_by_mul: bool, beta: bool, axes_input: bool, axes: i64) -> Vec<u8> {
+    const D: usize = 12;
+    let mean = |nm: &str, i: &str, o: &str| {
+        if axes_input {
+            node("ReduceMean", nm, &[i, "c_axes"], &[o], vec![])
+        } else {
+            node("ReduceMean", nm, &[i], &[o], vec![attr_ints("axes", &[axes])])
+        }
+    };
+    let mut nodes = vec![
+        mean("mu", "x", "m"),
+        node("Sub", "sub", &["x", "m"], &["d"], vec![]),
+        if square_by_mul {
+            node("Mul", "sq", &["d", "d"], &["d2"], vec![])
+        } else {
+            node("Pow", "sq", &["d", "c_two"], &["d2"], vec![])
+        },
+        mean("var", "d2", "v"),
+        node("Add", "add_eps", &["v", "c_eps"], &["ve"], vec![]),
+        node("Sqrt", "sqrt", &["ve"], &["s"], vec![]),
+        node("Div", "div", &["d", "s"], &["nrm"], vec![]),
+        node("Mul", "gamma", &["c_gamma", "nrm"], &[if beta { "yg" } else { "y" }], vec![]),
+    ];
+    if beta {
+        nodes.push(node("Add", "beta", &["yg", "c_beta"], &["y"], vec![]));
+    }
+    let gamma: Vec<f32> = (0..D).map(|i| 0.5 + i as f32 * 0.1).collect();
+    let betav: Vec<f32> = (0..D).map(|i| i as f32 * 0.05 - 0.3).collect();
+    model(
+        nodes,
+        vec![value("x", 1, &[-1, D as i64])],
+        vec![value("y", 1, &[-1, D as i64])],
+        vec![
+            tensor_i64("c_axes", &[1], &[axes]),
+            tensor_f32("c_two", &[], &[2.0]),
+            tensor_f32("c_eps", &[], &[1e-5]),
+            tensor_f32("c_gamma", &[D as i64], &gamma),
+            tensor_f32("c_beta", &[D as i64], &betav),
+        ],
+    )
+}
+
+#[test]
+fn decomposed_layer_norm_fuses_in_every_spelling_and_computes_the_same() {
+    const D: usize = 12;
+    for (by_mul, beta, axes_input) in
+        [(false, true, false), (true, true, false), (false, false, true), (true, false, true)]
+    {
+        let onnx = decomposed_layer_norm(by_mul, beta, axes_input, -1);
+        let g = ember_quantize::prepare_graph(&onnx).unwrap();
+        assert_eq!(ops(&g), vec!["LayerNormalization"], "mul {by_mul} beta {beta}");
+        assert_eq!(g.nodes[0].inputs.len(), if beta { 3 } else { 2 });
+        assert_eq!(g.nodes[0].float("epsilon"), Some(1e-5));
+        let rows = 7;
+        let x: Vec<f32> = (0..rows * D).map(|i| ((i * 29 % 31) as f32 - 15.0) * 0.37).collect();
+        let calib = std::collections::BTreeMap::from([(
+            "x".to_string(),
+            HostTensor::f32(vec![rows, D], x.clone()),
+        )]);
+        let opts = Options { bits: 32, batches: vec![rows], ..Default::default() };
+        let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
+        let m = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+        assert_eq!(m.plans[0].records.len(), 1, "one LayerNorm op");
+        let (ins, n) = exec::check_inputs(&exec::model_inputs(&m), &calib, "x").unwrap();
+        let got = exec::run_batched(&m, &ins, n).unwrap()["y"].to_f32_vec();
+        for r in 0..rows {
+            let xr = &x[r * D..(r + 1) * D];
+            let mu = xr.iter().map(|v| *v as f64).sum::<f64>() / D as f64;
+            let var = xr.iter().map(|v| (*v as f64 - mu).powi(2)).sum::<f64>() / D as f64;
+            for j in 0..D {
+                let mut want = (xr[j] as f64 - mu) / (var + 1e-5).sqrt() * (0.5 + j as f64 * 0.1);
+                if beta {
+                    want += j as f64 * 0.05 - 0.3;
+                }
+                let gv = got[r * D + j] as f64;
+                assert!((gv - want).abs() <= 1e-5 * (1.0 + want.abs()), "{gv} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn layer_norm_near_misses_are_left_alone() {
+    // Mean over the batch axis, not the last one.
+    let g = ember_quantize::prepare_graph(&decomposed_layer_norm(false, true, false, 0)).unwrap();
+    assert!(!ops(&g).contains(&"LayerNormalization".to_string()), "{:?}", ops(&g));
+    // The centred value is also a graph output: fusing would lose it.
+    let mut onnx_model = {
+        use prost::Message;
+        ember_quantize::onnx::ModelProto::decode(
+            decomposed_layer_norm(false, true, false, -1).as_slice(),
+        )
+        .unwrap()
+    };
+    onnx_model.graph.as_mut().unwrap().output.push(value("d", 1, &[-1, 12]));
+    let bytes = prost::Message::encode_to_vec(&onnx_model);
+    let g = ember_quantize::prepare_graph(&bytes).unwrap();
+    assert!(ops(&g).contains(&"ReduceMean".to_string()), "{:?}", ops(&g));
+}
