@@ -67,6 +67,8 @@ pub struct Options {
     /// Linear layers (node names, or "all") whose activations are quantized per row at run time
     /// (INT8 weights) instead of with a static calibrated scale.
     pub dynamic_layers: Vec<String>,
+    /// Byte blobs stored as plain U8 tensors (e.g. the model's `tokenizer.json`).
+    pub blobs: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for Options {
@@ -86,6 +88,7 @@ impl Default for Options {
             cuda_archs: Vec::new(),
             board: None,
             dynamic_layers: Vec::new(),
+            blobs: Vec::new(),
         }
     }
 }
@@ -530,6 +533,11 @@ fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
             ember_runtime::format::REF_NONE,
             &t.to_le_bytes(),
         );
+    }
+    for (name, bytes) in &opts.blobs {
+        let (role, none) =
+            (ember_runtime::format::TensorRole::Plain, ember_runtime::format::REF_NONE);
+        lw.writer.tensor(name, ember_runtime::DType::U8, &[bytes.len() as u32], role, none, bytes);
     }
     for (sm, text) in ctx.opts.cuda_archs.iter().filter_map(|a| ctx.ptx.iter().find(|p| p.0 == *a))
     {

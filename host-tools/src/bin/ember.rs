@@ -19,6 +19,7 @@ enum Cmd {
     Serve(cmd::serve::Args),
     Loadgen(cmd::loadgen::Args),
     Finetune(cmd::finetune::Args),
+    Embed(cmd::embed::Args),
 }
 
 fn main() {
@@ -32,5 +33,6 @@ fn main() {
         Cmd::Serve(a) => cmd::serve::run(a),
         Cmd::Loadgen(a) => cmd::loadgen::run(a),
         Cmd::Finetune(a) => cmd::finetune::run(a),
+        Cmd::Embed(a) => cmd::embed::run(a),
     });
 }

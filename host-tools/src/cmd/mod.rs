@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod compare;
 pub mod demo;
+pub mod embed;
 pub mod finetune;
 pub mod inspect;
 pub mod loadgen;

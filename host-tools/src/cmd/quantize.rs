@@ -96,6 +96,9 @@ pub struct Args {
     /// Also embed PTX for this CUDA architecture (sm_72, sm_87, ...; repeatable).
     #[arg(long = "cuda-arch", value_name = "sm_XX")]
     pub cuda_arch: Vec<String>,
+    /// Embed this tokenizer.json in the model (`ember embed` then needs nothing else).
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -167,6 +170,12 @@ pub fn run(a: Args) -> Result<()> {
         embedding_bits: a.embeddings.map(|e| if e == EmbArg::Int4 { 4 } else { 8 }),
         extra_tensors: Vec::new(),
         dynamic_layers: a.dynamic.clone(),
+        blobs: match &a.tokenizer {
+            Some(p) => {
+                vec![(super::embed::TOKENIZER_TENSOR.to_string(), super::embed::read_tokenizer(p)?)]
+            }
+            None => vec![],
+        },
         source_name: a
             .model
             .file_name()

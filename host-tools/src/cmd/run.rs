@@ -36,28 +36,28 @@ pub fn cuda_err(e: CudaError) -> ember_quantize::Error {
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let model = super::load(&a.model)?;
-    let arrays = super::read_npz(&a.input)?;
-    let (inputs, n) = exec::check_inputs(
-        &exec::model_inputs(&model),
-        &arrays,
-        &format!("{}", a.input.display()),
-    )?;
-    let gpu = super::device(&a.device)?;
-    let t0 = std::time::Instant::now();
-    let outs = match &gpu {
+/// Runs `n` samples through `model` (loaded from `path`) in its compiled batch sizes: on the CPU
+/// with `threads` (None: one per core), or on the GPU `gpu` (PTX cached beside `path`).
+pub fn run_on(
+    model: &ember_runtime::Model<ember_runtime::FileBytes>,
+    path: &std::path::Path,
+    inputs: &HashMap<String, ember_quantize::HostTensor>,
+    n: usize,
+    threads: Option<usize>,
+    gpu: Option<&ember_runtime::cuda::DeviceInfo>,
+) -> Result<std::collections::BTreeMap<String, ember_quantize::HostTensor>> {
+    Ok(match gpu {
         None => {
-            let pool = std::sync::Arc::new(ember_runtime::Pool::new(a.threads.unwrap_or(0))?);
-            exec::run_batched_on(&model, &inputs, n, Some(pool))?
+            let pool = std::sync::Arc::new(ember_runtime::Pool::new(threads.unwrap_or(0))?);
+            exec::run_batched_on(model, inputs, n, Some(pool))?
         }
         Some(info) => {
             let mut sessions: HashMap<usize, CudaSession<_>> = HashMap::new();
-            exec::run_batched_by(&model, &inputs, n, &mut |b, refs, out| {
+            exec::run_batched_by(model, inputs, n, &mut |b, refs, out| {
                 let s = match sessions.entry(b) {
                     Entry::Occupied(e) => e.into_mut(),
                     Entry::Vacant(e) => {
-                        let s = CudaSession::new(&model, b, info.clone(), Some(&a.model))
+                        let s = CudaSession::new(model, b, info.clone(), Some(path))
                             .map_err(cuda_err)?;
                         for note in s.notes() {
                             eprintln!("ember: {note}");
@@ -72,7 +72,20 @@ pub fn run(a: Args) -> Result<()> {
                 Ok(())
             })?
         }
-    };
+    })
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let model = super::load(&a.model)?;
+    let arrays = super::read_npz(&a.input)?;
+    let (inputs, n) = exec::check_inputs(
+        &exec::model_inputs(&model),
+        &arrays,
+        &format!("{}", a.input.display()),
+    )?;
+    let gpu = super::device(&a.device)?;
+    let t0 = std::time::Instant::now();
+    let outs = run_on(&model, &a.model, &inputs, n, a.threads, gpu.as_ref())?;
     let secs = t0.elapsed().as_secs_f64();
     npz::write_npz(&a.output, &outs)?;
     let device = gpu.as_ref().map(super::gpu_line).unwrap_or_else(|| "cpu".into());
