@@ -67,6 +67,8 @@ pub struct Options {
     /// Linear layers (node names, or "all") whose activations are quantized per row at run time
     /// (INT8 weights) instead of with a static calibrated scale.
     pub dynamic_layers: Vec<String>,
+    /// Linear layers (node names, or "all") kept with f16 weights and float activations.
+    pub f16_layers: Vec<String>,
     /// Byte blobs stored as plain U8 tensors (e.g. the model's `tokenizer.json`).
     pub blobs: Vec<(String, Vec<u8>)>,
 }
@@ -88,6 +90,7 @@ impl Default for Options {
             cuda_archs: Vec::new(),
             board: None,
             dynamic_layers: Vec::new(),
+            f16_layers: Vec::new(),
             blobs: Vec::new(),
         }
     }
@@ -208,20 +211,25 @@ pub fn quantize(
     let linears: Vec<&str> =
         g.nodes.iter().filter(|n| n.op == reference::LINEAR_OP).map(|n| n.name.as_str()).collect();
     let mut wide = Widened::default();
-    for d in &opts.dynamic_layers {
-        if d == "all" {
-            wide.dynamic.extend(linears.iter().map(|s| s.to_string()));
-        } else if linears.contains(&d.as_str()) {
-            wide.dynamic.insert(d.clone());
-        } else {
-            return Err(Error::Shape(format!(
-                "--dynamic names '{d}', which is not a Linear layer of the model (layers: {})",
-                linears.join(", ")
-            )));
+    for (flag, names, set) in [
+        ("--dynamic", &opts.dynamic_layers, &mut wide.dynamic),
+        ("--f16", &opts.f16_layers, &mut wide.f16),
+    ] {
+        for d in names {
+            if d == "all" {
+                set.extend(linears.iter().map(|s| s.to_string()));
+            } else if linears.contains(&d.as_str()) {
+                set.insert(d.clone());
+            } else {
+                return Err(Error::Shape(format!(
+                    "{flag} names '{d}', which is not a Linear layer of the model (layers: {})",
+                    linears.join(", ")
+                )));
+            }
         }
-    }
-    if opts.bits == 32 && !wide.dynamic.is_empty() {
-        return Err(Error::Shape("--dynamic needs --bits 8 or 4".into()));
+        if opts.bits == 32 && !set.is_empty() {
+            return Err(Error::Shape(format!("{flag} needs --bits 8 or 4")));
+        }
     }
     let (samples, n) = exec::check_inputs(&specs, calib, "calibration set")?;
     // Observed: the input of every Linear, and both operands of activation x activation MatMuls.
@@ -283,7 +291,8 @@ pub fn quantize(
         n,
     };
     // Layers widened for the accuracy budget, one step at a time: INT4 to INT8, static INT8
-    // Linear to dynamic INT8, INT8 (dynamic, or act x act MatMul, or embedding) to f32.
+    // Linear to dynamic INT8 to f16 weights, and INT8 act x act MatMuls, INT8 embeddings and
+    // f16 Linears to f32.
     let mut built = build(&ctx, &wide)?;
     let mut cos_drop = None;
     // (node, gain of its last step, precision before the budget, steps taken)
@@ -437,6 +446,7 @@ struct Widened {
     float: HashSet<String>,
     int8: HashSet<String>,
     dynamic: HashSet<String>,
+    f16: HashSet<String>,
 }
 
 /// One step wider for a layer of the accuracy budget.
@@ -446,6 +456,8 @@ enum Step {
     Int8,
     /// Static INT8 activations to dynamic per-row ones (Linear layers).
     Dynamic,
+    /// Dynamic INT8 Linear to f16 weights with float activations.
+    F16,
     /// To f32.
     Float,
 }
@@ -456,7 +468,8 @@ impl Step {
         match l.precision.as_str() {
             "int4" => Some(Step::Int8),
             "int8" if l.kind == "linear" => Some(Step::Dynamic),
-            "int8" | "int8-dynamic" => Some(Step::Float),
+            "int8-dynamic" => Some(Step::F16),
+            "int8" | "f16" => Some(Step::Float),
             _ => None,
         }
     }
@@ -464,6 +477,7 @@ impl Step {
         match self {
             Step::Int8 => "int8",
             Step::Dynamic => "int8-dynamic",
+            Step::F16 => "f16",
             Step::Float => "f32",
         }
     }
@@ -474,6 +488,7 @@ impl Widened {
         let set = match step {
             Step::Int8 => &mut self.int8,
             Step::Dynamic => &mut self.dynamic,
+            Step::F16 => &mut self.f16,
             Step::Float => &mut self.float,
         };
         set.insert(node.to_string());
@@ -484,6 +499,7 @@ impl Widened {
         match step {
             Step::Int8 => self.int8.remove(node),
             Step::Dynamic => self.dynamic.remove(node),
+            Step::F16 => self.f16.remove(node),
             Step::Float => self.float.remove(node),
         };
         self
@@ -500,6 +516,7 @@ fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
     lw.float_nodes = wide.float.clone();
     lw.int8_nodes = wide.int8.clone();
     lw.dynamic_nodes = wide.dynamic.clone();
+    lw.f16_nodes = wide.f16.clone();
     lw.choices = Some(ctx.choices);
     let sig = |s: &IoSpec| ember_runtime::format::writer::SigSpec {
         name: s.name.clone(),

@@ -52,6 +52,9 @@ pub struct Lowerer<'a> {
     pub int8_nodes: std::collections::HashSet<String>,
     /// Linear nodes whose activations are quantized per row at run time (INT8 weights).
     pub dynamic_nodes: std::collections::HashSet<String>,
+    /// Linear nodes with f16 weights (float activations).
+    pub f16_nodes: std::collections::HashSet<String>,
+    f16_weights: HashMap<String, u32>,
     pub layers: Vec<LayerReport>,
 }
 
@@ -173,6 +176,8 @@ impl<'a> Lowerer<'a> {
             emb_bits: if bits == 4 { 4 } else { 8 },
             int8_nodes: Default::default(),
             dynamic_nodes: Default::default(),
+            f16_nodes: Default::default(),
+            f16_weights: HashMap::new(),
             layers: vec![],
         }
     }
@@ -576,7 +581,10 @@ impl<'a> Lowerer<'a> {
                 let act = n.int("act").unwrap_or(0) as u32;
                 let y = pb.define(&out_name)?;
                 let int4 = self.bits == 4 && k.is_multiple_of(self.group);
-                let narrow = !self.int8_nodes.contains(&n.name) && !self.dynamic_nodes.contains(&n.name);
+                let f16 = self.f16_nodes.contains(&n.name) && !self.float_nodes.contains(&n.name);
+                let narrow = !self.int8_nodes.contains(&n.name)
+                    && !self.dynamic_nodes.contains(&n.name)
+                    && !f16;
                 if int4 && !self.float_nodes.contains(&n.name) && narrow {
                     let (refs, sx, zp) = match self.linear_i4.get(&n.name) {
                         Some(r) => *r,
@@ -592,7 +600,7 @@ impl<'a> Lowerer<'a> {
                         linear_params(m, k, nn, act, sx, zp, pack::LAYOUT_K4N16_I4, self.group);
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI4, &ins, y, &params, "int4");
-                } else if (self.bits == 8 || self.bits == 4) && !self.float_nodes.contains(&n.name) {
+                } else if (self.bits == 8 || self.bits == 4) && !self.float_nodes.contains(&n.name) && !f16 {
                     let dynamic = self.dynamic_nodes.contains(&n.name);
                     let (refs, sx, zp) = match self.linear_i8.get(&n.name) {
                         Some(r) => *r,
@@ -610,6 +618,42 @@ impl<'a> Lowerer<'a> {
                     }
                     let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
                     pb.push(&n.name, OpCode::LinearI8, &ins, y, &params, "int8");
+                } else if f16 {
+                    let wr = match self.f16_weights.get(&n.name) {
+                        Some(r) => *r,
+                        None => {
+                            let wf = w.to_f32_vec();
+                            let bits: Vec<u16> = wf.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect();
+                            let (sig, noise) = wf.iter().zip(&bits).fold((0f64, 0f64), |(s, e), (v, b)| {
+                                let back = half::f16::from_bits(*b).to_f32() as f64;
+                                (s + (*v as f64).powi(2), e + (*v as f64 - back).powi(2))
+                            });
+                            let r = self.writer.tensor(
+                                &format!("{}.w_f16", n.name),
+                                DType::F16,
+                                &[nn as u32, k as u32],
+                                TensorRole::Plain,
+                                REF_NONE,
+                                dtype_bytes(&bits),
+                            );
+                            if first {
+                                let mut rep = LayerReport::float(&n.name, "linear", m, k, nn);
+                                rep.precision = "f16".into();
+                                rep.scheme = "weights f16, activations f32, f32 accumulation".into();
+                                rep.weight_sqnr_db = Some(quant::sqnr(sig, noise));
+                                rep.reason = Some("weights in f16 (--f16)".into());
+                                self.layers.push(rep);
+                            }
+                            self.f16_weights.insert(n.name.clone(), r);
+                            r
+                        }
+                    };
+                    let br = match n.input(2) {
+                        Some(b) => self.const_ref(g, b)?,
+                        None => REF_NONE,
+                    };
+                    let params = [m as u32, k as u32, nn as u32, act];
+                    pb.push(&n.name, OpCode::LinearF16, &[x, wr, br], y, &params, "f16");
                 } else {
                     let wr = self.const_ref(g, &n.inputs[1])?;
                     let br = match n.input(2) {

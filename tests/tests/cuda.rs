@@ -113,11 +113,42 @@ fn gpu_comparison_models_cover_every_op() {
             seen.insert(r.opcode);
         }
     }
+    // 19 (LinearF16) and dynamic LinearI8 have no CUDA kernel: refused, see below.
     let missing: Vec<&str> = (1..=18u16)
         .filter(|c| !seen.contains(c))
         .map(|c| OpCode::from_u16(c).unwrap().name())
         .collect();
     assert!(missing.is_empty(), "ops the GPU comparison never runs: {missing:?}");
+}
+
+/// Models with ops the CUDA backend has no kernel for (dynamic per-row LinearI8, LinearF16) are
+/// refused by name before any driver call, so this runs without a GPU too.
+#[test]
+fn ops_without_cuda_kernels_are_refused_by_name() {
+    let case = case("mlp");
+    let onnx = std::fs::read(case.join("model.onnx")).unwrap();
+    let calib = npz::read_npz(&case.join("calib.npz")).unwrap();
+    let fake = cuda::DeviceInfo {
+        ordinal: 0,
+        name: "none".into(),
+        sm: 87,
+        integrated: true,
+        total_mem: 0,
+    };
+    for (what, opts) in [
+        (
+            "dynamically per row",
+            Options { dynamic_layers: vec!["all".into()], ..Default::default() },
+        ),
+        ("f16 weights", Options { f16_layers: vec!["all".into()], ..Default::default() }),
+    ] {
+        let bytes = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap().0;
+        let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+        let e = CudaSession::new(&model, 1, fake.clone(), None).err().expect("refused");
+        let msg = e.to_string();
+        assert!(matches!(e, CudaError::Model(_)), "{msg}");
+        assert!(msg.contains(what) && msg.contains("--device cpu"), "{msg}");
+    }
 }
 
 #[test]

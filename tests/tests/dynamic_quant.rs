@@ -1,6 +1,7 @@
-//! Dynamic per-row activation quantization (`--dynamic`): each row of a Linear's input gets its
-//! own symmetric scale at run time. Checked against a direct simulation of the arithmetic on
-//! awkward sizes, against static INT8 on rows of very different magnitudes, and for bad names.
+//! The wider types a Linear can be kept in: dynamic per-row activation quantization
+//! (`--dynamic`, each row of the input gets its own symmetric scale at run time) and f16 weights
+//! (`--f16`). Checked against a direct simulation of the arithmetic on awkward sizes, against
+//! static INT8 on rows of very different magnitudes, and for bad names.
 
 use ember_quantize::{exec, quant, HostTensor, Options};
 use ember_runtime::{AlignedBuf, Model};
@@ -44,12 +45,20 @@ fn run(bytes: &[u8], x: &[f32], n: usize) -> Vec<f32> {
 }
 
 fn quantize(onnx: &[u8], calib: &[f32], n: usize, dynamic: &[&str]) -> Result<Vec<u8>, String> {
+    quantize_with(onnx, calib, n, |o| {
+        o.dynamic_layers = dynamic.iter().map(|s| s.to_string()).collect()
+    })
+}
+
+fn quantize_with(
+    onnx: &[u8],
+    calib: &[f32],
+    n: usize,
+    f: impl FnOnce(&mut Options),
+) -> Result<Vec<u8>, String> {
     let c = BTreeMap::from([("x".to_string(), HostTensor::f32(vec![n, K], calib.to_vec()))]);
-    let opts = Options {
-        batches: vec![1, 8],
-        dynamic_layers: dynamic.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
+    let mut opts = Options { batches: vec![1, 8], ..Default::default() };
+    f(&mut opts);
     ember_quantize::quantize(onnx, &c, &opts, &mut |_, _, _| {})
         .map(|r| r.0)
         .map_err(|e| e.to_string())
@@ -152,4 +161,34 @@ fn dynamic_layer_names_are_checked() {
     let opts = Options { bits: 32, dynamic_layers: vec!["all".into()], ..Default::default() };
     let e = ember_quantize::quantize(&onnx, &c, &opts, &mut |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("--dynamic needs --bits 8 or 4"), "{e}");
+}
+
+#[test]
+fn f16_weights_compute_like_float_with_rounded_weights() {
+    let mut rng = Rng::new(91);
+    let (onnx, w, b) = model_and_weights(&mut rng);
+    let calib = rows(&mut rng, 9);
+    let bytes = quantize_with(&onnx, &calib, 9, |o| o.f16_layers = vec!["all".into()]).unwrap();
+    let m = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+    let codes: Vec<u16> = m.plans[0].records.iter().map(|r| r.opcode).collect();
+    assert!(codes.contains(&(ember_runtime::format::OpCode::LinearF16 as u16)), "{codes:?}");
+    let n = 33;
+    let x = rows(&mut rng, n);
+    let y = run(&bytes, &x, n);
+    for i in 0..n {
+        let xr = &x[i * K..(i + 1) * K];
+        for j in 0..N {
+            let dot: f64 = (0..K)
+                .map(|p| xr[p] as f64 * half::f16::from_f32(w[p * N + j]).to_f32() as f64)
+                .sum();
+            let want = (dot + b[j] as f64).max(0.0);
+            let scale: f64 = (0..K).map(|p| (xr[p] * w[p * N + j]).abs() as f64).sum::<f64>() + 1.0;
+            let got = y[i * N + j] as f64;
+            assert!((got - want).abs() <= 1e-5 * scale, "row {i} col {j}: {got} vs {want}");
+        }
+    }
+    let c = BTreeMap::from([("x".to_string(), HostTensor::f32(vec![9, K], calib))]);
+    let opts = Options { f16_layers: vec!["fc2".into()], ..Default::default() };
+    let e = ember_quantize::quantize(&onnx, &c, &opts, &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("--f16 names 'fc2'"), "{e}");
 }

@@ -161,7 +161,11 @@ fn accuracy_budget_falls_back_the_most_sensitive_layers_and_says_so() {
     assert!(tight.cos_drop.unwrap() <= budget, "{:?} > {budget}", tight.cos_drop);
     for name in &tight.fell_back {
         let l = tight.layers.iter().find(|l| &l.node == name).unwrap();
-        assert!(["f32", "int8-dynamic"].contains(&l.precision.as_str()), "{name}: {}", l.precision);
+        assert!(
+            ["f32", "f16", "int8-dynamic"].contains(&l.precision.as_str()),
+            "{name}: {}",
+            l.precision
+        );
         assert!(
             l.reason.as_deref().unwrap_or("").contains("--max-cos-drop"),
             "{name}: {:?}",

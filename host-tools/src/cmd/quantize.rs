@@ -73,13 +73,17 @@ pub struct Args {
     pub act_matmul: ActMatmul,
     /// Accuracy budget: the largest drop of mean per-sample output cosine to float allowed on the
     /// calibration set; the most sensitive layers are widened one step at a time (INT4 -> INT8
-    /// -> INT8 with dynamic per-row activations -> f32) until it holds.
+    /// -> INT8 with dynamic per-row activations -> f16 weights -> f32) until it holds.
     #[arg(long, value_name = "DROP")]
     pub max_cos_drop: Option<f64>,
     /// Quantize this Linear layer's activations per row at run time (dynamic INT8) instead of
     /// with a static calibrated scale; repeatable, or `all`.
     #[arg(long = "dynamic", value_name = "LAYER|all")]
     pub dynamic: Vec<String>,
+    /// Keep this Linear layer's weights in f16 with float activations (half the bytes of f32;
+    /// CPU only); repeatable, or `all`.
+    #[arg(long = "f16", value_name = "LAYER|all")]
+    pub f16: Vec<String>,
     /// Also write the accuracy report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -170,6 +174,7 @@ pub fn run(a: Args) -> Result<()> {
         embedding_bits: a.embeddings.map(|e| if e == EmbArg::Int4 { 4 } else { 8 }),
         extra_tensors: Vec::new(),
         dynamic_layers: a.dynamic.clone(),
+        f16_layers: a.f16.clone(),
         blobs: match &a.tokenizer {
             Some(p) => {
                 vec![(super::embed::TOKENIZER_TENSOR.to_string(), super::embed::read_tokenizer(p)?)]

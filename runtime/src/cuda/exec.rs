@@ -111,13 +111,18 @@ impl<'m, B: AsRef<[u8]>> CudaSession<'m, B> {
             ))
         })?;
         let plan = &model.plans[idx];
-        if let Some(i) = plan
-            .ops
-            .iter()
-            .position(|op| matches!(op, Op::LinearI8 { inv_scale, .. } if *inv_scale == 0.0))
+        let no_kernel = |op: &Op| match op {
+            Op::LinearI8 { inv_scale, .. } if *inv_scale == 0.0 => {
+                Some("quantizes its activations dynamically per row")
+            }
+            Op::LinearF16 { .. } => Some("has f16 weights"),
+            _ => None,
+        };
+        if let Some((i, what)) =
+            plan.ops.iter().enumerate().find_map(|(i, op)| no_kernel(op).map(|w| (i, w)))
         {
             return Err(CudaError::Model(std::format!(
-                "op {i} ({}) quantizes its activations dynamically per row, which has no CUDA kernel yet: run this model with --device cpu",
+                "op {i} ({}) {what}, which has no CUDA kernel yet: run this model with --device cpu",
                 model
                     .meta(&std::format!("op_names.b{batch}"))
                     .and_then(|s| s.lines().nth(i))
@@ -456,6 +461,8 @@ fn plan_op<B: AsRef<[u8]>>(
             a.f[0] = 1.0;
             v.push(gemm_f32(a, *m, *n, 1));
         }
+        // Refused by `CudaSession::new` before any launch is planned.
+        Op::LinearF16 { .. } => {}
         Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k, n, act, inv_scale, zp } => {
             let lda = k4(*k);
             v.push(quantize(addr(*x), addr(*mult), b.scratch, *m, *k, *zp, 1, 0, 0, *inv_scale));

@@ -209,6 +209,9 @@ pub enum OpCode {
     /// params [group G]; out f32 [.., D]. Element j of row r is the nibble `j % 2` (low first)
     /// of byte `j / 2`, an unsigned code `q` in 0..=15: `q·scale[r, j/G] + bias[r, j/G]`.
     GatherRowsI4 = 18,
+    /// As LinearF32 with the weights stored in f16 (`w f16 [N,K]`): the accuracy budget's step
+    /// between INT8 and f32 (half the bytes of f32, float activations, f32 accumulation).
+    LinearF16 = 19,
 }
 
 impl OpCode {
@@ -232,6 +235,7 @@ impl OpCode {
             16 => Self::MatMulI8,
             17 => Self::LinearI4,
             18 => Self::GatherRowsI4,
+            19 => Self::LinearF16,
             _ => return None,
         })
     }
@@ -255,6 +259,7 @@ impl OpCode {
             Self::MatMulI8 => "matmul_i8",
             Self::LinearI4 => "linear_i4",
             Self::GatherRowsI4 => "gather_rows_i4",
+            Self::LinearF16 => "linear_f16",
         }
     }
     /// Whether the op computes in integer arithmetic (INT8 or INT4; reported by `inspect` and

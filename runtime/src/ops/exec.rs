@@ -1,7 +1,7 @@
 //! Execution of validated ops. No allocation, no locks, no I/O: every size was checked by
 //! `prepare`, and the arena slots of an op's output and its live inputs never overlap.
 
-use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind};
+use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind, F16_PANEL};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
 use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
@@ -115,6 +115,31 @@ pub(crate) fn run_op(
                 *act,
                 cast_mut(out)?,
             );
+        }
+        Op::LinearF16 { x, w, bias, m, k: kk, n, act } => {
+            let (m, kk, n) = (*m, *kk, *n);
+            let x: &[f32] = cast(io.bytes(*x))?;
+            let w: &[u16] = cast(io.bytes(*w))?;
+            let w: &[half::f16] = half::slice::HalfBitsSliceExt::reinterpret_cast(w);
+            let b: &[f32] = if *bias == REF_NONE { &[] } else { cast(io.bytes(*bias))? };
+            let o: &mut [f32] = cast_mut(out)?;
+            let (wp, op) =
+                scratch.f32s[..F16_PANEL * kk + m * F16_PANEL].split_at_mut(F16_PANEL * kk);
+            // Panels of F16_PANEL weight rows: widen to f32, multiply, scatter the columns.
+            for j0 in (0..n).step_by(F16_PANEL) {
+                let nb = F16_PANEL.min(n - j0);
+                let wf = &mut wp[..nb * kk];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+                    &w[j0 * kk..(j0 + nb) * kk],
+                    wf,
+                );
+                let bb = if b.is_empty() { &[][..] } else { &b[j0..j0 + nb] };
+                let ob = &mut op[..m * nb];
+                (k.f32_gemm)(m, kk, nb, x, wf, bb, *act, ob);
+                for (orow, brow) in o.chunks_exact_mut(n).zip(ob.chunks_exact(nb)) {
+                    orow[j0..j0 + nb].copy_from_slice(brow);
+                }
+            }
         }
         Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k: kk, n, act, inv_scale, zp } => {
             let (w, w_sum) = (cast(io.bytes(*w))?, cast(io.bytes(*w_sum))?);

@@ -60,6 +60,15 @@ pub(crate) enum Op {
         n: usize,
         act: Act,
     },
+    LinearF16 {
+        x: u32,
+        w: u32,
+        bias: u32,
+        m: usize,
+        k: usize,
+        n: usize,
+        act: Act,
+    },
     LinearI8 {
         x: u32,
         w: u32,
@@ -242,6 +251,9 @@ pub(crate) enum BinFast {
     General,
 }
 
+/// Weight rows LinearF16 widens to f32 at a time.
+pub(crate) const F16_PANEL: usize = 16;
+
 impl Op {
     /// Scratch this op needs: (i8 elements, i32 elements, f32 elements).
     pub fn scratch(&self) -> (usize, usize, usize) {
@@ -251,6 +263,8 @@ impl Op {
             Op::LinearI8 { m, k, n, inv_scale, .. } if *inv_scale == 0.0 => (m * k4(*k), 0, *n),
             Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } => (m * k4(*k), 0, 0),
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
+            // one panel of weights widened to f32, and its [m, 16] output
+            Op::LinearF16 { m, k, .. } => (0, 0, F16_PANEL * k + m * F16_PANEL),
             Op::MatMulI8 { d, .. } => (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n, 2 * d.n),
             _ => (0, 0, 0),
         }
@@ -282,7 +296,7 @@ pub(crate) fn prepare<'a>(
         for (j, x) in ins.iter().enumerate() {
             ensure!(
                 *x != REF_NONE
-                    || (code == OpCode::LinearF32 && j == 2)
+                    || (matches!(code, OpCode::LinearF32 | OpCode::LinearF16) && j == 2)
                     || (matches!(code, OpCode::LinearI8 | OpCode::LinearI4) && j == 5),
                 "input #{j} is missing"
             );
@@ -331,6 +345,26 @@ pub(crate) fn prepare<'a>(
             Ok((inv_scale, zp))
         };
     Ok(match code {
+        OpCode::LinearF16 => {
+            arity(3)?;
+            let (m, k, n) = (p[0] as usize, p[1] as usize, p[2] as usize);
+            let act =
+                Act::from_u32(p[3]).ok_or_else(|| alloc::format!("unknown activation {}", p[3]))?;
+            ensure!(m > 0 && k > 0 && n > 0, "empty GEMM {m}x{k}x{n}");
+            let x = need(ins[0], &f32_only, "x")?;
+            ensure!(numel(x.dims) == m * k, "x has {} elements, expected {m}x{k}", numel(x.dims));
+            let w = need(ins[1], &[DType::F16], "weights")?;
+            ensure!(w.dims == [n, k], "weights are {:?}, expected [{n}, {k}]", w.dims);
+            if ins[2] != REF_NONE {
+                let b = need(ins[2], &f32_only, "bias")?;
+                ensure!(b.dims == [n], "bias is {:?}, expected [{n}]", b.dims);
+            }
+            ensure!(
+                out.dtype == DType::F32 && numel(out.dims) == m * n,
+                "output must be f32 with {m}x{n} elements"
+            );
+            Op::LinearF16 { x: ins[0], w: ins[1], bias: ins[2], m, k, n, act }
+        }
         OpCode::LinearF32 | OpCode::LinearI8 => {
             let (m, k, n) = (p[0] as usize, p[1] as usize, p[2] as usize);
             let act =
