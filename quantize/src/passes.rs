@@ -277,7 +277,6 @@ fn near(v: Option<f32>, want: f32) -> bool {
 pub fn fuse_gelu(g: &mut Graph) -> usize {
     let mut count = 0;
     while let Some((remove, x, out, name)) = find_gelu(g) {
-        let at = *remove.iter().max().unwrap_or(&0);
         let node = Node {
             name,
             op: "Gelu".into(),
@@ -285,15 +284,22 @@ pub fn fuse_gelu(g: &mut Graph) -> usize {
             outputs: vec![out],
             attrs: HashMap::from([("approximate".to_string(), Attr::Str("none".into()))]),
         };
-        g.nodes[at] = node;
-        let mut rm: Vec<usize> = remove.into_iter().filter(|i| *i != at).collect();
-        rm.sort_unstable();
-        for i in rm.into_iter().rev() {
-            g.nodes.remove(i);
-        }
+        replace_nodes(g, remove, node);
         count += 1;
     }
     count
+}
+
+/// Puts `node` in place of the last of the nodes `remove` (the matched pattern) and removes
+/// the others.
+fn replace_nodes(g: &mut Graph, remove: Vec<usize>, node: Node) {
+    let at = *remove.iter().max().unwrap_or(&0);
+    g.nodes[at] = node;
+    let mut rm: Vec<usize> = remove.into_iter().filter(|i| *i != at).collect();
+    rm.sort_unstable();
+    for i in rm.into_iter().rev() {
+        g.nodes.remove(i);
+    }
 }
 
 /// One erf-GELU match: (nodes to remove, x, output, a name for the fused node).
@@ -398,8 +404,7 @@ fn find_gelu(g: &Graph) -> Option<(Vec<usize>, String, String, String)> {
 pub fn fuse_layer_norm(g: &mut Graph) -> usize {
     let mut count = 0;
     while let Some((remove, inputs, out, eps, name)) = find_layer_norm(g) {
-        let at = *remove.iter().max().unwrap_or(&0);
-        g.nodes[at] = Node {
+        let node = Node {
             name,
             op: "LayerNormalization".into(),
             inputs,
@@ -409,11 +414,7 @@ pub fn fuse_layer_norm(g: &mut Graph) -> usize {
                 ("epsilon".to_string(), Attr::Float(eps)),
             ]),
         };
-        let mut rm: Vec<usize> = remove.into_iter().filter(|i| *i != at).collect();
-        rm.sort_unstable();
-        for i in rm.into_iter().rev() {
-            g.nodes.remove(i);
-        }
+        replace_nodes(g, remove, node);
         count += 1;
     }
     count

@@ -115,7 +115,7 @@ impl<'m, B: AsRef<[u8]>> CudaSession<'m, B> {
             Op::LinearI8 { inv_scale, .. } if *inv_scale == 0.0 => {
                 Some("quantizes its activations dynamically per row")
             }
-            Op::LinearF16 { .. } => Some("has f16 weights"),
+            Op::LinearF32 { w_f16: true, .. } => Some("has f16 weights"),
             _ => None,
         };
         if let Some((i, what)) =
@@ -455,14 +455,12 @@ fn plan_op<B: AsRef<[u8]>>(
         }
     };
     match op {
-        Op::LinearF32 { x, w, bias, m, k, n, act } => {
+        Op::LinearF32 { x, w, bias, m, k, n, act, .. } => {
             a.p[..4].copy_from_slice(&[addr(*x), addr(*w), addr(*bias), o]);
             a.i[..8].copy_from_slice(&[*m as i64, *k as i64, *n as i64, 1, 0, 0, 1, *act as i64]);
             a.f[0] = 1.0;
             v.push(gemm_f32(a, *m, *n, 1));
         }
-        // Refused by `CudaSession::new` before any launch is planned.
-        Op::LinearF16 { .. } => {}
         Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k, n, act, inv_scale, zp } => {
             let lda = k4(*k);
             v.push(quantize(addr(*x), addr(*mult), b.scratch, *m, *k, *zp, 1, 0, 0, *inv_scale));

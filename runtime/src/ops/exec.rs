@@ -103,7 +103,7 @@ pub(crate) fn run_op(
     };
     let k = ctx.kernels;
     match op {
-        Op::LinearF32 { x, w, bias, m, k: kk, n, act } => {
+        Op::LinearF32 { x, w, bias, m, k: kk, n, act, w_f16: false } => {
             let b: &[f32] = if *bias == REF_NONE { &[] } else { cast(io.bytes(*bias))? };
             (k.f32_gemm)(
                 *m,
@@ -116,7 +116,7 @@ pub(crate) fn run_op(
                 cast_mut(out)?,
             );
         }
-        Op::LinearF16 { x, w, bias, m, k: kk, n, act } => {
+        Op::LinearF32 { x, w, bias, m, k: kk, n, act, w_f16: true } => {
             let (m, kk, n) = (*m, *kk, *n);
             let x: &[f32] = cast(io.bytes(*x))?;
             let w: &[u16] = cast(io.bytes(*w))?;

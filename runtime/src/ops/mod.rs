@@ -59,15 +59,8 @@ pub(crate) enum Op {
         k: usize,
         n: usize,
         act: Act,
-    },
-    LinearF16 {
-        x: u32,
-        w: u32,
-        bias: u32,
-        m: usize,
-        k: usize,
-        n: usize,
-        act: Act,
+        /// Weights stored in f16 (OpCode::LinearF16), widened per panel at run time.
+        w_f16: bool,
     },
     LinearI8 {
         x: u32,
@@ -264,7 +257,7 @@ impl Op {
             Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } => (m * k4(*k), 0, 0),
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
             // one panel of weights widened to f32, and its [m, 16] output
-            Op::LinearF16 { m, k, .. } => (0, 0, F16_PANEL * k + m * F16_PANEL),
+            Op::LinearF32 { m, k, w_f16: true, .. } => (0, 0, F16_PANEL * k + m * F16_PANEL),
             Op::MatMulI8 { d, .. } => (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n, 2 * d.n),
             _ => (0, 0, 0),
         }
@@ -345,36 +338,17 @@ pub(crate) fn prepare<'a>(
             Ok((inv_scale, zp))
         };
     Ok(match code {
-        OpCode::LinearF16 => {
-            arity(3)?;
-            let (m, k, n) = (p[0] as usize, p[1] as usize, p[2] as usize);
-            let act =
-                Act::from_u32(p[3]).ok_or_else(|| alloc::format!("unknown activation {}", p[3]))?;
-            ensure!(m > 0 && k > 0 && n > 0, "empty GEMM {m}x{k}x{n}");
-            let x = need(ins[0], &f32_only, "x")?;
-            ensure!(numel(x.dims) == m * k, "x has {} elements, expected {m}x{k}", numel(x.dims));
-            let w = need(ins[1], &[DType::F16], "weights")?;
-            ensure!(w.dims == [n, k], "weights are {:?}, expected [{n}, {k}]", w.dims);
-            if ins[2] != REF_NONE {
-                let b = need(ins[2], &f32_only, "bias")?;
-                ensure!(b.dims == [n], "bias is {:?}, expected [{n}]", b.dims);
-            }
-            ensure!(
-                out.dtype == DType::F32 && numel(out.dims) == m * n,
-                "output must be f32 with {m}x{n} elements"
-            );
-            Op::LinearF16 { x: ins[0], w: ins[1], bias: ins[2], m, k, n, act }
-        }
-        OpCode::LinearF32 | OpCode::LinearI8 => {
+        OpCode::LinearF32 | OpCode::LinearF16 | OpCode::LinearI8 => {
             let (m, k, n) = (p[0] as usize, p[1] as usize, p[2] as usize);
             let act =
                 Act::from_u32(p[3]).ok_or_else(|| alloc::format!("unknown activation {}", p[3]))?;
             ensure!(m > 0 && k > 0 && n > 0, "empty GEMM {m}x{k}x{n}");
             let x = need(ins.first().copied().unwrap_or(REF_NONE), &f32_only, "x").ok();
-            if code == OpCode::LinearF32 {
+            if code != OpCode::LinearI8 {
                 arity(3)?;
                 let x = x.ok_or("x must be f32")?;
-                let w = need(ins[1], &f32_only, "weights")?;
+                let f16 = code == OpCode::LinearF16;
+                let w = need(ins[1], if f16 { &[DType::F16] } else { &f32_only }, "weights")?;
                 ensure!(
                     numel(x.dims) == m * k,
                     "x has {} elements, expected {m}x{k}",
@@ -389,7 +363,8 @@ pub(crate) fn prepare<'a>(
                     out.dtype == DType::F32 && numel(out.dims) == m * n,
                     "output must be f32 with {m}x{n} elements"
                 );
-                Op::LinearF32 { x: ins[0], w: ins[1], bias: ins[2], m, k, n, act }
+                let (x, w, bias) = (ins[0], ins[1], ins[2]);
+                Op::LinearF32 { x, w, bias, m, k, n, act, w_f16: f16 }
             } else {
                 arity(6)?;
                 let x = x.ok_or("x must be f32")?;
