@@ -28,25 +28,7 @@ fn tmp(tag: &str) -> PathBuf {
     d
 }
 
-/// Asserts a failure with `needle` in stderr, no panic, and `out` not created.
-fn fails(o: &Output, needle: &str, out: Option<&Path>) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "expected exit 1; stderr: {err}");
-    assert!(err.contains(needle), "stderr does not mention '{needle}': {err}");
-    assert!(!err.contains("panicked") && !err.contains("internal error"), "panicked: {err}");
-    if let Some(p) = out {
-        assert!(!p.exists(), "{} was left behind", p.display());
-        let Ok(dir) = std::fs::read_dir(p.parent().unwrap()) else { return };
-        let leftovers: Vec<_> =
-            dir.flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-    }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use ember_tests::{cli_fails as fails, cli_ok as ok};
 
 #[test]
 fn quantize_run_inspect_compare() {

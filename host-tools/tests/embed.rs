@@ -16,16 +16,11 @@ fn bin(name: &str) -> Command {
     ember_tests::bin_command(path)
 }
 
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use ember_tests::cli_ok as ok;
 
+/// A failure naming `needle` (no output file involved).
 fn fails(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "expected exit 1; stderr: {err}");
-    assert!(err.contains(needle), "stderr does not mention '{needle}': {err}");
-    assert!(!err.contains("panicked"), "{err}");
+    ember_tests::cli_fails(o, needle, None)
 }
 
 fn tokenizer_json() -> PathBuf {

@@ -484,24 +484,22 @@ impl Step {
 }
 
 impl Widened {
-    fn with(mut self, node: &str, step: Step) -> Self {
-        let set = match step {
+    /// The layers that took `step`.
+    fn set(&mut self, step: Step) -> &mut HashSet<String> {
+        match step {
             Step::Int8 => &mut self.int8,
             Step::Dynamic => &mut self.dynamic,
             Step::F16 => &mut self.f16,
             Step::Float => &mut self.float,
-        };
-        set.insert(node.to_string());
+        }
+    }
+    fn with(mut self, node: &str, step: Step) -> Self {
+        self.set(step).insert(node.to_string());
         self
     }
     /// Undoes [`Widened::with`].
     fn without(mut self, node: &str, step: Step) -> Self {
-        match step {
-            Step::Int8 => self.int8.remove(node),
-            Step::Dynamic => self.dynamic.remove(node),
-            Step::F16 => self.f16.remove(node),
-            Step::Float => self.float.remove(node),
-        };
+        self.set(step).remove(node);
         self
     }
 }
@@ -536,7 +534,7 @@ fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
             ops = reps;
             ids = vids;
         }
-        lw.writer.meta(&format!("op_names.b{b}"), &names.join("\n"));
+        lw.writer.meta(&ember_runtime::op_names_key(*b), &names.join("\n"));
         lw.writer.plan(plan);
     }
     for (name, t) in &opts.extra_tensors {

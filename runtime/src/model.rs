@@ -124,6 +124,17 @@ impl<B: AsRef<[u8]>> Model<B> {
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
+
+    /// The graph node each op of the plan for `batch` came from (metadata written by the
+    /// quantizer under [`op_names_key`]); empty when the file has none.
+    pub fn op_names(&self, batch: usize) -> Vec<&str> {
+        self.meta(&op_names_key(batch)).map(|s| s.lines().collect()).unwrap_or_default()
+    }
+}
+
+/// Metadata key of the op names of the plan for `batch` (one node name per line, in op order).
+pub fn op_names_key(batch: usize) -> String {
+    alloc::format!("op_names.b{batch}")
 }
 
 type Parsed =

@@ -27,6 +27,28 @@ pub fn bin_command(path: &str) -> std::process::Command {
     }
 }
 
+/// Asserts a command-line failure: exit status 1, `needle` in stderr, no panic, and `out` (when
+/// given) not created, with no temporary file left beside it.
+pub fn cli_fails(o: &std::process::Output, needle: &str, out: Option<&Path>) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "expected exit 1; stderr: {err}");
+    assert!(err.contains(needle), "stderr does not mention '{needle}': {err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "panicked: {err}");
+    if let Some(p) = out {
+        assert!(!p.exists(), "{} was left behind", p.display());
+        let Ok(dir) = std::fs::read_dir(p.parent().unwrap()) else { return };
+        let leftovers: Vec<_> =
+            dir.flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}
+
+/// Asserts a command-line success and returns its stdout.
+pub fn cli_ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Folder holding the oracle cases (made by tests/oracle/make_cases.py). `EMBER_ORACLE_DIR`
 /// points at a ready one; otherwise it is generated once per process under the target folder.
 pub fn oracle_dir() -> &'static Path {

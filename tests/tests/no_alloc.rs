@@ -33,8 +33,12 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 fn check(onnx: &[u8], calib: &std::path::Path, batch: usize) {
+    check_with(onnx, calib, ember_quantize::Options { batches: vec![batch], ..Default::default() });
+}
+
+fn check_with(onnx: &[u8], calib: &std::path::Path, opts: ember_quantize::Options) {
+    let batch = opts.batches[0];
     let calib = npz::read_npz(calib).unwrap();
-    let opts = ember_quantize::Options { batches: vec![batch], ..Default::default() };
     let (bytes, _) = ember_quantize::quantize(onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
     let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
     let mut s = Session::new(&model, batch).unwrap();
@@ -66,6 +70,18 @@ fn run_does_not_allocate() {
     );
     let dlrm = ember_tests::case("dlrm");
     check(&std::fs::read(dlrm.join("model.onnx")).unwrap(), &dlrm.join("calib.npz"), 4);
+    // The wider Linear types: dynamic per-row INT8 and f16 weights.
+    let all = vec!["all".to_string()];
+    for opts in [
+        ember_quantize::Options {
+            batches: vec![4],
+            dynamic_layers: all.clone(),
+            ..Default::default()
+        },
+        ember_quantize::Options { batches: vec![4], f16_layers: all.clone(), ..Default::default() },
+    ] {
+        check_with(&std::fs::read(dlrm.join("model.onnx")).unwrap(), &dlrm.join("calib.npz"), opts);
+    }
 }
 
 #[test]

@@ -185,10 +185,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut by_kind: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     let mut ops = Vec::new();
     if a.profile {
-        let names: Vec<String> = model
-            .meta(&format!("op_names.b{batch}"))
-            .map(|s| s.lines().map(String::from).collect())
-            .unwrap_or_default();
+        let names = model.op_names(batch);
         let plan = s.plan();
         for (i, rec) in plan.records.iter().enumerate() {
             let kind = OpCode::from_u16(rec.opcode).map(|c| c.name()).unwrap_or("?");

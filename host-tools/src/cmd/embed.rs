@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ember_quantize::HostTensor;
+use ember_quantize::{report::metrics, HostTensor};
 use ember_runtime::{DType, FileBytes, Model};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -35,12 +35,8 @@ pub struct Args {
     /// Scale each embedding to unit length.
     #[arg(long)]
     pub normalize: bool,
-    /// Threads (default: one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Where to run: cpu, cuda[:N], or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
     /// Print JSON: the token ids and the embedding of every sentence, and their cosine
     /// similarities.
     #[arg(long)]
@@ -190,9 +186,9 @@ pub fn run(a: Args) -> Result<()> {
             out.dims
         );
     }
-    let gpu = super::device(&a.device)?;
+    let gpu = super::device(&a.engine.device)?;
     let t0 = std::time::Instant::now();
-    let outs = super::run::run_on(&model, &a.model, &inputs, n, a.threads, gpu.as_ref())?;
+    let outs = super::run::run_on(&model, &a.model, &inputs, n, a.engine.threads, gpu.as_ref())?;
     let secs = t0.elapsed().as_secs_f64();
     let v = outs[&out.name].to_f32_vec();
     let d = *out.dims.last().unwrap_or(&1);
@@ -211,7 +207,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let sim: Vec<Vec<f64>> =
-        emb.iter().map(|x| emb.iter().map(|y| cosine(x, y)).collect()).collect();
+        emb.iter().map(|x| emb.iter().map(|y| metrics("", x, y).cosine).collect()).collect();
     if a.json {
         let items: Vec<serde_json::Value> = sents
             .iter()
@@ -259,17 +255,6 @@ fn mean_pool(x: &[f32], d: usize, len: usize) -> Vec<f32> {
     }
     o.iter_mut().for_each(|v| *v /= len.max(1) as f32);
     o
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    if na > 0.0 && nb > 0.0 {
-        dot / (na * nb)
-    } else {
-        0.0
-    }
 }
 
 /// Reads and checks a tokenizer.json for `quantize --tokenizer`.

@@ -45,7 +45,7 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
         .plans
         .iter()
         .map(|p| {
-            let names: Vec<String> = model.meta(&format!("op_names.b{}", p.batch)).map(|s| s.lines().map(String::from).collect()).unwrap_or_default();
+            let names = model.op_names(p.batch);
             let ops: Vec<_> = p
                 .records
                 .iter()

@@ -47,6 +47,17 @@ pub fn load_with(
     ember_runtime::load_file_with(path, v).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// Where and on how many threads a command runs a model (run, embed).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to run: cpu, cuda[:N], or auto (the GPU when there is one, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
 /// Resolves `--device cpu|cuda[:N]|auto`: the GPU to use, or `None` for the CPU. `cuda` without
 /// a usable GPU is an error ("no CUDA device: ..."); `auto` then falls back to the CPU and says
 /// so on stderr.

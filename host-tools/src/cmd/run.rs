@@ -17,12 +17,8 @@ pub struct Args {
     /// Where to write the outputs (named as the model's outputs; written atomically).
     #[arg(long)]
     pub output: PathBuf,
-    /// Threads (default: one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Where to run: cpu, cuda[:N], or auto (the GPU when there is one, else the CPU).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub engine: super::EngineArgs,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -83,9 +79,9 @@ pub fn run(a: Args) -> Result<()> {
         &arrays,
         &format!("{}", a.input.display()),
     )?;
-    let gpu = super::device(&a.device)?;
+    let gpu = super::device(&a.engine.device)?;
     let t0 = std::time::Instant::now();
-    let outs = run_on(&model, &a.model, &inputs, n, a.threads, gpu.as_ref())?;
+    let outs = run_on(&model, &a.model, &inputs, n, a.engine.threads, gpu.as_ref())?;
     let secs = t0.elapsed().as_secs_f64();
     npz::write_npz(&a.output, &outs)?;
     let device = gpu.as_ref().map(super::gpu_line).unwrap_or_else(|| "cpu".into());

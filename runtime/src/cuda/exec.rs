@@ -123,10 +123,7 @@ impl<'m, B: AsRef<[u8]>> CudaSession<'m, B> {
         {
             return Err(CudaError::Model(std::format!(
                 "op {i} ({}) {what}, which has no CUDA kernel yet: run this model with --device cpu",
-                model
-                    .meta(&std::format!("op_names.b{batch}"))
-                    .and_then(|s| s.lines().nth(i))
-                    .unwrap_or("linear")
+                model.op_names(batch).get(i).copied().unwrap_or("linear")
             )));
         }
         let mut notes = Vec::new();

@@ -147,13 +147,15 @@ pub(crate) fn run_op(
             let (kk, n, act) = (*kk, *n, *act);
             let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
             if *inv_scale == 0.0 {
-                let zeros = &mut scratch.f32s[..n];
+                let (zeros, row_scale) = scratch.f32s.split_at_mut(n);
                 zeros.fill(0.0);
                 let zeros = &*zeros;
+                let o = cast_mut(out)?;
                 q.run_dynamic(
                     ctx.par,
                     scratch.u8s,
-                    cast_mut(out)?,
+                    row_scale,
+                    o,
                     n,
                     bias,
                     act,
@@ -800,6 +802,9 @@ fn fill<T: bytemuck::Pod>(out: &mut [u8], v: &[u8]) -> bool {
     }
 }
 
+/// `task(first row, end row, the block's u8 codes, its output rows)`: one row block's work.
+type QuantTask<'t> = dyn Fn(usize, usize, &mut [u8], &mut [f32]) + Sync + 't;
+
 /// `gemm(rows, u8 codes, lda, zero point, output rows)`: the integer GEMM of one row block.
 type RowGemm<'g> = dyn Fn(usize, &[u8], usize, i32, &mut [f32]) + Sync + 'g;
 
@@ -832,8 +837,28 @@ impl<'a> QuantIn<'a> {
         Ok(QuantIn { x: cast(io.bytes(x))?, mult, m, k, inv_scale, zp: zp + 128, kernels })
     }
 
-    /// Calls `gemm(rows, codes, lda, zp, out_rows)` on row blocks of `out` (`n` per row),
-    /// spread over `par`'s threads.
+    /// Runs `task(r0, r1, codes, out_rows)` on row blocks of `out` (`n` per row), spread over
+    /// `par`'s threads; `codes` is the block's part of the scratch (rows at stride `k4(k)`).
+    fn blocks(
+        &self,
+        par: &dyn Parallel,
+        scratch: &mut [u8],
+        out: &mut [f32],
+        n: usize,
+        task: &QuantTask<'_>,
+    ) {
+        let lda = k4(self.k);
+        let q = SharedMut(scratch[..self.m * lda].as_mut_ptr());
+        split_rows_mut(par, &mut out[..self.m * n], n, 16, 8, &|r0, r1, os| {
+            // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda bytes,
+            // exclusively borrowed by this op.
+            let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
+            task(r0, r1, qs, os);
+        });
+    }
+
+    /// Quantizes each row block with the static scale (or channel multipliers) and calls
+    /// `gemm(rows, codes, lda, zp, out_rows)` on it.
     fn run(
         &self,
         par: &dyn Parallel,
@@ -842,13 +867,8 @@ impl<'a> QuantIn<'a> {
         n: usize,
         gemm: &RowGemm<'_>,
     ) {
-        let (m, k) = (self.m, self.k);
-        let lda = k4(k);
-        let q = SharedMut(scratch[..m * lda].as_mut_ptr());
-        split_rows_mut(par, &mut out[..m * n], n, 16, 8, &|r0, r1, os| {
-            // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda bytes,
-            // exclusively borrowed by this op.
-            let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
+        let (k, lda) = (self.k, k4(self.k));
+        self.blocks(par, scratch, out, n, &|r0, r1, qs, os| {
             let x = &self.x[r0 * k..r1 * k];
             (self.kernels.quantize_u8)(x, r1 - r0, k, lda, self.inv_scale, self.mult, self.zp, qs);
             gemm(r1 - r0, qs, lda, self.zp, os);
@@ -856,43 +876,35 @@ impl<'a> QuantIn<'a> {
     }
 
     /// As [`QuantIn::run`], with each row quantized symmetrically by its own scale
-    /// (`max |x| / 127`, codes around 128) and `gemm` run without bias or activation; each output
-    /// row is then multiplied by its row's scale, `bias` added and `act` applied.
+    /// (`max |x| / 127`, codes around 128, kept in `row_scale`, one per row) and `gemm` run
+    /// without bias or activation; each output row is then multiplied by its row's scale, `bias`
+    /// added and `act` applied.
     #[allow(clippy::too_many_arguments)]
     fn run_dynamic(
         &self,
         par: &dyn Parallel,
         scratch: &mut [u8],
+        row_scale: &mut [f32],
         out: &mut [f32],
         n: usize,
         bias: &[f32],
         act: Act,
         gemm: &RowGemm<'_>,
     ) {
-        let (m, k) = (self.m, self.k);
-        let lda = k4(k);
-        let q = SharedMut(scratch[..m * lda].as_mut_ptr());
-        let row_scale = |xr: &[f32]| {
-            let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
-            if amax > 0.0 && amax.is_finite() {
-                amax / 127.0
-            } else {
-                0.0
-            }
-        };
-        split_rows_mut(par, &mut out[..m * n], n, 16, 8, &|r0, r1, os| {
-            // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda bytes,
-            // exclusively borrowed by this op.
-            let qs = unsafe { q.slice(r0 * lda, (r1 - r0) * lda) };
+        let (k, lda) = (self.k, k4(self.k));
+        let rs = SharedMut(row_scale[..self.m].as_mut_ptr());
+        self.blocks(par, scratch, out, n, &|r0, r1, qs, os| {
+            // SAFETY: disjoint row ranges r0..r1 ≤ m of the m row scales, as for the codes.
+            let rs = unsafe { rs.slice(r0, r1 - r0) };
             let x = &self.x[r0 * k..r1 * k];
-            for (xr, qr) in x.chunks_exact(k).zip(qs.chunks_mut(lda)) {
-                let s = row_scale(xr);
-                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            for ((xr, qr), s) in x.chunks_exact(k).zip(qs.chunks_mut(lda)).zip(rs.iter_mut()) {
+                let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
+                *s = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 0.0 };
+                let inv = if *s > 0.0 { 1.0 / *s } else { 0.0 };
                 (self.kernels.quantize_u8)(xr, 1, k, lda, inv, &[], 128, qr);
             }
             gemm(r1 - r0, qs, lda, 128, os);
-            for (xr, or) in x.chunks_exact(k).zip(os.chunks_exact_mut(n)) {
-                let s = row_scale(xr);
+            for (or, s) in os.chunks_exact_mut(n).zip(rs.iter()) {
                 or.iter_mut().zip(bias).for_each(|(o, b)| *o = *o * s + b);
                 act.apply_slice(or);
             }

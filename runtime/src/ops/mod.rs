@@ -252,8 +252,8 @@ impl Op {
     pub fn scratch(&self) -> (usize, usize, usize) {
         match self {
             // u8 activations at row stride k4(k)
-            // (dynamic LinearI8: and a zero bias for the kernel's epilogue)
-            Op::LinearI8 { m, k, n, inv_scale, .. } if *inv_scale == 0.0 => (m * k4(*k), 0, *n),
+            // (dynamic LinearI8: and a zero bias for the kernel's epilogue, and the row scales)
+            Op::LinearI8 { m, k, n, inv_scale, .. } if *inv_scale == 0.0 => (m * k4(*k), 0, n + m),
             Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } => (m * k4(*k), 0, 0),
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
             // one panel of weights widened to f32, and its [m, 16] output
