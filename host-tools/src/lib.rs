@@ -3,6 +3,7 @@
 
 pub mod cmd;
 pub mod mf_model;
+pub mod mf_overlay;
 pub mod plot;
 pub mod progress;
 pub mod ratings;

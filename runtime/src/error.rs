@@ -31,6 +31,8 @@ pub enum Error {
     Io(String),
     /// A GPU backend failed (driver call, kernel load), with its message.
     Device(String),
+    /// An overlay file that is corrupt or does not fit the model (see [`crate::overlay`]).
+    Overlay(String),
 }
 
 impl fmt::Display for Error {
@@ -63,6 +65,7 @@ impl fmt::Display for Error {
             Error::OutOfMemory { bytes } => write!(f, "could not allocate {bytes} bytes"),
             Error::Io(m) => write!(f, "{m}"),
             Error::Device(m) => write!(f, "{m}"),
+            Error::Overlay(m) => write!(f, "bad overlay: {m}"),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod histogram;
 mod load;
 mod model;
 mod ops;
+pub mod overlay;
 mod par;
 #[cfg(feature = "std")]
 mod pool;
@@ -37,6 +38,7 @@ pub use format::{DType, OpCode};
 pub use load::{load_file, load_file_with, AlignedBuf, FileBytes};
 pub use model::{op_names_key, Model, Plan, SigEntry, TensorInfo, ValueInfo, Verify};
 pub use ops::{BinaryKind, ReduceKind, UnaryKind};
+pub use overlay::{Overlay, Patch};
 pub use par::{Parallel, Serial};
 #[cfg(feature = "std")]
 pub use pool::Pool;

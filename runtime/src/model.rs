@@ -78,6 +78,8 @@ pub struct Model<B: AsRef<[u8]>> {
     pub outputs: Vec<SigEntry>,
     pub plans: Vec<Plan>,
     pub metadata: Vec<(String, String)>,
+    /// Rows replaced by an overlay ([`Model::apply_overlay`]); empty without one.
+    pub(crate) patches: Vec<crate::overlay::RowPatch>,
 }
 
 struct Section {
@@ -98,7 +100,7 @@ impl<B: AsRef<[u8]>> Model<B> {
     pub fn parse_with(bytes: B, verify: Verify) -> Result<Self, Error> {
         let parsed = parse_all(bytes.as_ref(), verify)?;
         let (strings, tensors, inputs, outputs, plans, metadata) = parsed;
-        Ok(Model { bytes, strings, tensors, inputs, outputs, plans, metadata })
+        Ok(Model { bytes, strings, tensors, inputs, outputs, plans, metadata, patches: Vec::new() })
     }
 
     pub fn bytes(&self) -> &[u8] {

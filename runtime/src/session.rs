@@ -134,6 +134,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             values: &plan.values,
             kernels: &self.kernels,
             par,
+            patches: &self.model.patches,
         };
         let mut scratch = Scratch {
             u8s: &mut self.scratch_u8,

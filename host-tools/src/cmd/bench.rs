@@ -39,6 +39,8 @@ pub struct Args {
     /// How much of the file to check when opening it (part of `open_ms`).
     #[arg(long, value_enum, default_value_t = super::VerifyArg::Full)]
     pub verify: super::VerifyArg,
+    #[command(flatten)]
+    pub overlay: super::OverlayArgs,
     /// Where to run: cpu, cuda[:N], or auto (the GPU when there is one, else the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -134,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--iters must be at least 1");
     }
     let t_open = Instant::now();
-    let model = super::load_with(&a.model, a.verify)?;
+    let model = super::load_opts(&a.model, a.verify, &a.overlay)?;
     let load_ms = t_open.elapsed().as_secs_f64() * 1e3;
     let batch = a.batch.unwrap_or_else(|| model.batch_sizes().into_iter().min().unwrap_or(1));
     if model.plan_index(batch).is_none() {

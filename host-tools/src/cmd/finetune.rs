@@ -3,14 +3,20 @@
 //! the f16/f32 precision switch. Writes the tables as `.npz` (f32, the training state) or as a
 //! servable `.ember` (row-wise INT8 tables, inputs `user`/`item` as dense rows, output `rating`).
 
+use crate::mf_overlay::{
+    bytes_f32, bytes_u32, f32_bytes, gather_rows, raw_rows, read_overlay, set_raw_rows,
+    table_patches, u32_bytes, MfModel,
+};
 use crate::progress::Progress;
 use crate::ratings::{self, IdMap, RawRatings};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ember_quantize::HostTensor;
 use ember_runtime::finetune::{
-    rating_stats, Factors, Precision, Rating, Rows, TrainConfig, Trainer,
+    rating_stats, Factors, Precision, Rating, Rows, Switch, TrainConfig, Trainer,
 };
+use ember_runtime::{FileBytes, Model, Session};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,16 +53,31 @@ pub struct Args {
     /// Row storage while training: fp32, fp16, or auto (f16 first, f32 once updates are lost).
     #[arg(long, default_value = "auto")]
     pub precision: String,
-    /// Start from these tables (.npz written by `finetune -o X.npz`).
+    /// Start from these tables: a matrix-factorization .ember (f32, row-wise INT8 or INT4
+    /// tables, as `finetune -o X.ember` writes), or an .npz written by `finetune -o X.npz`.
     #[arg(long, conflicts_with = "init")]
     pub model: Option<PathBuf>,
     /// Start from random tables sized by the ids in the ratings.
     #[arg(long)]
     pub init: bool,
-    /// Output: .npz (f32 tables, id maps; a --model for later runs) or .ember (servable,
+    /// Output: .overlay (the trained rows of --model M.ember, re-quantized in the model's own
+    /// row encoding; the runtime applies M.ember.overlay when it opens M.ember, which stays as
+    /// flashed), .npz (f32 tables, id maps; a --model for later runs) or .ember (servable,
     /// row-wise INT8 tables, inputs `user` and `item` as dense rows, output `rating`).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Checkpoint after about this many updates (default: once per epoch). An .overlay output
+    /// is itself the checkpoint (servable at every checkpoint); other outputs checkpoint to
+    /// OUTPUT.ckpt, removed when the run ends.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Continue from the checkpoint of an interrupted run with the same ratings and settings
+    /// (no checkpoint: start from the beginning). --epochs may be raised to train longer.
+    #[arg(long)]
+    pub resume: bool,
+    /// Row-wise bits of the tables of an .ember output: 8 or 4.
+    #[arg(long, default_value_t = 8)]
+    pub table_bits: u32,
     /// Skip bad lines and unknown ids (counted in the report) instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
@@ -126,7 +147,7 @@ fn save_npz(t: &Tables, path: &Path) -> Result<()> {
     Ok(ember_quantize::npz::write_npz(path, &a)?)
 }
 
-fn save_ember(t: &Tables, train: &[Rating], path: &Path) -> Result<()> {
+fn save_ember(t: &Tables, train: &[Rating], path: &Path, bits: u32) -> Result<()> {
     let f = &t.factors;
     let onnx = crate::mf_model::onnx_bytes(
         f.k,
@@ -150,16 +171,161 @@ fn save_ember(t: &Tables, train: &[Rating], path: &Path) -> Result<()> {
     );
     let opts = ember_quantize::Options {
         bits: 8,
+        embedding_bits: Some(bits),
+        group: 32.min(f.k),
         batches: vec![1, 64],
         source_name: "ember finetune (matrix factorization)".into(),
         extra_tensors: vec![
             ("user_ids".into(), HostTensor::i64(vec![f.users], t.users.ids.clone())),
             ("item_ids".into(), HostTensor::i64(vec![f.items], t.items.ids.clone())),
+            ("rating_range".into(), HostTensor::f32(vec![2], vec![f.lo, f.hi])),
         ],
         ..Default::default()
     };
     let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {})?;
     Ok(ember_quantize::atomic::write(path, &bytes)?)
+}
+
+/// Where training stands: what a checkpoint keeps besides the rows (blob `finetune.state`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
+struct State {
+    /// Settings and data the checkpoint is valid for.
+    fingerprint: serde_json::Value,
+    /// Whole epochs done, and steps done of the next one (each `slices`-th of a round).
+    epoch: usize,
+    step: usize,
+    slices: usize,
+    /// The unfinished epoch's squared error, lost updates and training seconds so far.
+    sq: f64,
+    lost: u64,
+    epoch_seconds: f64,
+    updates_done: u64,
+    train_seconds: f64,
+    val_seconds: f64,
+    lost_total: u64,
+    history: Vec<f64>,
+    switched: Option<(usize, String)>,
+    f16: bool,
+    val_rmse: Option<f64>,
+    epoch_log: Vec<serde_json::Value>,
+    finished: bool,
+}
+
+/// FNV-1a of a byte stream, as hex: names the data a checkpoint belongs to.
+fn fnv(bytes: impl Iterator<Item = u8>) -> String {
+    let h =
+        bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{h:016x}")
+}
+
+/// [`fnv`] over the ratings (their rows and values).
+fn ratings_hash(r: &[Rating]) -> String {
+    fnv(r.iter().flat_map(|x| {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&x.user.to_le_bytes());
+        b[4..8].copy_from_slice(&x.item.to_le_bytes());
+        b[8..].copy_from_slice(&x.value.to_le_bytes());
+        b
+    }))
+}
+
+/// Sorted distinct rows of `f(r)` over the ratings.
+fn touched(train: &[Rating], f: impl Fn(&Rating) -> u32) -> Vec<u32> {
+    let mut v: Vec<u32> = train.iter().map(f).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// What a checkpoint or an `.overlay` output is written from.
+struct Ckpt<'a> {
+    path: PathBuf,
+    base: Option<&'a MfModel>,
+    users: Vec<u32>,
+    items: Vec<u32>,
+}
+
+impl Ckpt<'_> {
+    /// The overlay: re-quantized patches of the base's tables (when there is a base), the
+    /// trained rows as stored and the state as blobs. Written atomically.
+    fn write(&self, f: &Factors, st: &State) -> Result<()> {
+        let k = f.k;
+        let mut ov = ember_runtime::Overlay::default();
+        if let Some(b) = self.base {
+            ov.base = b.identity;
+            let (u, i) = (&self.users, &self.items);
+            ov.patches.extend(table_patches(&b.user, u, &gather_rows(&f.p, u, k)));
+            ov.patches.extend(table_patches(&b.item, i, &gather_rows(&f.q, i, k)));
+            for (name, ids, v) in [("user_bias", u, &f.bu), ("item_bias", i, &f.bi)] {
+                let rows: Vec<f32> = ids.iter().map(|r| v[*r as usize]).collect();
+                ov.patches.push(ember_runtime::Patch {
+                    tensor: name.into(),
+                    row_bytes: 4,
+                    ids: ids.clone(),
+                    data: f32_bytes(&rows),
+                });
+            }
+        }
+        let pick = |v: &[f32], ids: &[u32]| -> Vec<u8> {
+            f32_bytes(&ids.iter().map(|r| v[*r as usize]).collect::<Vec<_>>())
+        };
+        ov.blobs = vec![
+            ("finetune.state".into(), serde_json::to_vec(st)?),
+            ("finetune.users".into(), u32_bytes(&self.users)),
+            ("finetune.items".into(), u32_bytes(&self.items)),
+            ("finetune.p".into(), raw_rows(&f.p, &self.users, k)),
+            ("finetune.q".into(), raw_rows(&f.q, &self.items, k)),
+            ("finetune.bu".into(), pick(&f.bu, &self.users)),
+            ("finetune.bi".into(), pick(&f.bi, &self.items)),
+        ];
+        Ok(ember_quantize::atomic::write(&self.path, &ov.to_bytes())?)
+    }
+
+    /// Reads the checkpoint back into `tr` (built from the same ratings and settings).
+    fn restore(&self, tr: &mut Trainer, fingerprint: &serde_json::Value) -> Result<Option<State>> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let what = self.path.display();
+        let ov = read_overlay(&self.path)?;
+        let blob =
+            |n: &str| ov.blob(n).with_context(|| format!("{what}: no '{n}' (not a checkpoint)"));
+        let st: State = serde_json::from_slice(blob("finetune.state")?)
+            .with_context(|| format!("{what}: unreadable training state"))?;
+        if &st.fingerprint != fingerprint {
+            bail!(
+                "{what}: the checkpoint is of another run (settings or ratings differ: it has {}, \
+                 this run {}); use the same settings, or start over without --resume",
+                st.fingerprint,
+                fingerprint
+            );
+        }
+        let (users, items) =
+            (bytes_u32(blob("finetune.users")?), bytes_u32(blob("finetune.items")?));
+        if users != self.users || items != self.items {
+            bail!("{what}: the checkpoint's rows are not this run's");
+        }
+        let f = &mut tr.factors;
+        if !st.f16 {
+            f.widen();
+        }
+        let k = f.k;
+        set_raw_rows(&mut f.p, &users, k, blob("finetune.p")?)?;
+        set_raw_rows(&mut f.q, &items, k, blob("finetune.q")?)?;
+        for (ids, v, n) in [(&users, &mut f.bu, "finetune.bu"), (&items, &mut f.bi, "finetune.bi")]
+        {
+            let b = bytes_f32(blob(n)?);
+            if b.len() != ids.len() {
+                bail!("{what}: '{n}' has {} values for {} rows", b.len(), ids.len());
+            }
+            for (r, x) in ids.iter().zip(b) {
+                v[*r as usize] = x;
+            }
+        }
+        let sw = st.switched.clone().map(|(epoch, reason)| Switch { epoch, reason });
+        tr.restore(st.epoch, st.history.clone(), sw);
+        Ok(Some(st))
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -173,11 +339,24 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--lr must be positive, --reg and --reg-bias non-negative");
     }
     if a.model.is_none() && !a.init {
-        bail!("say where the tables start: --model TABLES.npz or --init");
+        bail!("say where the tables start: --model M.ember|TABLES.npz or --init");
+    }
+    if a.checkpoint_every == Some(0) {
+        bail!("--checkpoint-every must be at least 1 update");
+    }
+    if a.table_bits != 8 && a.table_bits != 4 {
+        bail!("--table-bits {}: expected 8 or 4", a.table_bits);
     }
     let ext = a.output.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ext != "npz" && ext != "ember" {
-        bail!("-o {}: the output must end in .npz or .ember", a.output.display());
+    let from_ember = a.model.as_ref().is_some_and(|m| m.extension().is_some_and(|e| e == "ember"));
+    match ext {
+        "npz" | "ember" => {}
+        "overlay" if from_ember => {}
+        "overlay" => bail!(
+            "-o {}: an overlay holds rows of a model: give it with --model M.ember",
+            a.output.display()
+        ),
+        _ => bail!("-o {}: the output must end in .overlay, .npz or .ember", a.output.display()),
     }
     let t_load = Instant::now();
     let train_raw = ratings::read(&a.ratings, a.skip_bad)?;
@@ -194,7 +373,28 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: no ratings", a.ratings.display());
     }
     let f16_start = precision != Precision::Fp32;
+    let mut base: Option<MfModel> = None;
     let (mut users, mut items, loaded) = match &a.model {
+        Some(m) if from_ember => {
+            let no = super::OverlayArgs { no_overlay: true, ..Default::default() };
+            let model = super::load_opts(m, super::VerifyArg::Full, &no)?;
+            let b = MfModel::read(&model, m)?;
+            let f = Factors {
+                k: b.user.k,
+                users: b.user.rows,
+                items: b.item.rows,
+                mean: b.mean,
+                lo: b.range.map_or(f32::NEG_INFINITY, |r| r.0),
+                hi: b.range.map_or(f32::INFINITY, |r| r.1),
+                p: Rows::from_f32(b.user.values.clone(), f16_start),
+                q: Rows::from_f32(b.item.values.clone(), f16_start),
+                bu: b.user_bias.clone(),
+                bi: b.item_bias.clone(),
+            };
+            let maps = (IdMap::from_ids(b.user_ids.clone()), IdMap::from_ids(b.item_ids.clone()));
+            base = Some(b);
+            (maps.0, maps.1, Some(f))
+        }
         Some(m) => {
             let t = load_npz(m, f16_start)?;
             (t.users, t.items, Some(t.factors))
@@ -210,6 +410,9 @@ pub fn run(a: Args) -> Result<()> {
         Some(v) => ratings::to_rows(v, &mut users, &mut items, grow, a.skip_bad, &vwhat)?,
         None => (vec![], 0),
     };
+    if train.is_empty() {
+        bail!("{}: no ratings left after skipping bad ones", a.ratings.display());
+    }
     let mut cfg = TrainConfig {
         k: a.k,
         lr: a.lr,
@@ -220,58 +423,162 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
-    let factors = loaded.unwrap_or_else(|| {
-        let st = rating_stats(&train);
-        Factors::random(users.len(), items.len(), a.k, st, cfg.init_std, a.seed, f16_start)
+    let st0 = rating_stats(&train);
+    let mut factors = loaded.unwrap_or_else(|| {
+        Factors::random(users.len(), items.len(), a.k, st0, cfg.init_std, a.seed, f16_start)
     });
+    if !factors.lo.is_finite() {
+        (factors.lo, factors.hi) = (st0.1, st0.2);
+    }
     cfg.k = factors.k;
     let load_s = t_load.elapsed().as_secs_f64();
     let mut tr = Trainer::new(factors, &train, &cfg)?;
-    let mut prog = Progress::new(a.quiet || a.json);
-    let mut epochs = vec![];
-    let (mut train_s, mut val_s) = (0.0, 0.0);
-    let mut val_rmse = None;
-    let mut lost_total = 0u64;
-    for e in 0..a.epochs {
-        let st = tr.run_epoch();
-        train_s += st.seconds;
-        lost_total += st.lost;
+    let ckpt = Ckpt {
+        path: if ext == "overlay" {
+            a.output.clone()
+        } else {
+            let mut s = a.output.as_os_str().to_owned();
+            s.push(".ckpt");
+            s.into()
+        },
+        base: if ext == "overlay" { base.as_ref() } else { None },
+        users: touched(&train, |r| r.user),
+        items: touched(&train, |r| r.item),
+    };
+    let start = match (&a.model, &base) {
+        (_, Some(b)) => json!({"ember": [b.identity.0, format!("{:08x}", b.identity.1)]}),
+        (Some(m), None) => json!({"npz": fnv(super::read(m)?.into_iter())}),
+        (None, _) => json!("init"),
+    };
+    let fingerprint = json!({
+        "k": cfg.k, "lr": cfg.lr, "reg": cfg.reg, "reg_bias": cfg.reg_bias, "seed": cfg.seed,
+        "blocks": tr.blocks(), "precision": precision.name(), "start": start,
+        "train": ratings_hash(&train), "validate": ratings_hash(&val),
+    });
+    let quiet = a.quiet || a.json;
+    let per_round = train.len().div_ceil(tr.blocks());
+    let every = a.checkpoint_every.unwrap_or(train.len() as u64);
+    let mut st = State {
+        fingerprint: fingerprint.clone(),
+        slices: (per_round as u64).div_ceil(every).max(1) as usize,
+        f16: tr.factors.is_f16(),
+        ..Default::default()
+    };
+    let mut resumed_from = None;
+    if a.resume {
+        match ckpt.restore(&mut tr, &fingerprint)? {
+            Some(s) => {
+                if !quiet {
+                    eprintln!(
+                        "resuming from {}: epoch {} + {}/{} steps, {} updates done",
+                        ckpt.path.display(),
+                        s.epoch,
+                        s.step,
+                        tr.blocks() * s.slices,
+                        s.updates_done
+                    );
+                }
+                resumed_from = Some(s.updates_done);
+                st = s;
+            }
+            None if !quiet => {
+                eprintln!("no checkpoint at {}: starting from the beginning", ckpt.path.display())
+            }
+            None => {}
+        }
+    }
+    let mut prog = Progress::new(quiet);
+    let mut since = 0u64;
+    let mut checkpoints = 0usize;
+    let mut ckpt_s = 0.0;
+    let steps = tr.blocks() * st.slices;
+    while tr.epoch < a.epochs {
+        while st.step < steps {
+            let n = tr.step_len(st.step, st.slices) as u64;
+            let t0 = Instant::now();
+            let (s, l) = tr.run_step(st.step, st.slices);
+            st.epoch_seconds += t0.elapsed().as_secs_f64();
+            (st.sq, st.lost, st.step) = (st.sq + s, st.lost + l, st.step + 1);
+            st.updates_done += n;
+            since += n;
+            let last = st.step == steps && tr.epoch + 1 == a.epochs;
+            if since >= every && !last {
+                let tc = Instant::now();
+                (st.epoch, st.f16) = (tr.epoch, tr.factors.is_f16());
+                ckpt.write(&tr.factors, &st)?;
+                ckpt_s += tc.elapsed().as_secs_f64();
+                checkpoints += 1;
+                since = 0;
+                if !quiet {
+                    eprintln!("checkpoint: {} updates in {}", st.updates_done, ckpt.path.display());
+                }
+            }
+        }
+        let stats = tr.finish_epoch(st.sq, st.lost, st.epoch_seconds);
+        (st.step, st.sq, st.lost, st.epoch_seconds) = (0, 0.0, 0, 0.0);
+        st.train_seconds += stats.seconds;
+        st.lost_total += stats.lost;
         let tv = Instant::now();
-        val_rmse = (!val.is_empty()).then(|| tr.factors.rmse(&val, tr.pool()));
-        val_s += tv.elapsed().as_secs_f64();
-        let sw = tr.observe(&st, val_rmse);
-        if let (Some(s), false) = (&sw, a.json || a.quiet) {
+        st.val_rmse = (!val.is_empty()).then(|| tr.factors.rmse(&val, tr.pool()));
+        st.val_seconds += tv.elapsed().as_secs_f64();
+        let sw = tr.observe(&stats, st.val_rmse);
+        if let (Some(s), false) = (&sw, quiet) {
             eprintln!("epoch {}: switched to f32 storage: {}", s.epoch, s.reason);
         }
-        prog.update("epochs", e + 1, a.epochs);
-        epochs.push(serde_json::json!({
-            "epoch": st.epoch, "train_rmse": st.train_rmse, "val_rmse": val_rmse,
-            "seconds": st.seconds, "storage": if st.f16 { "f16" } else { "f32" },
-            "lost_share": st.lost_share,
+        (st.epoch, st.history, st.f16) = (tr.epoch, tr.history().to_vec(), tr.factors.is_f16());
+        st.switched = tr.switched.as_ref().map(|s| (s.epoch, s.reason.clone()));
+        prog.update("epochs", tr.epoch, a.epochs);
+        st.epoch_log.push(json!({
+            "epoch": stats.epoch, "train_rmse": stats.train_rmse, "val_rmse": st.val_rmse,
+            "seconds": stats.seconds, "storage": if stats.f16 { "f16" } else { "f32" },
+            "lost_share": stats.lost_share,
         }));
-        if !a.json && !a.quiet {
-            let v = val_rmse.map(|v| format!("{v:.4}")).unwrap_or("-".into());
+        if !quiet {
+            let v = st.val_rmse.map(|v| format!("{v:.4}")).unwrap_or("-".into());
             eprintln!(
                 "epoch {:>3}  train {:.4}  val {v}  {:.3} s  {}  lost {:.2}%",
-                st.epoch,
-                st.train_rmse,
-                st.seconds,
-                if st.f16 { "f16" } else { "f32" },
-                st.lost_share * 100.0
+                stats.epoch,
+                stats.train_rmse,
+                stats.seconds,
+                if stats.f16 { "f16" } else { "f32" },
+                stats.lost_share * 100.0
             );
         }
     }
     prog.finish();
+    st.finished = true;
     let k = tr.factors.k;
-    let updates = (train.len() * a.epochs) as f64;
-    let switch = tr.switched.clone();
+    let updates = st.updates_done as f64;
     let (kf32, kf16) = tr.kernel_names();
-    let tables = Tables { factors: tr.factors, users, items };
     let t_out = Instant::now();
-    if ext == "npz" {
-        save_npz(&tables, &a.output)?;
-    } else {
-        save_ember(&tables, &train, &a.output)?;
+    let mut served_rmse = None;
+    if ext == "overlay" {
+        ckpt.write(&tr.factors, &st)?;
+        if !val.is_empty() {
+            let m = super::load_opts(
+                a.model.as_deref().unwrap_or(Path::new("")),
+                super::VerifyArg::Structure,
+                &super::OverlayArgs { overlay: Some(a.output.clone()), no_overlay: false },
+            )?;
+            served_rmse = Some(served_rmse_of(&m, &val)?);
+        }
+    }
+    let (nu, ni) = (tr.factors.users, tr.factors.items);
+    let tables = Tables { factors: tr.factors, users, items };
+    match ext {
+        "npz" => save_npz(&tables, &a.output)?,
+        "ember" => {
+            let kb = a.table_bits;
+            save_ember(&tables, &train, &a.output, kb)?;
+            if !val.is_empty() {
+                served_rmse = Some(served_rmse_of(&super::load(&a.output)?, &val)?);
+            }
+        }
+        _ => {}
+    }
+    if ext != "overlay" && ckpt.path.exists() {
+        std::fs::remove_file(&ckpt.path)
+            .with_context(|| format!("cannot remove {}", ckpt.path.display()))?;
     }
     let out_s = t_out.elapsed().as_secs_f64();
     let mut skipped: BTreeMap<String, usize> = train_raw.skipped.clone();
@@ -283,28 +590,35 @@ pub fn run(a: Args) -> Result<()> {
     if skipped_train + skipped_val > 0 {
         skipped.insert("unknown id".into(), skipped_train + skipped_val);
     }
-    let rep = serde_json::json!({
-        "train_ratings": train.len(), "val_ratings": val.len(), "users": tables.factors.users,
-        "items": tables.factors.items, "k": k, "epochs": a.epochs, "threads": tr_threads(a.threads),
-        "precision": precision.name(), "val_rmse": val_rmse, "seconds": train_s,
-        "validate_seconds": val_s, "load_seconds": load_s, "write_seconds": out_s,
+    let train_s = st.train_seconds;
+    let switch = st.switched.clone();
+    let rep = json!({
+        "train_ratings": train.len(), "val_ratings": val.len(), "users": nu, "items": ni,
+        "k": k, "epochs": a.epochs, "threads": tr_threads(a.threads),
+        "precision": precision.name(), "val_rmse": st.val_rmse, "served_val_rmse": served_rmse,
+        "seconds": train_s, "validate_seconds": st.val_seconds, "load_seconds": load_s,
+        "write_seconds": out_s, "checkpoint_seconds": ckpt_s, "checkpoints": checkpoints,
+        "resumed_from_update": resumed_from,
         "updates_per_s": updates / train_s.max(1e-9),
-        "switch_epoch": switch.as_ref().map(|s| s.epoch),
-        "switch_reason": switch.as_ref().map(|s| s.reason.clone()),
-        "lost_updates": lost_total, "skipped": skipped,
-        "kernels": [kf32, kf16], "output": a.output.display().to_string(), "epoch_log": epochs,
+        "switch_epoch": switch.as_ref().map(|s| s.0),
+        "switch_reason": switch.as_ref().map(|s| s.1.clone()),
+        "lost_updates": st.lost_total, "skipped": skipped,
+        "kernels": [kf32, kf16], "output": a.output.display().to_string(),
+        "epoch_log": st.epoch_log,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
-        let v = val_rmse.map(|v| format!("{v:.4}")).unwrap_or("-".into());
+        let v = st.val_rmse.map(|v| format!("{v:.4}")).unwrap_or("-".into());
         println!(
-            "{} ratings, {} users x {} items, k {k}: validation RMSE {v} after {} epochs in {:.2} s ({:.1} M updates/s, {})",
-            train.len(), tables.factors.users, tables.factors.items, a.epochs, train_s,
-            updates / train_s.max(1e-9) / 1e6, precision.name()
+            "{} ratings, {nu} users x {ni} items, k {k}: validation RMSE {v} after {} epochs in {:.2} s ({:.1} M updates/s, {})",
+            train.len(), a.epochs, train_s, updates / train_s.max(1e-9) / 1e6, precision.name()
         );
-        if let Some(s) = &switch {
-            println!("switched to f32 storage after epoch {}: {}", s.epoch, s.reason);
+        if let Some(r) = served_rmse {
+            println!("validation RMSE as served (re-quantized rows): {r:.4}");
+        }
+        if let Some((e, why)) = &switch {
+            println!("switched to f32 storage after epoch {e}: {why}");
         }
         for (why, n) in &skipped {
             println!("skipped {n} ratings: {why}");
@@ -312,6 +626,34 @@ pub fn run(a: Args) -> Result<()> {
         println!("wrote {}", a.output.display());
     }
     Ok(())
+}
+
+/// RMSE of `model` (a matrix-factorization `.ember`, with its overlay if applied) on `val`,
+/// run through the runtime in its largest batch (the last batch padded).
+fn served_rmse_of(model: &Model<FileBytes>, val: &[Rating]) -> Result<f64> {
+    let batch = *model.batch_sizes().last().context("the model has no plans")?;
+    let mut s = Session::new(model, batch)?;
+    let pos = |n: &str| model.inputs.iter().position(|i| i.name == n);
+    let (Some(pu), Some(pi)) = (pos("user"), pos("item")) else {
+        bail!("the model has no inputs 'user' and 'item'")
+    };
+    let mut sq = 0f64;
+    for chunk in val.chunks(batch) {
+        let col = |f: &dyn Fn(&Rating) -> u32| -> Vec<u8> {
+            (0..batch)
+                .flat_map(|j| (f(&chunk[j.min(chunk.len() - 1)]) as i64).to_le_bytes())
+                .collect()
+        };
+        let (u, i) = (col(&|r| r.user), col(&|r| r.item));
+        let mut ins: [&[u8]; 2] = [&[], &[]];
+        (ins[pu], ins[pi]) = (&u, &i);
+        s.run(&ins)?;
+        let out = s.output_f32(0).context("the model's output is not f32")?;
+        for (r, p) in chunk.iter().zip(out) {
+            sq += ((r.value - p) as f64).powi(2);
+        }
+    }
+    Ok((sq / val.len().max(1) as f64).sqrt())
 }
 
 fn tr_threads(t: usize) -> usize {

@@ -318,7 +318,13 @@ pub fn run(a: Args) -> Result<()> {
             device: None,
             model_path: None,
         };
-        let server = super::serve::model_server(path, &name, cfg, super::VerifyArg::Full)?;
+        let server = super::serve::model_server(
+            path,
+            &name,
+            cfg,
+            super::VerifyArg::Full,
+            &Default::default(),
+        )?;
         let running = Running::start(server, "127.0.0.1:0", a.connections + 16)?;
         let b = running.model.batcher();
         if full_batch.is_none() {

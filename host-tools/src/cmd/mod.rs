@@ -32,10 +32,37 @@ pub enum VerifyArg {
     Structure,
 }
 
-/// [`load`] with a choice of verification.
+/// [`load`] with a choice of verification (and the overlay beside the model, if any).
 pub fn load_with(
     path: &Path,
     verify: VerifyArg,
+) -> Result<ember_runtime::Model<ember_runtime::FileBytes>> {
+    load_opts(path, verify, &OverlayArgs::default())
+}
+
+/// Which overlay (rows fine-tuned on the device, see `ember finetune`) to apply to a model.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OverlayArgs {
+    /// Apply this overlay (default: MODEL.overlay beside the model, when there is one).
+    #[arg(long, conflicts_with = "no_overlay")]
+    pub overlay: Option<std::path::PathBuf>,
+    /// Run the model as flashed, without its overlay.
+    #[arg(long)]
+    pub no_overlay: bool,
+}
+
+/// The overlay file that goes with the model at `model`: `MODEL.overlay`.
+pub fn overlay_beside(model: &Path) -> std::path::PathBuf {
+    let mut s = model.as_os_str().to_owned();
+    s.push(".overlay");
+    s.into()
+}
+
+/// [`load_with`] with a choice of overlay. An applied overlay is named on stderr.
+pub fn load_opts(
+    path: &Path,
+    verify: VerifyArg,
+    ov: &OverlayArgs,
 ) -> Result<ember_runtime::Model<ember_runtime::FileBytes>> {
     if !path.exists() {
         anyhow::bail!("cannot read {}: no such file", path.display());
@@ -44,7 +71,20 @@ pub fn load_with(
         VerifyArg::Full => ember_runtime::Verify::Full,
         VerifyArg::Structure => ember_runtime::Verify::Structure,
     };
-    ember_runtime::load_file_with(path, v).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let mut m = ember_runtime::load_file_with(path, v)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let file = match (&ov.overlay, ov.no_overlay) {
+        (_, true) => None,
+        (Some(f), _) => Some(f.clone()),
+        (None, false) => Some(overlay_beside(path)).filter(|f| f.exists()),
+    };
+    if let Some(f) = file {
+        let o = crate::mf_overlay::read_overlay(&f)?;
+        m.apply_overlay(&o).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let rows: Vec<String> = m.overlay_rows().iter().map(|(t, n)| format!("{t} {n}")).collect();
+        eprintln!("ember: applied overlay {} (rows: {})", f.display(), rows.join(", "));
+    }
+    Ok(m)
 }
 
 /// Where and on how many threads a command runs a model (run, embed).

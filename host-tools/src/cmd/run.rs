@@ -19,6 +19,8 @@ pub struct Args {
     pub output: PathBuf,
     #[command(flatten)]
     pub engine: super::EngineArgs,
+    #[command(flatten)]
+    pub overlay: super::OverlayArgs,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -72,7 +74,7 @@ pub fn run_on(
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let model = super::load(&a.model)?;
+    let model = super::load_opts(&a.model, super::VerifyArg::Full, &a.overlay)?;
     let arrays = super::read_npz(&a.input)?;
     let (inputs, n) = exec::check_inputs(
         &exec::model_inputs(&model),

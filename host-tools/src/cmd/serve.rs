@@ -31,6 +31,8 @@ pub struct Args {
     /// How much of the file to check when opening it.
     #[arg(long, value_enum, default_value_t = super::VerifyArg::Full)]
     pub verify: super::VerifyArg,
+    #[command(flatten)]
+    pub overlay: super::OverlayArgs,
 }
 
 /// How requests are batched (shared by `serve` and `loadgen`).
@@ -88,8 +90,9 @@ pub fn model_server(
     name: &str,
     cfg: BatcherConfig,
     verify: super::VerifyArg,
+    overlay: &super::OverlayArgs,
 ) -> Result<ModelServer> {
-    let model = Arc::new(super::load_with(path, verify)?);
+    let model = Arc::new(super::load_opts(path, verify, overlay)?);
     let (inputs, outputs) = (model.inputs.clone(), model.outputs.clone());
     let batcher =
         Batcher::new(model, cfg).with_context(|| format!("cannot serve {}", path.display()))?;
@@ -110,7 +113,7 @@ pub fn run(a: Args) -> Result<()> {
     let gpu = super::device(&a.batching.device)?;
     cfg.device = gpu.as_ref().map(|d| d.ordinal);
     cfg.model_path = Some(a.model.clone());
-    let server = model_server(&a.model, &name, cfg, a.verify)?;
+    let server = model_server(&a.model, &name, cfg, a.verify, &a.overlay)?;
     let b = server.batcher();
     let costs: Vec<String> = b
         .sizes()

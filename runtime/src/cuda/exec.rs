@@ -111,6 +111,13 @@ impl<'m, B: AsRef<[u8]>> CudaSession<'m, B> {
             ))
         })?;
         let plan = &model.plans[idx];
+        if !model.patches.is_empty() {
+            return Err(CudaError::Model(
+                "the model has an overlay applied, which the CUDA backend does not read yet: \
+                 run it with --device cpu"
+                    .into(),
+            ));
+        }
         let no_kernel = |op: &Op| match op {
             Op::LinearI8 { inv_scale, .. } if *inv_scale == 0.0 => {
                 Some("quantizes its activations dynamically per row")

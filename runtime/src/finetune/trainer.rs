@@ -145,6 +145,35 @@ impl Rows {
             }
         }
     }
+    /// Bytes per stored value (4 for f32, 2 for f16).
+    pub fn elem_bytes(&self) -> usize {
+        match self {
+            Rows::F32(_) => 4,
+            Rows::F16(_) => 2,
+        }
+    }
+    /// Appends row `r` (`k` values) as stored, little-endian.
+    pub fn put_row_le(&self, r: usize, k: usize, out: &mut Vec<u8>) {
+        match self {
+            Rows::F32(v) => v[r * k..r * k + k].iter().for_each(|x| out.extend(x.to_le_bytes())),
+            Rows::F16(v) => v[r * k..r * k + k].iter().for_each(|x| out.extend(x.to_le_bytes())),
+        }
+    }
+    /// Sets row `r` from `k · elem_bytes()` little-endian bytes in this storage's encoding.
+    pub fn set_row_le(&mut self, r: usize, k: usize, b: &[u8]) {
+        match self {
+            Rows::F32(v) => {
+                for (x, c) in v[r * k..r * k + k].iter_mut().zip(b.chunks_exact(4)) {
+                    *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Rows::F16(v) => {
+                for (x, c) in v[r * k..r * k + k].iter_mut().zip(b.chunks_exact(2)) {
+                    *x = u16::from_le_bytes([c[0], c[1]]);
+                }
+            }
+        }
+    }
     /// Converts f16 rows to f32 in place of the old vector (peak: both forms of this table).
     fn widen(&mut self) {
         if let Rows::F16(_) = self {
@@ -394,6 +423,19 @@ impl Trainer {
         })
     }
 
+    /// `Auto`'s monitored RMSE after each epoch so far (kept by checkpoints).
+    pub fn history(&self) -> &[f64] {
+        &self.history
+    }
+
+    /// Puts a trainer built from the same ratings and settings where a checkpoint left one:
+    /// after `epoch` whole epochs, with `Auto`'s history and switch.
+    pub fn restore(&mut self, epoch: usize, history: Vec<f64>, switched: Option<Switch>) {
+        self.epoch = epoch;
+        self.history = history;
+        self.switched = switched;
+    }
+
     /// The thread pool (for validation on the same threads).
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -404,10 +446,62 @@ impl Trainer {
         (self.kernels.mf_step_f32_name, self.kernels.mf_step_f16_name)
     }
 
+    /// Blocks per side of the grid (the threads); an epoch is `blocks()` rounds.
+    pub fn blocks(&self) -> usize {
+        self.b
+    }
+
+    /// Ratings that step `step` of an epoch cut into `blocks() · slices` steps updates (round
+    /// `step / slices`, the `step % slices`-th slice of each task's block).
+    pub fn step_len(&self, step: usize, slices: usize) -> usize {
+        let (b, round, sl) = (self.b, step / slices, step % slices);
+        (0..b)
+            .map(|t| {
+                let blk = t * b + (t + round + self.epoch) % b;
+                let n = self.starts[blk + 1] - self.starts[blk];
+                n * (sl + 1) / slices - n * sl / slices
+            })
+            .sum()
+    }
+
     /// One pass over every rating.
     pub fn run_epoch(&mut self) -> EpochStats {
         let t0 = Instant::now();
+        let (mut s, mut l) = (0f64, 0u64);
+        for step in 0..self.b {
+            let (a, b) = self.run_step(step, 1);
+            s += a;
+            l += b;
+        }
+        self.finish_epoch(s, l, t0.elapsed().as_secs_f64())
+    }
+
+    /// Ends the epoch whose steps ([`Trainer::run_step`]) added up to squared error `s` and
+    /// `lost` element updates in `seconds`.
+    pub fn finish_epoch(&mut self, s: f64, lost: u64, seconds: f64) -> EpochStats {
+        let f16 = self.factors.is_f16();
+        self.epoch += 1;
+        let updates = self.data.len() as u64;
+        let k = self.factors.k;
+        EpochStats {
+            epoch: self.epoch,
+            updates,
+            lost,
+            lost_share: lost as f64 / (2 * k) as f64 / updates as f64,
+            train_rmse: (s / updates as f64).sqrt(),
+            seconds,
+            f16,
+        }
+    }
+
+    /// Step `step` of the current epoch cut into `blocks() · slices` steps: every task runs the
+    /// `step % slices`-th slice of its block of round `step / slices`. The steps of an epoch run
+    /// in order give the same tables for every `slices` (each task's ratings keep their order,
+    /// and tasks of a round never share a row), so a run can stop after any step and resume.
+    /// Returns the step's squared error and lost element updates.
+    pub fn run_step(&mut self, step: usize, slices: usize) -> (f64, u64) {
         let (b, k, e) = (self.b, self.factors.k, self.epoch);
+        let (round, sl) = (step / slices, step % slices);
         let f = &mut self.factors;
         let (mean, lr, reg, rb) = (f.mean, self.cfg.lr, self.cfg.reg, self.cfg.reg_bias);
         let (bu, bi) = (f.bu.as_mut_ptr(), f.bi.as_mut_ptr());
@@ -417,11 +511,12 @@ impl Trainer {
         macro_rules! epoch {
             ($p:expr, $q:expr, $step:expr) => {{
                 let raw = Raw { p: $p.as_mut_ptr(), q: $q.as_mut_ptr(), bu, bi };
-                for round in 0..b {
+                {
                     self.pool.run(b, &|t| {
                         let raw = &raw; // the whole struct (Sync), not its raw fields
                         let blk = t * b + (t + round + e) % b;
-                        let recs = &data[starts[blk]..starts[blk + 1]];
+                        let (s0, n) = (starts[blk], starts[blk + 1] - starts[blk]);
+                        let recs = &data[s0 + n * sl / slices..s0 + n * (sl + 1) / slices];
                         let (mut s, mut l) = (0f64, 0u32);
                         for r in recs {
                             let (u, i) = (r.user as usize, r.item as usize);
@@ -450,7 +545,6 @@ impl Trainer {
                 }
             }};
         }
-        let f16 = f.is_f16();
         match (&mut f.p, &mut f.q) {
             (Rows::F32(p), Rows::F32(q)) => {
                 let st = ks.mf_step_f32;
@@ -461,18 +555,7 @@ impl Trainer {
             (Rows::F16(p), Rows::F16(q)) => epoch!(p, q, ks.mf_step_f16),
             _ => unreachable!("both tables share one storage"),
         }
-        self.epoch += 1;
-        let updates = self.data.len() as u64;
-        let (s, lost) = sums.into_inner().unwrap_or_else(|e| e.into_inner());
-        EpochStats {
-            epoch: self.epoch,
-            updates,
-            lost,
-            lost_share: lost as f64 / (2 * k) as f64 / updates as f64,
-            train_rmse: (s / updates as f64).sqrt(),
-            seconds: t0.elapsed().as_secs_f64(),
-            f16,
-        }
+        sums.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `Auto`: decides after an epoch whether to move to f32 (and does), given the epoch's

@@ -4,6 +4,7 @@
 use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind, F16_PANEL};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
+use crate::overlay::{patch_of, RowPatch};
 use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
 use crate::Error;
 use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn, quantize_pack_k4n16_nk};
@@ -15,6 +16,8 @@ pub(crate) struct Ctx<'a> {
     pub values: &'a [ValueInfo],
     pub kernels: &'a KernelSet,
     pub par: &'a dyn Parallel,
+    /// Rows replaced by an overlay.
+    pub patches: &'a [RowPatch],
 }
 
 /// Read-only views of everything an op may read, around its mutable output slot.
@@ -26,9 +29,18 @@ struct Io<'x> {
     right: &'x [u8],
     out_start: usize,
     out_end: usize,
+    patches: &'x [RowPatch],
 }
 
 impl<'x> Io<'x> {
+    /// Row `r` (`rb` bytes) of `x`: the overlay's row when it replaces it, else the stored one.
+    #[inline]
+    fn row(&self, x: u32, base: &'x [u8], r: usize, rb: usize) -> &'x [u8] {
+        match patch_of(self.patches, x).and_then(|p| p.row(r)) {
+            Some(b) => b,
+            None => &base[r * rb..(r + 1) * rb],
+        }
+    }
     fn bytes(&self, r: u32) -> &'x [u8] {
         if r & REF_TENSOR != 0 {
             let t = &self.tensors[(r & !REF_TENSOR) as usize];
@@ -45,6 +57,12 @@ impl<'x> Io<'x> {
             }
         }
     }
+}
+
+/// The f16 at the start of `b` (little-endian bits), as f32.
+#[inline]
+fn f16_at(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
 fn cast<T: bytemuck::Pod>(b: &[u8]) -> Result<&[T], Error> {
@@ -100,6 +118,7 @@ pub(crate) fn run_op(
         right,
         out_start: ov.offset,
         out_end: ov.offset + ov.nbytes,
+        patches: ctx.patches,
     };
     let k = ctx.kernels;
     match op {
@@ -198,18 +217,18 @@ pub(crate) fn run_op(
         }
         Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx } => {
             let t: &[u8] = io.bytes(*table);
-            let s: &[u16] = cast(io.bytes(*scale))?;
-            let bs: &[u16] = cast(io.bytes(*bias))?;
+            let (sb, bb) = (io.bytes(*scale), io.bytes(*bias));
             let ix = io.bytes(*idx);
             let o: &mut [f32] = cast_mut(out)?;
             let (d, group) = (*d, *group);
             let gpr = d / group;
             for i in 0..*n_idx {
                 let r = index(ix, *idx64, i, *rows, op_index)?;
-                let row = &t[r * d / 2..(r + 1) * d / 2];
+                let row = io.row(*table, t, r, d / 2);
+                let (srow, brow) = (io.row(*scale, sb, r, 2 * gpr), io.row(*bias, bb, r, 2 * gpr));
                 for (g, og) in o[i * d..(i + 1) * d].chunks_exact_mut(group).enumerate() {
-                    let sc = half::f16::from_bits(s[r * gpr + g]).to_f32();
-                    let bi = half::f16::from_bits(bs[r * gpr + g]).to_f32();
+                    let sc = f16_at(&srow[2 * g..]);
+                    let bi = f16_at(&brow[2 * g..]);
                     let bytes = &row[g * group / 2..(g + 1) * group / 2];
                     for (o2, b) in og.chunks_exact_mut(2).zip(bytes) {
                         o2[0] = (b & 15) as f32 * sc + bi;
@@ -418,27 +437,30 @@ pub(crate) fn run_op(
         Op::Gather { data, idx, idx64, outer, dim, inner_bytes, n_idx } => {
             let d = io.bytes(*data);
             let ix = io.bytes(*idx);
+            let ib = *inner_bytes;
             for a in 0..*outer {
+                let da = &d[a * dim * ib..(a + 1) * dim * ib];
                 for i in 0..*n_idx {
                     let r = index(ix, *idx64, i, *dim, op_index)?;
-                    let src = (a * dim + r) * inner_bytes;
-                    let dst = (a * n_idx + i) * inner_bytes;
-                    out[dst..dst + inner_bytes].copy_from_slice(&d[src..src + inner_bytes]);
+                    let dst = (a * n_idx + i) * ib;
+                    // Overlays patch only tables gathered with outer == 1 (apply_overlay).
+                    out[dst..dst + ib].copy_from_slice(io.row(*data, da, r, ib));
                 }
             }
         }
         Op::GatherRowsI8 { table, scale, bias, idx, idx64, rows, d, n_idx } => {
-            let t: &[i8] = cast(io.bytes(*table))?;
-            let s: &[u16] = cast(io.bytes(*scale))?;
-            let bs: &[u16] = cast(io.bytes(*bias))?;
+            let t = io.bytes(*table);
             let ix = io.bytes(*idx);
             let o: &mut [f32] = cast_mut(out)?;
+            let d = *d;
+            let (sb, bb) = (io.bytes(*scale), io.bytes(*bias));
             for i in 0..*n_idx {
                 let r = index(ix, *idx64, i, *rows, op_index)?;
-                let sc = half::f16::from_bits(s[r]).to_f32();
-                let bi = half::f16::from_bits(bs[r]).to_f32();
-                for (o, q) in o[i * d..(i + 1) * d].iter_mut().zip(&t[r * d..(r + 1) * d]) {
-                    *o = *q as f32 * sc + bi;
+                let sc = f16_at(io.row(*scale, sb, r, 2));
+                let bi = f16_at(io.row(*bias, bb, r, 2));
+                let tr = io.row(*table, t, r, d);
+                for (o, q) in o[i * d..(i + 1) * d].iter_mut().zip(tr) {
+                    *o = *q as i8 as f32 * sc + bi;
                 }
             }
         }
