@@ -79,7 +79,8 @@ impl MfModel {
                 }
                 let group = k / gpr;
                 let q = m.tensor_bytes(t);
-                let code = |j: usize| if j.is_multiple_of(2) { q[j / 2] & 15 } else { q[j / 2] >> 4 };
+                let code =
+                    |j: usize| if j.is_multiple_of(2) { q[j / 2] & 15 } else { q[j / 2] >> 4 };
                 let values = (0..rows * k)
                     .map(|j| {
                         let g = (j / k) * gpr + (j % k) / group;

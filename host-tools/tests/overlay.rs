@@ -165,6 +165,46 @@ fn overlay_serves_trained_rows_and_the_model_stays_as_flashed() {
         assert_eq!(cli, predict(&plain, &rows_pairs));
     }
 
+    // --user-only: users refitted alone against the frozen (INT8) items; only user rows change.
+    let base = d.join("base8.ember");
+    let text = std::fs::read_to_string(movielens()).unwrap();
+    let few: String = text
+        .lines()
+        .filter(|l| l.starts_with("1,") || l.starts_with("7,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let few_csv = d.join("few.csv");
+    std::fs::write(&few_csv, few).unwrap();
+    let uo = d.join("users.overlay");
+    let o = ok(&run(&[
+        &"finetune",
+        &"--model",
+        &base,
+        &"--ratings",
+        &few_csv,
+        &"--user-only",
+        &"--json",
+        &"-o",
+        &uo,
+    ]));
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(j["users"], 2);
+    let (b, a) = (j["train_rmse_before"].as_f64().unwrap(), j["train_rmse"].as_f64().unwrap());
+    assert!(a < b, "user-only fit: RMSE {b} -> {a}");
+    assert!(j["fit_us_mean"].as_f64().unwrap() > 0.0);
+    let ov = read_ov(&uo);
+    for p in &ov.patches {
+        let want = if p.tensor.starts_with("user") { 2 } else { 0 };
+        assert_eq!(p.ids.len(), want, "{}", p.tensor);
+    }
+    let mut m = ember_runtime::load_file(&base).unwrap();
+    let plain = ember_runtime::load_file(&base).unwrap();
+    m.apply_overlay(&ov).unwrap();
+    let ids = ember_cli::mf_overlay::MfModel::read(&plain, &base).unwrap().user_ids;
+    let row = ids.iter().position(|x| *x == 7).unwrap() as u32;
+    let probe: Vec<(u32, u32)> = (0..10).map(|i| (row, i * 13)).collect();
+    assert_ne!(predict(&m, &probe), predict(&plain, &probe));
+
     // Bad overlays are named, and never half-applied; --no-overlay still runs the model.
     let base = d.join("base8.ember");
     let ovp = d.join("base8.ember.overlay");

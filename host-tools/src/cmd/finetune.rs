@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ember_quantize::HostTensor;
 use ember_runtime::finetune::{
-    rating_stats, Factors, Precision, Rating, Rows, Switch, TrainConfig, Trainer,
+    rating_stats, Factors, Precision, Rating, Rows, Switch, TrainConfig, Trainer, UserFit,
 };
 use ember_runtime::{FileBytes, Model, Session};
 use serde_json::json;
@@ -75,6 +75,11 @@ pub struct Args {
     /// (no checkpoint: start from the beginning). --epochs may be raised to train longer.
     #[arg(long)]
     pub resume: bool,
+    /// Fit only the users in --ratings, each in closed form against the frozen item rows and
+    /// biases of --model M.ember (whatever their encoding), into -o M.ember.overlay: the fast
+    /// path for new ratings of a few users. Reports the time per user.
+    #[arg(long)]
+    pub user_only: bool,
     /// Row-wise bits of the tables of an .ember output: 8 or 4.
     #[arg(long, default_value_t = 8)]
     pub table_bits: u32,
@@ -413,6 +418,13 @@ pub fn run(a: Args) -> Result<()> {
     if train.is_empty() {
         bail!("{}: no ratings left after skipping bad ones", a.ratings.display());
     }
+    if a.user_only {
+        let Some(b) = base.as_ref().filter(|_| ext == "overlay") else {
+            bail!("--user-only fits users against a model's items: --model M.ember -o M.ember.overlay");
+        };
+        let f = loaded.context("no tables")?;
+        return user_only(&a, b, f, &train, &val, t_load.elapsed().as_secs_f64());
+    }
     let mut cfg = TrainConfig {
         k: a.k,
         lr: a.lr,
@@ -654,6 +666,79 @@ fn served_rmse_of(model: &Model<FileBytes>, val: &[Rating]) -> Result<f64> {
         }
     }
     Ok((sq / val.len().max(1) as f64).sqrt())
+}
+
+/// `--user-only`: each user of `train` fitted alone against the frozen items of `base`.
+fn user_only(
+    a: &Args,
+    base: &MfModel,
+    mut f: Factors,
+    train: &[Rating],
+    val: &[Rating],
+    load_s: f64,
+) -> Result<()> {
+    f.widen();
+    let k = f.k;
+    let mut by_user: BTreeMap<u32, (Vec<u32>, Vec<f32>)> = BTreeMap::new();
+    for r in train {
+        let e = by_user.entry(r.user).or_default();
+        e.0.push(r.item);
+        e.1.push(r.value);
+    }
+    let most = by_user.values().map(|v| v.0.len()).max().unwrap_or(0);
+    let before = (rmse_serial(&f, train), rmse_serial(&f, val));
+    let mut fit = UserFit::new(k, most);
+    let mut row = vec![0f32; k];
+    let mut times = Vec::with_capacity(by_user.len());
+    let mut fitted = Vec::with_capacity(by_user.len());
+    for (u, (items, values)) in &by_user {
+        let t = Instant::now();
+        let b = fit.fit(&f, items, values, a.reg, a.reg_bias, &mut row)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        let Rows::F32(p) = &mut f.p else { unreachable!("widened above") };
+        p[*u as usize * k..(*u as usize + 1) * k].copy_from_slice(&row);
+        f.bu[*u as usize] = b;
+        fitted.push(*u);
+    }
+    let after = (rmse_serial(&f, train), rmse_serial(&f, val));
+    let ck = Ckpt { path: a.output.clone(), base: Some(base), users: fitted, items: vec![] };
+    let st = State { finished: true, ..Default::default() };
+    ck.write(&f, &st)?;
+    times.sort_by(f64::total_cmp);
+    let n = times.len().max(1);
+    let mean = times.iter().sum::<f64>() / n as f64;
+    let p99 = times.get((n * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or(0.0);
+    let max = times.last().copied().unwrap_or(0.0);
+    let val_rmse = (!val.is_empty()).then_some(after.1);
+    let rep = json!({
+        "users": by_user.len(), "ratings": train.len(), "most_ratings_per_user": most, "k": k,
+        "fit_us_mean": mean, "fit_us_p99": p99, "fit_us_max": max,
+        "train_rmse_before": before.0, "train_rmse": after.0,
+        "val_rmse_before": (!val.is_empty()).then_some(before.1), "val_rmse": val_rmse,
+        "load_seconds": load_s, "output": a.output.display().to_string(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!(
+            "fitted {} users ({} ratings, at most {most} per user, k {k}) in {mean:.1} us per user \
+             (p99 {p99:.1}, max {max:.1}); RMSE on their ratings {:.4} -> {:.4}",
+            by_user.len(),
+            train.len(),
+            before.0,
+            after.0
+        );
+        if let Some(v) = val_rmse {
+            println!("validation RMSE {:.4} -> {v:.4}", before.1);
+        }
+        println!("wrote {}", a.output.display());
+    }
+    Ok(())
+}
+
+/// RMSE of `f` on `r` on this thread.
+fn rmse_serial(f: &Factors, r: &[Rating]) -> f64 {
+    f.rmse(r, &ember_runtime::Serial)
 }
 
 fn tr_threads(t: usize) -> usize {
