@@ -286,7 +286,8 @@ impl Factors {
         }
         let tasks = pool.threads() * 4;
         let chunk = ratings.len().div_ceil(tasks);
-        let total = Mutex::new(0f64);
+        // One slot per task, added in task order: the same bits whatever order tasks finish in.
+        let total = Mutex::new(alloc::vec![0f64; tasks]);
         pool.run(tasks, &|t| {
             let (mut pu, mut qi) = (alloc::vec![0f32; self.k], alloc::vec![0f32; self.k]);
             let mut s = 0f64;
@@ -295,9 +296,10 @@ impl Factors {
                     r.value - self.predict_with(r.user as usize, r.item as usize, &mut pu, &mut qi);
                 s += (e as f64) * (e as f64);
             }
-            *total.lock().unwrap_or_else(|e| e.into_inner()) += s;
+            total.lock().unwrap_or_else(|e| e.into_inner())[t] = s;
         });
-        (total.into_inner().unwrap_or_else(|e| e.into_inner()) / ratings.len() as f64).sqrt()
+        let sum: f64 = total.into_inner().unwrap_or_else(|e| e.into_inner()).iter().sum();
+        (sum / ratings.len() as f64).sqrt()
     }
 }
 
@@ -506,8 +508,9 @@ impl Trainer {
         let (mean, lr, reg, rb) = (f.mean, self.cfg.lr, self.cfg.reg, self.cfg.reg_bias);
         let (bu, bi) = (f.bu.as_mut_ptr(), f.bi.as_mut_ptr());
         let (data, starts, ks) = (&self.data, &self.starts, &self.kernels);
-        // Squared error and lost element updates, added once per block.
-        let sums = Mutex::new((0f64, 0u64));
+        // Squared error and lost element updates per task, added in task order at the end (the
+        // same bits whatever order the tasks finish in).
+        let sums = Mutex::new(alloc::vec![(0f64, 0u64); b]);
         macro_rules! epoch {
             ($p:expr, $q:expr, $step:expr) => {{
                 let raw = Raw { p: $p.as_mut_ptr(), q: $q.as_mut_ptr(), bu, bi };
@@ -538,9 +541,7 @@ impl Trainer {
                             *bi += lr * (err - rb * *bi);
                             s += (err as f64) * (err as f64);
                         }
-                        let mut g = sums.lock().unwrap_or_else(|e| e.into_inner());
-                        g.0 += s;
-                        g.1 += l as u64;
+                        sums.lock().unwrap_or_else(|e| e.into_inner())[t] = (s, l as u64);
                     });
                 }
             }};
@@ -555,7 +556,8 @@ impl Trainer {
             (Rows::F16(p), Rows::F16(q)) => epoch!(p, q, ks.mf_step_f16),
             _ => unreachable!("both tables share one storage"),
         }
-        sums.into_inner().unwrap_or_else(|e| e.into_inner())
+        let sums = sums.into_inner().unwrap_or_else(|e| e.into_inner());
+        sums.iter().fold((0.0, 0), |(s, l), x| (s + x.0, l + x.1))
     }
 
     /// `Auto`: decides after an epoch whether to move to f32 (and does), given the epoch's
