@@ -116,7 +116,7 @@ fn overlay_serves_trained_rows_and_the_model_stays_as_flashed() {
         let bi = ember_cli::mf_overlay::bytes_f32(blob(&ov, "finetune.bi"));
         let plain = ember_runtime::load_file(&base).unwrap();
         let mut m = ember_runtime::load_file(&base).unwrap();
-        m.apply_overlay(&ov).unwrap();
+        m.apply_overlay(ov.clone()).unwrap();
         let rows = m.overlay_rows();
         assert!(rows.iter().any(|(t, n)| t.starts_with("item_factors") && *n == items.len()));
         let mf = ember_cli::mf_overlay::MfModel::read(&plain, &base).unwrap();
@@ -142,7 +142,7 @@ fn overlay_serves_trained_rows_and_the_model_stays_as_flashed() {
             patches: ov.patches.iter().filter(|p| p.tensor.starts_with("user")).cloned().collect(),
             ..ov.clone()
         };
-        flashed_user.apply_overlay(&only_users).unwrap();
+        flashed_user.apply_overlay(only_users).unwrap();
         let probe: Vec<(u32, u32)> = untouched.iter().map(|i| (users[3], *i)).collect();
         assert_eq!(predict(&m, &probe), predict(&flashed_user, &probe));
         assert_ne!(predict(&m, &probe), predict(&plain, &probe), "the user rows were not patched");
@@ -199,7 +199,7 @@ fn overlay_serves_trained_rows_and_the_model_stays_as_flashed() {
     }
     let mut m = ember_runtime::load_file(&base).unwrap();
     let plain = ember_runtime::load_file(&base).unwrap();
-    m.apply_overlay(&ov).unwrap();
+    m.apply_overlay(ov.clone()).unwrap();
     let ids = ember_cli::mf_overlay::MfModel::read(&plain, &base).unwrap().user_ids;
     let row = ids.iter().position(|x| *x == 7).unwrap() as u32;
     let probe: Vec<(u32, u32)> = (0..10).map(|i| (row, i * 13)).collect();
@@ -241,11 +241,11 @@ fn overlay_serves_trained_rows_and_the_model_stays_as_flashed() {
     let mut ov = read_ov(&ovp);
     ov.patches.truncate(1);
     ov.patches[0].tensor = "mean".into();
-    let e = m.apply_overlay(&ov).unwrap_err().to_string();
+    let e = m.apply_overlay(ov).unwrap_err().to_string();
     assert!(e.contains("'mean'") && e.contains("rows of"), "{e}");
     let mut ov = read_ov(&ovp);
     ov.patches[0].ids.push(1 << 30);
-    let e = m.apply_overlay(&ov).unwrap_err().to_string();
+    let e = m.apply_overlay(ov).unwrap_err().to_string();
     assert!(e.contains("outside the tensor"), "{e}");
     // An overlay output needs a model to overlay.
     let r = movielens();

@@ -297,8 +297,8 @@ impl<B: AsRef<[u8]>> Model<B> {
     /// overlay's rows in place of the file's. Checks that the overlay was made for this model
     /// (size and section-table CRC), that each patch names a tensor read only row by row (see
     /// the module docs), and that its rows have that tensor's row size and exist in it.
-    /// Replaces any overlay applied before.
-    pub fn apply_overlay(&mut self, ov: &Overlay) -> Result<(), Error> {
+    /// Replaces any overlay applied before. Takes the overlay's rows without copying them.
+    pub fn apply_overlay(&mut self, ov: Overlay) -> Result<(), Error> {
         let id = base_identity(self.bytes());
         if ov.base != id {
             return Err(bad(format!(
@@ -307,7 +307,7 @@ impl<B: AsRef<[u8]>> Model<B> {
             )));
         }
         let mut bound = Vec::with_capacity(ov.patches.len());
-        for p in &ov.patches {
+        for p in ov.patches {
             let what = format!("patch of '{}'", p.tensor);
             let ti = self
                 .tensors
@@ -335,7 +335,7 @@ impl<B: AsRef<[u8]>> Model<B> {
                 return Err(bad(format!("{what}: data does not match its row count")));
             }
             self.check_row_reads(ti as u32, &what)?;
-            bound.push(RowPatch { tensor: ti as u32, patch: p.clone() });
+            bound.push(RowPatch { tensor: ti as u32, patch: p });
         }
         self.patches = bound;
         Ok(())

@@ -242,6 +242,11 @@ fn touched(train: &[Rating], f: impl Fn(&Rating) -> u32) -> Vec<u32> {
     v
 }
 
+/// Values `v[r]` for `r` in `ids`, as little-endian bytes.
+fn pick(v: &[f32], ids: &[u32]) -> Vec<u8> {
+    f32_bytes(&ids.iter().map(|r| v[*r as usize]).collect::<Vec<_>>())
+}
+
 /// What a checkpoint or an `.overlay` output is written from.
 struct Ckpt<'a> {
     path: PathBuf,
@@ -262,18 +267,14 @@ impl Ckpt<'_> {
             ov.patches.extend(table_patches(&b.user, u, &gather_rows(&f.p, u, k)));
             ov.patches.extend(table_patches(&b.item, i, &gather_rows(&f.q, i, k)));
             for (name, ids, v) in [("user_bias", u, &f.bu), ("item_bias", i, &f.bi)] {
-                let rows: Vec<f32> = ids.iter().map(|r| v[*r as usize]).collect();
                 ov.patches.push(ember_runtime::Patch {
                     tensor: name.into(),
                     row_bytes: 4,
                     ids: ids.clone(),
-                    data: f32_bytes(&rows),
+                    data: pick(v, ids),
                 });
             }
         }
-        let pick = |v: &[f32], ids: &[u32]| -> Vec<u8> {
-            f32_bytes(&ids.iter().map(|r| v[*r as usize]).collect::<Vec<_>>())
-        };
         ov.blobs = vec![
             ("finetune.state".into(), serde_json::to_vec(st)?),
             ("finetune.users".into(), u32_bytes(&self.users)),
@@ -377,13 +378,16 @@ pub fn run(a: Args) -> Result<()> {
     if train_raw.is_empty() {
         bail!("{}: no ratings", a.ratings.display());
     }
-    let f16_start = precision != Precision::Fp32;
+    // --user-only fits against the model's rows exactly as stored: no f16 rounding.
+    let f16_start = precision != Precision::Fp32 && !a.user_only;
     let mut base: Option<MfModel> = None;
     let (mut users, mut items, loaded) = match &a.model {
         Some(m) if from_ember => {
             let no = super::OverlayArgs { no_overlay: true, ..Default::default() };
             let model = super::load_opts(m, super::VerifyArg::Full, &no)?;
-            let b = MfModel::read(&model, m)?;
+            let mut b = MfModel::read(&model, m)?;
+            // The f32 values move into the trainer's tables (the base keeps names and layout).
+            let (p, q) = (std::mem::take(&mut b.user.values), std::mem::take(&mut b.item.values));
             let f = Factors {
                 k: b.user.k,
                 users: b.user.rows,
@@ -391,8 +395,8 @@ pub fn run(a: Args) -> Result<()> {
                 mean: b.mean,
                 lo: b.range.map_or(f32::NEG_INFINITY, |r| r.0),
                 hi: b.range.map_or(f32::INFINITY, |r| r.1),
-                p: Rows::from_f32(b.user.values.clone(), f16_start),
-                q: Rows::from_f32(b.item.values.clone(), f16_start),
+                p: Rows::from_f32(p, f16_start),
+                q: Rows::from_f32(q, f16_start),
                 bu: b.user_bias.clone(),
                 bi: b.item_bias.clone(),
             };

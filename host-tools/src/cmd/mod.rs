@@ -80,7 +80,7 @@ pub fn load_opts(
     };
     if let Some(f) = file {
         let o = crate::mf_overlay::read_overlay(&f)?;
-        m.apply_overlay(&o).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        m.apply_overlay(o).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         let rows: Vec<String> = m.overlay_rows().iter().map(|(t, n)| format!("{t} {n}")).collect();
         eprintln!("ember: applied overlay {} (rows: {})", f.display(), rows.join(", "));
     }

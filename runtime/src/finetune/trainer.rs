@@ -353,6 +353,23 @@ struct Raw<T> {
 // SAFETY: the tasks of a round touch disjoint rows (see `Trainer::run_epoch`).
 unsafe impl<T> Sync for Raw<T> {}
 
+/// The ratings (indices into the block-ordered data) that task `t` updates in step `step` of
+/// epoch `epoch` cut into `b · slices` steps: the `step % slices`-th slice of its block of round
+/// `step / slices`.
+fn slice(
+    starts: &[usize],
+    b: usize,
+    epoch: usize,
+    t: usize,
+    step: usize,
+    slices: usize,
+) -> core::ops::Range<usize> {
+    let (round, sl) = (step / slices, step % slices);
+    let blk = t * b + (t + round + epoch) % b;
+    let (s0, n) = (starts[blk], starts[blk + 1] - starts[blk]);
+    s0 + n * sl / slices..s0 + n * (sl + 1) / slices
+}
+
 fn block_of(id: u32, b: usize) -> usize {
     ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % b
 }
@@ -456,14 +473,7 @@ impl Trainer {
     /// Ratings that step `step` of an epoch cut into `blocks() · slices` steps updates (round
     /// `step / slices`, the `step % slices`-th slice of each task's block).
     pub fn step_len(&self, step: usize, slices: usize) -> usize {
-        let (b, round, sl) = (self.b, step / slices, step % slices);
-        (0..b)
-            .map(|t| {
-                let blk = t * b + (t + round + self.epoch) % b;
-                let n = self.starts[blk + 1] - self.starts[blk];
-                n * (sl + 1) / slices - n * sl / slices
-            })
-            .sum()
+        (0..self.b).map(|t| slice(&self.starts, self.b, self.epoch, t, step, slices).len()).sum()
     }
 
     /// One pass over every rating.
@@ -503,7 +513,6 @@ impl Trainer {
     /// Returns the step's squared error and lost element updates.
     pub fn run_step(&mut self, step: usize, slices: usize) -> (f64, u64) {
         let (b, k, e) = (self.b, self.factors.k, self.epoch);
-        let (round, sl) = (step / slices, step % slices);
         let f = &mut self.factors;
         let (mean, lr, reg, rb) = (f.mean, self.cfg.lr, self.cfg.reg, self.cfg.reg_bias);
         let (bu, bi) = (f.bu.as_mut_ptr(), f.bi.as_mut_ptr());
@@ -514,36 +523,32 @@ impl Trainer {
         macro_rules! epoch {
             ($p:expr, $q:expr, $step:expr) => {{
                 let raw = Raw { p: $p.as_mut_ptr(), q: $q.as_mut_ptr(), bu, bi };
-                {
-                    self.pool.run(b, &|t| {
-                        let raw = &raw; // the whole struct (Sync), not its raw fields
-                        let blk = t * b + (t + round + e) % b;
-                        let (s0, n) = (starts[blk], starts[blk + 1] - starts[blk]);
-                        let recs = &data[s0 + n * sl / slices..s0 + n * (sl + 1) / slices];
-                        let (mut s, mut l) = (0f64, 0u32);
-                        for r in recs {
-                            let (u, i) = (r.user as usize, r.item as usize);
-                            // SAFETY: ids were checked against the table sizes in `new`, so the
-                            // rows and biases are in bounds. In this round, task `t` owns user
-                            // block `t` and item block `(t + round + e) mod b`: every rating of
-                            // this block has users and items in those blocks only, and no other
-                            // task of the round owns either, so no row is aliased.
-                            let (pu, qi, bu, bi) = unsafe {
-                                (
-                                    core::slice::from_raw_parts_mut(raw.p.add(u * k), k),
-                                    core::slice::from_raw_parts_mut(raw.q.add(i * k), k),
-                                    &mut *raw.bu.add(u),
-                                    &mut *raw.bi.add(i),
-                                )
-                            };
-                            let err = $step(pu, qi, r.value - mean - *bu - *bi, lr, reg, &mut l);
-                            *bu += lr * (err - rb * *bu);
-                            *bi += lr * (err - rb * *bi);
-                            s += (err as f64) * (err as f64);
-                        }
-                        sums.lock().unwrap_or_else(|e| e.into_inner())[t] = (s, l as u64);
-                    });
-                }
+                self.pool.run(b, &|t| {
+                    let raw = &raw; // the whole struct (Sync), not its raw fields
+                    let recs = &data[slice(starts, b, e, t, step, slices)];
+                    let (mut s, mut l) = (0f64, 0u32);
+                    for r in recs {
+                        let (u, i) = (r.user as usize, r.item as usize);
+                        // SAFETY: ids were checked against the table sizes in `new`, so the
+                        // rows and biases are in bounds. In this round, task `t` owns user
+                        // block `t` and item block `(t + round + e) mod b`: every rating of
+                        // this block has users and items in those blocks only, and no other
+                        // task of the round owns either, so no row is aliased.
+                        let (pu, qi, bu, bi) = unsafe {
+                            (
+                                core::slice::from_raw_parts_mut(raw.p.add(u * k), k),
+                                core::slice::from_raw_parts_mut(raw.q.add(i * k), k),
+                                &mut *raw.bu.add(u),
+                                &mut *raw.bi.add(i),
+                            )
+                        };
+                        let err = $step(pu, qi, r.value - mean - *bu - *bi, lr, reg, &mut l);
+                        *bu += lr * (err - rb * *bu);
+                        *bi += lr * (err - rb * *bi);
+                        s += (err as f64) * (err as f64);
+                    }
+                    sums.lock().unwrap_or_else(|e| e.into_inner())[t] = (s, l as u64);
+                });
             }};
         }
         match (&mut f.p, &mut f.q) {

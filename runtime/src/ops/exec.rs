@@ -4,7 +4,7 @@
 use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind, F16_PANEL};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
-use crate::overlay::{patch_of, RowPatch};
+use crate::overlay::{patch_of, Patch, RowPatch};
 use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
 use crate::Error;
 use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn, quantize_pack_k4n16_nk};
@@ -33,13 +33,9 @@ struct Io<'x> {
 }
 
 impl<'x> Io<'x> {
-    /// Row `r` (`rb` bytes) of `x`: the overlay's row when it replaces it, else the stored one.
-    #[inline]
-    fn row(&self, x: u32, base: &'x [u8], r: usize, rb: usize) -> &'x [u8] {
-        match patch_of(self.patches, x).and_then(|p| p.row(r)) {
-            Some(b) => b,
-            None => &base[r * rb..(r + 1) * rb],
-        }
+    /// The rows of `x` (`rb` bytes each) with the overlay's replacements, looked up once per op.
+    fn rows(&self, x: u32, rb: usize) -> RowSrc<'x> {
+        RowSrc { base: self.bytes(x), rb, patch: patch_of(self.patches, x) }
     }
     fn bytes(&self, r: u32) -> &'x [u8] {
         if r & REF_TENSOR != 0 {
@@ -55,6 +51,25 @@ impl<'x> Io<'x> {
                 // Only a zero-sized value can sit inside the output slot.
                 &[]
             }
+        }
+    }
+}
+
+/// Rows of an operand read one at a time: the overlay's row when it replaces one, else the
+/// stored one.
+#[derive(Clone, Copy)]
+struct RowSrc<'x> {
+    base: &'x [u8],
+    rb: usize,
+    patch: Option<&'x Patch>,
+}
+
+impl<'x> RowSrc<'x> {
+    #[inline]
+    fn get(&self, r: usize) -> &'x [u8] {
+        match self.patch.and_then(|p| p.row(r)) {
+            Some(b) => b,
+            None => &self.base[r * self.rb..(r + 1) * self.rb],
         }
     }
 }
@@ -216,16 +231,15 @@ pub(crate) fn run_op(
             });
         }
         Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx } => {
-            let t: &[u8] = io.bytes(*table);
-            let (sb, bb) = (io.bytes(*scale), io.bytes(*bias));
             let ix = io.bytes(*idx);
             let o: &mut [f32] = cast_mut(out)?;
             let (d, group) = (*d, *group);
             let gpr = d / group;
+            let (t, s, b) =
+                (io.rows(*table, d / 2), io.rows(*scale, 2 * gpr), io.rows(*bias, 2 * gpr));
             for i in 0..*n_idx {
                 let r = index(ix, *idx64, i, *rows, op_index)?;
-                let row = io.row(*table, t, r, d / 2);
-                let (srow, brow) = (io.row(*scale, sb, r, 2 * gpr), io.row(*bias, bb, r, 2 * gpr));
+                let (row, srow, brow) = (t.get(r), s.get(r), b.get(r));
                 for (g, og) in o[i * d..(i + 1) * d].chunks_exact_mut(group).enumerate() {
                     let sc = f16_at(&srow[2 * g..]);
                     let bi = f16_at(&brow[2 * g..]);
@@ -435,31 +449,28 @@ pub(crate) fn run_op(
             }
         }
         Op::Gather { data, idx, idx64, outer, dim, inner_bytes, n_idx } => {
-            let d = io.bytes(*data);
             let ix = io.bytes(*idx);
             let ib = *inner_bytes;
+            // Overlays patch only tables gathered with outer == 1 (apply_overlay), so block `a`
+            // of the data is row `a·dim + r` of the table's rows.
+            let d = io.rows(*data, ib);
             for a in 0..*outer {
-                let da = &d[a * dim * ib..(a + 1) * dim * ib];
                 for i in 0..*n_idx {
                     let r = index(ix, *idx64, i, *dim, op_index)?;
                     let dst = (a * n_idx + i) * ib;
-                    // Overlays patch only tables gathered with outer == 1 (apply_overlay).
-                    out[dst..dst + ib].copy_from_slice(io.row(*data, da, r, ib));
+                    out[dst..dst + ib].copy_from_slice(d.get(a * dim + r));
                 }
             }
         }
         Op::GatherRowsI8 { table, scale, bias, idx, idx64, rows, d, n_idx } => {
-            let t = io.bytes(*table);
             let ix = io.bytes(*idx);
             let o: &mut [f32] = cast_mut(out)?;
             let d = *d;
-            let (sb, bb) = (io.bytes(*scale), io.bytes(*bias));
+            let (t, s, b) = (io.rows(*table, d), io.rows(*scale, 2), io.rows(*bias, 2));
             for i in 0..*n_idx {
                 let r = index(ix, *idx64, i, *rows, op_index)?;
-                let sc = f16_at(io.row(*scale, sb, r, 2));
-                let bi = f16_at(io.row(*bias, bb, r, 2));
-                let tr = io.row(*table, t, r, d);
-                for (o, q) in o[i * d..(i + 1) * d].iter_mut().zip(tr) {
+                let (sc, bi) = (f16_at(s.get(r)), f16_at(b.get(r)));
+                for (o, q) in o[i * d..(i + 1) * d].iter_mut().zip(t.get(r)) {
                     *o = *q as i8 as f32 * sc + bi;
                 }
             }
