@@ -30,6 +30,7 @@ struct Opts {
     reg: f32,
     libmf: bool,
     curve: bool,
+    prefetch: usize,
 }
 
 fn opts() -> Opts {
@@ -46,6 +47,7 @@ fn opts() -> Opts {
         reg: 0.05,
         libmf: true,
         curve: false,
+        prefetch: TrainConfig::default().prefetch,
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut it = args.iter();
@@ -66,6 +68,7 @@ fn opts() -> Opts {
             }
             "--no-libmf" => o.libmf = false,
             "--curve" => o.curve = true,
+            "--prefetch" => o.prefetch = val().parse().expect("--prefetch"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -105,6 +108,7 @@ fn ember(o: &Opts, train: &[Rating], test: &[Rating], p: Precision, dims: (usize
         reg: o.reg,
         threads: o.threads,
         precision: p,
+        prefetch: o.prefetch,
         ..Default::default()
     };
     let t0 = Instant::now();

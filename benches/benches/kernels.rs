@@ -227,6 +227,43 @@ fn elementwise(c: &mut Criterion) {
 }
 
 /// Seconds per call of `run`, doubling the call count until one timing lasts 0.3 s.
+/// SGD steps (`mf_step_*`, k = 128) over 64 row pairs that stay in L1/L2: the kernel's own
+/// throughput, independent steps back to back as in training (the `finetune` bench adds the
+/// wait for rows from memory). One element is one step.
+fn mf_step(c: &mut Criterion) {
+    const K: usize = 128;
+    const PAIRS: usize = 64;
+    let mut g = c.benchmark_group("mf_step");
+    g.throughput(Throughput::Elements(PAIRS as u64));
+    let init = |j: usize| 0.05 + (j % 7) as f32 * 0.01;
+    let mut p: Vec<f32> = (0..K * PAIRS).map(init).collect();
+    let mut q = p.clone();
+    for (name, f) in Kernels::mf_steps_f32() {
+        g.bench_function(BenchmarkId::new(name, "k128"), |b| {
+            b.iter(|| {
+                for (pu, qi) in p.chunks_exact_mut(K).zip(q.chunks_exact_mut(K)) {
+                    black_box(f(pu, qi, 3.5, 0.01, 0.05));
+                }
+            })
+        });
+    }
+    let h = |v: &[f32]| -> Vec<u16> {
+        v.iter().map(|x| ember_kernels::generic::mf::f32_to_f16(*x)).collect()
+    };
+    let (mut p, mut q) = (h(&p), h(&q));
+    let mut lost = 0u32;
+    for (name, f) in Kernels::mf_steps_f16() {
+        g.bench_function(BenchmarkId::new(name, "k128"), |b| {
+            b.iter(|| {
+                for (pu, qi) in p.chunks_exact_mut(K).zip(q.chunks_exact_mut(K)) {
+                    black_box(f(pu, qi, 3.5, 0.01, 0.05, &mut lost));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 fn seconds_per_call(run: &mut dyn FnMut()) -> f64 {
     let mut iters = 1u32;
     loop {
@@ -364,5 +401,14 @@ fn machine_summary(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, i8_gemm, i4_gemm, f32_gemm, elementwise, peak_summary, machine_summary);
+criterion_group!(
+    benches,
+    i8_gemm,
+    i4_gemm,
+    f32_gemm,
+    elementwise,
+    mf_step,
+    peak_summary,
+    machine_summary
+);
 criterion_main!(benches);

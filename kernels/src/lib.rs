@@ -19,6 +19,7 @@ mod check;
 pub mod cuda;
 pub mod generic;
 pub mod pack;
+pub mod prefetch;
 mod set;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

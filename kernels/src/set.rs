@@ -257,7 +257,11 @@ static MF_STEPS_F32: &[Variant<MfStepF32Fn>] = &[
 ];
 static MF_STEPS_F16: &[Variant<MfStepF16Fn>] = &[
     #[cfg(target_arch = "x86_64")]
-    Variant { name: "mf_step_f16_avx512", f: x86::mf_step_f16_avx512, usable: x86::has_avx512f },
+    Variant {
+        name: "mf_step_f16_avx512",
+        f: x86::mf_step_f16_avx512,
+        usable: x86::has_avx512bw_vl,
+    },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "mf_step_f16_avx2", f: x86::mf_step_f16_avx2, usable: x86::has_avx2_f16c },
     Variant { name: "mf_step_f16_generic", f: generic::mf::mf_step_f16, usable: always },

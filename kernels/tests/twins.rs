@@ -577,3 +577,27 @@ fn mf_steps_match_definition_and_twins() {
         }
     }
 }
+
+#[test]
+fn prefetch_covers_every_line_and_never_faults() {
+    use ember_kernels::prefetch::{line_span, prefetch, LINE};
+    assert_eq!(line_span(0, 0).1, 0);
+    assert_eq!(line_span(64, 64), (64, 1));
+    assert_eq!(line_span(65, 64), (64, 2), "an unaligned row spans one line more");
+    assert_eq!(line_span(127, 2), (64, 2));
+    assert_eq!(line_span(128, 256), (128, 4));
+    for addr in [0usize, 1, 63, 64, 100, 4095] {
+        for len in [1usize, 2, 63, 64, 65, 256, 513] {
+            let (first, n) = line_span(addr, len);
+            assert!(first <= addr && first % LINE == 0);
+            assert!(first + n * LINE >= addr + len && first + (n - 1) * LINE < addr + len);
+        }
+    }
+    // A hint: null, dangling and unaligned addresses are dropped, never faulted on.
+    let v = vec![1u8; 1000];
+    prefetch(v.as_ptr().wrapping_add(3), 997);
+    prefetch(core::ptr::null(), 4096);
+    prefetch((usize::MAX & !4095) as *const u8, 64);
+    prefetch(v.as_ptr().wrapping_add(1 << 40), 128);
+    assert_eq!(v.iter().map(|x| *x as usize).sum::<usize>(), 1000);
+}

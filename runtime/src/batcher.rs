@@ -50,6 +50,9 @@ pub struct BatcherConfig {
     pub device: Option<usize>,
     /// The model's file, where the CUDA backend caches PTX it compiles (none: in memory only).
     pub model_path: Option<std::path::PathBuf>,
+    /// Hot-row caches for the embedding tables larger than its budget (CPU sessions; see
+    /// [`Session::set_row_cache`]). Each batch size's session has its own.
+    pub row_cache: Option<crate::RowCacheConfig>,
 }
 
 impl Default for BatcherConfig {
@@ -62,6 +65,7 @@ impl Default for BatcherConfig {
             threads: 0,
             device: None,
             model_path: None,
+            row_cache: None,
         }
     }
 }
@@ -157,6 +161,8 @@ struct Shared {
     failed: AtomicU64,
     samples_run: AtomicU64,
     rows_run: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
     per_size: Vec<SizeStats>,
 }
 
@@ -175,6 +181,9 @@ pub struct BatcherStats {
     pub rows_run: u64,
     /// (batch size, runs, mean compute time of one run).
     pub per_size: Vec<(usize, u64, Duration)>,
+    /// Lookups of the hot-row caches (all tables, all sessions) that hit and that missed.
+    pub row_cache_hits: u64,
+    pub row_cache_misses: u64,
 }
 
 impl BatcherStats {
@@ -307,6 +316,8 @@ impl Batcher {
             failed: AtomicU64::new(0),
             samples_run: AtomicU64::new(0),
             rows_run: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
             per_size: sizes
                 .iter()
                 .map(|_| SizeStats { runs: AtomicU64::new(0), compute_ns: AtomicU64::new(0) })
@@ -443,6 +454,8 @@ impl Batcher {
             failed: ld(&sh.failed),
             samples_run: ld(&sh.samples_run),
             rows_run: ld(&sh.rows_run),
+            row_cache_hits: ld(&sh.cache_hits),
+            row_cache_misses: ld(&sh.cache_misses),
             per_size: self
                 .sizes
                 .iter()
@@ -645,6 +658,14 @@ impl<B: AsRef<[u8]>> Runner<'_, B> {
         st.compute_ns.fetch_add(dt.as_nanos() as u64, Ordering::Relaxed);
         sh.samples_run.fetch_add(ids.len() as u64, Ordering::Relaxed);
         sh.rows_run.fetch_add(size as u64, Ordering::Relaxed);
+        if let Engine::Cpu(s) = &mut self.sessions[si] {
+            // The run's cache lookups move to the shared counters (no allocation: a sum).
+            let (h, m) = s.take_row_cache_counts();
+            if h + m > 0 {
+                sh.cache_hits.fetch_add(h, Ordering::Relaxed);
+                sh.cache_misses.fetch_add(m, Ordering::Relaxed);
+            }
+        }
         match res {
             Ok(()) => {
                 for (r, &id) in ids.iter().enumerate() {
@@ -702,6 +723,9 @@ fn worker<B: AsRef<[u8]>>(
             }
             let mut sess = Session::new(model, s).map_err(|e| BatchError::Config(e.to_string()))?;
             sess.set_pool(pool.clone()).map_err(|e| BatchError::Config(e.to_string()))?;
+            if let Some(rc) = cfg.row_cache {
+                sess.set_row_cache(rc).map_err(|e| BatchError::Config(e.to_string()))?;
+            }
             runner.sessions.push(Engine::Cpu(sess));
             runner.bufs.push(sh.in_lens.iter().map(|n| vec![0u8; n * s]).collect());
         }

@@ -28,6 +28,7 @@ pub mod overlay;
 mod par;
 #[cfg(feature = "std")]
 mod pool;
+pub mod rowcache;
 mod session;
 
 #[cfg(feature = "std")]
@@ -42,6 +43,7 @@ pub use overlay::{Overlay, Patch};
 pub use par::{Parallel, Serial};
 #[cfg(feature = "std")]
 pub use pool::Pool;
+pub use rowcache::{CachePolicy, CacheStats, RowCacheConfig};
 pub use session::Session;
 
 pub type Result<T> = core::result::Result<T, Error>;

@@ -6,7 +6,9 @@
 
 use crate::model::{Model, Plan};
 use crate::ops::exec::{run_op, Ctx, Scratch};
+use crate::ops::Op;
 use crate::par::{Parallel, Serial};
+use crate::rowcache::{CacheStats, RowCache, RowCacheConfig};
 use crate::{DType, Error};
 use alloc::vec::Vec;
 use ember_kernels::KernelSet;
@@ -24,6 +26,8 @@ pub struct Session<'m, B: AsRef<[u8]>> {
     scratch_i32: Vec<i32>,
     scratch_f32: Vec<f32>,
     kernels: KernelSet,
+    /// Per op: the hot-row cache of a large table's gather (empty: none anywhere).
+    caches: Vec<Option<RowCache>>,
     #[cfg(feature = "std")]
     pool: Option<alloc::sync::Arc<crate::Pool>>,
 }
@@ -54,6 +58,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             scratch_i32,
             scratch_f32,
             kernels,
+            caches: Vec::new(),
             #[cfg(feature = "std")]
             pool: None,
         })
@@ -70,6 +75,67 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         self.scratch_i32 = zeroed(n32 * slots)?;
         self.pool = Some(pool);
         Ok(())
+    }
+
+    /// Serves every row-wise INT8/INT4 embedding table whose stored bytes exceed `cfg.bytes`
+    /// through a hot-row cache of `cfg.bytes` bytes of its rows (see [`crate::rowcache`]);
+    /// smaller tables stay direct. Allocates here, never in `run`. Returns the tables cached
+    /// (as op indices). `cfg.bytes == 0` removes every cache.
+    pub fn set_row_cache(&mut self, cfg: RowCacheConfig) -> Result<Vec<usize>, Error> {
+        self.caches.clear();
+        if cfg.bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let mut caches = Vec::new();
+        let mut cached = Vec::new();
+        for (i, op) in self.plan.ops.iter().enumerate() {
+            // Bytes of one row as a cache slot holds it: codes, then scales and offsets.
+            let (rows, row_bytes, n_idx) = match op {
+                Op::GatherRowsI8 { rows, d, n_idx, .. } => (*rows, d + 4, *n_idx),
+                Op::GatherRowsI4 { rows, d, group, n_idx, .. } => {
+                    (*rows, d / 2 + 4 * (d / group), *n_idx)
+                }
+                _ => (0, 0, 0),
+            };
+            let c = if rows * row_bytes > cfg.bytes && rows < u32::MAX as usize {
+                cached.push(i);
+                let mut c = RowCache::new(row_bytes, cfg.bytes, cfg.ways, cfg.policy)?;
+                c.reserve_lookups(n_idx)?;
+                Some(c)
+            } else {
+                None
+            };
+            caches.push(c);
+        }
+        if !cached.is_empty() {
+            self.caches = caches;
+        }
+        Ok(cached)
+    }
+
+    /// Each hot-row cache's op index and counters.
+    pub fn row_cache_stats(&self) -> Vec<(usize, CacheStats)> {
+        self.caches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c.stats())))
+            .collect()
+    }
+
+    /// The caches' hits and misses since the last call (summed over tables), counters zeroed.
+    pub fn take_row_cache_counts(&mut self) -> (u64, u64) {
+        let (mut h, mut m) = (0, 0);
+        for c in self.caches.iter_mut().flatten() {
+            let st = c.stats();
+            (h, m) = (h + st.hits, m + st.misses);
+            c.reset_stats();
+        }
+        (h, m)
+    }
+
+    /// Zeroes the caches' counters (the cached rows stay).
+    pub fn reset_row_cache_stats(&mut self) {
+        self.caches.iter_mut().flatten().for_each(RowCache::reset_stats);
     }
 
     /// Threads a run uses.
@@ -144,7 +210,8 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             slots: par.threads(),
         };
         for (i, (op, rec)) in plan.ops.iter().zip(&plan.records).enumerate() {
-            run_op(op, i, rec.outputs[0], &ctx, arena, &mut scratch)?;
+            let cache = self.caches.get_mut(i).and_then(Option::as_mut);
+            run_op(op, i, rec.outputs[0], &ctx, arena, &mut scratch, cache)?;
             let v = &plan.values[rec.outputs[0] as usize];
             after_op(i, &arena[v.offset..v.offset + v.nbytes]);
         }

@@ -52,6 +52,7 @@ fn cfg(policy: Policy, max_wait_us: u64, queue: usize) -> BatcherConfig {
         threads: 1,
         device: None,
         model_path: None,
+        row_cache: None,
     }
 }
 

@@ -228,3 +228,59 @@ fn user_fit_recovers_a_planted_user_and_names_bad_input() {
         .contains("not finite"));
     assert!(uf.fit(&f, &[1], &[3.0], 0.1, 0.1, &mut row[..3]).is_err());
 }
+
+#[test]
+fn prefetching_rows_ahead_changes_no_bit() {
+    // The prefetch distance is a hint to the memory system: tables, errors and lost-update
+    // counts must come out the same for every distance, in both storages.
+    let (tr, _, spec) = tiny();
+    for f16 in [false, true] {
+        let run = |ahead: usize| {
+            let cfg = TrainConfig {
+                k: 24,
+                threads: 2,
+                precision: if f16 { Precision::Fp16 } else { Precision::Fp32 },
+                prefetch: ahead,
+                ..Default::default()
+            };
+            let f = Factors::random(spec.users, spec.items, 24, (3.5, -10.0, 20.0), 0.1, 5, f16);
+            let mut t = Trainer::new(f, &tr, &cfg).unwrap();
+            let stats: Vec<(u64, u64)> = (0..3)
+                .map(|_| {
+                    let st = t.run_epoch();
+                    (st.train_rmse.to_bits(), st.lost)
+                })
+                .collect();
+            (t.factors.p.to_f32(), t.factors.q.to_f32(), t.factors.bu.clone(), stats)
+        };
+        let base = run(0);
+        for ahead in [1, 8, 1000] {
+            assert!(run(ahead) == base, "prefetch {ahead} changed the result (f16 {f16})");
+        }
+    }
+}
+
+#[test]
+fn rmse_through_the_kernels_has_the_bits_of_the_formula() {
+    // `Factors::rmse` predicts with the SGD kernels (a step of learning rate 0); it must give
+    // exactly what `predict_with` (the generic formula) gives, chunked as `rmse` chunks.
+    let (_, va, spec) = tiny();
+    for (k, f16) in [(16, false), (16, true), (37, false), (37, true)] {
+        let f = Factors::random(spec.users, spec.items, k, (3.5, 1.0, 5.0), 0.3, 9, f16);
+        let pool = ember_runtime::Serial;
+        let (tasks, n) = (4, va.len());
+        let chunk = n.div_ceil(tasks);
+        let (mut a, mut b) = (vec![0f32; k], vec![0f32; k]);
+        let mut sum = 0f64;
+        for t in 0..tasks {
+            let mut s = 0f64;
+            for r in va.iter().skip(t * chunk).take(chunk) {
+                let e = r.value - f.predict_with(r.user as usize, r.item as usize, &mut a, &mut b);
+                s += (e as f64) * (e as f64);
+            }
+            sum += s;
+        }
+        let want = (sum / n as f64).sqrt();
+        assert_eq!(f.rmse(&va, &pool).to_bits(), want.to_bits(), "k {k} f16 {f16}");
+    }
+}

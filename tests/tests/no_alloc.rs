@@ -32,11 +32,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-fn check(onnx: &[u8], calib: &std::path::Path, batch: usize) {
-    check_with(onnx, calib, ember_quantize::Options { batches: vec![batch], ..Default::default() });
+/// Whether the model had row-wise tables (and so ran through row caches too).
+fn check(onnx: &[u8], calib: &std::path::Path, batch: usize) -> bool {
+    check_with(onnx, calib, ember_quantize::Options { batches: vec![batch], ..Default::default() })
 }
 
-fn check_with(onnx: &[u8], calib: &std::path::Path, opts: ember_quantize::Options) {
+fn check_with(onnx: &[u8], calib: &std::path::Path, opts: ember_quantize::Options) -> bool {
     let batch = opts.batches[0];
     let calib = npz::read_npz(calib).unwrap();
     let (bytes, _) = ember_quantize::quantize(onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
@@ -54,6 +55,21 @@ fn check_with(onnx: &[u8], calib: &std::path::Path, opts: ember_quantize::Option
     let after = ALLOCS.load(Ordering::SeqCst);
     assert_eq!(after - before, 0, "Session::run allocated {} times in 50 runs", after - before);
     assert!(s.output_f32(0).unwrap().iter().all(|v| v.is_finite()));
+    // Through hot-row caches too (a 1 KiB budget: every row-wise table gets one, and misses).
+    let mut c = Session::new(&model, batch).unwrap();
+    let cfg = ember_runtime::RowCacheConfig { bytes: 1 << 10, ..Default::default() };
+    let cached = !c.set_row_cache(cfg).unwrap().is_empty();
+    if cached {
+        c.run(&refs).unwrap();
+        let before = ALLOCS.load(Ordering::SeqCst);
+        for _ in 0..50 {
+            c.run(&refs).unwrap();
+        }
+        let n = ALLOCS.load(Ordering::SeqCst) - before;
+        assert_eq!(n, 0, "Session::run with row caches allocated {n} times in 50 runs");
+        assert_eq!(c.output(0), s.output(0), "cached rows give the same outputs");
+    }
+    cached
 }
 
 /// The tests of this binary count every allocation in the process: one at a time.
@@ -63,13 +79,14 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn run_does_not_allocate() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../host-tools/demo");
-    check(
+    let cached = check(
         &std::fs::read(format!("{demo}/model.onnx")).unwrap(),
         std::path::Path::new(&format!("{demo}/calib.npz")),
         8,
     );
+    assert!(cached, "the demo model's row-wise embeddings ran through row caches");
     let dlrm = ember_tests::case("dlrm");
-    check(&std::fs::read(dlrm.join("model.onnx")).unwrap(), &dlrm.join("calib.npz"), 4);
+    let _ = check(&std::fs::read(dlrm.join("model.onnx")).unwrap(), &dlrm.join("calib.npz"), 4);
     // The wider Linear types: dynamic per-row INT8 and f16 weights.
     let all = vec!["all".to_string()];
     for opts in [
@@ -80,7 +97,11 @@ fn run_does_not_allocate() {
         },
         ember_quantize::Options { batches: vec![4], f16_layers: all.clone(), ..Default::default() },
     ] {
-        check_with(&std::fs::read(dlrm.join("model.onnx")).unwrap(), &dlrm.join("calib.npz"), opts);
+        let _ = check_with(
+            &std::fs::read(dlrm.join("model.onnx")).unwrap(),
+            &dlrm.join("calib.npz"),
+            opts,
+        );
     }
 }
 
@@ -104,6 +125,7 @@ fn batcher_requests_do_not_allocate() {
             threads: 2,
             device: None,
             model_path: None,
+            row_cache: None,
         };
         let b = ember_runtime::Batcher::new(model.clone(), cfg).unwrap();
         let start = std::sync::Barrier::new(4);

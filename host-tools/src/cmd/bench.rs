@@ -29,10 +29,14 @@ pub struct Args {
     /// Warm-up iterations (not timed).
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
-    /// Inputs (first axis = samples; rows are cycled to fill the batch). Default: synthetic
-    /// inputs, floats uniform in [-1, 1), integers zero (valid for any index input).
+    /// Inputs (first axis = samples). Runs take consecutive batches of its samples in turn
+    /// (wrapping; a file shorter than one batch is cycled to fill it), so a stream of lookups
+    /// exercises a row cache as traffic would. Default: synthetic inputs, floats uniform in
+    /// [-1, 1), integers zero (valid for any index input).
     #[arg(long)]
     pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub row_cache: super::RowCacheArgs,
     /// Time every op; print the most expensive ops and the totals per op kind.
     #[arg(long)]
     pub profile: bool,
@@ -90,12 +94,15 @@ fn timings(
     (out, p50, p99, mean)
 }
 
-/// One batch of input bytes per model input.
+/// Most input batches a bench keeps (the runs cycle through them).
+const MAX_INPUT_BATCHES: usize = 4096;
+
+/// The input batches the runs cycle through: one batch of bytes per model input each.
 fn inputs(
     model: &ember_runtime::Model<ember_runtime::FileBytes>,
     batch: usize,
     file: Option<&PathBuf>,
-) -> Result<Vec<Vec<u8>>> {
+) -> Result<Vec<Vec<Vec<u8>>>> {
     if let Some(path) = file {
         let arrays = super::read_npz(path)?;
         let (ins, n) = exec::check_inputs(
@@ -103,15 +110,16 @@ fn inputs(
             &arrays,
             &format!("{}", path.display()),
         )?;
-        let rows: Vec<usize> = (0..batch).map(|i| i % n).collect();
-        return Ok(model
-            .inputs
-            .iter()
-            .map(|s| ins[&s.name].take_rows(&rows).to_le_bytes())
+        let batches = (n / batch).clamp(1, MAX_INPUT_BATCHES);
+        return Ok((0..batches)
+            .map(|b| {
+                let rows: Vec<usize> = (0..batch).map(|i| (b * batch + i) % n).collect();
+                model.inputs.iter().map(|s| ins[&s.name].take_rows(&rows).to_le_bytes()).collect()
+            })
             .collect());
     }
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    Ok(model
+    Ok(vec![model
         .inputs
         .iter()
         .map(|s| {
@@ -128,7 +136,7 @@ fn inputs(
                 d => vec![0u8; count * d.size()],
             }
         })
-        .collect())
+        .collect()])
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -156,24 +164,35 @@ pub fn run(a: Args) -> Result<()> {
     let pool = Arc::new(Pool::new(threads)?);
     let mut s = Session::new(&model, batch)?;
     s.set_pool(pool.clone())?;
+    let names = model.op_names(batch);
+    a.row_cache.apply(&mut s, &names, a.json)?;
     let open_ms = t_open.elapsed().as_secs_f64() * 1e3;
     let bufs = inputs(&model, batch, a.input.as_ref())?;
-    let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
-    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(&refs)?))?;
+    let refs: Vec<Vec<&[u8]>> =
+        bufs.iter().map(|b| b.iter().map(|v| v.as_slice()).collect()).collect();
+    let mut next = 0usize;
+    let mut turn = || {
+        next += 1;
+        &refs[(next - 1) % refs.len()]
+    };
+    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
+    // The caches' counters cover the timed runs only (the warm-up filled them).
+    s.reset_row_cache_stats();
     let n_ops = s.plan().records.len();
     let mut op_ns = vec![0f64; n_ops];
     let mut times = Vec::with_capacity(a.iters);
     for _ in 0..a.iters {
+        let refs = turn();
         let st = Instant::now();
         if a.profile {
             let mut last = Instant::now();
-            s.run_with(&refs, |i, _| {
+            s.run_with(refs, |i, _| {
                 let now = Instant::now();
                 op_ns[i] += (now - last).as_secs_f64() * 1e9;
                 last = now;
             })?;
         } else {
-            s.run(&refs)?;
+            s.run(refs)?;
         }
         times.push(st.elapsed().as_secs_f64() * 1e3);
     }
@@ -184,10 +203,14 @@ pub fn run(a: Args) -> Result<()> {
     out["iters"] = json!(a.iters);
     out["kernels"] = json!({"i8_gemm": k.i8_gemm_name, "quantize_u8": k.quantize_u8_name, "f32_gemm": k.f32_gemm_name});
     out["verify"] = json!(format!("{:?}", a.verify).to_lowercase());
+    out["input_batches"] = json!(refs.len());
+    let caches = super::row_cache_json(&s, &names, a.row_cache.row_cache_policy);
+    if a.row_cache.row_cache.is_some() {
+        out["row_cache"] = json!(caches);
+    }
     let mut by_kind: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     let mut ops = Vec::new();
     if a.profile {
-        let names = model.op_names(batch);
         let plan = s.plan();
         for (i, rec) in plan.records.iter().enumerate() {
             let kind = OpCode::from_u16(rec.opcode).map(|c| c.name()).unwrap_or("?");
@@ -222,6 +245,13 @@ pub fn run(a: Args) -> Result<()> {
         a.iters,
         batch as f64 / (p50 * 1e-3)
     );
+    for c in &caches {
+        println!(
+            "  row cache op #{} ({}): hit rate {:.1}% ({} hits, {} misses, {} evictions; {} rows, {})",
+            c["op"], c["node"].as_str().unwrap_or(""), c["hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            c["hits"], c["misses"], c["evictions"], c["capacity_rows"], c["policy"].as_str().unwrap_or("")
+        );
+    }
     if a.profile {
         let total: f64 = by_kind.values().map(|v| v.0).sum();
         println!("  time per op kind (mean per run, profiling adds a clock read per op):");
@@ -257,13 +287,23 @@ fn bench_cuda(
     for note in s.notes() {
         eprintln!("ember: {note}");
     }
+    if a.row_cache.row_cache.is_some() {
+        eprintln!("ember: --row-cache is a CPU feature; the CUDA bench reads tables directly");
+    }
     let bufs = inputs(model, batch, a.input.as_ref())?;
-    let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
-    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(&refs)?))?;
+    let refs: Vec<Vec<&[u8]>> =
+        bufs.iter().map(|b| b.iter().map(|v| v.as_slice()).collect()).collect();
+    let mut next = 0usize;
+    let mut turn = || {
+        next += 1;
+        &refs[(next - 1) % refs.len()]
+    };
+    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
     let mut times = Vec::with_capacity(a.iters);
     for _ in 0..a.iters {
+        let refs = turn();
         let st = Instant::now();
-        s.run(&refs)?;
+        s.run(refs)?;
         times.push(st.elapsed().as_secs_f64() * 1e3);
     }
     let (launches, graph) = s.launches();

@@ -317,6 +317,7 @@ pub fn run(a: Args) -> Result<()> {
             threads: a.threads.unwrap_or(0),
             device: None,
             model_path: None,
+            row_cache: None,
         };
         let server = super::serve::model_server(
             path,

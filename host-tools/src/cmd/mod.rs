@@ -125,3 +125,104 @@ pub fn read_npz(path: &Path) -> Result<ember_quantize::npz::Arrays> {
     }
     Ok(ember_quantize::npz::read_npz(path)?)
 }
+
+/// The hot-row cache for embedding tables larger than a memory budget (run, bench, serve).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RowCacheArgs {
+    /// Memory budget per embedding table (bytes; K, M, G suffixes): a row-wise INT8/INT4 table
+    /// stored in more bytes is served through a cache of this many bytes of hot f32 rows.
+    /// Default: no cache.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub row_cache: Option<usize>,
+    /// Which row a full cache set gives up: lfu (least frequently used) or lru.
+    #[arg(long, value_name = "lru|lfu", default_value = "lfu", value_parser = parse_policy)]
+    pub row_cache_policy: ember_runtime::CachePolicy,
+    /// Slots per cache set (1 = direct-mapped).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub row_cache_ways: usize,
+}
+
+impl RowCacheArgs {
+    pub fn config(&self) -> Option<ember_runtime::RowCacheConfig> {
+        self.row_cache.map(|bytes| ember_runtime::RowCacheConfig {
+            bytes,
+            policy: self.row_cache_policy,
+            ways: self.row_cache_ways,
+        })
+    }
+
+    /// Gives `s` its caches; says on stderr which tables got one (or that none exceeds it).
+    pub fn apply<B: AsRef<[u8]>>(
+        &self,
+        s: &mut ember_runtime::Session<B>,
+        names: &[&str],
+        quiet: bool,
+    ) -> Result<Vec<usize>> {
+        let Some(cfg) = self.config() else { return Ok(Vec::new()) };
+        let ops = s.set_row_cache(cfg)?;
+        if !quiet {
+            if ops.is_empty() {
+                eprintln!(
+                    "row cache: no row-wise quantized table is larger than {} bytes; none cached",
+                    cfg.bytes
+                );
+            }
+            for (op, (_, st)) in ops.iter().zip(s.row_cache_stats()) {
+                let name = names.get(*op).copied().unwrap_or("?");
+                eprintln!(
+                    "row cache: op #{op} ({name}): {} rows, {}, {} ways",
+                    st.capacity,
+                    cfg.policy.name(),
+                    cfg.ways.max(1)
+                );
+            }
+        }
+        Ok(ops)
+    }
+}
+
+/// `4096`, `64K`, `8M`, `1G` (powers of 1024) → bytes.
+pub fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1usize << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: usize = num.trim().parse().map_err(|_| format!("'{s}' is not a size in bytes"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn parse_policy(s: &str) -> std::result::Result<ember_runtime::CachePolicy, String> {
+    ember_runtime::CachePolicy::parse(s).ok_or_else(|| format!("'{s}' is not lru or lfu"))
+}
+
+/// Each cache's counters as JSON objects (op index, node, rows, policy, hits, misses, rate).
+pub fn row_cache_json<B: AsRef<[u8]>>(
+    s: &ember_runtime::Session<B>,
+    names: &[&str],
+    policy: ember_runtime::CachePolicy,
+) -> Vec<serde_json::Value> {
+    s.row_cache_stats()
+        .iter()
+        .map(|(op, st)| {
+            serde_json::json!({
+                "op": op,
+                "node": names.get(*op).copied().unwrap_or_default(),
+                "policy": policy.name(),
+                "capacity_rows": st.capacity,
+                "hits": st.hits,
+                "misses": st.misses,
+                "evictions": st.evictions,
+                "hit_rate": st.hit_rate(),
+            })
+        })
+        .collect()
+}

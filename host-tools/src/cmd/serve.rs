@@ -59,6 +59,8 @@ pub struct BatchingArgs {
     /// Where batches run: cpu, cuda[:N], or auto (the GPU when there is one, else the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub row_cache: super::RowCacheArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -80,6 +82,7 @@ impl BatchingArgs {
             threads: self.threads.unwrap_or(0),
             device: None,
             model_path: None,
+            row_cache: self.row_cache.config(),
         }
     }
 }

@@ -635,6 +635,18 @@ impl ModelServer {
             "Rows run, padding included.",
             &one(st.rows_run.to_string()),
         );
+        put(
+            "ember_row_cache_hits_total",
+            "counter",
+            "Embedding-row lookups served from a hot-row cache (--row-cache).",
+            &one(st.row_cache_hits.to_string()),
+        );
+        put(
+            "ember_row_cache_misses_total",
+            "counter",
+            "Embedding-row lookups that missed a hot-row cache and read the table.",
+            &one(st.row_cache_misses.to_string()),
+        );
         let per: Vec<(String, String)> = st
             .per_size
             .iter()

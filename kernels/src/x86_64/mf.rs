@@ -24,7 +24,21 @@ macro_rules! overlay_f32 {
 overlay_f32!(mf_step_f32_avx512, "avx512f", super::has_avx512f);
 overlay_f32!(mf_step_f32_avx2, "avx2,fma", has_avx2_fma);
 
-/// f16 step with AVX-512F; same contract and bits as `generic::mf::mf_step_f16`.
+/// AVX-512 F + BW + VL (Skylake-X, Zen 4 and later).
+pub fn has_avx512bw_vl() -> bool {
+    #[cfg(feature = "std")]
+    {
+        super::has_avx512f()
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
+    }
+}
+
+/// f16 step with AVX-512 F/BW/VL; same contract and bits as `generic::mf::mf_step_f16`.
 pub fn mf_step_f16_avx512(
     p: &mut [u16],
     q: &mut [u16],
@@ -33,14 +47,16 @@ pub fn mf_step_f16_avx512(
     reg: f32,
     lost: &mut u32,
 ) -> f32 {
-    assert!(super::has_avx512f(), "mf_step_f16_avx512 on a CPU without avx512f");
+    assert!(has_avx512bw_vl(), "mf_step_f16_avx512 on a CPU without avx512f/bw/vl");
     let n = p.len().min(q.len());
     let (p, q) = (&mut p[..n], &mut q[..n]);
     // SAFETY: the CPU has AVX-512F (asserted); every access is within `p[..n]` and `q[..n]`.
     unsafe { step_f16_avx512(p, q, target, lr, reg, lost) }
 }
 
-#[target_feature(enable = "avx512f")]
+/// A dot-product pass, then an update pass that converts the rows again (keeping them in
+/// registers instead measured slower: the spills cost more than the conversions).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,popcnt")]
 fn step_f16_avx512(
     p: &mut [u16],
     q: &mut [u16],
@@ -62,16 +78,10 @@ fn step_f16_avx512(
         };
         acc = _mm512_fmadd_ps(_mm512_cvtph_ps(hp), _mm512_cvtph_ps(hq), acc);
     }
-    let mut lanes = [0f32; 16];
-    // SAFETY: `lanes` holds 16 f32.
-    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for j in full..n {
-        lanes[j - full] = g::fma(f16_to_f32(p[j]), f16_to_f32(q[j]), lanes[j - full]);
-    }
-    let e = target - g::fold16(lanes);
+    let e = target - fold_tail(acc, &p[full..], &q[full..]);
     let (c, d) = (lr * e, 1.0 - lr * reg);
     let (vc, vd) = (_mm512_set1_ps(c), _mm512_set1_ps(d));
-    let mut nlost = 0u32;
+    let mut cnt = 0u32;
     for c in (0..full).step_by(16) {
         // SAFETY: as above; the stores write the same 16 elements.
         unsafe {
@@ -79,22 +89,48 @@ fn step_f16_avx512(
             let qp = q.as_mut_ptr().add(c) as *mut __m256i;
             let (hp, hq) = (_mm256_loadu_si256(pp), _mm256_loadu_si256(qp));
             let (a, b) = (_mm512_cvtph_ps(hp), _mm512_cvtph_ps(hq));
-            let na = _mm512_fmadd_ps(vc, b, _mm512_mul_ps(vd, a));
-            let nb = _mm512_fmadd_ps(vc, a, _mm512_mul_ps(vd, b));
-            let hna = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(na);
-            let hnb = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(nb);
-            let la = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(na, a)
-                & _mm512_cmpeq_epi32_mask(_mm512_cvtepu16_epi32(hna), _mm512_cvtepu16_epi32(hp));
-            let lb = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nb, b)
-                & _mm512_cmpeq_epi32_mask(_mm512_cvtepu16_epi32(hnb), _mm512_cvtepu16_epi32(hq));
-            nlost += la.count_ones() + lb.count_ones();
+            let (hna, hnb, l) = update16(vc, vd, a, b, hp, hq);
+            cnt += l;
             _mm256_storeu_si256(pp, hna);
             _mm256_storeu_si256(qp, hnb);
         }
     }
-    nlost += g::update_f16(&mut p[full..], &mut q[full..], c, d);
-    *lost += nlost;
+    let tail = g::update_f16(&mut p[full..], &mut q[full..], c, d);
+    *lost += cnt + tail;
     e
+}
+
+/// The 16 lane sums plus the tail's products (lanes 0.., in order), folded as the twin does.
+#[target_feature(enable = "avx512f")]
+fn fold_tail(acc: __m512, p: &[u16], q: &[u16]) -> f32 {
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for (j, (a, b)) in p.iter().zip(q).enumerate() {
+        lanes[j] = g::fma(f16_to_f32(*a), f16_to_f32(*b), lanes[j]);
+    }
+    g::fold16(lanes)
+}
+
+/// One vector of the update: the new f16 patterns of `p` and `q` and, per lane, how many of
+/// the two element updates were lost (the f32 result moved but rounds to the old pattern).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,popcnt")]
+#[inline]
+fn update16(
+    vc: __m512,
+    vd: __m512,
+    a: __m512,
+    b: __m512,
+    hp: __m256i,
+    hq: __m256i,
+) -> (__m256i, __m256i, u32) {
+    let na = _mm512_fmadd_ps(vc, b, _mm512_mul_ps(vd, a));
+    let nb = _mm512_fmadd_ps(vc, a, _mm512_mul_ps(vd, b));
+    let hna = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(na);
+    let hnb = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(nb);
+    let la = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(na, a) & _mm256_cmpeq_epi16_mask(hna, hp);
+    let lb = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(nb, b) & _mm256_cmpeq_epi16_mask(hnb, hq);
+    (hna, hnb, la.count_ones() + lb.count_ones())
 }
 
 /// AVX2 + FMA.
@@ -109,11 +145,13 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
-/// AVX2 + F16C + FMA.
+/// AVX2 + F16C + FMA + POPCNT.
 pub fn has_avx2_f16c() -> bool {
     #[cfg(feature = "std")]
     {
-        has_avx2_fma() && std::is_x86_feature_detected!("f16c")
+        has_avx2_fma()
+            && std::is_x86_feature_detected!("f16c")
+            && std::is_x86_feature_detected!("popcnt")
     }
     #[cfg(not(feature = "std"))]
     {
@@ -130,14 +168,14 @@ pub fn mf_step_f16_avx2(
     reg: f32,
     lost: &mut u32,
 ) -> f32 {
-    assert!(has_avx2_f16c(), "mf_step_f16_avx2 on a CPU without avx2, f16c and fma");
+    assert!(has_avx2_f16c(), "mf_step_f16_avx2 on a CPU without avx2, f16c, fma and popcnt");
     let n = p.len().min(q.len());
     let (p, q) = (&mut p[..n], &mut q[..n]);
     // SAFETY: the CPU has AVX2 and F16C (asserted); accesses stay within `p[..n]`, `q[..n]`.
     unsafe { step_f16_avx2(p, q, target, lr, reg, lost) }
 }
 
-#[target_feature(enable = "avx2,f16c,fma")]
+#[target_feature(enable = "avx2,f16c,fma,popcnt")]
 fn step_f16_avx2(
     p: &mut [u16],
     q: &mut [u16],

@@ -5,6 +5,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use ember_kernels::generic::mf::f32_to_f16;
 use ember_kernels::generic::{f16_to_f32, mf::dot_fixed};
+use ember_kernels::prefetch::prefetch;
 use ember_kernels::KernelSet;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -64,6 +65,9 @@ pub struct TrainConfig {
     pub lost_limit: f64,
     /// `Auto`: switch to f32 when the monitored RMSE improves by less than this fraction.
     pub plateau: f64,
+    /// Ratings ahead whose rows and biases are prefetched (0: none). The rows of a shuffled
+    /// block are random, so without it each update waits for its misses one at a time.
+    pub prefetch: usize,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +83,7 @@ impl Default for TrainConfig {
             seed: 42,
             lost_limit: 0.25,
             plateau: 0.001,
+            prefetch: 16,
         }
     }
 }
@@ -176,11 +181,43 @@ impl Rows {
     }
     /// Converts f16 rows to f32 in place of the old vector (peak: both forms of this table).
     fn widen(&mut self) {
-        if let Rows::F16(_) = self {
-            *self = Rows::F32(self.to_f32());
+        if let Rows::F16(v) = self {
+            *self = Rows::F32(huge(v.iter().map(|h| f16_to_f32(*h))));
+        }
+    }
+    /// Moves the rows into memory advised for huge pages (see [`huge`]).
+    fn rehome(&mut self) {
+        match self {
+            Rows::F32(v) => *v = huge(v.iter().copied()),
+            Rows::F16(v) => *v = huge(v.iter().copied()),
         }
     }
 }
+
+/// The items collected into a vector whose memory is advised for transparent huge pages
+/// before it is first written. SGD reads rows at random from tables of tens of megabytes:
+/// with 4 KiB pages nearly every row costs a TLB miss as well as a cache miss.
+fn huge<T: Copy>(items: impl ExactSizeIterator<Item = T>) -> Vec<T> {
+    let mut v = Vec::with_capacity(items.len());
+    advise_huge(v.as_ptr() as usize, v.capacity() * core::mem::size_of::<T>());
+    v.extend(items);
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge(addr: usize, bytes: usize) {
+    const HUGE: usize = 2 << 20;
+    let (start, end) = (addr.next_multiple_of(HUGE), (addr + bytes) & !(HUGE - 1));
+    if end > start {
+        // SAFETY: [start, end) lies inside the allocation the caller just made; MADV_HUGEPAGE
+        // changes only how the kernel backs those pages, never their contents. A refusal (THP
+        // off) leaves ordinary pages, which is fine, so the result is not checked.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_addr: usize, _bytes: usize) {}
 
 /// Mean, minimum and maximum of the ratings' values (the model's `mean`, `lo`, `hi`).
 pub fn rating_stats(ratings: &[Rating]) -> (f32, f32, f32) {
@@ -279,6 +316,37 @@ impl Factors {
         (self.mean + self.bu[u] + self.bi[i] + dot_fixed(pu, qi)).clamp(self.lo, self.hi)
     }
 
+    /// [`Factors::predict_with`] through the SGD kernels: a step with learning rate 0 on copies
+    /// of the rows changes nothing and returns `0 − p·q` in the fixed order, so the prediction
+    /// has the same bits as `predict_with`, from the vector code (the f16 rows converted in
+    /// registers instead of one element at a time).
+    fn predict_fast(
+        &self,
+        ks: &KernelSet,
+        u: usize,
+        i: usize,
+        pu: &mut [f32],
+        qi: &mut [f32],
+    ) -> f32 {
+        let k = self.k;
+        let neg_dot = match (&self.p, &self.q) {
+            (Rows::F32(p), Rows::F32(q)) => {
+                pu.copy_from_slice(&p[u * k..u * k + k]);
+                qi.copy_from_slice(&q[i * k..i * k + k]);
+                (ks.mf_step_f32)(pu, qi, 0.0, 0.0, 0.0)
+            }
+            (Rows::F16(p), Rows::F16(q)) => {
+                let hu = &mut bytemuck::cast_slice_mut::<f32, u16>(pu)[..k];
+                let hq = &mut bytemuck::cast_slice_mut::<f32, u16>(qi)[..k];
+                hu.copy_from_slice(&p[u * k..u * k + k]);
+                hq.copy_from_slice(&q[i * k..i * k + k]);
+                (ks.mf_step_f16)(hu, hq, 0.0, 0.0, 0.0, &mut 0)
+            }
+            _ => return self.predict_with(u, i, pu, qi),
+        };
+        (self.mean + self.bu[u] + self.bi[i] - neg_dot).clamp(self.lo, self.hi)
+    }
+
     /// Root mean squared error over `ratings` (ids must be in range), on `pool`'s threads.
     pub fn rmse(&self, ratings: &[Rating], pool: &dyn Parallel) -> f64 {
         if ratings.is_empty() {
@@ -286,14 +354,15 @@ impl Factors {
         }
         let tasks = pool.threads() * 4;
         let chunk = ratings.len().div_ceil(tasks);
+        let ks = KernelSet::detect();
         // One slot per task, added in task order: the same bits whatever order tasks finish in.
         let total = Mutex::new(alloc::vec![0f64; tasks]);
         pool.run(tasks, &|t| {
             let (mut pu, mut qi) = (alloc::vec![0f32; self.k], alloc::vec![0f32; self.k]);
             let mut s = 0f64;
             for r in ratings.iter().skip(t * chunk).take(chunk) {
-                let e =
-                    r.value - self.predict_with(r.user as usize, r.item as usize, &mut pu, &mut qi);
+                let (u, i) = (r.user as usize, r.item as usize);
+                let e = r.value - self.predict_fast(&ks, u, i, &mut pu, &mut qi);
                 s += (e as f64) * (e as f64);
             }
             total.lock().unwrap_or_else(|e| e.into_inner())[t] = s;
@@ -370,6 +439,55 @@ fn slice(
     s0 + n * sl / slices..s0 + n * (sl + 1) / slices
 }
 
+/// Ratings per bucket of the shuffle, about (a bucket's records fit in L2 while it is shuffled).
+const BUCKET: usize = 1 << 15;
+
+/// The ratings in block order, each block in a random order, and the blocks' starts.
+///
+/// A scatter shuffle: every rating goes to a random bucket of its block (one sequential pass,
+/// a few hundred write streams), then each bucket is shuffled on its own (Fisher–Yates, in
+/// cache, buckets spread over the pool). Random bucket assignment followed by uniform shuffles
+/// of the buckets gives a uniformly random order within each block, without the cache miss per
+/// swap of one shuffle over all ratings. The result depends only on the ratings, `b` and
+/// `seed`, never on the threads' timing.
+fn layout(train: &[Rating], b: usize, seed: u64, pool: &Pool) -> (Vec<Rating>, Vec<usize>) {
+    let nb = (train.len() / (b * b) / BUCKET).clamp(1, 1024);
+    let key = |r: &Rating| block_of(r.user, b) * b + block_of(r.item, b);
+    let mut rng = Rng::new(seed ^ 0x5348_5546);
+    let buckets: Vec<u16> = train.iter().map(|_| rng.below(nb) as u16).collect();
+    let slot = |i: usize, r: &Rating| key(r) * nb + buckets[i] as usize;
+    let mut bstart = alloc::vec![0usize; b * b * nb + 1];
+    for (i, r) in train.iter().enumerate() {
+        bstart[slot(i, r) + 1] += 1;
+    }
+    for i in 0..b * b * nb {
+        bstart[i + 1] += bstart[i];
+    }
+    let mut fill = bstart.clone();
+    let mut data = alloc::vec![Rating { user: 0, item: 0, value: 0.0 }; train.len()];
+    for (i, r) in train.iter().enumerate() {
+        let s = &mut fill[slot(i, r)];
+        data[*s] = *r;
+        *s += 1;
+    }
+    let shared = crate::par::SharedMut(data.as_mut_ptr());
+    let (nbk, tasks) = (b * b * nb, pool.threads().max(1));
+    pool.run(tasks, &|t| {
+        let shared = &shared; // the whole wrapper (Sync), not its raw field
+        for k in (t..nbk).step_by(tasks) {
+            // SAFETY: bucket k is data[bstart[k]..bstart[k+1]]; buckets are disjoint and each
+            // is shuffled by exactly one task (k ≡ t mod threads).
+            let v = unsafe { shared.slice(bstart[k], bstart[k + 1] - bstart[k]) };
+            let mut rng = Rng::new(seed ^ (k as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+            for i in (1..v.len()).rev() {
+                v.swap(i, rng.below(i + 1));
+            }
+        }
+    });
+    let starts = (0..=b * b).map(|blk| bstart[blk * nb]).collect();
+    (data, starts)
+}
+
 fn block_of(id: u32, b: usize) -> usize {
     ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % b
 }
@@ -404,30 +522,13 @@ impl Trainer {
             return Err(MfError::Config("no training ratings".into()));
         }
         check_ratings(train, factors.users, factors.items)?;
+        let mut factors = factors;
+        factors.p.rehome();
+        factors.q.rehome();
         let pool = Pool::new(cfg.threads)
             .map_err(|e| MfError::Config(alloc::format!("cannot start threads: {e}")))?;
         let b = pool.threads().max(1);
-        let mut order: Vec<u32> = (0..train.len() as u32).collect();
-        let mut rng = Rng::new(cfg.seed ^ 0x5348_5546);
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
-        let key = |r: &Rating| block_of(r.user, b) * b + block_of(r.item, b);
-        let mut starts = alloc::vec![0usize; b * b + 1];
-        for r in train {
-            starts[key(r) + 1] += 1;
-        }
-        for i in 0..b * b {
-            starts[i + 1] += starts[i];
-        }
-        let mut fill = starts.clone();
-        let mut data = alloc::vec![Rating { user: 0, item: 0, value: 0.0 }; train.len()];
-        for &o in &order {
-            let r = train[o as usize];
-            let s = &mut fill[key(&r)];
-            data[*s] = r;
-            *s += 1;
-        }
+        let (data, starts) = layout(train, b, cfg.seed, &pool);
         Ok(Trainer {
             factors,
             cfg: cfg.clone(),
@@ -517,6 +618,7 @@ impl Trainer {
         let (mean, lr, reg, rb) = (f.mean, self.cfg.lr, self.cfg.reg, self.cfg.reg_bias);
         let (bu, bi) = (f.bu.as_mut_ptr(), f.bi.as_mut_ptr());
         let (data, starts, ks) = (&self.data, &self.starts, &self.kernels);
+        let (ahead, row_bytes) = (self.cfg.prefetch, k * f.p.elem_bytes());
         // Squared error and lost element updates per task, added in task order at the end (the
         // same bits whatever order the tasks finish in).
         let sums = Mutex::new(alloc::vec![(0f64, 0u64); b]);
@@ -527,7 +629,15 @@ impl Trainer {
                     let raw = &raw; // the whole struct (Sync), not its raw fields
                     let recs = &data[slice(starts, b, e, t, step, slices)];
                     let (mut s, mut l) = (0f64, 0u32);
-                    for r in recs {
+                    for (x, r) in recs.iter().enumerate() {
+                        if let Some(n) = recs.get(x + ahead).filter(|_| ahead > 0) {
+                            // Addresses only (a prefetch reads nothing into Rust values).
+                            let (nu, ni) = (n.user as usize, n.item as usize);
+                            prefetch(raw.p.wrapping_add(nu * k) as *const u8, row_bytes);
+                            prefetch(raw.q.wrapping_add(ni * k) as *const u8, row_bytes);
+                            prefetch(raw.bu.wrapping_add(nu) as *const u8, 4);
+                            prefetch(raw.bi.wrapping_add(ni) as *const u8, 4);
+                        }
                         let (u, i) = (r.user as usize, r.item as usize);
                         // SAFETY: ids were checked against the table sizes in `new`, so the
                         // rows and biases are in bounds. In this round, task `t` owns user

@@ -6,6 +6,7 @@ use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
 use crate::overlay::{patch_of, Patch, RowPatch};
 use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
+use crate::rowcache::RowCache;
 use crate::Error;
 use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn, quantize_pack_k4n16_nk};
 use ember_kernels::{Act, KernelSet};
@@ -74,6 +75,116 @@ impl<'x> RowSrc<'x> {
     }
 }
 
+/// Lookups ahead whose rows a direct gather prefetches: the ids are known up front, and each
+/// row is a random miss that would otherwise wait alone.
+const AHEAD: usize = 4;
+
+/// The index operand of a row gather.
+struct Ids<'x> {
+    ix: &'x [u8],
+    idx64: bool,
+    n: usize,
+    rows: usize,
+    op: usize,
+}
+
+impl Ids<'_> {
+    fn get(&self, i: usize) -> Result<usize, Error> {
+        index(self.ix, self.idx64, i, self.rows, self.op)
+    }
+}
+
+/// Every row `ids` names, `d` values each, into `o`: `deq(codes, scales, offsets, row)` reads
+/// the row from the mapped table, or from the op's hot-row cache when it has one.
+///
+/// With a cache the batch goes in two passes: all lookups first (bad ids fail the op before
+/// the cache changes), each prefetching the slot of a hit or the table row of a miss, then in
+/// the same order every miss is copied into its slot (codes, then scales, then offsets) and
+/// every row dequantized from its slot: the same values as the direct gather.
+fn gather_rows(
+    cache: Option<&mut RowCache>,
+    ids: &Ids,
+    (t, s, b): (&RowSrc, &RowSrc, &RowSrc),
+    o: &mut [f32],
+    d: usize,
+    deq: impl Fn(&[u8], &[u8], &[u8], &mut [f32]),
+) -> Result<(), Error> {
+    let fetch = |r: usize| {
+        for x in [t.get(r), s.get(r), b.get(r)] {
+            ember_kernels::prefetch::prefetch(x.as_ptr(), x.len());
+        }
+    };
+    if d == 0 {
+        // Nothing to write; the ids are still checked.
+        return (0..ids.n).try_for_each(|i| ids.get(i).map(|_| ()));
+    }
+    let Some(c) = cache else {
+        for (i, oi) in o.chunks_exact_mut(d).take(ids.n).enumerate() {
+            let r = ids.get(i)?;
+            if let Ok(ra) = ids.get((i + AHEAD).min(ids.n - 1)) {
+                fetch(ra);
+            }
+            deq(t.get(r), s.get(r), b.get(r), oi);
+        }
+        return Ok(());
+    };
+    for i in 0..ids.n {
+        ids.get(i)?;
+    }
+    let mut pending = core::mem::take(&mut c.pending); // capacity n (reserved at set-up)
+    pending.clear();
+    for i in 0..ids.n {
+        let r = ids.get(i)?;
+        if let Ok(ra) = ids.get((i + 2 * AHEAD).min(ids.n - 1)) {
+            c.prefetch_set(ra as u32);
+        }
+        let (slot, miss) = c.lookup(r as u32);
+        if miss {
+            fetch(r);
+        } else {
+            c.prefetch_slot(slot);
+        }
+        pending.push((slot as u32) << 1 | miss as u32);
+    }
+    for (i, (oi, p)) in o.chunks_exact_mut(d).zip(&pending).enumerate() {
+        let slot = (*p >> 1) as usize;
+        let (n, sb) = (t.rb, s.rb);
+        if p & 1 == 1 {
+            let r = ids.get(i)?;
+            let dst = c.slot_mut(slot);
+            dst[..n].copy_from_slice(t.get(r));
+            dst[n..n + sb].copy_from_slice(s.get(r));
+            dst[n + sb..].copy_from_slice(b.get(r));
+        }
+        let src = c.slot(slot);
+        deq(&src[..n], &src[n..n + sb], &src[n + sb..], oi);
+    }
+    c.pending = pending;
+    Ok(())
+}
+
+/// A row-wise INT8 row: `o[j] = q[j]·scale + bias` (scale and bias f16).
+#[inline]
+fn dequant_i8_row(q: &[u8], scale: &[u8], bias: &[u8], o: &mut [f32]) {
+    let (sc, bi) = (f16_at(scale), f16_at(bias));
+    for (o, q) in o.iter_mut().zip(q) {
+        *o = *q as i8 as f32 * sc + bi;
+    }
+}
+
+/// A row-wise INT4 row in groups of `group`: two unsigned codes per byte (low nibble first),
+/// `o = code·scale[g] + bias[g]`.
+#[inline]
+fn dequant_i4_row(q: &[u8], scale: &[u8], bias: &[u8], group: usize, o: &mut [f32]) {
+    for (g, og) in o.chunks_exact_mut(group).enumerate() {
+        let (sc, bi) = (f16_at(&scale[2 * g..]), f16_at(&bias[2 * g..]));
+        for (o2, b) in og.chunks_exact_mut(2).zip(&q[g * group / 2..(g + 1) * group / 2]) {
+            o2[0] = (b & 15) as f32 * sc + bi;
+            o2[1] = (b >> 4) as f32 * sc + bi;
+        }
+    }
+}
+
 /// The f16 at the start of `b` (little-endian bits), as f32.
 #[inline]
 fn f16_at(b: &[u8]) -> f32 {
@@ -121,6 +232,7 @@ pub(crate) fn run_op(
     ctx: &Ctx,
     arena: &mut [u8],
     scratch: &mut Scratch,
+    cache: Option<&mut RowCache>,
 ) -> Result<(), Error> {
     let ov = &ctx.values[out_v as usize];
     let (left, rest) = arena.split_at_mut(ov.offset);
@@ -237,19 +349,10 @@ pub(crate) fn run_op(
             let gpr = d / group;
             let (t, s, b) =
                 (io.rows(*table, d / 2), io.rows(*scale, 2 * gpr), io.rows(*bias, 2 * gpr));
-            for i in 0..*n_idx {
-                let r = index(ix, *idx64, i, *rows, op_index)?;
-                let (row, srow, brow) = (t.get(r), s.get(r), b.get(r));
-                for (g, og) in o[i * d..(i + 1) * d].chunks_exact_mut(group).enumerate() {
-                    let sc = f16_at(&srow[2 * g..]);
-                    let bi = f16_at(&brow[2 * g..]);
-                    let bytes = &row[g * group / 2..(g + 1) * group / 2];
-                    for (o2, b) in og.chunks_exact_mut(2).zip(bytes) {
-                        o2[0] = (b & 15) as f32 * sc + bi;
-                        o2[1] = (b >> 4) as f32 * sc + bi;
-                    }
-                }
-            }
+            let deq =
+                |q: &[u8], sc: &[u8], bi: &[u8], o: &mut [f32]| dequant_i4_row(q, sc, bi, group, o);
+            let ids = Ids { ix, idx64: *idx64, n: *n_idx, rows: *rows, op: op_index };
+            gather_rows(cache, &ids, (&t, &s, &b), o, d, deq)?;
         }
         Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs, b_t, alpha } } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
@@ -467,13 +570,8 @@ pub(crate) fn run_op(
             let o: &mut [f32] = cast_mut(out)?;
             let d = *d;
             let (t, s, b) = (io.rows(*table, d), io.rows(*scale, 2), io.rows(*bias, 2));
-            for i in 0..*n_idx {
-                let r = index(ix, *idx64, i, *rows, op_index)?;
-                let (sc, bi) = (f16_at(s.get(r)), f16_at(b.get(r)));
-                for (o, q) in o[i * d..(i + 1) * d].iter_mut().zip(t.get(r)) {
-                    *o = *q as i8 as f32 * sc + bi;
-                }
-            }
+            let ids = Ids { ix, idx64: *idx64, n: *n_idx, rows: *rows, op: op_index };
+            gather_rows(cache, &ids, (&t, &s, &b), o, d, dequant_i8_row)?;
         }
         Op::Concat { inputs, n, outer, chunks } => {
             let total: usize = chunks[..*n].iter().sum();
