@@ -104,7 +104,9 @@ fn infer_body(users: &[i64], movies: &[i64], dense_shape: &str) -> String {
 fn serve_speaks_kserve_v2_and_survives_bad_requests() {
     let d = tmp("proto");
     let model = demo_model(&d);
-    let srv = Server::start(&model, &["--name", "recs", "--max-wait-us", "200"]);
+    // A 1 KiB row budget: the demo's embedding tables are served through hot-row caches.
+    let srv =
+        Server::start(&model, &["--name", "recs", "--max-wait-us", "200", "--row-cache", "1K"]);
     assert_eq!(srv.call("GET", "/v2/health/live", "").0, 200);
     assert_eq!(srv.call("GET", "/v2/health/ready", "").0, 200);
     assert_eq!(srv.call("GET", "/v2/models/recs/ready", "").0, 200);
@@ -286,6 +288,12 @@ fn serve_speaks_kserve_v2_and_survives_bad_requests() {
     assert!(metric("ember_batch_fill_ratio{model=\"recs\"}") > 0.0);
     assert!(metric("ember_http_responses_total{code=\"400\"}") >= 9.0);
     assert!(m.contains("ember_batches_total{model=\"recs\",size=\"8\"}"));
+    // Every row looked up went through a cache (warm-up runs included), and some hit.
+    let (h, mi) = (
+        metric("ember_row_cache_hits_total{model=\"recs\"}"),
+        metric("ember_row_cache_misses_total{model=\"recs\"}"),
+    );
+    assert!(h > 0.0 && mi > 0.0, "hits {h} misses {mi}");
 }
 
 #[test]

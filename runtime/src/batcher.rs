@@ -592,6 +592,15 @@ enum Engine<'m, B: AsRef<[u8]>> {
 }
 
 impl<B: AsRef<[u8]>> Engine<'_, B> {
+    /// Row-cache hits and misses since the last call (CPU sessions have the caches).
+    fn take_row_cache_counts(&mut self) -> (u64, u64) {
+        match self {
+            Engine::Cpu(s) => s.take_row_cache_counts(),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(_) => (0, 0),
+        }
+    }
+
     fn run(&mut self, inputs: &[&[u8]]) -> Result<(), Error> {
         match self {
             Engine::Cpu(s) => s.run(inputs),
@@ -658,13 +667,11 @@ impl<B: AsRef<[u8]>> Runner<'_, B> {
         st.compute_ns.fetch_add(dt.as_nanos() as u64, Ordering::Relaxed);
         sh.samples_run.fetch_add(ids.len() as u64, Ordering::Relaxed);
         sh.rows_run.fetch_add(size as u64, Ordering::Relaxed);
-        if let Engine::Cpu(s) = &mut self.sessions[si] {
-            // The run's cache lookups move to the shared counters (no allocation: a sum).
-            let (h, m) = s.take_row_cache_counts();
-            if h + m > 0 {
-                sh.cache_hits.fetch_add(h, Ordering::Relaxed);
-                sh.cache_misses.fetch_add(m, Ordering::Relaxed);
-            }
+        // The run's cache lookups move to the shared counters (no allocation: a sum).
+        let (h, m) = self.sessions[si].take_row_cache_counts();
+        if h + m > 0 {
+            sh.cache_hits.fetch_add(h, Ordering::Relaxed);
+            sh.cache_misses.fetch_add(m, Ordering::Relaxed);
         }
         match res {
             Ok(()) => {

@@ -94,6 +94,20 @@ fn timings(
     (out, p50, p99, mean)
 }
 
+/// Each input batch as the byte slices `run` takes.
+fn slices(bufs: &[Vec<Vec<u8>>]) -> Vec<Vec<&[u8]>> {
+    bufs.iter().map(|b| b.iter().map(|v| v.as_slice()).collect()).collect()
+}
+
+/// Hands out the batches in turn, wrapping (each run takes the next).
+fn in_turn<'r, 'b>(refs: &'r [Vec<&'b [u8]>]) -> impl FnMut() -> &'r [&'b [u8]] + 'r {
+    let mut next = 0usize;
+    move || {
+        next += 1;
+        &refs[(next - 1) % refs.len()]
+    }
+}
+
 /// Most input batches a bench keeps (the runs cycle through them).
 const MAX_INPUT_BATCHES: usize = 4096;
 
@@ -168,13 +182,8 @@ pub fn run(a: Args) -> Result<()> {
     a.row_cache.apply(&mut s, &names, a.json)?;
     let open_ms = t_open.elapsed().as_secs_f64() * 1e3;
     let bufs = inputs(&model, batch, a.input.as_ref())?;
-    let refs: Vec<Vec<&[u8]>> =
-        bufs.iter().map(|b| b.iter().map(|v| v.as_slice()).collect()).collect();
-    let mut next = 0usize;
-    let mut turn = || {
-        next += 1;
-        &refs[(next - 1) % refs.len()]
-    };
+    let refs = slices(&bufs);
+    let mut turn = in_turn(&refs);
     let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
     // The caches' counters cover the timed runs only (the warm-up filled them).
     s.reset_row_cache_stats();
@@ -291,13 +300,8 @@ fn bench_cuda(
         eprintln!("ember: --row-cache is a CPU feature; the CUDA bench reads tables directly");
     }
     let bufs = inputs(model, batch, a.input.as_ref())?;
-    let refs: Vec<Vec<&[u8]>> =
-        bufs.iter().map(|b| b.iter().map(|v| v.as_slice()).collect()).collect();
-    let mut next = 0usize;
-    let mut turn = || {
-        next += 1;
-        &refs[(next - 1) % refs.len()]
-    };
+    let refs = slices(&bufs);
+    let mut turn = in_turn(&refs);
     let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
     let mut times = Vec::with_capacity(a.iters);
     for _ in 0..a.iters {
