@@ -264,6 +264,8 @@ static MF_STEPS_F16: &[Variant<MfStepF16Fn>] = &[
     },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "mf_step_f16_avx2", f: x86::mf_step_f16_avx2, usable: x86::has_avx2_f16c },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "mf_step_f16_neon", f: arm::mf_step_f16_neon, usable: always },
     Variant { name: "mf_step_f16_generic", f: generic::mf::mf_step_f16, usable: always },
 ];
 

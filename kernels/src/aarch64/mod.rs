@@ -10,8 +10,11 @@
 
 mod dot;
 mod i4;
+mod mf;
 mod mm;
 mod neon;
+
+pub use mf::mf_step_f16_neon;
 
 use crate::check::check_gemm;
 use crate::pack::{k4, PANEL};
