@@ -82,6 +82,16 @@ fn cached_tables_serve_the_same_bits_and_count_hits() {
                 // 450-680 of 3000 rows under ≈ Zipf(1) traffic: over a third of lookups hit.
                 assert!(st.hit_rate() > 0.35, "{bits}-bit {policy:?} op {op}: {st:?}");
             }
+            // A bad id fails the batch the same way, and leaves the cache as it was.
+            let good: Vec<i64> = (0..16).map(|j| j * 7).collect();
+            let mut bad = good.clone();
+            bad[9] = USERS as i64;
+            let (gi, bu) = (bytes(&good), bytes(&bad));
+            let (e1, e2) = (plain.run(&[&bu, &gi]), cached.run(&[&bu, &gi]));
+            assert!(e1.is_err() && e1 == e2, "{e1:?} vs {e2:?}");
+            plain.run(&[&gi, &gi]).unwrap();
+            cached.run(&[&gi, &gi]).unwrap();
+            assert_eq!(plain.output(0), cached.output(0), "after a failed batch");
             cached.reset_row_cache_stats();
             assert!(cached.row_cache_stats().iter().all(|(_, s)| s.hits + s.misses == 0));
         }

@@ -121,7 +121,8 @@ impl RowCache {
         policy: CachePolicy,
     ) -> Result<RowCache, Error> {
         let (ways, row_bytes) = (ways.max(1), row_bytes.max(1));
-        let sets = (bytes / row_bytes / ways).max(1);
+        // Slots are numbered in 31 bits (a batch's lookups are kept as slot << 1 | miss).
+        let sets = (bytes / row_bytes / ways).clamp(1, (u32::MAX as usize >> 1) / ways);
         let slots = sets * ways;
         let alloc_err = || Error::OutOfMemory { bytes: (slots * (row_bytes + 8)) as u64 };
         let mut rows = Vec::new();
