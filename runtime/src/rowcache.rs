@@ -76,6 +76,7 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Rows the cache can hold.
     pub capacity: usize,
+    pub policy: CachePolicy,
 }
 
 impl CacheStats {
@@ -143,7 +144,7 @@ impl RowCache {
             meta,
             rows,
             tick: 0,
-            stats: CacheStats { capacity: slots, ..CacheStats::default() },
+            stats: CacheStats { capacity: slots, policy, ..CacheStats::default() },
             pending: Vec::new(),
         })
     }
@@ -159,10 +160,8 @@ impl RowCache {
         self.stats
     }
     pub fn reset_stats(&mut self) {
-        self.stats = CacheStats { capacity: self.stats.capacity, ..CacheStats::default() };
-    }
-    pub fn policy(&self) -> CachePolicy {
-        self.policy
+        let (capacity, policy) = (self.stats.capacity, self.policy);
+        self.stats = CacheStats { capacity, policy, ..CacheStats::default() };
     }
     /// Bytes of rows held (the budget rounded down to whole sets).
     pub fn bytes(&self) -> usize {

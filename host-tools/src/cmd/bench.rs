@@ -213,7 +213,7 @@ pub fn run(a: Args) -> Result<()> {
     out["kernels"] = json!({"i8_gemm": k.i8_gemm_name, "quantize_u8": k.quantize_u8_name, "f32_gemm": k.f32_gemm_name});
     out["verify"] = json!(format!("{:?}", a.verify).to_lowercase());
     out["input_batches"] = json!(refs.len());
-    let caches = super::row_cache_json(&s, &names, a.row_cache.row_cache_policy);
+    let caches = super::row_cache_json(&s, &names);
     if a.row_cache.row_cache.is_some() {
         out["row_cache"] = json!(caches);
     }

@@ -126,11 +126,11 @@ pub fn read_npz(path: &Path) -> Result<ember_quantize::npz::Arrays> {
     Ok(ember_quantize::npz::read_npz(path)?)
 }
 
-/// The hot-row cache for embedding tables larger than a memory budget (run, bench, serve).
+/// The hot-row cache for embedding tables larger than a memory budget (bench, serve).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RowCacheArgs {
     /// Memory budget per embedding table (bytes; K, M, G suffixes): a row-wise INT8/INT4 table
-    /// stored in more bytes is served through a cache of this many bytes of hot f32 rows.
+    /// stored in more bytes is served through a cache of this many bytes of its hottest rows.
     /// Default: no cache.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub row_cache: Option<usize>,
@@ -157,8 +157,8 @@ impl RowCacheArgs {
         s: &mut ember_runtime::Session<B>,
         names: &[&str],
         quiet: bool,
-    ) -> Result<Vec<usize>> {
-        let Some(cfg) = self.config() else { return Ok(Vec::new()) };
+    ) -> Result<()> {
+        let Some(cfg) = self.config() else { return Ok(()) };
         let ops = s.set_row_cache(cfg)?;
         if !quiet {
             if ops.is_empty() {
@@ -172,12 +172,12 @@ impl RowCacheArgs {
                 eprintln!(
                     "row cache: op #{op} ({name}): {} rows, {}, {} ways",
                     st.capacity,
-                    cfg.policy.name(),
+                    st.policy.name(),
                     cfg.ways.max(1)
                 );
             }
         }
-        Ok(ops)
+        Ok(())
     }
 }
 
@@ -208,7 +208,6 @@ fn parse_policy(s: &str) -> std::result::Result<ember_runtime::CachePolicy, Stri
 pub fn row_cache_json<B: AsRef<[u8]>>(
     s: &ember_runtime::Session<B>,
     names: &[&str],
-    policy: ember_runtime::CachePolicy,
 ) -> Vec<serde_json::Value> {
     s.row_cache_stats()
         .iter()
@@ -216,7 +215,7 @@ pub fn row_cache_json<B: AsRef<[u8]>>(
             serde_json::json!({
                 "op": op,
                 "node": names.get(*op).copied().unwrap_or_default(),
-                "policy": policy.name(),
+                "policy": st.policy.name(),
                 "capacity_rows": st.capacity,
                 "hits": st.hits,
                 "misses": st.misses,

@@ -4,7 +4,7 @@
 //! needed), round to nearest even under the default FPCR, as the twin does; emitted with `asm!`
 //! because the intrinsics take `float16x4_t`, which is not stable. Same bits as the twin.
 
-use crate::generic::{f16_to_f32, mf as g};
+use crate::generic::mf as g;
 use core::arch::aarch64::*;
 use core::arch::asm;
 
@@ -86,10 +86,7 @@ fn step(p: &mut [u16], q: &mut [u16], target: f32, lr: f32, reg: f32, lost: &mut
         // SAFETY: each chunk holds 4 f32.
         unsafe { vst1q_f32(l.as_mut_ptr(), v) };
     }
-    for j in full..n {
-        lanes[j - full] = g::fma(f16_to_f32(p[j]), f16_to_f32(q[j]), lanes[j - full]);
-    }
-    let e = target - g::fold16(lanes);
+    let e = target - g::fold16_f16_tail(lanes, &p[full..], &q[full..]);
     let (c, d) = (lr * e, 1.0 - lr * reg);
     let (vc, vd) = (vdupq_n_f32(c), vdupq_n_f32(d));
     let v8 = n / 8 * 8;

@@ -110,6 +110,16 @@ pub fn f32_to_f16(x: f32) -> u16 {
     sign | v as u16
 }
 
+/// The dot product from an overlay's 16 lane sums: the f16 elements after the last full
+/// vector (`p`, `q`, fewer than 16) added into lanes 0.., then folded as [`fold16`] does.
+#[inline(always)]
+pub fn fold16_f16_tail(mut lanes: [f32; LANES], p: &[u16], q: &[u16]) -> f32 {
+    for (j, (a, b)) in p.iter().zip(q).enumerate() {
+        lanes[j] = fma(f16_to_f32(*a), f16_to_f32(*b), lanes[j]);
+    }
+    fold16(lanes)
+}
+
 /// One SGD step on f16-stored rows; see the module docs. Adds the lost element updates to `lost`.
 pub fn mf_step_f16(
     p: &mut [u16],

@@ -3,7 +3,7 @@
 //! converts rows with `vcvtph2ps`/`vcvtps2ph` (AVX-512F, or AVX2 + F16C + FMA) and counts lost
 //! updates on the 16-bit patterns. Same bits as the generic twin.
 
-use crate::generic::{f16_to_f32, mf as g};
+use crate::generic::mf as g;
 use core::arch::x86_64::*;
 
 macro_rules! overlay_f32 {
@@ -50,7 +50,7 @@ pub fn mf_step_f16_avx512(
     assert!(has_avx512bw_vl(), "mf_step_f16_avx512 on a CPU without avx512f/bw/vl");
     let n = p.len().min(q.len());
     let (p, q) = (&mut p[..n], &mut q[..n]);
-    // SAFETY: the CPU has AVX-512F (asserted); every access is within `p[..n]` and `q[..n]`.
+    // SAFETY: the CPU has AVX-512 F/BW/VL (asserted); every access is within `p[..n]`, `q[..n]`.
     unsafe { step_f16_avx512(p, q, target, lr, reg, lost) }
 }
 
@@ -100,16 +100,13 @@ fn step_f16_avx512(
     e
 }
 
-/// The 16 lane sums plus the tail's products (lanes 0.., in order), folded as the twin does.
+/// The 16 lane sums plus the tail's products, folded as the twin does.
 #[target_feature(enable = "avx512f")]
 fn fold_tail(acc: __m512, p: &[u16], q: &[u16]) -> f32 {
     let mut lanes = [0f32; 16];
     // SAFETY: `lanes` holds 16 f32.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for (j, (a, b)) in p.iter().zip(q).enumerate() {
-        lanes[j] = g::fma(f16_to_f32(*a), f16_to_f32(*b), lanes[j]);
-    }
-    g::fold16(lanes)
+    g::fold16_f16_tail(lanes, p, q)
 }
 
 /// One vector of the update: the new f16 patterns of `p` and `q` and, per lane, how many of
@@ -206,10 +203,7 @@ fn step_f16_avx2(
         _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
         _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
     }
-    for j in full..n {
-        lanes[j - full] = g::fma(f16_to_f32(p[j]), f16_to_f32(q[j]), lanes[j - full]);
-    }
-    let e = target - g::fold16(lanes);
+    let e = target - g::fold16_f16_tail(lanes, &p[full..], &q[full..]);
     let (c, d) = (lr * e, 1.0 - lr * reg);
     let (vc, vd) = (_mm256_set1_ps(c), _mm256_set1_ps(d));
     let mut nlost = 0u32;

@@ -123,12 +123,13 @@ pub enum Rows {
 }
 
 impl Rows {
-    /// f32 values stored as they are, or rounded to f16 (nearest even).
+    /// f32 values stored as they are, or rounded to f16 (nearest even), in huge-page-advised
+    /// memory (see [`huge`]: f32 rows are copied there once).
     pub fn from_f32(v: Vec<f32>, f16: bool) -> Rows {
         if f16 {
-            Rows::F16(v.iter().map(|x| f32_to_f16(*x)).collect())
+            Rows::F16(huge(v.iter().map(|x| f32_to_f16(*x))))
         } else {
-            Rows::F32(v)
+            Rows::F32(huge(v.iter().copied()))
         }
     }
     /// Every value as f32.
@@ -183,13 +184,6 @@ impl Rows {
     fn widen(&mut self) {
         if let Rows::F16(v) = self {
             *self = Rows::F32(huge(v.iter().map(|h| f16_to_f32(*h))));
-        }
-    }
-    /// Moves the rows into memory advised for huge pages (see [`huge`]).
-    fn rehome(&mut self) {
-        match self {
-            Rows::F32(v) => *v = huge(v.iter().copied()),
-            Rows::F16(v) => *v = huge(v.iter().copied()),
         }
     }
 }
@@ -522,9 +516,6 @@ impl Trainer {
             return Err(MfError::Config("no training ratings".into()));
         }
         check_ratings(train, factors.users, factors.items)?;
-        let mut factors = factors;
-        factors.p.rehome();
-        factors.q.rehome();
         let pool = Pool::new(cfg.threads)
             .map_err(|e| MfError::Config(alloc::format!("cannot start threads: {e}")))?;
         let b = pool.threads().max(1);
