@@ -25,8 +25,8 @@ python3 tests/oracle/minilm.py "$EMBER_MINILM" "$EMBER_ORACLE_DIR/minilm"
 NVRTC_LIB=$(python3 -c "import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + '/lib')")
 echo "== tests (host)"
 host_expect=""
-if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx512vnni,i8_gemm_avx2,i4_gemm_avx512vnni
-elif grep -q avx2 /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx2; fi
+if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx512vnni,i8_gemm_avx2,i4_gemm_avx512vnni,i4m_gemm_avx512vnni,i4m_gemm_avx2
+elif grep -q avx2 /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx2,i4m_gemm_avx2; fi
 LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EMBER_REQUIRE_NVRTC=1 \
   EMBER_EXPECT_KERNELS="$host_expect" cargo test --workspace --locked
 
@@ -38,7 +38,7 @@ if [ "${EMBER_SKIP_AARCH64:-0}" != 1 ]; then
   for cpu in max cortex-a57; do
     echo "== tests (aarch64 under qemu, -cpu $cpu)"
     # The kernel variants each CPU model must run (the twin tests fail if one is missing).
-    if [ "$cpu" = max ]; then expect=i8_gemm_i8mm,i8_gemm_dotprod,i8_gemm_neon,i4_gemm_i8mm,i4_gemm_dotprod; else expect=i8_gemm_neon,i4_gemm_neon; fi
+    if [ "$cpu" = max ]; then expect=i8_gemm_i8mm,i8_gemm_dotprod,i8_gemm_neon,i4_gemm_i8mm,i4_gemm_dotprod,i4m_gemm_i8mm,i4m_gemm_dotprod; else expect=i8_gemm_neon,i4_gemm_neon,i4m_gemm_neon; fi
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$QEMU -cpu $cpu" EMBER_TEST_RUNNER="$QEMU -cpu $cpu" \
       EMBER_EXPECT_KERNELS="$expect" cargo test --workspace --locked --target aarch64-unknown-linux-gnu
   done

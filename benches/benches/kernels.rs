@@ -88,6 +88,8 @@ struct Gemm4 {
     bp: Vec<u8>,
     gsum: Vec<i32>,
     gscale: Vec<u16>,
+    gmul: Vec<u8>,
+    wsum: Vec<i32>,
 }
 
 fn gemm4_case(n: usize, k: usize, group: usize) -> Gemm4 {
@@ -104,7 +106,14 @@ fn gemm4_case(n: usize, k: usize, group: usize) -> Gemm4 {
     let (mut gsum, mut gscale) = (vec![0; side], vec![0u16; side]);
     pack::panel_groups(&per, n, groups, &mut gsum);
     pack::panel_groups(&vec![0x2000u16; n * groups], n, groups, &mut gscale);
-    Gemm4 { bp, gsum, gscale }
+    // The same codes with integer group multipliers (INT4M): 1..=16 cycling, column sums of Q·M.
+    let mul: Vec<u8> = (0..n * groups).map(|i| 1 + (i % 16) as u8).collect();
+    let mut gmul = vec![0u8; side];
+    pack::panel_groups(&mul, n, groups, &mut gmul);
+    let wsum = (0..n)
+        .map(|j| (0..k).map(|p| q[j * k + p] as i32 * mul[j * groups + p / group] as i32).sum())
+        .collect();
+    Gemm4 { bp, gsum, gscale, gmul, wsum }
 }
 
 fn i4_gemm(c: &mut Criterion) {
@@ -133,6 +142,35 @@ fn i4_gemm(c: &mut Criterion) {
                                 &w.gsum,
                                 &w.gscale,
                                 0.01,
+                                &case.bias,
+                                Act::None,
+                                &mut case.out,
+                                case.n,
+                            );
+                            black_box(&case.out);
+                        })
+                    },
+                );
+            }
+            for (name, f) in Kernels::i4m_gemms().filter(|(n, _)| !n.ends_with("generic")) {
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{name} g{group}"), label),
+                    &(),
+                    |bch, _| {
+                        let lda = pack::k4(case.k);
+                        bch.iter(|| {
+                            f(
+                                case.m,
+                                case.k,
+                                case.n,
+                                &case.a,
+                                lda,
+                                128,
+                                &w.bp,
+                                group,
+                                &w.gmul,
+                                &w.wsum,
+                                &case.scale,
                                 &case.bias,
                                 Act::None,
                                 &mut case.out,
@@ -315,6 +353,35 @@ fn peak_summary(_: &mut Criterion) {
             let secs = seconds_per_call(&mut run);
             println!(
                 "  {:<20} {label:<30} {:>8.1} GOP/s  {:.1} us (INT4, group 32)",
+                name,
+                2.0 * (m * k * n) as f64 / secs / 1e9,
+                secs * 1e6
+            );
+        }
+        for (name, f) in Kernels::i4m_gemms().filter(|(n, _)| !n.ends_with("generic")) {
+            let w = gemm4_case(*n, *k, 32);
+            let mut run = || {
+                f(
+                    case.m,
+                    case.k,
+                    case.n,
+                    &case.a,
+                    lda,
+                    128,
+                    &w.bp,
+                    32,
+                    &w.gmul,
+                    &w.wsum,
+                    &case.scale,
+                    &case.bias,
+                    Act::None,
+                    &mut case.out,
+                    case.n,
+                )
+            };
+            let secs = seconds_per_call(&mut run);
+            println!(
+                "  {:<20} {label:<30} {:>8.1} GOP/s  {:.1} us (INT4M, group 32)",
                 name,
                 2.0 * (m * k * n) as f64 / secs / 1e9,
                 secs * 1e6

@@ -137,6 +137,44 @@ fn quantize_rejects_bad_models_and_data() {
 }
 
 #[test]
+fn int4_scales_choose_the_op_and_bad_values_are_refused() {
+    let case = ember_tests::case("mlp");
+    let d = tmp("i4scales");
+    let (model, calib) = (case.join("model.onnx"), case.join("calib.npz"));
+    let build = |name: &str, extra: &[&str]| {
+        let out = d.join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&model, &"--calib", &calib, &"--bits", &"4", &"--group", &"4", &"-q", &"-o"];
+        args.push(&out);
+        for e in extra {
+            args.push(e);
+        }
+        ok(&run("quantize", &args));
+        ok(&run("ember", &[&"inspect", &out]))
+    };
+    let mult = build("m.ember", &[]);
+    assert!(mult.contains("linear_i4m") && mult.contains("i4m_gemm_"), "{mult}");
+    let group = build("g.ember", &["--int4-scales", "group"]);
+    assert!(group.contains("linear_i4 ") && !group.contains("linear_i4m"), "{group}");
+    let o = run(
+        "quantize",
+        &[
+            &model,
+            &"--calib",
+            &calib,
+            &"--bits",
+            &"4",
+            &"--int4-scales",
+            &"f8",
+            &"-o",
+            &d.join("x"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--int4-scales"));
+}
+
+#[test]
 fn run_rejects_corrupt_files_and_wrong_inputs() {
     let case = ember_tests::case("dlrm");
     let d = tmp("rbad");

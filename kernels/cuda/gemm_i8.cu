@@ -215,3 +215,50 @@ extern "C" __global__ void ember_linear_i4_dp4a(Args A) {
             out[(i64)r * n + j] = ember_act(__fadd_rn(__fmul_rn(facc[t], A.f[0]), bias[j]), act);
     }
 }
+
+// INT4 with integer group multipliers (LinearI4M): the codes as in ember_linear_i4_dp4a, each
+// group's i32 dot scaled by its multiplier M (1..=16) and summed in i32, so the epilogue is
+// LinearI8's: y = act((Σ_g M·Σ_{p∈g} q·w − zp·w_sum)·scale + bias), exactly the INT8 GEMM on the
+// widened weights Q·M. p: [q s8, w u8, gmul u8, w_sum i32, scale f32, bias f32, out f32];
+// i: [m, k, n, lda, zp, act, group]. Block (16, 16), 4 rows per thread, grid (panels, ⌈m/64⌉).
+extern "C" __global__ void ember_linear_i4m_dp4a(Args A) {
+    const s8* q = (const s8*)A.p[0];
+    const u8* w = (const u8*)A.p[1];
+    const u8* gmul = (const u8*)A.p[2];
+    const int* wsum = (const int*)A.p[3];
+    const float* scale = (const float*)A.p[4];
+    const float* bias = (const float*)A.p[5];
+    float* out = (float*)A.p[6];
+    int m = (int)A.i[0], k = (int)A.i[1], n = (int)A.i[2], lda = (int)A.i[3];
+    int zp = (int)A.i[4], act = (int)A.i[5], group = (int)A.i[6];
+    int groups = k / group, quads = k / 4;
+    int c = threadIdx.x, j = blockIdx.x * 16 + c;
+    int shift = c >= 8 ? 4 : 0;
+    const u8* wp = w + (i64)blockIdx.x * quads * 32 + (c % 8) * 4;
+    int r0 = blockIdx.y * 64 + threadIdx.y;
+    const int* ar[4];
+    int acc[4] = {0, 0, 0, 0};
+    for (int t = 0; t < 4; t++) {
+        int r = r0 + 16 * t;
+        ar[t] = (const int*)(q + (i64)(r < m ? r : 0) * lda);
+    }
+    i64 side = (i64)blockIdx.x * groups * 16 + c;
+    for (int g = 0; g < groups; g++) {
+        int dot[4] = {0, 0, 0, 0};
+        for (int kq = g * group / 4; kq < (g + 1) * group / 4; kq++) {
+            u32 raw = (*(const u32*)(wp + (i64)kq * 32) >> shift) & 0x0F0F0F0Fu;
+            int wv = (int)__vsub4(raw ^ 0x08080808u, 0x08080808u);
+            for (int t = 0; t < 4; t++) dot[t] = __dp4a(ar[t][kq], wv, dot[t]);
+        }
+        int mg = (int)gmul[side + g * 16];
+        for (int t = 0; t < 4; t++) acc[t] += mg * dot[t];
+    }
+    if (j >= n) return;
+    for (int t = 0; t < 4; t++) {
+        int r = r0 + 16 * t;
+        if (r < m) {
+            float v = (float)(acc[t] - zp * wsum[j]);
+            out[(i64)r * n + j] = ember_act(__fadd_rn(__fmul_rn(v, scale[j]), bias[j]), act);
+        }
+    }
+}

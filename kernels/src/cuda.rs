@@ -17,12 +17,13 @@ pub const SOURCES: [(&str, &str); 6] = [
 ];
 
 /// Every kernel entry point, as named in the sources.
-pub const KERNELS: [&str; 20] = [
+pub const KERNELS: [&str; 21] = [
     "ember_quantize_rows",
     "ember_pack_b_i8",
     "ember_linear_i8_dp4a",
     "ember_linear_i8_mma",
     "ember_linear_i4_dp4a",
+    "ember_linear_i4m_dp4a",
     "ember_gemm_f32",
     "ember_binary_f32",
     "ember_binary_i64",

@@ -18,6 +18,7 @@ pub mod aarch64;
 mod check;
 pub mod cuda;
 pub mod generic;
+pub mod i4m;
 pub mod pack;
 pub mod prefetch;
 mod set;
@@ -25,6 +26,6 @@ mod set;
 pub mod x86_64;
 
 pub use set::{
-    Act, F32GemmFn, F32MatMulFn, I4GemmFn, I8GemmFn, KernelSet, Kernels, LayerNormFn, MfStepF16Fn,
-    MfStepF32Fn, QuantizeU8Fn, RowFn, SoftmaxFn, Variant,
+    Act, F32GemmFn, F32MatMulFn, I4GemmFn, I4mGemmFn, I8GemmFn, KernelSet, Kernels, LayerNormFn,
+    MfStepF16Fn, MfStepF32Fn, QuantizeU8Fn, RowFn, SoftmaxFn, Variant,
 };

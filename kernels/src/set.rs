@@ -89,6 +89,33 @@ pub type I4GemmFn = fn(
     ldo: usize,
 );
 
+/// INT4 weights with integer group multipliers (see [`crate::i4m`]): exactly
+/// [`I8GemmFn`] on the widened weights `W[j,p] = Q[j,p]·gmul[j,p/group]`, with `w_sum[j] = Σ_p
+/// W[j,p]` and `scale[j]` the folded activation × column scale. `Q` (−8..=7) is packed by
+/// [`crate::pack::pack_k4n16_i4`], `gmul` (1..=16; larger values wrap, never UB) is in the
+/// `[⌈n/16⌉][k/group][16]` order of [`crate::pack::panel_groups`].
+///
+/// Preconditions: as [`I8GemmFn`], plus `group % 4 == 0`, `4 <= group <= 256`, `k % group == 0`,
+/// `k4(k) <= `[`crate::i4m::I4M_MAX_K`], `bp.len() >= k4n16_i4_len(n, k)`, `gmul.len() >=
+/// ⌈n/16⌉·16·k/group`.
+pub type I4mGemmFn = fn(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[u8],
+    lda: usize,
+    a_zp: i32,
+    bp: &[u8],
+    group: usize,
+    gmul: &[u8],
+    w_sum: &[i32],
+    scale: &[f32],
+    bias: &[f32],
+    act: Act,
+    out: &mut [f32],
+    ldo: usize,
+);
+
 /// `out[m,n] = act(Σ_k a[m,k]·b[n,k] + bias[n])`; `bias` may be empty (no bias).
 pub type F32GemmFn =
     fn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: &[f32], act: Act, out: &mut [f32]);
@@ -135,6 +162,8 @@ pub struct KernelSet {
     pub i8_gemm_name: &'static str,
     pub i4_gemm: I4GemmFn,
     pub i4_gemm_name: &'static str,
+    pub i4m_gemm: I4mGemmFn,
+    pub i4m_gemm_name: &'static str,
     pub f32_gemm: F32GemmFn,
     pub f32_gemm_name: &'static str,
     pub quantize_u8: QuantizeU8Fn,
@@ -200,6 +229,23 @@ static I4_GEMMS: &[Variant<I4GemmFn>] = &[
     #[cfg(target_arch = "aarch64")]
     Variant { name: "i4_gemm_neon", f: arm::i4_gemm_neon, usable: arm::has_neon },
     Variant { name: "i4_gemm_generic", f: generic::i4_gemm, usable: always },
+];
+static I4M_GEMMS: &[Variant<I4mGemmFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "i4m_gemm_avx512vnni",
+        f: x86::i4m_gemm_avx512vnni,
+        usable: x86::has_avx512vnni_bw,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "i4m_gemm_avx2", f: x86::i4m_gemm_avx2, usable: x86::has_avx2 },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i4m_gemm_i8mm", f: arm::i4m_gemm_i8mm, usable: arm::has_i8mm },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i4m_gemm_dotprod", f: arm::i4m_gemm_dotprod, usable: arm::has_dotprod },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "i4m_gemm_neon", f: arm::i4m_gemm_neon, usable: arm::has_neon },
+    Variant { name: "i4m_gemm_generic", f: crate::i4m::i4m_gemm_generic, usable: always },
 ];
 static F32_GEMMS: &[Variant<F32GemmFn>] = &[
     #[cfg(target_arch = "x86_64")]
@@ -282,6 +328,10 @@ impl Kernels {
     pub fn i4_gemms() -> impl Iterator<Item = (&'static str, I4GemmFn)> {
         usable(I4_GEMMS)
     }
+    /// Every INT4-with-multipliers GEMM variant this CPU can run, best first.
+    pub fn i4m_gemms() -> impl Iterator<Item = (&'static str, I4mGemmFn)> {
+        usable(I4M_GEMMS)
+    }
     pub fn f32_gemms() -> impl Iterator<Item = (&'static str, F32GemmFn)> {
         usable(F32_GEMMS)
     }
@@ -356,6 +406,7 @@ impl KernelSet {
     fn choose(allow: &dyn Fn(&str, &str) -> bool) -> KernelSet {
         let (i8_gemm, i8_gemm_name) = pick(I8_GEMMS, &|n| allow("i8_gemm", n));
         let (i4_gemm, i4_gemm_name) = pick(I4_GEMMS, &|n| allow("i4_gemm", n));
+        let (i4m_gemm, i4m_gemm_name) = pick(I4M_GEMMS, &|n| allow("i4m_gemm", n));
         let (f32_gemm, f32_gemm_name) = pick(F32_GEMMS, &|n| allow("f32_gemm", n));
         let (quantize_u8, quantize_u8_name) = pick(QUANTIZERS, &|n| allow("quantize_u8", n));
         let (softmax_row, softmax_row_name) = pick(SOFTMAXES, &|n| allow("softmax_row", n));
@@ -370,6 +421,8 @@ impl KernelSet {
             i8_gemm_name,
             i4_gemm,
             i4_gemm_name,
+            i4m_gemm,
+            i4m_gemm_name,
             f32_gemm,
             f32_gemm_name,
             quantize_u8,

@@ -280,6 +280,9 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
         let bw = std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vnni");
         assert_eq!(i4.contains(&"i4_gemm_avx512vnni"), bw);
+        let i4m: Vec<&str> = Kernels::i4m_gemms().map(|(n, _)| n).collect();
+        assert_eq!(i4m.contains(&"i4m_gemm_avx512vnni"), bw);
+        assert_eq!(i4m.contains(&"i4m_gemm_avx2"), std::is_x86_feature_detected!("avx2"));
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -289,6 +292,9 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
         let i4: Vec<&str> = Kernels::i4_gemms().map(|(n, _)| n).collect();
         assert!(i4.contains(&"i4_gemm_neon"));
         assert_eq!(i4.contains(&"i4_gemm_dotprod"), dot);
+        let i4m: Vec<&str> = Kernels::i4m_gemms().map(|(n, _)| n).collect();
+        assert!(i4m.contains(&"i4m_gemm_neon"));
+        assert_eq!(i4m.contains(&"i4m_gemm_dotprod"), dot);
         assert_eq!(
             names.contains(&"i8_gemm_i8mm"),
             std::arch::is_aarch64_feature_detected!("i8mm")
@@ -298,8 +304,12 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
     // CI names the variants each emulated CPU must exercise, so a fast path cannot silently
     // drop out of the tests (scripts/test.sh sets this per qemu CPU model).
     if let Ok(expect) = std::env::var("EMBER_EXPECT_KERNELS") {
-        let all: Vec<&str> =
-            names.iter().copied().chain(Kernels::i4_gemms().map(|(n, _)| n)).collect();
+        let all: Vec<&str> = names
+            .iter()
+            .copied()
+            .chain(Kernels::i4_gemms().map(|(n, _)| n))
+            .chain(Kernels::i4m_gemms().map(|(n, _)| n))
+            .collect();
         for want in expect.split(',').filter(|s| !s.is_empty()) {
             assert!(all.contains(&want), "{want} expected on this CPU, have {all:?}");
         }
@@ -487,6 +497,96 @@ fn i4_gemm_variants_are_bit_exact_and_generic_matches_definition() {
         assert_eq!(generic::f16_to_f32(h | 0x8000) as f64, -want);
     }
     assert!(generic::f16_to_f32(0x7C00).is_infinite() && generic::f16_to_f32(0x7E00).is_nan());
+}
+
+#[test]
+fn i4m_gemm_variants_are_bit_exact_and_generic_matches_definition() {
+    use ember_kernels::i4m::I4M_MAX_K;
+    let mut r = Rng(0x14_3A11);
+    let mut case = 0;
+    // Awkward sizes, plus depths where one or two widened panels fill the stack buffer.
+    let mut shapes = vec![];
+    for group in [4usize, 32, 128] {
+        for k in [group, 3 * group, 1024 + group] {
+            for (m, n) in [(1, 1), (3, 17), (9, 33), (17, 3), (8, 16), (1, 100), (33, 127)] {
+                shapes.push((group, m, k, n));
+            }
+        }
+    }
+    shapes.extend([(64, 5, 2048, 40), (128, 3, I4M_MAX_K, 35), (32, 2, 2080, 33)]);
+    for (group, m, k, n) in shapes {
+        case += 1;
+        let lda = k + 4 * (case % 3);
+        let ldo = n + case % 4;
+        let groups = k / group;
+        let a: Vec<u8> = (0..m * lda).map(|_| r.next() as u8).collect();
+        let q: Vec<i8> = (0..n * k).map(|_| (r.next() % 16) as i8 - 8).collect();
+        // Multipliers 1..=16, with the extremes forced in (−8·16 = −128 must not wrap).
+        let mul: Vec<u8> = (0..n * groups)
+            .map(|i| if i % 7 == 0 { 16 } else { 1 + (r.next() % 16) as u8 })
+            .collect();
+        let mut bp = vec![0u8; pack::k4n16_i4_len(n, k)];
+        pack::pack_k4n16_i4(&q, n, k, &mut bp);
+        let mut gmul = vec![0u8; n.div_ceil(16) * 16 * groups];
+        pack::panel_groups(&mul, n, groups, &mut gmul);
+        let wsum: Vec<i32> = (0..n)
+            .map(|j| (0..k).map(|p| q[j * k + p] as i32 * mul[j * groups + p / group] as i32).sum())
+            .collect();
+        let scale: Vec<f32> = (0..n).map(|_| 1e-4 + r.f32().abs() * 1e-3).collect();
+        let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
+        let zp = (r.next() % 256) as i32;
+        for act in [Act::None, Act::Relu, Act::Gelu] {
+            let mut want = vec![f32::NAN; (m - 1) * ldo + n];
+            ember_kernels::i4m::i4m_gemm_generic(
+                m, k, n, &a, lda, zp, &bp, group, &gmul, &wsum, &scale, &bias, act, &mut want, ldo,
+            );
+            for i in 0..m {
+                for j in (0..n).step_by(1 + n / 9) {
+                    let acc: i64 = (0..k)
+                        .map(|p| {
+                            (a[i * lda + p] as i64 - zp as i64)
+                                * (q[j * k + p] as i64 * mul[j * groups + p / group] as i64)
+                        })
+                        .sum();
+                    let mut d = acc as i32 as f32 * scale[j] + bias[j];
+                    d = match act {
+                        Act::Relu => d.max(0.0),
+                        Act::Gelu => generic::math::gelu(d),
+                        _ => d,
+                    };
+                    assert_eq!(want[i * ldo + j], d, "generic i4m {m}x{k}x{n} g{group} ({i},{j})");
+                }
+            }
+            for (name, f) in Kernels::i4m_gemms() {
+                let mut got = vec![f32::NAN; (m - 1) * ldo + n];
+                f(
+                    m, k, n, &a, lda, zp, &bp, group, &gmul, &wsum, &scale, &bias, act, &mut got,
+                    ldo,
+                );
+                for i in 0..m {
+                    assert_eq!(
+                        got[i * ldo..i * ldo + n],
+                        want[i * ldo..i * ldo + n],
+                        "{name} {m}x{k}x{n} g{group} row {i}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "deeper than")]
+fn i4m_gemm_refuses_depths_beyond_its_buffer() {
+    let k = ember_kernels::i4m::I4M_MAX_K + 32;
+    let (n, group) = (16, 32);
+    let a = vec![0u8; k];
+    let bp = vec![0u8; pack::k4n16_i4_len(n, k)];
+    let gmul = vec![1u8; 16 * k / group];
+    let (s, f) = (vec![0i32; n], vec![0f32; n]);
+    let mut out = vec![0f32; n];
+    let (_, gemm) = Kernels::i4m_gemms().next().expect("a variant");
+    gemm(1, k, n, &a, k, 0, &bp, group, &gmul, &s, &f, &f, Act::None, &mut out, n);
 }
 
 #[test]

@@ -56,6 +56,10 @@ pub struct Options {
     pub group: usize,
     /// Bits of embedding tables: 8 or 4 (default: 4 when `bits` is 4, else 8).
     pub embedding_bits: Option<u32>,
+    /// How INT4 group scales are stored (`bits` 4). None: integer multipliers of a column scale
+    /// (LinearI4M, INT8-kernel speed), or f16 group scales (LinearI4) when CUDA PTX is embedded
+    /// (`cuda_archs`), since LinearI4M's CUDA kernel has not yet run on a GPU.
+    pub int4_scales: Option<quant::I4Scales>,
     /// Tensors stored in the file as they are (role plain) without being used by any plan,
     /// e.g. the raw ids behind the rows of a fine-tuned model's tables.
     pub extra_tensors: Vec<(String, HostTensor)>,
@@ -86,6 +90,7 @@ impl Default for Options {
             max_cos_drop: None,
             group: 32,
             embedding_bits: None,
+            int4_scales: None,
             extra_tensors: Vec::new(),
             cuda_archs: Vec::new(),
             board: None,
@@ -510,6 +515,11 @@ fn build(ctx: &BuildCtx, wide: &Widened) -> Result<Built> {
     let mut lw = lower::Lowerer::new(opts.bits, ctx.stats, opts.method, opts.percentile);
     lw.int8_act_matmul = opts.int8_act_matmul;
     lw.group = opts.group;
+    lw.i4_scales = opts.int4_scales.unwrap_or(if opts.cuda_archs.is_empty() {
+        quant::I4Scales::Mult
+    } else {
+        quant::I4Scales::Group
+    });
     lw.emb_bits = opts.embedding_bits.unwrap_or(if opts.bits == 4 { 4 } else { 8 });
     lw.float_nodes = wide.float.clone();
     lw.int8_nodes = wide.int8.clone();

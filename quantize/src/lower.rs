@@ -41,11 +41,13 @@ pub struct Lowerer<'a> {
     pub writer: Writer,
     tensors: HashMap<String, u32>,
     linear_i8: HashMap<String, ([u32; 5], f32, i32)>,
-    linear_i4: HashMap<String, ([u32; 5], f32, i32)>,
+    linear_i4: HashMap<String, I4Refs>,
     emb_i8: HashMap<String, [u32; 3]>,
     emb_i4: HashMap<String, [u32; 3]>,
     /// INT4 group size along K (weights) and along rows (embedding tables).
     pub group: usize,
+    /// How INT4 group scales are stored (LinearI4M multipliers, or LinearI4 f16 scales).
+    pub i4_scales: quant::I4Scales,
     /// Bits of embedding tables (8 or 4) when `bits` is not 32.
     pub emb_bits: u32,
     /// Nodes kept in INT8 inside an INT4 model (mixed precision).
@@ -132,6 +134,16 @@ impl PlanBuild<'_> {
     }
 }
 
+/// What one INT4 linear layer wrote: its op, inputs 1.. (weights to channel multipliers),
+/// activation scale and zero point.
+#[derive(Clone)]
+struct I4Refs {
+    code: OpCode,
+    refs: Vec<u32>,
+    sx: f32,
+    zp: i32,
+}
+
 /// Params of LinearI8 / LinearI4: [m, k, n, act, x_inv_scale, x_zero_point, layout, group].
 #[allow(clippy::too_many_arguments)]
 fn linear_params(
@@ -173,6 +185,7 @@ impl<'a> Lowerer<'a> {
             emb_i8: HashMap::new(),
             emb_i4: HashMap::new(),
             group: 32,
+            i4_scales: quant::I4Scales::default(),
             emb_bits: if bits == 4 { 4 } else { 8 },
             int8_nodes: Default::default(),
             dynamic_nodes: Default::default(),
@@ -218,7 +231,8 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Quantizes a Linear layer's weights to group-wise INT4 (W4A8, the activation scheme of
-    /// `c`), writes its tensors, and returns (refs for LinearI4 inputs 1..=5, x scale, zero point).
+    /// `c`), writes its tensors, and returns the op with its inputs after x: LinearI4M (group
+    /// multipliers, the default) or LinearI4 (f16 group scales).
     #[allow(clippy::too_many_arguments)]
     fn write_linear_i4(
         &mut self,
@@ -231,7 +245,7 @@ impl<'a> Lowerer<'a> {
         m: usize,
         c: &quant::LinearChoice,
         first: bool,
-    ) -> Result<([u32; 5], f32, i32)> {
+    ) -> Result<I4Refs> {
         let group = self.group;
         let (sx, zp) = (c.act_scale, c.zp);
         let st = &self.stats[x_name];
@@ -248,12 +262,17 @@ impl<'a> Lowerer<'a> {
             .chunks_exact(k)
             .flat_map(|r| r.iter().enumerate().map(|(j, v)| v / sm(j)))
             .collect();
-        let qi = quant::quantize_i4_gptq(&ws, nn, k, group, &xsm, srows);
+        // LinearI4M needs the whole widened panel in the kernels' buffer.
+        let mode = if pack::k4(k) > ember_kernels::i4m::I4M_MAX_K {
+            quant::I4Scales::Group
+        } else {
+            self.i4_scales
+        };
+        let qi = quant::quantize_i4_gptq_with(&ws, nn, k, group, &xsm, srows, mode);
         let mult: Vec<f32> = (0..k).map(|j| 1.0 / (sx * sm(j))).collect();
         let xs = &st.rows[..rows * k];
         let yq = quant::simulate_linear_i4(xs, rows, k, nn, &mult, sx, zp, &qi, group);
         let sim_db = quant::output_sqnr(xs, rows, k, w, nn, &yq);
-        let (packed, gsum, gscale) = quant::pack_i4(&qi, nn, k, group);
         let bias: Vec<f32> = match n.input(2) {
             Some(b) => g.consts[b].to_f32_vec(),
             None => vec![0.0; nn],
@@ -263,30 +282,70 @@ impl<'a> Lowerer<'a> {
         let side = (pack::PANEL * (k / group)) as u32;
         let wr = &mut self.writer;
         let qp = TensorRole::QuantParam;
-        let gs = wr.tensor(
-            &format!("{name}.w_gscale"),
-            DType::F16,
-            &[panels, side],
-            qp,
-            REF_NONE,
-            dtype_bytes(&gscale),
-        );
-        let wq = wr.tensor(
-            &format!("{name}.w_i4"),
-            DType::U8,
-            &[panels, (pack::PANEL * pack::k4(k) / 2) as u32],
-            TensorRole::WeightI4Grouped,
-            gs,
-            &packed,
-        );
-        let gsm = wr.tensor(
-            &format!("{name}.w_gsum"),
-            DType::I32,
-            &[panels, side],
-            qp,
-            REF_NONE,
-            dtype_bytes(&gsum),
-        );
+        let wq_dims = [panels, (pack::PANEL * pack::k4(k) / 2) as u32];
+        let (code, mut refs) = if qi.mul.is_empty() {
+            let (packed, gsum, gscale) = quant::pack_i4(&qi, nn, k, group);
+            let gs = wr.tensor(
+                &format!("{name}.w_gscale"),
+                DType::F16,
+                &[panels, side],
+                qp,
+                REF_NONE,
+                dtype_bytes(&gscale),
+            );
+            let wq = wr.tensor(
+                &format!("{name}.w_i4"),
+                DType::U8,
+                &wq_dims,
+                TensorRole::WeightI4Grouped,
+                gs,
+                &packed,
+            );
+            let gsm = wr.tensor(
+                &format!("{name}.w_gsum"),
+                DType::I32,
+                &[panels, side],
+                qp,
+                REF_NONE,
+                dtype_bytes(&gsum),
+            );
+            (OpCode::LinearI4, vec![wq, gsm, gs])
+        } else {
+            let (packed, gmul, wsum, scale) = quant::pack_i4m(&qi, nn, k, group, sx);
+            let sc = wr.tensor(
+                &format!("{name}.scale"),
+                DType::F32,
+                &[nn as u32],
+                qp,
+                REF_NONE,
+                dtype_bytes(&scale),
+            );
+            let wq = wr.tensor(
+                &format!("{name}.w_i4"),
+                DType::U8,
+                &wq_dims,
+                TensorRole::WeightI4Grouped,
+                sc,
+                &packed,
+            );
+            let gm = wr.tensor(
+                &format!("{name}.w_gmul"),
+                DType::U8,
+                &[panels, side],
+                qp,
+                REF_NONE,
+                &gmul,
+            );
+            let ws = wr.tensor(
+                &format!("{name}.w_sum"),
+                DType::I32,
+                &[nn as u32],
+                qp,
+                REF_NONE,
+                dtype_bytes(&wsum),
+            );
+            (OpCode::LinearI4M, vec![wq, gm, ws, sc])
+        };
         let bs = wr.tensor(
             &format!("{name}.bias_f32"),
             DType::F32,
@@ -309,7 +368,8 @@ impl<'a> Lowerer<'a> {
         if first {
             self.layers.push(LayerReport::linear_i4(name, m, k, nn, c, qi.sqnr_db, sim_db, group));
         }
-        Ok(([wq, gsm, gs, bs, mr], sx, zp))
+        refs.extend([bs, mr]);
+        Ok(I4Refs { code, refs, sx, zp })
     }
 
     /// Quantizes a Linear layer's weights to per-channel INT8 and writes its tensors: with the
@@ -586,20 +646,20 @@ impl<'a> Lowerer<'a> {
                     && !self.dynamic_nodes.contains(&n.name)
                     && !f16;
                 if int4 && !self.float_nodes.contains(&n.name) && narrow {
-                    let (refs, sx, zp) = match self.linear_i4.get(&n.name) {
-                        Some(r) => *r,
+                    let r = match self.linear_i4.get(&n.name) {
+                        Some(r) => r.clone(),
                         None => {
                             let wf = w.as_f32().unwrap_or(&[]);
                             let c = self.linear_choice(&n.name, x_name, wf, nn, k)?;
                             let r = self.write_linear_i4(g, n, x_name, wf, nn, k, m, &c, first)?;
-                            self.linear_i4.insert(n.name.clone(), r);
+                            self.linear_i4.insert(n.name.clone(), r.clone());
                             r
                         }
                     };
                     let params =
-                        linear_params(m, k, nn, act, sx, zp, pack::LAYOUT_K4N16_I4, self.group);
-                    let ins = [x, refs[0], refs[1], refs[2], refs[3], refs[4]];
-                    pb.push(&n.name, OpCode::LinearI4, &ins, y, &params, "int4");
+                        linear_params(m, k, nn, act, r.sx, r.zp, pack::LAYOUT_K4N16_I4, self.group);
+                    let ins: Vec<u32> = core::iter::once(x).chain(r.refs.iter().copied()).collect();
+                    pb.push(&n.name, r.code, &ins, y, &params, "int4");
                 } else if (self.bits == 8 || self.bits == 4) && !self.float_nodes.contains(&n.name) && !f16 {
                     let dynamic = self.dynamic_nodes.contains(&n.name);
                     let (refs, sx, zp) = match self.linear_i8.get(&n.name) {

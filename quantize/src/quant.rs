@@ -296,59 +296,166 @@ pub(crate) fn simulate_linear_i8(
     y
 }
 
-/// Group-wise symmetric INT4 weights `[N, K]`: one f16 scale per (row, group of `group` K).
+/// How INT4 group scales are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum I4Scales {
+    /// Integer multipliers 1..=16 of one f32 scale per output column (LinearI4M): `Q·M` is an
+    /// INT8 weight, so the layer runs on the INT8 kernels at their speed.
+    #[default]
+    Mult,
+    /// One f16 scale per (column, group) (LinearI4): finer scales, a float step per group.
+    Group,
+}
+
+/// Largest group multiplier: `Q·M` must stay an i8 (−8·16 = −128).
+pub const I4_MAX_MUL: u8 = 16;
+
+/// Group-wise symmetric INT4 weights `[N, K]`: one scale per (row, group of `group` K), stored
+/// as f16 ([`I4Scales::Group`]) or as an integer multiple of a per-row scale ([`I4Scales::Mult`]).
 pub struct QuantI4 {
     /// Values −8..=7, row-major `[N, K]`.
     pub q: Vec<i8>,
-    /// f16 bits, `[N, K/group]`.
+    /// Group mode: f16 bits, `[N, K/group]`; empty in multiplier mode.
     pub scale: Vec<u16>,
+    /// Multiplier mode: 1..=16, `[N, K/group]`; empty in group mode.
+    pub mul: Vec<u8>,
+    /// Multiplier mode: the per-row scale `s` (a group's scale is `mul·s`), `[N]`.
+    pub col_scale: Vec<f32>,
     /// Σ q over each (row, group), `[N, K/group]`.
     pub sum: Vec<i32>,
     pub sqnr_db: f32,
 }
 
+impl QuantI4 {
+    /// The scale of group `g` of row `r` (`groups` per row).
+    pub fn group_scale(&self, r: usize, g: usize, groups: usize) -> f32 {
+        if self.mul.is_empty() {
+            f16::from_bits(self.scale[r * groups + g]).to_f32()
+        } else {
+            self.mul[r * groups + g] as f32 * self.col_scale[r]
+        }
+    }
+}
+
 /// Clipping ratios tried for each INT4 group (the scale is `ratio · max|w| / 7`).
 const I4_CLIPS: [f32; 8] = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65];
 
-/// Quantizes `w [n, k]` to INT4 in groups of `group` along K. Each group's clipping is searched
-/// to minimize the *activation-weighted* squared error `Σ_j imp[j]·(w_j − q_j·s)²`, `imp[j]` the
-/// mean square of input channel `j` on the calibration data (AWQ-style: errors on channels
-/// that carry large activations cost more); `imp` empty weighs every channel alike. Scales are
-/// rounded to f16 before the codes are chosen, so the codes match the stored scale.
-pub fn quantize_i4(w: &[f32], n: usize, k: usize, group: usize, imp: &[f32]) -> QuantI4 {
-    let groups = k / group;
-    let mut q = vec![0i8; n * k];
-    let mut scale = vec![0u16; n * groups];
-    let mut sum = vec![0i32; n * groups];
-    let (mut sig, mut noise) = (0f64, 0f64);
+/// The best scale of one group `wg` (its first channel is `j0` of `imp`): among the clip ratios
+/// rounded to f16 (`col` None), or among the multiples `m·col`, `m` in 1..=16. Minimizes the
+/// activation-weighted squared error; returns (scale, stored code: f16 bits or `m`).
+fn best_group_scale(wg: &[f32], imp: &[f32], j0: usize, col: Option<f32>) -> (f32, u16) {
     let weight = |j: usize| if imp.is_empty() { 1.0 } else { imp[j] as f64 + 1e-12 };
-    for r in 0..n {
-        for g in 0..groups {
-            let j0 = g * group;
-            let wg = &w[r * k + j0..r * k + j0 + group];
-            let amax = wg.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let mut best = (f64::INFINITY, 0u16);
+    let err = |s: f32| -> f64 {
+        wg.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let t = round_half_even((v / s).clamp(-8.0, 7.0));
+                weight(j0 + i) * (*v as f64 - (t * s) as f64).powi(2)
+            })
+            .sum()
+    };
+    let amax = wg.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut best = (f64::INFINITY, 0f32, 0u16);
+    match col {
+        Some(c) => {
+            for m in 1..=I4_MAX_MUL {
+                let s = m as f32 * c;
+                let e = if amax > 0.0 { err(s) } else { 0.0 };
+                if e < best.0 {
+                    best = (e, s, m as u16);
+                }
+            }
+        }
+        None => {
             for clip in I4_CLIPS {
                 let s16 = f16::from_f32(if amax > 0.0 { clip * amax / 7.0 } else { 1.0 });
                 let s = s16.to_f32();
                 if !(s > 0.0 && s.is_finite()) {
                     continue;
                 }
-                let err: f64 = wg
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let t = round_half_even((v / s).clamp(-8.0, 7.0));
-                        weight(j0 + i) * (*v as f64 - (t * s) as f64).powi(2)
-                    })
-                    .sum();
-                if err < best.0 {
-                    best = (err, s16.to_bits());
+                let e = err(s);
+                if e < best.0 {
+                    best = (e, s, s16.to_bits());
                 }
             }
-            let s16 = if best.0.is_finite() { best.1 } else { f16::from_f32(1.0).to_bits() };
-            let s = f16::from_bits(s16).to_f32();
-            scale[r * groups + g] = s16;
+        }
+    }
+    if best.0.is_finite() {
+        (best.1, best.2)
+    } else {
+        match col {
+            Some(c) => (c, 1),
+            None => (1.0, f16::from_f32(1.0).to_bits()),
+        }
+    }
+}
+
+/// The per-row scale of multiplier mode: the largest best group scale of the row over
+/// `headroom` (16 when the codes are chosen from these weights; a little less when they will
+/// move, as under GPTQ), so each group finds a multiple near its own best scale.
+fn row_col_scale(row: &[f32], group: usize, imp: &[f32], headroom: f32) -> f32 {
+    let smax = row
+        .chunks_exact(group)
+        .enumerate()
+        .map(|(g, wg)| {
+            let amax = wg.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if amax > 0.0 {
+                best_group_scale(wg, imp, g * group, None).0
+            } else {
+                0.0
+            }
+        })
+        .fold(0f32, f32::max);
+    if smax > 0.0 && smax.is_finite() {
+        smax / headroom
+    } else {
+        1.0
+    }
+}
+
+/// Quantizes `w [n, k]` to INT4 in groups of `group` along K with f16 group scales; see
+/// [`quantize_i4_with`].
+pub fn quantize_i4(w: &[f32], n: usize, k: usize, group: usize, imp: &[f32]) -> QuantI4 {
+    quantize_i4_with(w, n, k, group, imp, I4Scales::Group)
+}
+
+/// Quantizes `w [n, k]` to INT4 in groups of `group` along K. Each group's scale is searched
+/// to minimize the *activation-weighted* squared error `Σ_j imp[j]·(w_j − q_j·s)²`, `imp[j]` the
+/// mean square of input channel `j` on the calibration data (AWQ-style: errors on channels
+/// that carry large activations cost more); `imp` empty weighs every channel alike. Scales are
+/// in their stored form (f16, or a multiple of the row's scale) before the codes are chosen,
+/// so the codes match the stored scale.
+pub fn quantize_i4_with(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    group: usize,
+    imp: &[f32],
+    mode: I4Scales,
+) -> QuantI4 {
+    let groups = k / group;
+    let mult = mode == I4Scales::Mult;
+    let mut q = vec![0i8; n * k];
+    let mut scale = vec![0u16; if mult { 0 } else { n * groups }];
+    let mut mul = vec![0u8; if mult { n * groups } else { 0 }];
+    let mut col_scale = vec![0f32; if mult { n } else { 0 }];
+    let mut sum = vec![0i32; n * groups];
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for r in 0..n {
+        let row = &w[r * k..(r + 1) * k];
+        let col = mult.then(|| row_col_scale(row, group, imp, I4_MAX_MUL as f32));
+        if let Some(c) = col {
+            col_scale[r] = c;
+        }
+        for g in 0..groups {
+            let j0 = g * group;
+            let wg = &row[j0..j0 + group];
+            let (s, code) = best_group_scale(wg, imp, j0, col);
+            if mult {
+                mul[r * groups + g] = code as u8;
+            } else {
+                scale[r * groups + g] = code;
+            }
             for (i, v) in wg.iter().enumerate() {
                 let t = round_half_even((v / s).clamp(-8.0, 7.0));
                 q[r * k + j0 + i] = t as i8;
@@ -358,7 +465,7 @@ pub fn quantize_i4(w: &[f32], n: usize, k: usize, group: usize, imp: &[f32]) -> 
             }
         }
     }
-    QuantI4 { q, scale, sum, sqnr_db: sqnr(sig, noise) }
+    QuantI4 { q, scale, mul, col_scale, sum, sqnr_db: sqnr(sig, noise) }
 }
 
 /// GPTQ's damping of the Hessian, as a share of its mean diagonal.
@@ -445,6 +552,24 @@ pub fn quantize_i4_gptq(
     x: &[f32],
     rows: usize,
 ) -> QuantI4 {
+    quantize_i4_gptq_with(w, n, k, group, x, rows, I4Scales::Group)
+}
+
+/// Headroom of GPTQ's per-row scale in multiplier mode: compensation moves the weights not yet
+/// quantized, so the row scale leaves room for groups that grow by up to 16/15.
+const GPTQ_HEADROOM: f32 = 15.0;
+
+/// [`quantize_i4_gptq`] with the scales stored as `mode` says; in multiplier mode each row's
+/// scale is fixed from the original weights before compensation starts.
+pub fn quantize_i4_gptq_with(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    group: usize,
+    x: &[f32],
+    rows: usize,
+    mode: I4Scales,
+) -> QuantI4 {
     let mut h = vec![0f64; k * k];
     let mut xr = vec![0f64; k];
     for r in 0..rows {
@@ -465,7 +590,7 @@ pub fn quantize_i4_gptq(
     let mean = diag.iter().sum::<f64>() / k.max(1) as f64;
     let imp: Vec<f32> = diag.iter().map(|v| *v as f32).collect();
     if rows == 0 || !(mean > 0.0 && mean.is_finite()) {
-        return quantize_i4(w, n, k, group, &imp);
+        return quantize_i4_with(w, n, k, group, &imp, mode);
     }
     for a in 0..k {
         for b in 0..a {
@@ -492,11 +617,20 @@ pub fn quantize_i4_gptq(
             }
         }
     }
-    let Some(u) = u else { return quantize_i4(w, n, k, group, &imp) };
+    let Some(u) = u else { return quantize_i4_with(w, n, k, group, &imp, mode) };
     let groups = k / group;
+    let mult = mode == I4Scales::Mult;
     let mut wf: Vec<f64> = w.iter().map(|v| *v as f64).collect();
     let mut q = vec![0i8; n * k];
-    let mut scale = vec![0u16; n * groups];
+    let mut scale = vec![0u16; if mult { 0 } else { n * groups }];
+    let mut mul = vec![0u8; if mult { n * groups } else { 0 }];
+    let col_scale: Vec<f32> = if mult {
+        (0..n).map(|r| row_col_scale(&w[r * k..(r + 1) * k], group, &imp, GPTQ_HEADROOM)).collect()
+    } else {
+        vec![]
+    };
+    // The current group's scale of each row.
+    let mut cur_s = vec![0f64; n];
     let mut sum = vec![0i32; n * groups];
     for j in 0..k {
         let g = j / group;
@@ -504,14 +638,20 @@ pub fn quantize_i4_gptq(
             for r in 0..n {
                 let cur: Vec<f32> =
                     wf[r * k + j..r * k + j + group].iter().map(|v| *v as f32).collect();
-                scale[r * groups + g] =
-                    quantize_i4(&cur, 1, group, group, &imp[j..j + group]).scale[0];
+                let col = mult.then(|| col_scale[r]);
+                let (sv, code) = best_group_scale(&cur, &imp[j..j + group], 0, col);
+                if mult {
+                    mul[r * groups + g] = code as u8;
+                } else {
+                    scale[r * groups + g] = code;
+                }
+                cur_s[r] = sv as f64;
             }
         }
         let d = u[j * k + j];
         let urow = &u[j * k + j + 1..(j + 1) * k];
         for r in 0..n {
-            let s = f16::from_bits(scale[r * groups + g]).to_f32() as f64;
+            let s = cur_s[r];
             let v = wf[r * k + j];
             let t = round_half_even(((v / s) as f32).clamp(-8.0, 7.0));
             q[r * k + j] = t as i8;
@@ -522,15 +662,17 @@ pub fn quantize_i4_gptq(
             }
         }
     }
+    let mut out = QuantI4 { q, scale, mul, col_scale, sum, sqnr_db: 0.0 };
     let (mut sig, mut noise) = (0f64, 0f64);
     for r in 0..n {
         for j in 0..k {
-            let s = f16::from_bits(scale[r * groups + j / group]).to_f32() as f64;
+            let s = out.group_scale(r, j / group, groups) as f64;
             sig += (w[r * k + j] as f64).powi(2);
-            noise += (w[r * k + j] as f64 - q[r * k + j] as f64 * s).powi(2);
+            noise += (w[r * k + j] as f64 - out.q[r * k + j] as f64 * s).powi(2);
         }
     }
-    QuantI4 { q, scale, sum, sqnr_db: sqnr(sig, noise) }
+    out.sqnr_db = sqnr(sig, noise);
+    out
 }
 
 /// Row-wise INT4 embedding table in groups of `group` per row: `value ≈ q·scale + bias`,
@@ -592,8 +734,8 @@ pub fn quantize_rows_i4(t: &[f32], rows: usize, d: usize, group: usize) -> Quant
     QuantRowsI4 { packed, scale, bias, sqnr_db: sqnr(sig, noise) }
 }
 
-/// What the runtime's LinearI4 computes on `x [m, k]` (without bias), with this machine's
-/// fastest kernels.
+/// What the runtime's LinearI4 / LinearI4M computes on `x [m, k]` (without bias), with this
+/// machine's fastest kernels.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn simulate_linear_i4(
     x: &[f32],
@@ -611,29 +753,52 @@ pub(crate) fn simulate_linear_i4(
     let lda = pack::k4(k);
     let mut q = vec![0u8; m * lda];
     (ks.quantize_u8)(x, m, k, lda, 0.0, mult, zp + 128, &mut q);
-    let (packed, gsum, gscale) = pack_i4(qw, n, k, group);
     let mut y = vec![0f32; m * n];
-    (ks.i4_gemm)(
-        m,
-        k,
-        n,
-        &q,
-        lda,
-        zp + 128,
-        &packed,
-        group,
-        &gsum,
-        &gscale,
-        sx,
-        &vec![0.0; n],
-        ember_kernels::Act::None,
-        &mut y,
-        n,
-    );
+    let zero = vec![0.0; n];
+    if qw.mul.is_empty() {
+        let (packed, gsum, gscale) = pack_i4(qw, n, k, group);
+        (ks.i4_gemm)(
+            m,
+            k,
+            n,
+            &q,
+            lda,
+            zp + 128,
+            &packed,
+            group,
+            &gsum,
+            &gscale,
+            sx,
+            &zero,
+            ember_kernels::Act::None,
+            &mut y,
+            n,
+        );
+    } else {
+        let (packed, gmul, wsum, scale) = pack_i4m(qw, n, k, group, sx);
+        (ks.i4m_gemm)(
+            m,
+            k,
+            n,
+            &q,
+            lda,
+            zp + 128,
+            &packed,
+            group,
+            &gmul,
+            &wsum,
+            &scale,
+            &zero,
+            ember_kernels::Act::None,
+            &mut y,
+            n,
+        );
+    }
     y
 }
 
-/// The kernels' layout of INT4 weights: packed codes, group sums, group scales.
+/// The kernels' layout of INT4 weights with f16 group scales: packed codes, group sums, group
+/// scales.
 pub fn pack_i4(qw: &QuantI4, n: usize, k: usize, group: usize) -> (Vec<u8>, Vec<i32>, Vec<u16>) {
     use ember_kernels::pack;
     let groups = k / group;
@@ -644,6 +809,28 @@ pub fn pack_i4(qw: &QuantI4, n: usize, k: usize, group: usize) -> (Vec<u8>, Vec<
     pack::panel_groups(&qw.sum, n, groups, &mut gsum);
     pack::panel_groups(&qw.scale, n, groups, &mut gscale);
     (packed, gsum, gscale)
+}
+
+/// The kernels' layout of INT4 weights with group multipliers: packed codes, multipliers,
+/// column sums of `Q·M`, and the column scales folded with the activation scale `sx`.
+pub fn pack_i4m(
+    qw: &QuantI4,
+    n: usize,
+    k: usize,
+    group: usize,
+    sx: f32,
+) -> (Vec<u8>, Vec<u8>, Vec<i32>, Vec<f32>) {
+    use ember_kernels::pack;
+    let groups = k / group;
+    let mut packed = vec![0u8; pack::k4n16_i4_len(n, k)];
+    pack::pack_k4n16_i4(&qw.q, n, k, &mut packed);
+    let mut gmul = vec![0u8; n.div_ceil(pack::PANEL) * groups * pack::PANEL];
+    pack::panel_groups(&qw.mul, n, groups, &mut gmul);
+    let wsum = (0..n)
+        .map(|r| (0..groups).map(|g| qw.sum[r * groups + g] * qw.mul[r * groups + g] as i32).sum())
+        .collect();
+    let scale = qw.col_scale.iter().map(|c| c * sx).collect();
+    (packed, gmul, wsum, scale)
 }
 
 #[cfg(test)]
@@ -686,6 +873,56 @@ mod tests {
         // Zero groups do not divide by zero.
         let z = quantize_i4(&[0.0; 64], 1, 64, 32, &[]);
         assert!(z.q.iter().all(|v| *v == 0));
+    }
+
+    #[test]
+    fn int4_multipliers_stay_in_range_and_lose_little_to_f16_scales() {
+        let (n, k, group) = (16, 256, 32);
+        let groups = k / group;
+        // Rows whose groups differ in magnitude by up to 8x, and one all-zero row.
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| {
+                let (r, j) = (i / k, i % k);
+                if r == 5 {
+                    return 0.0;
+                }
+                let mag = 1.0 + ((j / group * 3 + r) % 8) as f32;
+                mag * (((i * 7919) % 211) as f32 - 105.0) / 300.0
+            })
+            .collect();
+        let g = quantize_i4_with(&w, n, k, group, &[], I4Scales::Group);
+        let m = quantize_i4_with(&w, n, k, group, &[], I4Scales::Mult);
+        assert!(m.scale.is_empty() && g.mul.is_empty());
+        assert_eq!((m.mul.len(), m.col_scale.len()), (n * groups, n));
+        assert!(m.mul.iter().all(|v| (1..=I4_MAX_MUL).contains(v)), "{:?}", m.mul);
+        assert!(m.q.iter().all(|c| (-8..=7).contains(c)));
+        for r in 0..n {
+            for gi in 0..groups {
+                let codes = &m.q[r * k + gi * group..r * k + (gi + 1) * group];
+                assert_eq!(m.sum[r * groups + gi], codes.iter().map(|c| *c as i32).sum::<i32>());
+                assert_eq!(
+                    m.group_scale(r, gi, groups),
+                    m.mul[r * groups + gi] as f32 * m.col_scale[r]
+                );
+            }
+        }
+        // The largest group of a row uses (nearly) the top multiplier; small groups small ones.
+        assert!(m
+            .mul
+            .chunks(groups)
+            .filter(|c| *c != [1; 8])
+            .all(|c| *c.iter().max().unwrap() >= 14));
+        assert!(m.sqnr_db > g.sqnr_db - 0.6, "mult {} dB vs f16 {} dB", m.sqnr_db, g.sqnr_db);
+        assert!(m.q[5 * k..6 * k].iter().all(|v| *v == 0));
+        // Packing: Q·M column sums and folded scales.
+        let (_, gmul, wsum, sc) = pack_i4m(&m, n, k, group, 0.5);
+        assert_eq!(gmul.len(), n.div_ceil(16) * 16 * groups);
+        for r in 0..n {
+            let want: i32 =
+                (0..k).map(|j| m.q[r * k + j] as i32 * m.mul[r * groups + j / group] as i32).sum();
+            assert_eq!(wsum[r], want);
+            assert_eq!(sc[r], m.col_scale[r] * 0.5);
+        }
     }
 
     #[test]
@@ -741,7 +978,7 @@ mod tests {
                 for o in 0..n {
                     let (mut yf, mut yq) = (0f64, 0f64);
                     for j in 0..k {
-                        let s = f16::from_bits(q.scale[o * 2 + j / group]).to_f32() as f64;
+                        let s = q.group_scale(o, j / group, 2) as f64;
                         yf += x[r * k + j] as f64 * w[o * k + j] as f64;
                         yq += x[r * k + j] as f64 * q.q[o * k + j] as f64 * s;
                     }
@@ -762,6 +999,13 @@ mod tests {
         assert!(e_gptq < 0.7 * e_rtn, "GPTQ {e_gptq} vs round-to-nearest {e_rtn}");
         // No calibration rows: round to nearest.
         assert_eq!(quantize_i4_gptq(&w, n, k, group, &[], 0).q, rtn.q);
+        // The same with integer group multipliers.
+        let rtn_m = quantize_i4_with(&w, n, k, group, &[], I4Scales::Mult);
+        let g_m = quantize_i4_gptq_with(&w, n, k, group, &x, rows, I4Scales::Mult);
+        assert!(g_m.mul.iter().all(|v| (1..=I4_MAX_MUL).contains(v)));
+        let (e_rtn_m, e_gptq_m) = (out_err(&rtn_m), out_err(&g_m));
+        assert!(e_gptq_m < 0.7 * e_rtn_m, "GPTQ {e_gptq_m} vs round-to-nearest {e_rtn_m}");
+        assert!(e_gptq_m < 1.3 * e_gptq, "multipliers {e_gptq_m} vs f16 scales {e_gptq}");
     }
 
     #[test]

@@ -75,8 +75,12 @@ fn without_a_gpu_cuda_errors_and_auto_falls_back_saying_so() {
     assert!(cuda::select(DeviceChoice::Cpu, &mut None).unwrap().is_none());
 }
 
-/// The models the GPU comparison runs: (case, bits, act-matmul int8, batches).
-const MODELS: [(&str, u32, bool, usize); 8] = [
+/// INT4 with f16 group scales (LinearI4) rather than group multipliers (LinearI4M, bits 4).
+const I4_GROUP: u32 = 40;
+
+/// The models the GPU comparison runs: (case, bits, act-matmul int8, batches); bits
+/// [`I4_GROUP`] is INT4 with f16 group scales.
+const MODELS: [(&str, u32, bool, usize); 9] = [
     ("mlp", 32, false, 8),
     ("mlp", 8, false, 8),
     ("ops", 32, false, 8),
@@ -85,14 +89,20 @@ const MODELS: [(&str, u32, bool, usize); 8] = [
     ("dlrm", 4, false, 1),
     ("bert_block", 8, true, 8),
     ("bert_block", 4, false, 8),
+    ("bert_block", I4_GROUP, false, 8),
 ];
 
 fn build(name: &str, bits: u32, act8: bool, batch: usize) -> Vec<u8> {
     let dir = case(name);
     let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
     let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+    let (bits, int4_scales) = match bits {
+        I4_GROUP => (4, Some(ember_quantize::quant::I4Scales::Group)),
+        b => (b, Some(ember_quantize::quant::I4Scales::Mult)),
+    };
     let opts = Options {
         bits,
+        int4_scales,
         group: if bits == 4 { 4 } else { 32 },
         batches: vec![batch],
         method: Method::MinMax,
@@ -115,6 +125,7 @@ fn gpu_comparison_models_cover_every_op() {
     }
     // 19 (LinearF16) and dynamic LinearI8 have no CUDA kernel: refused, see below.
     let missing: Vec<&str> = (1..=18u16)
+        .chain([20])
         .filter(|c| !seen.contains(c))
         .map(|c| OpCode::from_u16(c).unwrap().name())
         .collect();

@@ -365,3 +365,63 @@ fn int4_ops_run_and_forged_int4_records_are_rejected() {
     expect_err(&small_i4(|p| p.ops[1].params[0] = 3), "group 3 does not divide");
     expect_err(&small_i4(|p| p.ops[1].params[0] = 4), "scales are");
 }
+
+/// x f32 [2,4] → LinearI4M (3 outputs, group 4, multipliers 2, 1, 3, column scales 0.25).
+fn small_i4m(edit: impl FnOnce(&mut PlanSpec)) -> Vec<u8> {
+    use ember_kernels::pack;
+    let mut w = Writer::new();
+    let (n, k) = (3usize, 4usize);
+    let q: [i8; 12] = [1, -1, 2, 0, 0, 0, 0, 0, 7, -8, 1, 1];
+    let mul = [2u8, 1, 3];
+    let mut packed = vec![0u8; pack::k4n16_i4_len(n, k)];
+    pack::pack_k4n16_i4(&q, n, k, &mut packed);
+    let mut gmul = vec![0u8; 16];
+    pack::panel_groups(&mul, n, 1, &mut gmul);
+    let wsum: Vec<i32> =
+        q.chunks(k).zip(mul).map(|(r, m)| r.iter().map(|v| *v as i32 * m as i32).sum()).collect();
+    let qp = TensorRole::QuantParam;
+    let b = |v: &[u8]| v.to_vec();
+    let tsc =
+        w.tensor("scale", DType::F32, &[3], qp, REF_NONE, &b(bytemuck::cast_slice(&[0.25f32; 3])));
+    let tw = w.tensor("w_i4", DType::U8, &[1, 32], TensorRole::WeightI4Grouped, tsc, &packed);
+    let tm = w.tensor("gmul", DType::U8, &[1, 16], qp, REF_NONE, &gmul);
+    let tws = w.tensor("wsum", DType::I32, &[3], qp, REF_NONE, &b(bytemuck::cast_slice(&wsum)));
+    let tb = w.tensor("bias", DType::F32, &[3], qp, REF_NONE, &[0u8; 12]);
+    w.input(SigSpec { name: "x".into(), dtype: DType::F32, dims: vec![4] });
+    w.output(SigSpec { name: "y".into(), dtype: DType::F32, dims: vec![3] });
+    let mut p = PlanSpec {
+        batch: 2,
+        arena_size: 128,
+        inputs: vec![0],
+        outputs: vec![1],
+        values: vec![value_record(DType::F32, &[2, 4], 0), value_record(DType::F32, &[2, 3], 64)],
+        ops: vec![op_record(
+            OpCode::LinearI4M,
+            &[0, tw, tm, tws, tsc, tb, REF_NONE],
+            1,
+            &[2, 4, 3, 0, 1f32.to_bits(), 0, 2, 4],
+        )],
+    };
+    edit(&mut p);
+    w.plan(p);
+    w.finish()
+}
+
+#[test]
+fn int4_multiplier_op_runs_and_forged_records_are_rejected() {
+    let b = small_i4m(|_| {});
+    let m = parse(&b).unwrap();
+    let mut s = Session::new(&m, 2).unwrap();
+    let x: Vec<u8> =
+        [1.0f32, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    s.run(&[&x]).unwrap();
+    // 0.25·2·(1 − 2 + 6 + 0), 0, 0.25·3·(7 − 16 + 3 + 4); the zero row gives zeros.
+    assert_eq!(s.output_f32(0).unwrap(), &[2.5, 0.0, -1.5, 0.0, 0.0, 0.0]);
+    expect_err(&small_i4m(|p| p.ops[0].params[7] = 3), "group 3 must be a multiple of 4");
+    expect_err(&small_i4m(|p| p.ops[0].params[6] = 1), "unknown INT4 weight layout 1");
+    expect_err(&small_i4m(|p| p.ops[0].params[2] = 20), "packed weights are");
+    expect_err(&small_i4m(|p| p.ops[0].inputs.swap(3, 4)), "dtype");
+    expect_err(&small_i4m(|p| p.ops[0].inputs[2] = p.ops[0].inputs[3]), "group multipliers");
+    expect_err(&small_i4m(|p| p.ops[0].n_inputs = 6), "expects 7 inputs");
+    expect_err(&small_i4m(|p| p.ops[0].inputs[5] = REF_NONE), "input #5 is missing");
+}

@@ -145,6 +145,13 @@ fn int4_group32_keeps_sentence_embeddings_in_15_mb() {
     assert!(!emb.is_empty() && emb.iter().all(|p| *p == "int4"), "embeddings: {emb:?}");
     // The same bits on every kernel tier the CPU has, and on 2 threads.
     let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+    // By default every INT4 Linear stores integer group multipliers (LinearI4M: INT8 kernels).
+    let i4m = model.plans[0]
+        .records
+        .iter()
+        .filter(|r| r.opcode == ember_runtime::OpCode::LinearI4M as u16)
+        .count();
+    assert_eq!(i4m, 18, "LinearI4M ops in the default INT4 build");
     let (_, dir) = ember_tests::minilm();
     let ev: BTreeMap<_, _> = npz::read_npz(&dir.join("eval.npz"))
         .unwrap()

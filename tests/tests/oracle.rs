@@ -250,20 +250,26 @@ fn threads_and_kernel_tiers_give_identical_bits() {
     use ember_runtime::{Pool, Session};
     use std::sync::Arc;
     let tiers = ["generic", "avx2", "avx512vnni", "neon", "dotprod", "i8mm"];
-    // INT8, and group-wise INT4 (groups of 4 fit every layer of the small oracle models, so
-    // LinearI4 and GatherRowsI4 run on every tier too).
+    // INT8, and group-wise INT4 with multipliers and with f16 scales (groups of 4 fit every
+    // layer of the small oracle models, so LinearI4M, LinearI4 and GatherRowsI4 run on every
+    // tier too).
+    use ember_quantize::quant::I4Scales;
     let mut int4_ops = std::collections::HashMap::new();
-    for (case_name, bits) in cases().into_iter().flat_map(|n| [(n.clone(), 8), (n, 4)]) {
+    let builds = |n: String| {
+        [(n.clone(), 8, I4Scales::Mult), (n.clone(), 4, I4Scales::Mult), (n, 4, I4Scales::Group)]
+    };
+    for (case_name, bits, scales) in cases().into_iter().flat_map(builds) {
         if case_name == "unsupported" {
             continue;
         }
-        let name = format!("{case_name} ({bits} bits)");
+        let name = format!("{case_name} ({bits} bits, {scales:?})");
         let dir = case(&case_name);
         let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
         let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
         let opts = Options {
             bits,
             group: 4,
+            int4_scales: Some(scales),
             batches: vec![8],
             int8_act_matmul: true,
             source_name: case_name.clone(),
@@ -298,9 +304,10 @@ fn threads_and_kernel_tiers_give_identical_bits() {
             for threads in [1, 2, 3] {
                 assert!(
                     run(ks, threads) == want,
-                    "{name}: tier {tier} ({}, {}, {}) with {threads} threads differs from generic",
+                    "{name}: tier {tier} ({}, {}, {}, {}) with {threads} threads differs from generic",
                     ks.i8_gemm_name,
                     ks.i4_gemm_name,
+                    ks.i4m_gemm_name,
                     ks.softmax_row_name
                 );
             }
@@ -310,7 +317,11 @@ fn threads_and_kernel_tiers_give_identical_bits() {
         }
     }
     // The INT4 builds did run the INT4 ops.
-    for code in [ember_runtime::OpCode::LinearI4, ember_runtime::OpCode::GatherRowsI4] {
+    for code in [
+        ember_runtime::OpCode::LinearI4,
+        ember_runtime::OpCode::LinearI4M,
+        ember_runtime::OpCode::GatherRowsI4,
+    ] {
         assert!(
             int4_ops.get(&(code as u16)).copied().unwrap_or(0) > 0,
             "no {code:?} in any INT4 model"

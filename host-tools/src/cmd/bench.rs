@@ -210,7 +210,19 @@ pub fn run(a: Args) -> Result<()> {
     out["model"] = json!(a.model);
     out["threads"] = json!(s.threads());
     out["iters"] = json!(a.iters);
-    out["kernels"] = json!({"i8_gemm": k.i8_gemm_name, "quantize_u8": k.quantize_u8_name, "f32_gemm": k.f32_gemm_name});
+    // The GEMM kernels this plan runs (the INT4 ones only when it has INT4 linears).
+    let has = |c: OpCode| s.plan().records.iter().any(|r| r.opcode == c as u16);
+    let mut gemms = vec![k.i8_gemm_name];
+    let mut kernels = json!({"i8_gemm": k.i8_gemm_name, "quantize_u8": k.quantize_u8_name, "f32_gemm": k.f32_gemm_name});
+    if has(OpCode::LinearI4) {
+        gemms.push(k.i4_gemm_name);
+        kernels["i4_gemm"] = json!(k.i4_gemm_name);
+    }
+    if has(OpCode::LinearI4M) {
+        gemms.push(k.i4m_gemm_name);
+        kernels["i4m_gemm"] = json!(k.i4m_gemm_name);
+    }
+    out["kernels"] = kernels;
     out["verify"] = json!(format!("{:?}", a.verify).to_lowercase());
     out["input_batches"] = json!(refs.len());
     let caches = super::row_cache_json(&s, &names);
@@ -243,7 +255,7 @@ pub fn run(a: Args) -> Result<()> {
         "{}: batch {batch}, {} threads, kernels {} / {}",
         a.model.display(),
         s.threads(),
-        k.i8_gemm_name,
+        gemms.join(", "),
         k.quantize_u8_name
     );
     println!(

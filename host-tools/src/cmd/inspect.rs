@@ -24,6 +24,7 @@ pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
         OpCode::LinearF32 => (k.f32_gemm_name.to_string(), "f32"),
         OpCode::LinearF16 => (format!("f16 widening + {}", k.f32_gemm_name), "f16"),
         OpCode::LinearI4 => (format!("{} + {}", k.quantize_u8_name, k.i4_gemm_name), "int4"),
+        OpCode::LinearI4M => (format!("{} + {}", k.quantize_u8_name, k.i4m_gemm_name), "int4"),
         OpCode::GatherRowsI8 => ("i8_gather_rows_dequant_generic".into(), "int8"),
         OpCode::GatherRowsI4 => ("i4_gather_rows_dequant_generic".into(), "int4"),
         OpCode::MatMulF32 => (format!("{} | {}", k.f32_matmul_name, k.f32_gemm_name), "f32"),

@@ -19,6 +19,16 @@ pub enum EmbArg {
     Int4,
 }
 
+/// How INT4 group scales are stored (`--int4-scales`).
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum I4ScalesArg {
+    /// Integer multipliers (1..=16) of one scale per output column: the layer runs on the INT8
+    /// kernels at their speed (LinearI4M; K up to 4096).
+    Mult,
+    /// One f16 scale per group: slightly finer, one float step per group (LinearI4).
+    Group,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MethodArg {
     /// Observed min and max.
@@ -55,6 +65,10 @@ pub struct Args {
     /// with --bits 4).
     #[arg(long, value_enum)]
     pub embeddings: Option<EmbArg>,
+    /// How INT4 group scales are stored (with --bits 4). Default: mult, or group when CUDA PTX
+    /// is embedded (--cuda-arch or a GPU board).
+    #[arg(long, value_enum)]
+    pub int4_scales: Option<I4ScalesArg>,
     /// A batch size to compile a plan for; repeat for several (default 1).
     #[arg(long = "batch")]
     pub batch: Vec<usize>,
@@ -172,6 +186,10 @@ pub fn run(a: Args) -> Result<()> {
         max_cos_drop: a.max_cos_drop,
         group: a.group,
         embedding_bits: a.embeddings.map(|e| if e == EmbArg::Int4 { 4 } else { 8 }),
+        int4_scales: a.int4_scales.map(|v| match v {
+            I4ScalesArg::Mult => ember_quantize::quant::I4Scales::Mult,
+            I4ScalesArg::Group => ember_quantize::quant::I4Scales::Group,
+        }),
         extra_tensors: Vec::new(),
         dynamic_layers: a.dynamic.clone(),
         f16_layers: a.f16.clone(),

@@ -11,7 +11,7 @@ pub fn relu(v: f32) -> f32 {
 }
 
 #[inline]
-fn act_apply(v: f32, act: Act) -> f32 {
+pub(crate) fn act_apply(v: f32, act: Act) -> f32 {
     match act {
         Act::None => v,
         Act::Relu => relu(v),

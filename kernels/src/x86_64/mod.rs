@@ -20,6 +20,103 @@ pub use vmath::{
     layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2, softmax_row_avx512,
 };
 
+/// The INT4-with-multipliers widener for AVX-512 BW, with the same output as
+/// [`crate::i4m::widen_panels`] (tested against it through the GEMM twins): per 64-value quad,
+/// the nibbles are offset to `u = Q + 8` (0..=15) and one `vpmullw` by the column's multiplier
+/// (both bytes of a word belong to one column, and `u·M <= 240` never carries into the next
+/// byte) gives `u·M` in every byte; subtracting `8·M` bytewise leaves `Q·M` (−128..=112).
+fn widen_avx512(
+    bp: &[u8],
+    k: usize,
+    group: usize,
+    gmul: &[u8],
+    p0: usize,
+    np: usize,
+    dst: &mut [core::mem::MaybeUninit<i8>],
+) {
+    use crate::pack::{k4, PANEL};
+    let quads = k4(k) / 4;
+    let groups = k / group;
+    // The bounds every pointer access below stays inside.
+    assert!(has_avx512vnni_bw(), "widen_avx512 on a CPU without AVX-512 BW");
+    assert!(group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group), "widen: group");
+    assert!(bp.len() >= (p0 + np) * quads * 32, "widen: packed codes too short");
+    assert!(gmul.len() >= (p0 + np) * groups * PANEL, "widen: multipliers too short");
+    assert!(dst.len() >= np * quads * 64, "widen: destination too short");
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn body(src: *const u8, mul: *const u8, quads: usize, gq: usize, dst: *mut i8) {
+        use core::arch::x86_64::*;
+        // SAFETY: the caller provides `quads`·32 readable bytes at `src`, `quads / gq`·16 at
+        // `mul` and `quads`·64 writable bytes at `dst`.
+        unsafe {
+            let (x88, low) = (_mm256_set1_epi8(0x88u8 as i8), _mm512_set1_epi8(0x0F));
+            let mut q = 0;
+            while q < quads {
+                let m32 = _mm512_cvtepu8_epi32(_mm_loadu_si128(mul.add(q / gq * 16) as *const _));
+                let mw = _mm512_or_si512(m32, _mm512_slli_epi32::<16>(m32));
+                let m8 = _mm512_mullo_epi32(m32, _mm512_set1_epi32(0x0808_0808));
+                for qq in q..q + gq {
+                    let raw = _mm256_xor_si256(
+                        _mm256_loadu_si256(src.add(qq * 32) as *const __m256i),
+                        x88,
+                    );
+                    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(raw), raw);
+                    let high = _mm512_srli_epi16::<4>(both);
+                    let u = _mm512_and_si512(_mm512_mask_blend_epi64(0xF0, both, high), low);
+                    let w = _mm512_sub_epi8(_mm512_mullo_epi16(u, mw), m8);
+                    _mm512_storeu_si512(dst.add(qq * 64) as *mut _, w);
+                }
+                q += gq;
+            }
+        }
+    }
+    for t in 0..np {
+        let p = p0 + t;
+        // SAFETY: AVX-512 F/BW present (asserted); panel p's codes (quads·32 bytes), its
+        // multipliers (groups·16) and the t-th destination panel (quads·64) lie inside the
+        // slices (asserted above); group/4 divides quads because group divides k.
+        unsafe {
+            body(
+                bp.as_ptr().add(p * quads * 32),
+                gmul.as_ptr().add(p * groups * PANEL),
+                quads,
+                group / 4,
+                dst.as_mut_ptr().add(t * quads * 64) as *mut i8,
+            )
+        }
+    }
+}
+
+/// The same widener compiled for AVX2.
+fn widen_avx2(
+    bp: &[u8],
+    k: usize,
+    group: usize,
+    gmul: &[u8],
+    p0: usize,
+    np: usize,
+    dst: &mut [core::mem::MaybeUninit<i8>],
+) {
+    #[target_feature(enable = "avx2")]
+    fn body(
+        bp: &[u8],
+        k: usize,
+        group: usize,
+        gmul: &[u8],
+        p0: usize,
+        np: usize,
+        dst: &mut [core::mem::MaybeUninit<i8>],
+    ) {
+        crate::i4m::widen_panels(bp, k, group, gmul, p0, np, dst)
+    }
+    assert!(has_avx2(), "widen_avx2 on a CPU without AVX2");
+    // SAFETY: AVX2 is present (asserted); the body is safe code otherwise.
+    unsafe { body(bp, k, group, gmul, p0, np, dst) }
+}
+
+crate::i4m_variant!(i4m_gemm_avx512vnni, i8_gemm_avx512vnni, widen_avx512);
+crate::i4m_variant!(i4m_gemm_avx2, i8_gemm_avx2, widen_avx2);
+
 /// AVX-512 F + VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later).
 pub fn has_avx512vnni() -> bool {
     #[cfg(feature = "std")]

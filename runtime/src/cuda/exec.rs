@@ -394,7 +394,9 @@ fn place_weights(
 /// operand and its column sums), 256-byte aligned parts.
 fn scratch_bytes(op: &Op) -> usize {
     match op {
-        Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } => m * k4(*k),
+        Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } | Op::LinearI4M { m, k, .. } => {
+            m * k4(*k)
+        }
         Op::MatMulI8 { d, .. } => matmul_i8_parts(d).3,
         _ => 0,
     }
@@ -525,6 +527,49 @@ fn plan_op<B: AsRef<[u8]>>(
             a.f[0] = *x_scale;
             v.push(Launch {
                 kernel: kernel("ember_linear_i4_dp4a"),
+                grid: (n.div_ceil(16) as u32, m.div_ceil(64) as u32, 1),
+                block: (16, 16, 1),
+                args: a,
+            });
+        }
+        Op::LinearI4M {
+            x,
+            w,
+            gmul,
+            w_sum,
+            scale,
+            bias,
+            mult,
+            m,
+            k,
+            n,
+            act,
+            inv_scale,
+            zp,
+            group,
+        } => {
+            let lda = k4(*k);
+            v.push(quantize(addr(*x), addr(*mult), b.scratch, *m, *k, *zp, 1, 0, 0, *inv_scale));
+            a.p[..7].copy_from_slice(&[
+                b.scratch,
+                addr(*w),
+                addr(*gmul),
+                addr(*w_sum),
+                addr(*scale),
+                addr(*bias),
+                o,
+            ]);
+            a.i[..7].copy_from_slice(&[
+                *m as i64,
+                *k as i64,
+                *n as i64,
+                lda as i64,
+                *zp as i64,
+                *act as i64,
+                *group as i64,
+            ]);
+            v.push(Launch {
+                kernel: kernel("ember_linear_i4m_dp4a"),
                 grid: (n.div_ceil(16) as u32, m.div_ceil(64) as u32, 1),
                 block: (16, 16, 1),
                 args: a,

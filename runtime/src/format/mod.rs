@@ -212,6 +212,14 @@ pub enum OpCode {
     /// As LinearF32 with the weights stored in f16 (`w f16 [N,K]`): the accuracy budget's step
     /// between INT8 and f32 (half the bytes of f32, float activations, f32 accumulation).
     LinearF16 = 19,
+    /// INT4 weights with integer group multipliers (W4A8, see `ember_kernels::i4m`): in [x f32
+    /// [M,K], w u8 packed, gmul u8 [⌈N/16⌉, 16·K/G], w_sum i32 [N], scale f32 [N], bias f32 [N],
+    /// mult f32 [K] | NONE]; params as LinearI4. The weight is `Q·M·s`: codes `Q` (−8..=7, layout
+    /// 2 as LinearI4), one multiplier `M` (1..=16) per (column, group) in the per-(panel, group)
+    /// order, and `scale` the activation scale × column scale. `Q·M` is an INT8 weight, so
+    /// `y = act((Σ_p q(x)·Q·M − zp·w_sum) · scale + bias)` exactly as LinearI8 on those weights.
+    /// `G % 4 == 0`, `4 <= G <= 256`, `K % G == 0`, `K <= 4096`.
+    LinearI4M = 20,
 }
 
 impl OpCode {
@@ -236,6 +244,7 @@ impl OpCode {
             17 => Self::LinearI4,
             18 => Self::GatherRowsI4,
             19 => Self::LinearF16,
+            20 => Self::LinearI4M,
             _ => return None,
         })
     }
@@ -260,6 +269,7 @@ impl OpCode {
             Self::LinearI4 => "linear_i4",
             Self::GatherRowsI4 => "gather_rows_i4",
             Self::LinearF16 => "linear_f16",
+            Self::LinearI4M => "linear_i4m",
         }
     }
     /// Whether the op computes in integer arithmetic (INT8 or INT4; reported by `inspect` and
@@ -271,6 +281,7 @@ impl OpCode {
                 | Self::GatherRowsI8
                 | Self::MatMulI8
                 | Self::LinearI4
+                | Self::LinearI4M
                 | Self::GatherRowsI4
         )
     }

@@ -342,6 +342,33 @@ pub(crate) fn run_op(
                 )
             });
         }
+        Op::LinearI4M {
+            x,
+            w,
+            gmul,
+            w_sum,
+            scale,
+            bias,
+            mult,
+            m,
+            k: kk,
+            n,
+            act,
+            inv_scale,
+            zp,
+            group,
+        } => {
+            let (w, gmul): (&[u8], &[u8]) = (io.bytes(*w), io.bytes(*gmul));
+            let w_sum: &[i32] = cast(io.bytes(*w_sum))?;
+            let (scale, bias): (&[f32], &[f32]) = (cast(io.bytes(*scale))?, cast(io.bytes(*bias))?);
+            let (kk, n, act, group) = (*kk, *n, *act, *group);
+            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
+            q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
+                (k.i4m_gemm)(
+                    rows, kk, n, qs, lda, zp, w, group, gmul, w_sum, scale, bias, act, os, n,
+                )
+            });
+        }
         Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx } => {
             let ix = io.bytes(*idx);
             let o: &mut [f32] = cast_mut(out)?;

@@ -93,6 +93,22 @@ pub(crate) enum Op {
         /// `1 / inv_scale`, the kernels' dequantization factor (computed once at load).
         x_scale: f32,
     },
+    LinearI4M {
+        x: u32,
+        w: u32,
+        gmul: u32,
+        w_sum: u32,
+        scale: u32,
+        bias: u32,
+        mult: u32,
+        m: usize,
+        k: usize,
+        n: usize,
+        act: Act,
+        inv_scale: f32,
+        zp: i32,
+        group: usize,
+    },
     MatMulF32 {
         a: u32,
         b: u32,
@@ -254,7 +270,9 @@ impl Op {
             // u8 activations at row stride k4(k)
             // (dynamic LinearI8: and a zero bias for the kernel's epilogue, and the row scales)
             Op::LinearI8 { m, k, n, inv_scale, .. } if *inv_scale == 0.0 => (m * k4(*k), 0, n + m),
-            Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } => (m * k4(*k), 0, 0),
+            Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } | Op::LinearI4M { m, k, .. } => {
+                (m * k4(*k), 0, 0)
+            }
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
             // one panel of weights widened to f32, and its [m, 16] output
             Op::LinearF32 { m, k, w_f16: true, .. } => (0, 0, F16_PANEL * k + m * F16_PANEL),
@@ -290,7 +308,8 @@ pub(crate) fn prepare<'a>(
             ensure!(
                 *x != REF_NONE
                     || (matches!(code, OpCode::LinearF32 | OpCode::LinearF16) && j == 2)
-                    || (matches!(code, OpCode::LinearI8 | OpCode::LinearI4) && j == 5),
+                    || (matches!(code, OpCode::LinearI8 | OpCode::LinearI4) && j == 5)
+                    || (code == OpCode::LinearI4M && j == 6),
                 "input #{j} is missing"
             );
         }
@@ -307,12 +326,14 @@ pub(crate) fn prepare<'a>(
         Ok(i)
     };
     let f32_only = [DType::F32];
-    // Shared by LinearI8 and LinearI4: the optional channel multipliers (input 5), the
-    // activation scale and zero point (params 4 and 5), and the f32 [m, n] output.
+    // Shared by LinearI8 and the INT4 linears: the optional channel multipliers (input 5, or 6
+    // for LinearI4M), the activation scale and zero point (params 4 and 5), and the f32 [m, n]
+    // output.
+    let mult_ix = if code == OpCode::LinearI4M { 6 } else { 5 };
     let linear_quant =
         |m: usize, k: usize, n: usize| -> Result<(f32, i32), alloc::string::String> {
-            if ins[5] != REF_NONE {
-                let mlt = need(ins[5], &f32_only, "channel multipliers")?;
+            if ins[mult_ix] != REF_NONE {
+                let mlt = need(ins[mult_ix], &f32_only, "channel multipliers")?;
                 ensure!(mlt.dims == [k], "channel multipliers are {:?}, expected [{k}]", mlt.dims);
             }
             let inv_scale = f32::from_bits(p[4]);
@@ -411,8 +432,9 @@ pub(crate) fn prepare<'a>(
                 }
             }
         }
-        OpCode::LinearI4 => {
-            arity(6)?;
+        OpCode::LinearI4 | OpCode::LinearI4M => {
+            let with_mul = code == OpCode::LinearI4M;
+            arity(if with_mul { 7 } else { 6 })?;
             let (m, k, n, group) = (p[0] as usize, p[1] as usize, p[2] as usize, p[7] as usize);
             let act =
                 Act::from_u32(p[3]).ok_or_else(|| alloc::format!("unknown activation {}", p[3]))?;
@@ -420,6 +442,10 @@ pub(crate) fn prepare<'a>(
             let x = need(ins[0], &f32_only, "x")?;
             ensure!(numel(x.dims) == m * k, "x has {} elements, expected {m}x{k}", numel(x.dims));
             ensure!(k as u32 <= MAX_I8_K, "reduction depth {k} exceeds {MAX_I8_K}");
+            if with_mul {
+                let max = ember_kernels::i4m::I4M_MAX_K;
+                ensure!(k <= max, "reduction depth {k} exceeds {max} (INT4 with multipliers)");
+            }
             ensure!(
                 group.is_multiple_of(4) && (4..=256).contains(&group) && k.is_multiple_of(group),
                 "group {group} must be a multiple of 4 in 4..=256 dividing K={k}"
@@ -437,7 +463,12 @@ pub(crate) fn prepare<'a>(
                 w.dims
             );
             let side = PANEL * (k / group);
-            for (j, dt, nm) in [(2, DType::I32, "group sums"), (3, DType::F16, "group scales")] {
+            let sides: &[(usize, DType, &str)] = if with_mul {
+                &[(2, DType::U8, "group multipliers")]
+            } else {
+                &[(2, DType::I32, "group sums"), (3, DType::F16, "group scales")]
+            };
+            for &(j, dt, nm) in sides {
                 let t = need(ins[j], &[dt], nm)?;
                 ensure!(
                     t.dims == [panels, side],
@@ -445,24 +476,54 @@ pub(crate) fn prepare<'a>(
                     t.dims
                 );
             }
-            let b = need(ins[4], &f32_only, "bias")?;
-            ensure!(b.dims == [n], "bias is {:?}, expected [{n}]", b.dims);
+            let columns: &[(usize, DType, &str)] = if with_mul {
+                &[
+                    (3, DType::I32, "weight sums"),
+                    (4, DType::F32, "scales"),
+                    (5, DType::F32, "bias"),
+                ]
+            } else {
+                &[(4, DType::F32, "bias")]
+            };
+            for &(j, dt, nm) in columns {
+                let t = need(ins[j], &[dt], nm)?;
+                ensure!(t.dims == [n], "{nm} are {:?}, expected [{n}]", t.dims);
+            }
             let (inv_scale, zp) = linear_quant(m, k, n)?;
-            Op::LinearI4 {
-                x: ins[0],
-                w: ins[1],
-                gsum: ins[2],
-                gscale: ins[3],
-                bias: ins[4],
-                mult: ins[5],
-                m,
-                k,
-                n,
-                act,
-                inv_scale,
-                zp,
-                group,
-                x_scale: 1.0 / inv_scale,
+            if with_mul {
+                Op::LinearI4M {
+                    x: ins[0],
+                    w: ins[1],
+                    gmul: ins[2],
+                    w_sum: ins[3],
+                    scale: ins[4],
+                    bias: ins[5],
+                    mult: ins[6],
+                    m,
+                    k,
+                    n,
+                    act,
+                    inv_scale,
+                    zp,
+                    group,
+                }
+            } else {
+                Op::LinearI4 {
+                    x: ins[0],
+                    w: ins[1],
+                    gsum: ins[2],
+                    gscale: ins[3],
+                    bias: ins[4],
+                    mult: ins[5],
+                    m,
+                    k,
+                    n,
+                    act,
+                    inv_scale,
+                    zp,
+                    group,
+                    x_scale: 1.0 / inv_scale,
+                }
             }
         }
         OpCode::MatMulF32 | OpCode::MatMulI8 => {
