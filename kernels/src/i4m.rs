@@ -182,7 +182,12 @@ pub fn i4m_via_i8(
     let fit = WIDE_BYTES / per_panel;
     let np = ((L1_TARGET / per_panel).max(2) & !1).min(fit).max(1);
     let panels = n.div_ceil(PANEL);
-    let mut wide = [MaybeUninit::<i8>::uninit(); WIDE_BYTES];
+    // Cache-line aligned, as the packed weights of a mapped file are: every 64-byte quad the
+    // INT8 kernel loads is one line.
+    #[repr(C, align(64))]
+    struct Wide([MaybeUninit<i8>; WIDE_BYTES]);
+    let mut wide = Wide([MaybeUninit::<i8>::uninit(); WIDE_BYTES]);
+    let wide = &mut wide.0;
     let mut p0 = 0;
     while p0 < panels {
         let nb = np.min(panels - p0);

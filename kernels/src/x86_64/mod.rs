@@ -50,12 +50,32 @@ fn widen_avx512(
         // `mul` and `quads`·64 writable bytes at `dst`.
         unsafe {
             let (x88, low) = (_mm256_set1_epi8(0x88u8 as i8), _mm512_set1_epi8(0x0F));
+            let (x88z, x08z) = (_mm512_set1_epi8(0x88u8 as i8), _mm512_set1_epi8(0x08));
             let mut q = 0;
             while q < quads {
                 let m32 = _mm512_cvtepu8_epi32(_mm_loadu_si128(mul.add(q / gq * 16) as *const _));
                 let mw = _mm512_or_si512(m32, _mm512_slli_epi32::<16>(m32));
                 let m8 = _mm512_mullo_epi32(m32, _mm512_set1_epi32(0x0808_0808));
-                for qq in q..q + gq {
+                let mut qq = q;
+                // Two quads per 64-byte load: u = (raw ^ 0x88) & 0x0F for the low nibbles,
+                // ((raw >> 4) ^ 0x08) & 0x0F for the high ones (one ternary-logic op each; bits
+                // the 16-bit shift brings in from the next byte are masked off), then each
+                // quad's 32 low and 32 high values are put side by side by one lane shuffle.
+                while qq + 2 <= q + gq {
+                    let raw = _mm512_loadu_si512(src.add(qq * 32) as *const _);
+                    // 0x28 = (a ^ b) & c.
+                    let lo = _mm512_ternarylogic_epi32::<0x28>(raw, x88z, low);
+                    let hi =
+                        _mm512_ternarylogic_epi32::<0x28>(_mm512_srli_epi16::<4>(raw), x08z, low);
+                    let u0 = _mm512_shuffle_i64x2::<0x44>(lo, hi);
+                    let u1 = _mm512_shuffle_i64x2::<0xEE>(lo, hi);
+                    let w0 = _mm512_sub_epi8(_mm512_mullo_epi16(u0, mw), m8);
+                    let w1 = _mm512_sub_epi8(_mm512_mullo_epi16(u1, mw), m8);
+                    _mm512_storeu_si512(dst.add(qq * 64) as *mut _, w0);
+                    _mm512_storeu_si512(dst.add(qq * 64 + 64) as *mut _, w1);
+                    qq += 2;
+                }
+                if qq < q + gq {
                     let raw = _mm256_xor_si256(
                         _mm256_loadu_si256(src.add(qq * 32) as *const __m256i),
                         x88,
