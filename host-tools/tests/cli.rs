@@ -172,6 +172,24 @@ fn int4_scales_choose_the_op_and_bad_values_are_refused() {
     );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--int4-scales"));
+    // Both side by side in one bench: INT4M's kernels named, the second model's figures and
+    // the ratio reported.
+    let (m, g) = (d.join("m.ember"), d.join("g.ember"));
+    let b: serde_json::Value = serde_json::from_str(&ok(&run(
+        "ember",
+        &[&"bench", &m, &"--against", &g, &"--iters", &"20", &"--threads", &"1", &"--json"],
+    )))
+    .unwrap();
+    assert!(b["kernels"]["i4m_gemm"].as_str().unwrap().starts_with("i4m_gemm_"), "{b}");
+    assert!(b["kernels"].get("i4_gemm").is_none(), "{b}");
+    let (pa, pb) = (b["p50_ms"].as_f64().unwrap(), b["against"]["p50_ms"].as_f64().unwrap());
+    assert!(pa > 0.0 && pb > 0.0, "{b}");
+    assert!((b["against"]["ratio_p50"].as_f64().unwrap() - pa / pb).abs() < 1e-9, "{b}");
+    assert!(b["against"]["ratio_pairwise_median"].as_f64().unwrap() > 0.0, "{b}");
+    let b4 = d.join("b4.ember");
+    build("b4.ember", &["--batch", "4"]);
+    fails(&run("ember", &[&"bench", &m, &"--against", &b4]), "has no plan for batch 1", None);
+    fails(&run("ember", &[&"bench", &m, &"--against", &d.join("nope.ember")]), "nope.ember", None);
 }
 
 #[test]

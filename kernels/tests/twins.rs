@@ -576,6 +576,70 @@ fn i4m_gemm_variants_are_bit_exact_and_generic_matches_definition() {
 }
 
 #[test]
+fn i4m_wideners_give_the_same_bytes() {
+    use core::mem::MaybeUninit;
+    let mut r = Rng(0x51DE_0001);
+    for (group, k, n, p0, np) in [
+        (4, 4, 16, 0, 1),
+        (32, 96, 40, 1, 2),
+        (8, 1032, 33, 0, 3),
+        (128, 256, 64, 2, 2),
+        (4, 12, 100, 3, 4),
+    ] {
+        let groups = k / group;
+        let q: Vec<i8> = (0..n * k).map(|_| (r.next() % 16) as i8 - 8).collect();
+        let mul: Vec<u8> = (0..n * groups).map(|_| 1 + (r.next() % 16) as u8).collect();
+        let mut bp = vec![0u8; pack::k4n16_i4_len(n, k)];
+        pack::pack_k4n16_i4(&q, n, k, &mut bp);
+        let mut gmul = vec![0u8; n.div_ceil(16) * 16 * groups];
+        pack::panel_groups(&mul, n, groups, &mut gmul);
+        let len = np * 16 * pack::k4(k);
+        let widen = |f: ember_kernels::i4m::WidenFn| -> Vec<i8> {
+            let mut d = vec![MaybeUninit::new(0x55i8); len];
+            f(&bp, k, group, &gmul, p0, np, &mut d);
+            // SAFETY: every element was initialized above (and overwritten by the widener).
+            d.iter().map(|v| unsafe { v.assume_init() }).collect()
+        };
+        let want = widen(ember_kernels::i4m::widen_portable);
+        // The definition: byte (j, p) of the widened panels is Q·M.
+        for t in 0..np {
+            for c in 0..16 {
+                let j = (p0 + t) * 16 + c;
+                for p in 0..k {
+                    let v = if j < n {
+                        q[j * k + p] as i32 * mul[j * groups + p / group] as i32
+                    } else {
+                        0
+                    };
+                    let at = t * 16 * pack::k4(k) + pack::k4n16_index(c, p, k);
+                    assert_eq!(
+                        want[at] as i32,
+                        v,
+                        "k {k} g {group} panel {} col {c} depth {p}",
+                        p0 + t
+                    );
+                }
+            }
+        }
+        #[allow(unused_mut)]
+        let mut fast: Vec<(&str, ember_kernels::i4m::WidenFn)> = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use ember_kernels::x86_64 as x86;
+            if x86::has_avx512vnni_bw() {
+                fast.push(("widen_avx512", x86::widen_avx512));
+            }
+            if x86::has_avx2() {
+                fast.push(("widen_avx2", x86::widen_avx2));
+            }
+        }
+        for (name, f) in fast {
+            assert_eq!(widen(f), want, "{name} k {k} g {group}");
+        }
+    }
+}
+
+#[test]
 #[should_panic(expected = "deeper than")]
 fn i4m_gemm_refuses_depths_beyond_its_buffer() {
     let k = ember_kernels::i4m::I4M_MAX_K + 32;

@@ -40,6 +40,11 @@ pub struct Args {
     /// Time every op; print the most expensive ops and the totals per op kind.
     #[arg(long)]
     pub profile: bool,
+    /// A second model run side by side in the same process (same batch, threads and pool),
+    /// alternating with MODEL run by run so that machine noise hits both alike; prints its
+    /// figures and the latency ratio MODEL / AGAINST (JSON key `against`).
+    #[arg(long, value_name = "B.ember")]
+    pub against: Option<PathBuf>,
     /// How much of the file to check when opening it (part of `open_ms`).
     #[arg(long, value_enum, default_value_t = super::VerifyArg::Full)]
     pub verify: super::VerifyArg,
@@ -108,6 +113,24 @@ fn in_turn<'r, 'b>(refs: &'r [Vec<&'b [u8]>]) -> impl FnMut() -> &'r [&'b [u8]] 
     }
 }
 
+/// The second model of `--against`: its session, input batches and run times.
+struct Side<'m> {
+    s: Session<'m, ember_runtime::FileBytes>,
+    bufs: Vec<Vec<Vec<u8>>>,
+    times: Vec<f64>,
+}
+
+impl Side<'_> {
+    /// One timed run on the next input batch.
+    fn run(&mut self) -> Result<()> {
+        let refs = slices(&self.bufs);
+        let st = Instant::now();
+        self.s.run(&refs[self.times.len() % refs.len()])?;
+        self.times.push(st.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    }
+}
+
 /// Most input batches a bench keeps (the runs cycle through them).
 const MAX_INPUT_BATCHES: usize = 4096;
 
@@ -172,6 +195,9 @@ pub fn run(a: Args) -> Result<()> {
         if a.profile {
             bail!("--profile times CPU ops; on CUDA profile with Nsight Systems (nsys)");
         }
+        if a.against.is_some() {
+            bail!("--against compares CPU runs; run the CUDA bench once per model");
+        }
         return bench_cuda(&a, &model, batch, info, t_open, load_ms);
     }
     let threads = a.threads.unwrap_or(0);
@@ -187,10 +213,41 @@ pub fn run(a: Args) -> Result<()> {
     let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
     // The caches' counters cover the timed runs only (the warm-up filled them).
     s.reset_row_cache_stats();
+    if a.profile && a.against.is_some() {
+        bail!("--profile and --against do not mix (profiling slows MODEL's runs only)");
+    }
+    let model_b = match &a.against {
+        Some(p) => Some(super::load_opts(p, a.verify, &super::OverlayArgs::default())?),
+        None => None,
+    };
+    let mut side = match &model_b {
+        Some(mb) => {
+            if mb.plan_index(batch).is_none() {
+                bail!(
+                    "--against {} has no plan for batch {batch}; compiled batch sizes: {:?}",
+                    a.against.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    mb.batch_sizes()
+                );
+            }
+            let mut sb = Session::new(mb, batch)?;
+            sb.set_pool(pool.clone())?;
+            let bufs_b = inputs(mb, batch, a.input.as_ref())?;
+            for _ in 0..=a.warmup {
+                sb.run(&slices(&bufs_b)[0])?;
+            }
+            Some(Side { s: sb, bufs: bufs_b, times: Vec::with_capacity(a.iters) })
+        }
+        None => None,
+    };
     let n_ops = s.plan().records.len();
     let mut op_ns = vec![0f64; n_ops];
     let mut times = Vec::with_capacity(a.iters);
-    for _ in 0..a.iters {
+    // With --against, every other iteration runs AGAINST first, so neither model always finds
+    // the caches as the other left them.
+    for it in 0..a.iters {
+        if let Some(b) = side.as_mut().filter(|_| it % 2 == 1) {
+            b.run()?;
+        }
         let refs = turn();
         let st = Instant::now();
         if a.profile {
@@ -204,7 +261,17 @@ pub fn run(a: Args) -> Result<()> {
             s.run(refs)?;
         }
         times.push(st.elapsed().as_secs_f64() * 1e3);
+        if let Some(b) = side.as_mut().filter(|_| it % 2 == 0) {
+            b.run()?;
+        }
     }
+    // Side by side: the pairwise ratios (run i of MODEL over run i of AGAINST) before sorting.
+    let against = side.map(|Side { times: mut tb, .. }| {
+        let mut ratios: Vec<f64> = times.iter().zip(&tb).map(|(x, y)| x / y).collect();
+        ratios.sort_by(f64::total_cmp);
+        let (jb, p50b, p99b, _) = timings(&mut tb, batch, 0.0, 0.0, 0.0);
+        (jb, p50b, p99b, percentile(&ratios, 0.5))
+    });
     let k = s.kernels();
     let (mut out, p50, p99, mean) = timings(&mut times, batch, open_ms, load_ms, first_ms);
     out["model"] = json!(a.model);
@@ -223,6 +290,16 @@ pub fn run(a: Args) -> Result<()> {
         kernels["i4m_gemm"] = json!(k.i4m_gemm_name);
     }
     out["kernels"] = kernels;
+    if let (Some((jb, p50b, _, pair)), Some(pb)) = (&against, &a.against) {
+        let mut jb = jb.clone();
+        for key in ["open_ms", "load_ms", "first_run_ms"] {
+            jb.as_object_mut().map(|o| o.remove(key));
+        }
+        jb["model"] = json!(pb);
+        jb["ratio_p50"] = json!(p50 / p50b);
+        jb["ratio_pairwise_median"] = json!(pair);
+        out["against"] = jb;
+    }
     out["verify"] = json!(format!("{:?}", a.verify).to_lowercase());
     out["input_batches"] = json!(refs.len());
     let caches = super::row_cache_json(&s, &names);
@@ -266,6 +343,13 @@ pub fn run(a: Args) -> Result<()> {
         a.iters,
         batch as f64 / (p50 * 1e-3)
     );
+    if let (Some((_, p50b, p99b, pair)), Some(pb)) = (&against, &a.against) {
+        println!(
+            "  against {}: p50 {p50b:.3} ms, p99 {p99b:.3} ms; ratio {:.3} (p50s), {pair:.3} (median of run-by-run ratios)",
+            pb.display(),
+            p50 / p50b
+        );
+    }
     for c in &caches {
         println!(
             "  row cache op #{} ({}): hit rate {:.1}% ({} hits, {} misses, {} evictions; {} rows, {})",

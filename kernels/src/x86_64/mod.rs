@@ -20,12 +20,12 @@ pub use vmath::{
     layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2, softmax_row_avx512,
 };
 
-/// The INT4-with-multipliers widener for AVX-512 BW, with the same output as
+/// The INT4-with-multipliers widener for AVX-512 BW (a [`crate::i4m::WidenFn`]), with the same output as
 /// [`crate::i4m::widen_panels`] (tested against it through the GEMM twins): per 64-value quad,
 /// the nibbles are offset to `u = Q + 8` (0..=15) and one `vpmullw` by the column's multiplier
 /// (both bytes of a word belong to one column, and `u·M <= 240` never carries into the next
 /// byte) gives `u·M` in every byte; subtracting `8·M` bytewise leaves `Q·M` (−128..=112).
-fn widen_avx512(
+pub fn widen_avx512(
     bp: &[u8],
     k: usize,
     group: usize,
@@ -108,7 +108,7 @@ fn widen_avx512(
 }
 
 /// The same widener compiled for AVX2.
-fn widen_avx2(
+pub fn widen_avx2(
     bp: &[u8],
     k: usize,
     group: usize,
