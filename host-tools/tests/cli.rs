@@ -425,6 +425,69 @@ fn finetune_trains_resumes_from_tables_and_serves() {
 }
 
 #[test]
+fn finetune_reads_and_writes_safetensors_tables() {
+    use ember_quantize::{npz, safetensors, HostTensor};
+    let d = tmp("safetensors");
+    let tune = |model: Option<&Path>, ratings: &Path, out: &Path, k: &str, extra: &[&str]| {
+        use std::ffi::{OsStr, OsString};
+        let mut v: Vec<OsString> = ["finetune", "--ratings"].map(OsString::from).to_vec();
+        v.push(ratings.into());
+        v.extend(["--epochs", "3", "--precision", "fp32", "-o"].map(OsString::from));
+        v.push(out.into());
+        v.extend(["--k", k].map(OsString::from));
+        match model {
+            Some(m) => v.extend([OsString::from("--model"), m.into()]),
+            None => v.push("--init".into()),
+        }
+        v.extend(extra.iter().map(OsString::from));
+        let refs: Vec<&dyn AsRef<OsStr>> = v.iter().map(|x| x as &dyn AsRef<OsStr>).collect();
+        run("ember", &refs)
+    };
+    // Tables trained here, written as .safetensors, and the same tables as .npz.
+    let ml = movielens();
+    let (st, np) = (d.join("t.safetensors"), d.join("t.npz"));
+    ok(&tune(None, &ml, &st, "8", &["--holdout", "0.1", "--quiet"]));
+    let a = safetensors::read_safetensors(&st).unwrap();
+    for key in ["user_factors", "item_factors", "user_bias", "item_bias", "user_ids", "item_ids"] {
+        assert!(a.contains_key(key), "{key} missing: {:?}", a.keys().collect::<Vec<_>>());
+    }
+    assert_eq!(a["user_factors"].shape, vec![610, 8]);
+    npz::write_npz(&np, &a).unwrap();
+    // Continuing from either file gives the same bits.
+    let j =
+        |o: &std::process::Output| -> serde_json::Value { serde_json::from_str(&ok(o)).unwrap() };
+    let from_st = j(&tune(Some(&st), &ml, &d.join("a.npz"), "8", &["--holdout", "0.1", "--json"]));
+    let from_np = j(&tune(Some(&np), &ml, &d.join("b.npz"), "8", &["--holdout", "0.1", "--json"]));
+    assert_eq!(from_st["val_rmse"], from_np["val_rmse"], "{from_st} vs {from_np}");
+    // Factor tables alone (as a training framework exports them): ids are row numbers, biases
+    // zero, stats from the ratings, and stderr says so.
+    let mut bare = ember_quantize::npz::Arrays::new();
+    let f: Vec<f32> = (0..3 * 4).map(|i| 0.1 * (i % 5) as f32).collect();
+    bare.insert("user_factors".into(), HostTensor::f32(vec![3, 4], f.clone()));
+    bare.insert("item_factors".into(), HostTensor::f32(vec![3, 4], f));
+    let bp = d.join("bare.safetensors");
+    std::fs::write(&bp, safetensors::safetensors_bytes(&bare)).unwrap();
+    let r = csv(&d, "r.csv", "user,item,rating\n0,1,4\n1,2,3\n2,0,5\n0,0,2\n");
+    let o = tune(Some(&bp), &r, &d.join("bare.npz"), "4", &[]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has no") && err.contains("user_bias") && err.contains("stats"), "{err}");
+    // An id past the rows is unknown; a file without the factors names what it has.
+    let r2 = csv(&d, "r2.csv", "user,item,rating\n7,1,4\n");
+    let unknown = "line 2: unknown user id 7 (not in the model's tables)";
+    fails(&tune(Some(&bp), &r2, &d.join("x.npz"), "4", &[]), unknown, Some(&d.join("x.npz")));
+    bare.remove("item_factors");
+    std::fs::write(&bp, safetensors::safetensors_bytes(&bare)).unwrap();
+    fails(
+        &tune(Some(&bp), &r, &d.join("x.npz"), "4", &[]),
+        "no tensor 'item_factors' (it has: user_factors)",
+        None,
+    );
+    std::fs::write(&bp, b"\x05\0\0\0\0\0\0\0{}").unwrap();
+    fails(&tune(Some(&bp), &r, &d.join("x.npz"), "4", &[]), "not a valid .safetensors", None);
+}
+
+#[test]
 fn finetune_names_bad_input() {
     let d = tmp("finetune-bad");
     let out = d.join("o.npz");

@@ -22,6 +22,7 @@ pub mod passes;
 pub mod quant;
 pub mod reference;
 pub mod report;
+pub mod safetensors;
 pub mod tensor;
 
 pub use calibrate::Method;

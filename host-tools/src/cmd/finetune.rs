@@ -54,7 +54,9 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub precision: String,
     /// Start from these tables: a matrix-factorization .ember (f32, row-wise INT8 or INT4
-    /// tables, as `finetune -o X.ember` writes), or an .npz written by `finetune -o X.npz`.
+    /// tables, as `finetune -o X.ember` writes), or an .npz / .safetensors holding
+    /// `user_factors` and `item_factors` [rows, k] (as `finetune -o X.npz` writes; biases, ids
+    /// and rating stats may be left out: zeros, row numbers, and the training ratings' stats).
     #[arg(long, conflicts_with = "init")]
     pub model: Option<PathBuf>,
     /// Start from random tables sized by the ids in the ratings.
@@ -62,7 +64,7 @@ pub struct Args {
     pub init: bool,
     /// Output: .overlay (the trained rows of --model M.ember, re-quantized in the model's own
     /// row encoding; the runtime applies M.ember.overlay when it opens M.ember, which stays as
-    /// flashed), .npz (f32 tables, id maps; a --model for later runs) or .ember (servable,
+    /// flashed), .npz or .safetensors (f32 tables, id maps; a --model for later runs) or .ember (servable,
     /// row-wise INT8 tables, inputs `user` and `item` as dense rows, output `rating`).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -102,9 +104,22 @@ struct Tables {
     items: IdMap,
 }
 
-fn load_npz(path: &Path, f16: bool) -> Result<Tables> {
-    let m = ember_quantize::npz::read_npz(path)?;
-    let get = |k: &str| m.get(k).with_context(|| format!("{}: no array '{k}'", path.display()));
+/// Tables from an `.npz` or `.safetensors` file: `user_factors` and `item_factors` `[rows, k]`
+/// are required; `user_bias` / `item_bias` (default zeros), `user_ids` / `item_ids` (default
+/// the row numbers 0..rows, so ratings name rows) and `stats` (mean, min and max rating; default
+/// from `ratings`) may be left out, as in tables exported from a training framework; each left
+/// out is said on stderr unless `quiet`.
+fn load_tables(path: &Path, f16: bool, ratings: &RawRatings, quiet: bool) -> Result<Tables> {
+    let m = if is_safetensors(path) {
+        ember_quantize::safetensors::read_safetensors(path)?
+    } else {
+        ember_quantize::npz::read_npz(path)?
+    };
+    let names = || m.keys().cloned().collect::<Vec<_>>().join(", ");
+    let get = |k: &str| {
+        m.get(k)
+            .with_context(|| format!("{}: no tensor '{k}' (it has: {})", path.display(), names()))
+    };
     let (p, q) = (get("user_factors")?, get("item_factors")?);
     if p.shape.len() != 2 || q.shape.len() != 2 || p.shape[1] != q.shape[1] || p.shape[1] == 0 {
         bail!(
@@ -115,14 +130,51 @@ fn load_npz(path: &Path, f16: bool) -> Result<Tables> {
         );
     }
     let (users, items, k) = (p.shape[0], q.shape[0], p.shape[1]);
-    let stats = get("stats")?.to_f32_vec();
-    if stats.len() != 3 {
+    let mut defaulted = vec![];
+    let mut opt = |key: &'static str| {
+        let t = m.get(key);
+        if t.is_none() {
+            defaulted.push(key);
+        }
+        t
+    };
+    let stats = match opt("stats") {
+        Some(t) => t.to_f32_vec(),
+        None => {
+            let v = &ratings.value;
+            let mean = v.iter().map(|x| *x as f64).sum::<f64>() / v.len().max(1) as f64;
+            let (lo, hi) = v
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
+            vec![mean as f32, lo, hi]
+        }
+    };
+    if stats.len() != 3 || stats.iter().any(|v| !v.is_finite()) {
         bail!("{}: stats must hold mean, min and max rating", path.display());
     }
-    let (bu, bi) = (get("user_bias")?.to_f32_vec(), get("item_bias")?.to_f32_vec());
-    let (uid, iid) = (get("user_ids")?.to_i64_vec(), get("item_ids")?.to_i64_vec());
+    let bias =
+        |t: Option<&HostTensor>, n: usize| t.map_or_else(|| vec![0.0; n], |t| t.to_f32_vec());
+    let ids = |t: Option<&HostTensor>, n: usize| {
+        t.map_or_else(|| (0..n as i64).collect(), |t| t.to_i64_vec())
+    };
+    let (bu, bi) = (bias(opt("user_bias"), users), bias(opt("item_bias"), items));
+    let (uid, iid) = (ids(opt("user_ids"), users), ids(opt("item_ids"), items));
     if bu.len() != users || bi.len() != items || uid.len() != users || iid.len() != items {
         bail!("{}: biases and id lists must have one entry per row", path.display());
+    }
+    for (ids, what) in [(&uid, "user_ids"), (&iid, "item_ids")] {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        if let Some(d) = ids.iter().find(|i| !seen.insert(**i)) {
+            bail!("{}: {what} lists id {d} twice", path.display());
+        }
+    }
+    if !quiet && !defaulted.is_empty() {
+        eprintln!(
+            "ember: {} has no {}: biases start at zero, ids are row numbers, stats come from the \
+             training ratings",
+            path.display(),
+            defaulted.join(", ")
+        );
     }
     let factors = Factors {
         k,
@@ -139,7 +191,12 @@ fn load_npz(path: &Path, f16: bool) -> Result<Tables> {
     Ok(Tables { factors, users: IdMap::from_ids(uid), items: IdMap::from_ids(iid) })
 }
 
-fn save_npz(t: &Tables, path: &Path) -> Result<()> {
+fn is_safetensors(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// The f32 tables, biases, id lists and rating stats as `.npz` or (by extension) `.safetensors`.
+fn save_tables(t: &Tables, path: &Path) -> Result<()> {
     let f = &t.factors;
     let mut a = BTreeMap::new();
     a.insert("user_factors".into(), HostTensor::f32(vec![f.users, f.k], f.p.to_f32()));
@@ -149,6 +206,10 @@ fn save_npz(t: &Tables, path: &Path) -> Result<()> {
     a.insert("stats".into(), HostTensor::f32(vec![3], vec![f.mean, f.lo, f.hi]));
     a.insert("user_ids".into(), HostTensor::i64(vec![f.users], t.users.ids.clone()));
     a.insert("item_ids".into(), HostTensor::i64(vec![f.items], t.items.ids.clone()));
+    if is_safetensors(path) {
+        let bytes = ember_quantize::safetensors::safetensors_bytes(&a);
+        return Ok(ember_quantize::atomic::write(path, &bytes)?);
+    }
     Ok(ember_quantize::npz::write_npz(path, &a)?)
 }
 
@@ -345,7 +406,9 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--lr must be positive, --reg and --reg-bias non-negative");
     }
     if a.model.is_none() && !a.init {
-        bail!("say where the tables start: --model M.ember|TABLES.npz or --init");
+        bail!(
+            "say where the tables start: --model M.ember|TABLES.npz|TABLES.safetensors or --init"
+        );
     }
     if a.checkpoint_every == Some(0) {
         bail!("--checkpoint-every must be at least 1 update");
@@ -356,13 +419,16 @@ pub fn run(a: Args) -> Result<()> {
     let ext = a.output.extension().and_then(|e| e.to_str()).unwrap_or("");
     let from_ember = a.model.as_ref().is_some_and(|m| m.extension().is_some_and(|e| e == "ember"));
     match ext {
-        "npz" | "ember" => {}
+        "npz" | "safetensors" | "ember" => {}
         "overlay" if from_ember => {}
         "overlay" => bail!(
             "-o {}: an overlay holds rows of a model: give it with --model M.ember",
             a.output.display()
         ),
-        _ => bail!("-o {}: the output must end in .overlay, .npz or .ember", a.output.display()),
+        _ => bail!(
+            "-o {}: the output must end in .overlay, .npz, .safetensors or .ember",
+            a.output.display()
+        ),
     }
     let t_load = Instant::now();
     let train_raw = ratings::read(&a.ratings, a.skip_bad)?;
@@ -405,7 +471,7 @@ pub fn run(a: Args) -> Result<()> {
             (maps.0, maps.1, Some(f))
         }
         Some(m) => {
-            let t = load_npz(m, f16_start)?;
+            let t = load_tables(m, f16_start, &train_raw, a.quiet || a.json)?;
             (t.users, t.items, Some(t.factors))
         }
         None => (IdMap::default(), IdMap::default(), None),
@@ -582,7 +648,7 @@ pub fn run(a: Args) -> Result<()> {
     let (nu, ni) = (tr.factors.users, tr.factors.items);
     let tables = Tables { factors: tr.factors, users, items };
     match ext {
-        "npz" => save_npz(&tables, &a.output)?,
+        "npz" | "safetensors" => save_tables(&tables, &a.output)?,
         "ember" => {
             let kb = a.table_bits;
             save_ember(&tables, &train, &a.output, kb)?;
