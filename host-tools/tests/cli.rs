@@ -551,7 +551,7 @@ fn finetune_names_bad_input() {
         (vec!["--k", "0", "--init"], "--k and --epochs"),
         (vec!["--lr=-1", "--init"], "--lr must be positive"),
         (vec!["--holdout", "1.5", "--init"], "--holdout 1.5"),
-        (vec![], "--model M.ember|TABLES.npz or --init"),
+        (vec![], "--model M.ember|TABLES.npz|TABLES.safetensors or --init"),
     ] {
         let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> =
             vec![&"finetune", &"--ratings", &good, &"-o", &out2];
@@ -568,7 +568,7 @@ fn finetune_names_bad_input() {
     );
     fails(
         &run("ember", &[&"finetune", &"--ratings", &good, &"--init", &"-o", &d.join("x.txt")]),
-        "must end in .overlay, .npz or .ember",
+        "must end in .overlay, .npz, .safetensors or .ember",
         None,
     );
     fails(
