@@ -20,8 +20,7 @@ use core::mem::MaybeUninit;
 pub const WIDE_BYTES: usize = 65_536;
 /// Deepest K a variant accepts: one whole widened panel (16 columns × k4(K) bytes) fits the buffer.
 pub const I4M_MAX_K: usize = WIDE_BYTES / PANEL;
-/// Widened panels kept in L1 per INT8 call (at least two, so the INT8 tile runs two panels wide).
-const L1_TARGET: usize = 32_768;
+
 
 /// Panics unless the slices satisfy [`crate::I4mGemmFn`]'s preconditions; returns the groups.
 #[allow(clippy::too_many_arguments)]
@@ -180,7 +179,10 @@ pub fn i4m_via_i8(
     }
     let per_panel = PANEL * k4(k);
     let fit = WIDE_BYTES / per_panel;
-    let np = ((L1_TARGET / per_panel).max(2) & !1).min(fit).max(1);
+    // As many panels per INT8 call as the buffer holds (an even count when it holds two or
+    // more, so the INT8 tile runs two panels wide): fewer calls measured faster than blocks
+    // sized for L1 (the INT8 kernel streams its weights from L2 either way).
+    let np = if fit >= 2 { fit & !1 } else { 1 };
     let panels = n.div_ceil(PANEL);
     // Cache-line aligned, as the packed weights of a mapped file are: every 64-byte quad the
     // INT8 kernel loads is one line.
