@@ -21,7 +21,6 @@ pub const WIDE_BYTES: usize = 65_536;
 /// Deepest K a variant accepts: one whole widened panel (16 columns × k4(K) bytes) fits the buffer.
 pub const I4M_MAX_K: usize = WIDE_BYTES / PANEL;
 
-
 /// Panics unless the slices satisfy [`crate::I4mGemmFn`]'s preconditions; returns the groups.
 #[allow(clippy::too_many_arguments)]
 fn check(
