@@ -472,6 +472,19 @@ fn finetune_reads_and_writes_safetensors_tables() {
     ok(&o);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("has no") && err.contains("user_bias") && err.contains("stats"), "{err}");
+    // Unclamped stats (infinite min and max, as tables from an .ember without a range carry)
+    // load; a NaN mean does not.
+    bare.insert(
+        "stats".into(),
+        HostTensor::f32(vec![3], vec![3.5, f32::NEG_INFINITY, f32::INFINITY]),
+    );
+    std::fs::write(&bp, safetensors::safetensors_bytes(&bare)).unwrap();
+    ok(&tune(Some(&bp), &r, &d.join("inf.npz"), "4", &[]));
+    bare.insert("stats".into(), HostTensor::f32(vec![3], vec![f32::NAN, 1.0, 5.0]));
+    std::fs::write(&bp, safetensors::safetensors_bytes(&bare)).unwrap();
+    fails(&tune(Some(&bp), &r, &d.join("nan.npz"), "4", &[]), "stats must hold", None);
+    bare.remove("stats");
+    std::fs::write(&bp, safetensors::safetensors_bytes(&bare)).unwrap();
     // An id past the rows is unknown; a file without the factors names what it has.
     let r2 = csv(&d, "r2.csv", "user,item,rating\n7,1,4\n");
     let unknown = "line 2: unknown user id 7 (not in the model's tables)";

@@ -149,7 +149,8 @@ fn load_tables(path: &Path, f16: bool, ratings: &RawRatings, quiet: bool) -> Res
             vec![mean as f32, lo, hi]
         }
     };
-    if stats.len() != 3 || stats.iter().any(|v| !v.is_finite()) {
+    // min/max may be infinite (predictions not clamped), the mean must be a number.
+    if stats.len() != 3 || !stats[0].is_finite() || stats.iter().any(|v| v.is_nan()) {
         bail!("{}: stats must hold mean, min and max rating", path.display());
     }
     let bias =
