@@ -42,7 +42,8 @@ pub struct Args {
     pub profile: bool,
     /// A second model run side by side in the same process (same batch, threads and pool),
     /// alternating with MODEL run by run so that machine noise hits both alike; prints its
-    /// figures and the latency ratio MODEL / AGAINST (JSON key `against`).
+    /// figures and the latency ratio MODEL / AGAINST (JSON key `against`). Each run evicts
+    /// part of the other model's weights from the caches, which costs the larger one more.
     #[arg(long, value_name = "B.ember")]
     pub against: Option<PathBuf>,
     /// How much of the file to check when opening it (part of `open_ms`).
