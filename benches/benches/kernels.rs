@@ -116,6 +116,67 @@ fn gemm4_case(n: usize, k: usize, group: usize) -> Gemm4 {
     Gemm4 { bp, gsum, gscale, gmul, wsum }
 }
 
+/// One fast INT4 GEMM variant of either weight form (f16 group scales, or group multipliers).
+#[derive(Clone, Copy)]
+enum Int4 {
+    Group(ember_kernels::I4GemmFn),
+    Mult(ember_kernels::I4mGemmFn),
+}
+
+impl Int4 {
+    /// Every fast INT4 variant this CPU can run, with its name and the form's label.
+    fn variants() -> Vec<(&'static str, &'static str, Int4)> {
+        let fast = |n: &&str| !n.ends_with("generic");
+        let g =
+            Kernels::i4_gemms().filter(|(n, _)| fast(n)).map(|(n, f)| (n, "INT4", Int4::Group(f)));
+        let m =
+            Kernels::i4m_gemms().filter(|(n, _)| fast(n)).map(|(n, f)| (n, "INT4M", Int4::Mult(f)));
+        g.chain(m).collect()
+    }
+
+    /// `case.out = a · W` with the weights `w` in this variant's form.
+    fn run(self, case: &mut Gemm, w: &Gemm4, group: usize) {
+        let lda = pack::k4(case.k);
+        let (m, k, n, a, b) = (case.m, case.k, case.n, &case.a, &case.bias);
+        match self {
+            Int4::Group(f) => f(
+                m,
+                k,
+                n,
+                a,
+                lda,
+                128,
+                &w.bp,
+                group,
+                &w.gsum,
+                &w.gscale,
+                0.01,
+                b,
+                Act::None,
+                &mut case.out,
+                n,
+            ),
+            Int4::Mult(f) => f(
+                m,
+                k,
+                n,
+                a,
+                lda,
+                128,
+                &w.bp,
+                group,
+                &w.gmul,
+                &w.wsum,
+                &case.scale,
+                b,
+                Act::None,
+                &mut case.out,
+                n,
+            ),
+        }
+    }
+}
+
 fn i4_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("i4_gemm");
     for (m, k, n, label) in &GEMMS[..3] {
@@ -123,59 +184,13 @@ fn i4_gemm(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * m * k * n) as u64));
         for group in [32, 128] {
             let w = gemm4_case(*n, *k, group);
-            for (name, f) in Kernels::i4_gemms().filter(|(n, _)| !n.ends_with("generic")) {
+            for (name, _, v) in Int4::variants() {
                 g.bench_with_input(
                     BenchmarkId::new(format!("{name} g{group}"), label),
                     &(),
                     |bch, _| {
-                        let lda = pack::k4(case.k);
                         bch.iter(|| {
-                            f(
-                                case.m,
-                                case.k,
-                                case.n,
-                                &case.a,
-                                lda,
-                                128,
-                                &w.bp,
-                                group,
-                                &w.gsum,
-                                &w.gscale,
-                                0.01,
-                                &case.bias,
-                                Act::None,
-                                &mut case.out,
-                                case.n,
-                            );
-                            black_box(&case.out);
-                        })
-                    },
-                );
-            }
-            for (name, f) in Kernels::i4m_gemms().filter(|(n, _)| !n.ends_with("generic")) {
-                g.bench_with_input(
-                    BenchmarkId::new(format!("{name} g{group}"), label),
-                    &(),
-                    |bch, _| {
-                        let lda = pack::k4(case.k);
-                        bch.iter(|| {
-                            f(
-                                case.m,
-                                case.k,
-                                case.n,
-                                &case.a,
-                                lda,
-                                128,
-                                &w.bp,
-                                group,
-                                &w.gmul,
-                                &w.wsum,
-                                &case.scale,
-                                &case.bias,
-                                Act::None,
-                                &mut case.out,
-                                case.n,
-                            );
+                            v.run(&mut case, &w, group);
                             black_box(&case.out);
                         })
                     },
@@ -329,59 +344,11 @@ fn peak_summary(_: &mut Criterion) {
     for (m, k, n, label) in GEMMS {
         let mut case = gemm_case(*m, *k, *n);
         let lda = pack::k4(*k);
-        for (name, f) in Kernels::i4_gemms().filter(|(n, _)| !n.ends_with("generic")) {
-            let w = gemm4_case(*n, *k, 32);
-            let mut run = || {
-                f(
-                    case.m,
-                    case.k,
-                    case.n,
-                    &case.a,
-                    lda,
-                    128,
-                    &w.bp,
-                    32,
-                    &w.gsum,
-                    &w.gscale,
-                    0.01,
-                    &case.bias,
-                    Act::None,
-                    &mut case.out,
-                    case.n,
-                )
-            };
-            let secs = seconds_per_call(&mut run);
+        let w = gemm4_case(*n, *k, 32);
+        for (name, form, v) in Int4::variants() {
+            let secs = seconds_per_call(&mut || v.run(&mut case, &w, 32));
             println!(
-                "  {:<20} {label:<30} {:>8.1} GOP/s  {:.1} us (INT4, group 32)",
-                name,
-                2.0 * (m * k * n) as f64 / secs / 1e9,
-                secs * 1e6
-            );
-        }
-        for (name, f) in Kernels::i4m_gemms().filter(|(n, _)| !n.ends_with("generic")) {
-            let w = gemm4_case(*n, *k, 32);
-            let mut run = || {
-                f(
-                    case.m,
-                    case.k,
-                    case.n,
-                    &case.a,
-                    lda,
-                    128,
-                    &w.bp,
-                    32,
-                    &w.gmul,
-                    &w.wsum,
-                    &case.scale,
-                    &case.bias,
-                    Act::None,
-                    &mut case.out,
-                    case.n,
-                )
-            };
-            let secs = seconds_per_call(&mut run);
-            println!(
-                "  {:<20} {label:<30} {:>8.1} GOP/s  {:.1} us (INT4M, group 32)",
+                "  {:<20} {label:<30} {:>8.1} GOP/s  {:.1} us ({form}, group 32)",
                 name,
                 2.0 * (m * k * n) as f64 / secs / 1e9,
                 secs * 1e6
