@@ -168,6 +168,18 @@ extern "C" __global__ void ember_linear_i8_mma(Args A) {
 #endif
 }
 
+// The i32 dots of one thread's 4 rows with its column's INT4 codes over quads kq0..kq1 (one
+// group): a word load and a nibble shift give 4 codes, sign-fixed bytewise, fed to dp4a.
+__device__ __forceinline__ void ember_i4_group_dots(const u8* wp, const int* const* ar, int kq0,
+                                                    int kq1, int shift, int* dot) {
+    for (int t = 0; t < 4; t++) dot[t] = 0;
+    for (int kq = kq0; kq < kq1; kq++) {
+        u32 raw = (*(const u32*)(wp + (i64)kq * 32) >> shift) & 0x0F0F0F0Fu;
+        int wv = (int)__vsub4(raw ^ 0x08080808u, 0x08080808u);
+        for (int t = 0; t < 4; t++) dot[t] = __dp4a(ar[t][kq], wv, dot[t]);
+    }
+}
+
 // Group-wise INT4 weights (K4N16_I4, kernels/src/pack.rs): the 64 values of quad block B of a
 // panel are 32 bytes, value i in the low nibble of byte i (i < 32) or the high nibble of byte
 // i − 32; column c's 4 depths are values 4c..4c+3, so one word load and a nibble shift give a
@@ -197,12 +209,8 @@ extern "C" __global__ void ember_linear_i4_dp4a(Args A) {
     }
     i64 side = (i64)blockIdx.x * groups * 16 + c;
     for (int g = 0; g < groups; g++) {
-        int dot[4] = {0, 0, 0, 0};
-        for (int kq = g * group / 4; kq < (g + 1) * group / 4; kq++) {
-            u32 raw = (*(const u32*)(wp + (i64)kq * 32) >> shift) & 0x0F0F0F0Fu;
-            int wv = (int)__vsub4(raw ^ 0x08080808u, 0x08080808u);
-            for (int t = 0; t < 4; t++) dot[t] = __dp4a(ar[t][kq], wv, dot[t]);
-        }
+        int dot[4];
+        ember_i4_group_dots(wp, ar, g * group / 4, (g + 1) * group / 4, shift, dot);
         int gs = gsum[side + g * 16];
         float sc = ember_f16(gscale[side + g * 16]);
         for (int t = 0; t < 4; t++)
@@ -244,12 +252,8 @@ extern "C" __global__ void ember_linear_i4m_dp4a(Args A) {
     }
     i64 side = (i64)blockIdx.x * groups * 16 + c;
     for (int g = 0; g < groups; g++) {
-        int dot[4] = {0, 0, 0, 0};
-        for (int kq = g * group / 4; kq < (g + 1) * group / 4; kq++) {
-            u32 raw = (*(const u32*)(wp + (i64)kq * 32) >> shift) & 0x0F0F0F0Fu;
-            int wv = (int)__vsub4(raw ^ 0x08080808u, 0x08080808u);
-            for (int t = 0; t < 4; t++) dot[t] = __dp4a(ar[t][kq], wv, dot[t]);
-        }
+        int dot[4];
+        ember_i4_group_dots(wp, ar, g * group / 4, (g + 1) * group / 4, shift, dot);
         int mg = (int)gmul[side + g * 16];
         for (int t = 0; t < 4; t++) acc[t] += mg * dot[t];
     }
