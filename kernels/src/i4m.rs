@@ -151,9 +151,14 @@ pub type WidenFn = fn(
 
 /// The body of every fast variant: blocks of panels widened by `widen`, each block one call of
 /// the INT8 GEMM `i8` on all `m` rows.
+///
+/// # Safety
+/// `widen` must write every byte of the `dst` it is given (the INT8 kernel then reads them as
+/// initialized i8): [`widen_panels`] and the ISA wideners built on it or tested against it do.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 #[inline(always)]
-pub fn i4m_via_i8(
+pub(crate) unsafe fn i4m_via_i8(
     i8: I8GemmFn,
     widen: WidenFn,
     m: usize,
@@ -195,8 +200,8 @@ pub fn i4m_via_i8(
         let (j0, len) = (p0 * PANEL, nb * per_panel);
         let cols = (n - j0).min(nb * PANEL);
         widen(bp, k, group, gmul, p0, nb, &mut wide[..len]);
-        // SAFETY: `widen` wrote every one of the first `len` bytes (each of the `nb` panels'
-        // quads, 64 bytes each, is written in full), and `MaybeUninit<i8>` has i8's layout.
+        // SAFETY: `widen` wrote every one of the first `len` bytes (the caller's contract), and
+        // `MaybeUninit<i8>` has i8's layout.
         let w: &[i8] = unsafe { core::slice::from_raw_parts(wide.as_ptr() as *const i8, len) };
         i8(
             m,
@@ -230,9 +235,8 @@ pub fn widen_portable(
     widen_panels(bp, k, group, gmul, p0, np, dst)
 }
 
-/// A public [`crate::I4mGemmFn`]: the INT8 variant `$i8` fed by the widener `$widen`.
-#[macro_export]
-#[doc(hidden)]
+/// A public [`crate::I4mGemmFn`]: the INT8 variant `$i8` fed by the widener `$widen`, which
+/// must write every byte it is given (see [`i4m_via_i8`]).
 macro_rules! i4m_variant {
     ($name:ident, $i8:path, $widen:path) => {
         /// See [`crate::I4mGemmFn`].
@@ -254,10 +258,16 @@ macro_rules! i4m_variant {
             out: &mut [f32],
             ldo: usize,
         ) {
-            $crate::i4m::i4m_via_i8(
-                $i8, $widen, m, k, n, a, lda, a_zp, bp, group, gmul, w_sum, scale, bias, act, out,
-                ldo,
-            )
+            // SAFETY: every widener passed here (`widen_portable`, the x86 ones) writes all of
+            // its destination: byte-compared with the definition in the twins tests.
+            unsafe {
+                $crate::i4m::i4m_via_i8(
+                    $i8, $widen, m, k, n, a, lda, a_zp, bp, group, gmul, w_sum, scale, bias, act,
+                    out, ldo,
+                )
+            }
         }
     };
 }
+#[allow(unused_imports)]
+pub(crate) use i4m_variant;

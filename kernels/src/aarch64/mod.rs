@@ -53,9 +53,9 @@ variant!(i8_gemm_i8mm, has_i8mm, mm::tile, 0);
 
 // INT4 with group multipliers: the portable widener (NEON is baseline, LLVM vectorizes it) in
 // front of each INT8 variant.
-crate::i4m_variant!(i4m_gemm_neon, i8_gemm_neon, crate::i4m::widen_portable);
-crate::i4m_variant!(i4m_gemm_dotprod, i8_gemm_dotprod, crate::i4m::widen_portable);
-crate::i4m_variant!(i4m_gemm_i8mm, i8_gemm_i8mm, crate::i4m::widen_portable);
+crate::i4m::i4m_variant!(i4m_gemm_neon, i8_gemm_neon, crate::i4m::widen_portable);
+crate::i4m::i4m_variant!(i4m_gemm_dotprod, i8_gemm_dotprod, crate::i4m::widen_portable);
+crate::i4m::i4m_variant!(i4m_gemm_i8mm, i8_gemm_i8mm, crate::i4m::widen_portable);
 
 /// A public [`crate::I4GemmFn`] over a variant's INT8 tile (see [`i4::drive_i4`]).
 macro_rules! variant_i4 {

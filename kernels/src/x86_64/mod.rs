@@ -134,8 +134,8 @@ pub fn widen_avx2(
     unsafe { body(bp, k, group, gmul, p0, np, dst) }
 }
 
-crate::i4m_variant!(i4m_gemm_avx512vnni, i8_gemm_avx512vnni, widen_avx512);
-crate::i4m_variant!(i4m_gemm_avx2, i8_gemm_avx2, widen_avx2);
+crate::i4m::i4m_variant!(i4m_gemm_avx512vnni, i8_gemm_avx512vnni, widen_avx512);
+crate::i4m::i4m_variant!(i4m_gemm_avx2, i8_gemm_avx2, widen_avx2);
 
 /// AVX-512 F + VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later).
 pub fn has_avx512vnni() -> bool {
