@@ -237,6 +237,7 @@ pub fn widen_portable(
 
 /// A public [`crate::I4mGemmFn`]: the INT8 variant `$i8` fed by the widener `$widen`, which
 /// must write every byte it is given (see [`i4m_via_i8`]).
+#[allow(unused_macros)]
 macro_rules! i4m_variant {
     ($name:ident, $i8:path, $widen:path) => {
         /// See [`crate::I4mGemmFn`].
