@@ -151,9 +151,10 @@ pub type SoftmaxFn = fn(x: &[f32], mask: &[f32], o: &mut [f32]);
 pub type MfStepF32Fn = fn(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32;
 
 /// The same step on rows stored as f16 bits; adds the element updates lost to the 16-bit
-/// storage to `lost`. See [`crate::generic::mf`].
+/// storage to `lost` when given one (`None`: the same rows, no count, faster). See
+/// [`crate::generic::mf`].
 pub type MfStepF16Fn =
-    fn(p: &mut [u16], q: &mut [u16], target: f32, lr: f32, reg: f32, lost: &mut u32) -> f32;
+    fn(p: &mut [u16], q: &mut [u16], target: f32, lr: f32, reg: f32, lost: Option<&mut u32>) -> f32;
 
 /// The kernels chosen for this process. Plain function pointers: no dispatch cost beyond a call.
 #[derive(Clone, Copy, Debug)]

@@ -64,6 +64,34 @@ fn sgd_approaches_the_planted_floor_in_every_precision_and_thread_count() {
 }
 
 #[test]
+fn sampled_lost_count_estimates_the_full_count_and_changes_no_bits() {
+    let (tr, _, spec) = tiny();
+    let run = |every: usize| {
+        let cfg = TrainConfig {
+            k: 8,
+            threads: 2,
+            precision: Precision::Fp16,
+            lr: 0.002,
+            lost_every: every,
+            ..Default::default()
+        };
+        let f = Factors::random(spec.users, spec.items, 8, (3.5, 0.0, 9.0), 0.1, 1, true);
+        let mut t = Trainer::new(f, &tr, &cfg).unwrap();
+        let st = (0..3).map(|_| t.run_epoch()).last().unwrap();
+        (st, t.factors.p.to_f32(), t.factors.q.to_f32())
+    };
+    let (all, p1, q1) = run(1);
+    let (some, p16, q16) = run(16);
+    assert_eq!((p1, q1), (p16, q16), "counting changes no update");
+    assert_eq!(all.sampled, all.updates);
+    assert_eq!(some.sampled, all.updates.div_ceil(16));
+    assert!(some.lost < all.lost && some.lost > 0, "{} of {}", some.lost, all.lost);
+    assert!(all.lost_share > 0.01, "small steps lose updates: {}", all.lost_share);
+    let rel = (some.lost_share - all.lost_share).abs() / all.lost_share;
+    assert!(rel < 0.1, "estimate {} vs {}", some.lost_share, all.lost_share);
+}
+
+#[test]
 fn auto_switches_once_names_why_and_keeps_the_values() {
     let (tr, _, spec) = tiny();
     // A zero limit forces the switch after the first epoch (some update is always lost).

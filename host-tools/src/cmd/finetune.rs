@@ -600,7 +600,9 @@ pub fn run(a: Args) -> Result<()> {
         let stats = tr.finish_epoch(st.sq, st.lost, st.epoch_seconds);
         (st.step, st.sq, st.lost, st.epoch_seconds) = (0, 0.0, 0, 0.0);
         st.train_seconds += stats.seconds;
-        st.lost_total += stats.lost;
+        // Counted on one rating in `lost_every`: scaled up to an estimate for all of them.
+        st.lost_total +=
+            (stats.lost as f64 * stats.updates as f64 / stats.sampled.max(1) as f64).round() as u64;
         let tv = Instant::now();
         st.val_rmse = (!val.is_empty()).then(|| tr.factors.rmse(&val, tr.pool()));
         st.val_seconds += tv.elapsed().as_secs_f64();

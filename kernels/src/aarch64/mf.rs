@@ -54,16 +54,29 @@ pub fn mf_step_f16_neon(
     target: f32,
     lr: f32,
     reg: f32,
-    lost: &mut u32,
+    lost: Option<&mut u32>,
 ) -> f32 {
     assert!(super::has_neon(), "mf_step_f16_neon on a CPU without NEON");
     let n = p.len().min(q.len());
+    let (p, q) = (&mut p[..n], &mut q[..n]);
     // SAFETY: NEON is present (asserted); the body stays within `p[..n]` and `q[..n]`.
-    unsafe { step(&mut p[..n], &mut q[..n], target, lr, reg, lost) }
+    unsafe {
+        match lost {
+            Some(l) => step::<true>(p, q, target, lr, reg, l),
+            None => step::<false>(p, q, target, lr, reg, &mut 0),
+        }
+    }
 }
 
 #[target_feature(enable = "neon")]
-fn step(p: &mut [u16], q: &mut [u16], target: f32, lr: f32, reg: f32, lost: &mut u32) -> f32 {
+fn step<const COUNT: bool>(
+    p: &mut [u16],
+    q: &mut [u16],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
     let n = p.len();
     let full = n / 16 * 16;
     // Lanes 0-3, 4-7, 8-11, 12-15 of the twin's 16 lane sums.
@@ -101,17 +114,21 @@ fn step(p: &mut [u16], q: &mut [u16], target: f32, lr: f32, reg: f32, lost: &mut
             let na = (vfmaq_f32(vmulq_f32(vd, a0), vc, b0), vfmaq_f32(vmulq_f32(vd, a1), vc, b1));
             let nb = (vfmaq_f32(vmulq_f32(vd, b0), vc, a0), vfmaq_f32(vmulq_f32(vd, b1), vc, a1));
             let (hna, hnb) = (narrow(na.0, na.1), narrow(nb.0, nb.1));
-            // Moved in f32 (not equal, NaN included) but the same f16 pattern.
-            let moved = |x: float32x4_t, y: float32x4_t| vmvnq_u32(vceqq_f32(x, y));
-            let ma = vcombine_u16(vmovn_u32(moved(na.0, a0)), vmovn_u32(moved(na.1, a1)));
-            let mb = vcombine_u16(vmovn_u32(moved(nb.0, b0)), vmovn_u32(moved(nb.1, b1)));
-            cnt = vsubq_u16(cnt, vandq_u16(ma, vceqq_u16(hna, hp)));
-            cnt = vsubq_u16(cnt, vandq_u16(mb, vceqq_u16(hnb, hq)));
+            if COUNT {
+                // Moved in f32 (not equal, NaN included) but the same f16 pattern.
+                let moved = |x: float32x4_t, y: float32x4_t| vmvnq_u32(vceqq_f32(x, y));
+                let ma = vcombine_u16(vmovn_u32(moved(na.0, a0)), vmovn_u32(moved(na.1, a1)));
+                let mb = vcombine_u16(vmovn_u32(moved(nb.0, b0)), vmovn_u32(moved(nb.1, b1)));
+                cnt = vsubq_u16(cnt, vandq_u16(ma, vceqq_u16(hna, hp)));
+                cnt = vsubq_u16(cnt, vandq_u16(mb, vceqq_u16(hnb, hq)));
+            }
             vst1q_u16(pp, hna);
             vst1q_u16(qp, hnb);
         }
     }
     let tail = g::update_f16(&mut p[v8..], &mut q[v8..], c, d);
-    *lost += vaddlvq_u16(cnt) + tail;
+    if COUNT {
+        *lost += vaddlvq_u16(cnt) + tail;
+    }
     e
 }

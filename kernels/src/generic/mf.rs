@@ -120,21 +120,26 @@ pub fn fold16_f16_tail(mut lanes: [f32; LANES], p: &[u16], q: &[u16]) -> f32 {
     fold16(lanes)
 }
 
-/// One SGD step on f16-stored rows; see the module docs. Adds the lost element updates to `lost`.
+/// One SGD step on f16-stored rows; see the module docs. Adds the lost element updates to
+/// `lost` when given one (the rows get the same bits either way: counting only costs time,
+/// which is why callers sample it).
 pub fn mf_step_f16(
     p: &mut [u16],
     q: &mut [u16],
     target: f32,
     lr: f32,
     reg: f32,
-    lost: &mut u32,
+    lost: Option<&mut u32>,
 ) -> f32 {
     let mut acc = [0f32; LANES];
     for (j, (a, b)) in p.iter().zip(q.iter()).enumerate() {
         acc[j % LANES] = fma(f16_to_f32(*a), f16_to_f32(*b), acc[j % LANES]);
     }
     let e = target - fold16(acc);
-    *lost += update_f16(p, q, lr * e, 1.0 - lr * reg);
+    let n = update_f16(p, q, lr * e, 1.0 - lr * reg);
+    if let Some(l) = lost {
+        *l += n;
+    }
     e
 }
 

@@ -45,13 +45,109 @@ pub fn mf_step_f16_avx512(
     target: f32,
     lr: f32,
     reg: f32,
-    lost: &mut u32,
+    lost: Option<&mut u32>,
 ) -> f32 {
     assert!(has_avx512bw_vl(), "mf_step_f16_avx512 on a CPU without avx512f/bw/vl");
     let n = p.len().min(q.len());
     let (p, q) = (&mut p[..n], &mut q[..n]);
-    // SAFETY: the CPU has AVX-512 F/BW/VL (asserted); every access is within `p[..n]`, `q[..n]`.
-    unsafe { step_f16_avx512(p, q, target, lr, reg, lost) }
+    let vecs = n.div_ceil(16);
+    let rem = n % 16;
+    let last: __mmask16 = if rem == 0 { 0xFFFF } else { (1u16 << rem) - 1 };
+    macro_rules! regs {
+        ($($c:literal)*) => {
+            match vecs {
+                // SAFETY: the CPU has AVX-512 F/BW/VL (asserted); n.div_ceil(16) == $c and the
+                // last vector's lanes past n are masked off, so accesses stay within `p[..n]`,
+                // `q[..n]`.
+                $($c => unsafe {
+                    match lost {
+                        Some(l) => step_f16_avx512_regs::<$c, true>(p, q, last, target, lr, reg, l),
+                        None => step_f16_avx512_regs::<$c, false>(p, q, last, target, lr, reg, &mut 0),
+                    }
+                },)*
+                // SAFETY: as above; every access is within `p[..n]`, `q[..n]`.
+                _ => unsafe { step_f16_avx512(p, q, target, lr, reg, lost.unwrap_or(&mut 0)) },
+            }
+        };
+    }
+    regs!(1 2 3 4 5 6 7 8)
+}
+
+/// Rows of `16·(C − 1) + 1` to `16·C` elements (C ≤ 8; `last` masks the last vector's lanes):
+/// every vector is loaded and converted once and stays in a register (2·C of them) from the
+/// dot product to the update; no call in between (a call would spill them all). With `COUNT`,
+/// lost updates are counted in a vector and added up once (the count costs as much as the
+/// rest of the step on Zen 5, hence the choice). Same bits as the twin: the tail's products go
+/// into lanes 0.. of the one accumulator, folded in halves in registers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,popcnt")]
+#[allow(clippy::too_many_arguments)]
+fn step_f16_avx512_regs<const C: usize, const COUNT: bool>(
+    p: &mut [u16],
+    q: &mut [u16],
+    last: __mmask16,
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    debug_assert!(q.len() == p.len() && p.len().div_ceil(16) == C);
+    let mask = |c: usize| if c + 1 == C { last } else { 0xFFFF };
+    let (pp, qp) = (p.as_mut_ptr(), q.as_mut_ptr());
+    let mut a = [_mm512_setzero_ps(); C];
+    let mut b = [_mm512_setzero_ps(); C];
+    let mut hp = [_mm256_setzero_si256(); C];
+    let mut hq = [_mm256_setzero_si256(); C];
+    let mut acc = _mm512_setzero_ps();
+    for c in 0..C {
+        let m = mask(c);
+        // SAFETY: lanes of vector c that `m` keeps are elements 16·c.. below p.len() = q.len();
+        // masked-off lanes are not read.
+        unsafe {
+            hp[c] = _mm256_maskz_loadu_epi16(m, pp.add(16 * c) as *const i16);
+            hq[c] = _mm256_maskz_loadu_epi16(m, qp.add(16 * c) as *const i16);
+        }
+        a[c] = _mm512_cvtph_ps(hp[c]);
+        b[c] = _mm512_cvtph_ps(hq[c]);
+        acc = _mm512_mask3_fmadd_ps(a[c], b[c], acc, m);
+    }
+    let e = target - fold16_regs(acc);
+    let (vc, vd) = (_mm512_set1_ps(lr * e), _mm512_set1_ps(1.0 - lr * reg));
+    let (one, mut cnt) = (_mm512_set1_epi32(1), _mm512_setzero_si512());
+    for c in 0..C {
+        let m = mask(c);
+        let na = _mm512_fmadd_ps(vc, b[c], _mm512_mul_ps(vd, a[c]));
+        let nb = _mm512_fmadd_ps(vc, a[c], _mm512_mul_ps(vd, b[c]));
+        let hna = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(na);
+        let hnb = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(nb);
+        if COUNT {
+            let la = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(m, na, a[c])
+                & _mm256_cmpeq_epi16_mask(hna, hp[c]);
+            let lb = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(m, nb, b[c])
+                & _mm256_cmpeq_epi16_mask(hnb, hq[c]);
+            cnt = _mm512_mask_add_epi32(cnt, la, cnt, one);
+            cnt = _mm512_mask_add_epi32(cnt, lb, cnt, one);
+        }
+        // SAFETY: the lanes the loads above read, and only those.
+        unsafe {
+            _mm256_mask_storeu_epi16(pp.add(16 * c) as *mut i16, m, hna);
+            _mm256_mask_storeu_epi16(qp.add(16 * c) as *mut i16, m, hnb);
+        }
+    }
+    if COUNT {
+        *lost += _mm512_reduce_add_epi32(cnt) as u32;
+    }
+    e
+}
+
+/// `generic::mf::fold16` in registers: lanes l + l+8, then l + l+4, l + l+2, l + l+1.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn fold16_regs(acc: __m512) -> f32 {
+    let hi8 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+    let s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), hi8);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
 }
 
 /// A dot-product pass, then an update pass that converts the rows again (keeping them in
@@ -163,17 +259,22 @@ pub fn mf_step_f16_avx2(
     target: f32,
     lr: f32,
     reg: f32,
-    lost: &mut u32,
+    lost: Option<&mut u32>,
 ) -> f32 {
     assert!(has_avx2_f16c(), "mf_step_f16_avx2 on a CPU without avx2, f16c, fma and popcnt");
     let n = p.len().min(q.len());
     let (p, q) = (&mut p[..n], &mut q[..n]);
     // SAFETY: the CPU has AVX2 and F16C (asserted); accesses stay within `p[..n]`, `q[..n]`.
-    unsafe { step_f16_avx2(p, q, target, lr, reg, lost) }
+    unsafe {
+        match lost {
+            Some(l) => step_f16_avx2::<true>(p, q, target, lr, reg, l),
+            None => step_f16_avx2::<false>(p, q, target, lr, reg, &mut 0),
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,f16c,fma,popcnt")]
-fn step_f16_avx2(
+fn step_f16_avx2<const COUNT: bool>(
     p: &mut [u16],
     q: &mut [u16],
     target: f32,
@@ -222,9 +323,13 @@ fn step_f16_avx2(
                 _mm_movemask_epi8(_mm_packs_epi16(_mm_cmpeq_epi16(h, old), _mm_setzero_si128()))
                     as u32
             };
-            let la = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(na, a)) as u32 & same(hna, hp);
-            let lb = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(nb, b)) as u32 & same(hnb, hq);
-            nlost += la.count_ones() + lb.count_ones();
+            if COUNT {
+                let la =
+                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(na, a)) as u32 & same(hna, hp);
+                let lb =
+                    _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(nb, b)) as u32 & same(hnb, hq);
+                nlost += la.count_ones() + lb.count_ones();
+            }
             _mm_storeu_si128(pp, hna);
             _mm_storeu_si128(qp, hnb);
         }
