@@ -687,7 +687,7 @@ pub fn run(a: Args) -> Result<()> {
         "updates_per_s": updates / train_s.max(1e-9),
         "switch_epoch": switch.as_ref().map(|s| s.0),
         "switch_reason": switch.as_ref().map(|s| s.1.clone()),
-        "lost_updates": st.lost_total, "skipped": skipped,
+        "lost_updates": st.lost_total, "lost_counted_every": cfg.lost_every, "skipped": skipped,
         "kernels": [kf32, kf16], "output": a.output.display().to_string(),
         "epoch_log": st.epoch_log,
     });
