@@ -634,6 +634,8 @@ impl Trainer {
                     let first = range.start;
                     let recs = &data[range];
                     let (mut s, mut l) = (0f64, 0u32);
+                    // The next position ≡ 0 (mod every): no division per rating.
+                    let mut counted_at = first.next_multiple_of(every);
                     for (x, r) in recs.iter().enumerate() {
                         if let Some(n) = recs.get(x + ahead).filter(|_| ahead > 0) {
                             // Addresses only (a prefetch reads nothing into Rust values).
@@ -659,7 +661,10 @@ impl Trainer {
                         };
                         // Lost updates counted at fixed positions of the epoch's order (the
                         // same ratings however the epoch is cut into steps).
-                        let count = (first + x).is_multiple_of(every).then_some(&mut l);
+                        let count = (first + x == counted_at).then(|| {
+                            counted_at += every;
+                            &mut l
+                        });
                         let err = $step(pu, qi, r.value - mean - *bu - *bi, lr, reg, count);
                         *bu += lr * (err - rb * *bu);
                         *bi += lr * (err - rb * *bi);
