@@ -182,9 +182,10 @@ fn bandwidth(threads: usize) -> f64 {
     best
 }
 
-/// Bytes an update moves: both rows read and written, the rating record, both biases.
-fn bytes_per_update(k: usize, f16: bool) -> f64 {
-    (4 * k * if f16 { 2 } else { 4 } + 12 + 16) as f64
+/// Bytes an update moves: both rows read and written (`f16_tables` of them 2 bytes a value,
+/// the others 4), the rating record, both biases.
+fn bytes_per_update(k: usize, f16_tables: usize) -> f64 {
+    (2 * k * (2 * f16_tables + 4 * (2 - f16_tables)) + 12 + 16) as f64
 }
 
 /// The user-only fast path: one user with 500 ratings (or all the user has) fitted against
@@ -279,14 +280,15 @@ fn main() {
             median(runs.iter().zip(&all_runs[n]).map(|(r, f)| r.seconds / f.seconds).collect())
         });
         let upd = (train.len() * o.epochs) as f64 / s;
-        let f16_epochs = match p {
-            Precision::Fp16 => o.epochs,
-            Precision::Fp32 => 0,
-            Precision::Auto => r.switch.unwrap_or(o.epochs),
+        // Auto runs its f16 epochs with the smaller table in f32.
+        let (f16_epochs, f16_tables) = match p {
+            Precision::Fp16 => (o.epochs, 2),
+            Precision::Fp32 => (0, 0),
+            Precision::Auto => (r.switch.unwrap_or(o.epochs), 1),
         };
         let bytes = train.len() as f64
-            * (f16_epochs as f64 * bytes_per_update(o.k, true)
-                + (o.epochs - f16_epochs) as f64 * bytes_per_update(o.k, false));
+            * (f16_epochs as f64 * bytes_per_update(o.k, f16_tables)
+                + (o.epochs - f16_epochs) as f64 * bytes_per_update(o.k, 0));
         let mut line = format!(
             "{:<8} test RMSE {:.4}  {s:>8.3} s  {:.1} M updates/s  {:.1} GB/s ({:.0}% of copy)  val s {:.3}",
             format!("ember {}", p.name()),

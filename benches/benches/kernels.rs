@@ -303,6 +303,17 @@ fn mf_step(c: &mut Criterion) {
     let h = |v: &[f32]| -> Vec<u16> {
         v.iter().map(|x| ember_kernels::generic::mf::f32_to_f16(*x)).collect()
     };
+    // One f16 row and one f32 row (`auto`'s start: the smaller table in f32).
+    let mut hp = h(&p);
+    for (name, f) in Kernels::mf_steps_mixed() {
+        g.bench_function(BenchmarkId::new(name, "k128"), |b| {
+            b.iter(|| {
+                for (pu, qi) in hp.chunks_exact_mut(K).zip(q.chunks_exact_mut(K)) {
+                    black_box(f(pu, qi, 3.5, 0.01, 0.05, None));
+                }
+            })
+        });
+    }
     let (mut p, mut q) = (h(&p), h(&q));
     let mut lost = 0u32;
     for (name, f) in Kernels::mf_steps_f16() {

@@ -156,6 +156,11 @@ pub type MfStepF32Fn = fn(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, re
 pub type MfStepF16Fn =
     fn(p: &mut [u16], q: &mut [u16], target: f32, lr: f32, reg: f32, lost: Option<&mut u32>) -> f32;
 
+/// The same step on an f16-stored row `h` and an f32 row `w` (the step is symmetric: either
+/// can be the user row); counts the updates lost in `h`. See [`crate::generic::mf`].
+pub type MfStepMixedFn =
+    fn(h: &mut [u16], w: &mut [f32], target: f32, lr: f32, reg: f32, lost: Option<&mut u32>) -> f32;
+
 /// The kernels chosen for this process. Plain function pointers: no dispatch cost beyond a call.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSet {
@@ -181,6 +186,8 @@ pub struct KernelSet {
     pub mf_step_f32_name: &'static str,
     pub mf_step_f16: MfStepF16Fn,
     pub mf_step_f16_name: &'static str,
+    pub mf_step_mixed: MfStepMixedFn,
+    pub mf_step_mixed_name: &'static str,
 }
 
 /// One registered variant: its name, the function, and whether this CPU can run it.
@@ -315,6 +322,19 @@ static MF_STEPS_F16: &[Variant<MfStepF16Fn>] = &[
     Variant { name: "mf_step_f16_neon", f: arm::mf_step_f16_neon, usable: always },
     Variant { name: "mf_step_f16_generic", f: generic::mf::mf_step_f16, usable: always },
 ];
+static MF_STEPS_MIXED: &[Variant<MfStepMixedFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "mf_step_mixed_avx512",
+        f: x86::mf_step_mixed_avx512,
+        usable: x86::has_avx512bw_vl,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "mf_step_mixed_avx2", f: x86::mf_step_mixed_avx2, usable: x86::has_avx2_f16c },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "mf_step_mixed_neon", f: arm::mf_step_mixed_neon, usable: always },
+    Variant { name: "mf_step_mixed_generic", f: generic::mf::mf_step_mixed, usable: always },
+];
 
 fn usable<F: Copy>(v: &'static [Variant<F>]) -> impl Iterator<Item = (&'static str, F)> {
     v.iter().filter(|v| (v.usable)()).map(|v| (v.name, v.f))
@@ -356,6 +376,9 @@ impl Kernels {
     }
     pub fn mf_steps_f16() -> impl Iterator<Item = (&'static str, MfStepF16Fn)> {
         usable(MF_STEPS_F16)
+    }
+    pub fn mf_steps_mixed() -> impl Iterator<Item = (&'static str, MfStepMixedFn)> {
+        usable(MF_STEPS_MIXED)
     }
 }
 
@@ -417,6 +440,8 @@ impl KernelSet {
         let (f32_matmul, f32_matmul_name) = pick(F32_MATMULS, &|n| allow("f32_matmul", n));
         let (mf_step_f32, mf_step_f32_name) = pick(MF_STEPS_F32, &|n| allow("mf_step_f32", n));
         let (mf_step_f16, mf_step_f16_name) = pick(MF_STEPS_F16, &|n| allow("mf_step_f16", n));
+        let (mf_step_mixed, mf_step_mixed_name) =
+            pick(MF_STEPS_MIXED, &|n| allow("mf_step_mixed", n));
         KernelSet {
             i8_gemm,
             i8_gemm_name,
@@ -440,6 +465,8 @@ impl KernelSet {
             mf_step_f32_name,
             mf_step_f16,
             mf_step_f16_name,
+            mf_step_mixed,
+            mf_step_mixed_name,
         }
     }
 }

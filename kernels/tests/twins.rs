@@ -750,6 +750,54 @@ fn mf_steps_match_definition_and_twins() {
 }
 
 #[test]
+fn mixed_mf_steps_match_the_f32_step_and_twins() {
+    let mut r = Rng(0x31ed_5eed);
+    // 100..144 and 250..260: either side of the AVX-512 register forms (8 vectors kept, 16
+    // loaded twice) and the generic fallback past them.
+    for k in [1usize, 3, 8, 15, 16, 17, 33, 64, 100, 127, 128, 129, 144, 250, 256, 257, 1000] {
+        for trial in 0..4 {
+            let scale = [1.0f32, 1e-3, 30.0, 1e-6][trial];
+            let h0: Vec<u16> = (0..k).map(|_| generic::mf::f32_to_f16(r.f32() * scale)).collect();
+            let w0: Vec<f32> = (0..k).map(|_| r.f32() * scale).collect();
+            let (target, lr, reg) = (r.f32() * 5.0, 0.01 + r.f32().abs() * 0.05, 0.02);
+            // The generic twin against the f32 step on the widened row, in either order (the
+            // step is symmetric), with the lost count restated.
+            let (mut gh, mut gw, mut glost) = (h0.clone(), w0.clone(), 0u32);
+            let e = generic::mf::mf_step_mixed(&mut gh, &mut gw, target, lr, reg, Some(&mut glost));
+            let hf: Vec<f32> = h0.iter().map(|x| generic::f16_to_f32(*x)).collect();
+            for swap in [false, true] {
+                let (mut a, mut b) = (hf.clone(), w0.clone());
+                let we = if swap {
+                    generic::mf::mf_step_f32(&mut b, &mut a, target, lr, reg)
+                } else {
+                    generic::mf::mf_step_f32(&mut a, &mut b, target, lr, reg)
+                };
+                assert_eq!(e.to_bits(), we.to_bits(), "k={k} swap={swap}");
+                let ha: Vec<u16> = a.iter().map(|x| generic::mf::f32_to_f16(*x)).collect();
+                assert_eq!(gh, ha, "k={k}");
+                assert_eq!(gw, b, "k={k}");
+                let want_lost = (0..k).filter(|&j| gh[j] == h0[j] && a[j] != hf[j]).count() as u32;
+                assert_eq!(glost, want_lost, "k={k}");
+            }
+            if trial == 3 && k >= 64 {
+                assert!(glost > 0, "tiny rows lose updates in f16 (k={k})");
+            }
+            for (name, f) in Kernels::mf_steps_mixed() {
+                let (mut h, mut w, mut lost) = (h0.clone(), w0.clone(), 5u32);
+                let ev = f(&mut h, &mut w, target, lr, reg, Some(&mut lost));
+                assert_eq!(ev.to_bits(), e.to_bits(), "{name} k={k}");
+                assert_eq!((&h, &w), (&gh, &gw), "{name} k={k}");
+                assert_eq!(lost, glost + 5, "{name} k={k}");
+                let (mut h, mut w) = (h0.clone(), w0.clone());
+                let ev = f(&mut h, &mut w, target, lr, reg, None);
+                assert_eq!(ev.to_bits(), e.to_bits(), "{name} k={k}, no count");
+                assert_eq!((h, w), (gh.clone(), gw.clone()), "{name} k={k}, no count");
+            }
+        }
+    }
+}
+
+#[test]
 fn prefetch_covers_every_line_and_never_faults() {
     use ember_kernels::prefetch::{line_span, prefetch, LINE};
     assert_eq!(line_span(0, 0).1, 0);

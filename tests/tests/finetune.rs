@@ -116,7 +116,7 @@ fn auto_switches_once_names_why_and_keeps_the_values() {
     assert_eq!(s.epoch, 1);
     assert!(s.reason.contains("lost in f16"), "{}", s.reason);
     match &t.factors.p {
-        Rows::F32(v) => assert_eq!(v, &before),
+        Rows::F32(v) => assert_eq!(&v[..], &before[..]),
         _ => panic!("rows are f32 after the switch"),
     }
     assert!(!t.factors.is_f16());
@@ -293,8 +293,14 @@ fn rmse_through_the_kernels_has_the_bits_of_the_formula() {
     // `Factors::rmse` predicts with the SGD kernels (a step of learning rate 0); it must give
     // exactly what `predict_with` (the generic formula) gives, chunked as `rmse` chunks.
     let (_, va, spec) = tiny();
-    for (k, f16) in [(16, false), (16, true), (37, false), (37, true)] {
-        let f = Factors::random(spec.users, spec.items, k, (3.5, 1.0, 5.0), 0.3, 9, f16);
+    // f16: 0 none, 1 both tables, 2 users only, 3 items only.
+    for (k, f16) in [(16, 0), (16, 1), (37, 0), (37, 1), (16, 2), (37, 3), (128, 2), (128, 3)] {
+        let mut f = Factors::random(spec.users, spec.items, k, (3.5, 1.0, 5.0), 0.3, 9, f16 > 0);
+        match f16 {
+            2 => f.q = Rows::from_f32(f.q.to_f32(), false),
+            3 => f.p = Rows::from_f32(f.p.to_f32(), false),
+            _ => {}
+        }
         let pool = ember_runtime::Serial;
         let (tasks, n) = (4, va.len());
         let chunk = n.div_ceil(tasks);
@@ -311,4 +317,59 @@ fn rmse_through_the_kernels_has_the_bits_of_the_formula() {
         let want = (sum / n as f64).sqrt();
         assert_eq!(f.rmse(&va, &pool).to_bits(), want.to_bits(), "k {k} f16 {f16}");
     }
+}
+
+#[test]
+fn auto_keeps_the_smaller_table_in_f32_either_way_round() {
+    let (tr, _, spec) = tiny();
+    let cfg = TrainConfig {
+        k: 24,
+        threads: 1,
+        precision: Precision::Auto,
+        lost_limit: 2.0,
+        plateau: -1.0,
+        lost_every: 1,
+        ..Default::default()
+    };
+    let f = Factors::random(spec.users, spec.items, 24, (3.5, -10.0, 20.0), 0.1, 7, true);
+    let mut fs = f.clone();
+    (fs.users, fs.items) = (f.items, f.users);
+    (fs.p, fs.q) = (f.q.clone(), f.p.clone());
+    (fs.bu, fs.bi) = (f.bi.clone(), f.bu.clone());
+    // Tables that do not match their sizes are refused (the trainer writes through raw rows).
+    let mut bad = fs.clone();
+    bad.bu.pop();
+    assert!(matches!(Trainer::new(bad, &tr, &cfg), Err(MfError::Config(_))));
+    let run = |f: Factors, ratings: &[Rating]| {
+        let (p0, q0) = (f.p.to_f32(), f.q.to_f32());
+        let mut t = Trainer::new(f, ratings, &cfg).unwrap();
+        // The smaller table was widened from its f16 values, the larger one left as it was.
+        assert_eq!((t.factors.p.to_f32(), t.factors.q.to_f32()), (p0, q0));
+        let st = t.run_epoch();
+        assert!(st.f16 && st.lost > 0, "the f16 table loses some updates");
+        // Only the f16 table's k elements per rating can be lost.
+        assert!(st.lost <= 24 * st.sampled, "{} lost of {}", st.lost, 24 * st.sampled);
+        (t, st)
+    };
+    let (t, st) = run(f, &tr);
+    let want =
+        if spec.users < spec.items { "f32 users, f16 items" } else { "f16 users, f32 items" };
+    assert_eq!(st.storage, want);
+    // The same ratings with users and items swapped: the other table is the f32 one, the other
+    // arm of the trainer runs, and the tables come out the same (to the rounding of the bias
+    // sum, which adds the two biases in the other order).
+    let swapped: Vec<Rating> =
+        tr.iter().map(|r| Rating { user: r.item, item: r.user, value: r.value }).collect();
+    let (ts, sts) = run(fs, &swapped);
+    assert_ne!(sts.storage, st.storage);
+    for (a, b) in [
+        (t.factors.p.to_f32(), ts.factors.q.to_f32()),
+        (t.factors.q.to_f32(), ts.factors.p.to_f32()),
+    ] {
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let mean =
+            a.iter().zip(&b).map(|(x, y)| (x - y).abs() as f64).sum::<f64>() / a.len() as f64;
+        assert!(worst < 2e-2 && mean < 1e-4, "worst {worst}, mean {mean}");
+    }
+    assert!((st.train_rmse - sts.train_rmse).abs() < 1e-4);
 }

@@ -615,7 +615,7 @@ pub fn run(a: Args) -> Result<()> {
         prog.update("epochs", tr.epoch, a.epochs);
         st.epoch_log.push(json!({
             "epoch": stats.epoch, "train_rmse": stats.train_rmse, "val_rmse": st.val_rmse,
-            "seconds": stats.seconds, "storage": if stats.f16 { "f16" } else { "f32" },
+            "seconds": stats.seconds, "storage": stats.storage,
             "lost_share": stats.lost_share,
         }));
         if !quiet {
@@ -625,7 +625,7 @@ pub fn run(a: Args) -> Result<()> {
                 stats.epoch,
                 stats.train_rmse,
                 stats.seconds,
-                if stats.f16 { "f16" } else { "f32" },
+                stats.storage,
                 stats.lost_share * 100.0
             );
         }
@@ -634,7 +634,7 @@ pub fn run(a: Args) -> Result<()> {
     st.finished = true;
     let k = tr.factors.k;
     let updates = st.updates_done as f64;
-    let (kf32, kf16) = tr.kernel_names();
+    let [kf32, kf16, kmixed] = tr.kernel_names();
     let t_out = Instant::now();
     let mut served_rmse = None;
     if ext == "overlay" {
@@ -688,7 +688,7 @@ pub fn run(a: Args) -> Result<()> {
         "switch_epoch": switch.as_ref().map(|s| s.0),
         "switch_reason": switch.as_ref().map(|s| s.1.clone()),
         "lost_updates": st.lost_total, "lost_counted_every": cfg.lost_every, "skipped": skipped,
-        "kernels": [kf32, kf16], "output": a.output.display().to_string(),
+        "kernels": [kf32, kf16, kmixed], "output": a.output.display().to_string(),
         "epoch_log": st.epoch_log,
     });
     if a.json {

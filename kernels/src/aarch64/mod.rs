@@ -14,7 +14,7 @@ mod mf;
 mod mm;
 mod neon;
 
-pub use mf::mf_step_f16_neon;
+pub use mf::{mf_step_f16_neon, mf_step_mixed_neon};
 
 use crate::check::check_gemm;
 use crate::pack::{k4, PANEL};

@@ -12,6 +12,11 @@
 //! nearest even on store. It also counts the element updates lost to the storage: those whose
 //! f32 result differs from the old value but rounds back to the old f16 bits (`lost`). That share
 //! tells the trainer when 16-bit storage has stopped keeping up with the updates.
+//!
+//! The mixed form takes one row stored as f16 (`h`) and one as f32 (`w`): the same step, `h`
+//! rounded on store and its lost updates counted, `w` kept in f32. The step is symmetric in its
+//! two rows (a fused multiply-add's product commutes), so it does not matter which of the user
+//! and item rows is the 16-bit one.
 
 use super::f16_to_f32;
 
@@ -155,6 +160,53 @@ pub fn update_f16(p: &mut [u16], q: &mut [u16], c: f32, d: f32) -> u32 {
         n += ((hp == *a) & (np != pa)) as u32 + ((hq == *b) & (nq != qb)) as u32;
         *a = hp;
         *b = hq;
+    }
+    n
+}
+
+/// One SGD step on an f16-stored row `h` and an f32 row `w` (see the module docs); adds the
+/// element updates lost in `h` to `lost` when given one.
+pub fn mf_step_mixed(
+    h: &mut [u16],
+    w: &mut [f32],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: Option<&mut u32>,
+) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (j, (a, b)) in h.iter().zip(w.iter()).enumerate() {
+        acc[j % LANES] = fma(f16_to_f32(*a), *b, acc[j % LANES]);
+    }
+    let e = target - fold16(acc);
+    let n = update_mixed(h, w, lr * e, 1.0 - lr * reg);
+    if let Some(l) = lost {
+        *l += n;
+    }
+    e
+}
+
+/// [`fold16_f16_tail`] for the mixed step: the tail's products of `h` (f16) and `w` (f32).
+#[inline(always)]
+pub fn fold16_mixed_tail(mut lanes: [f32; LANES], h: &[u16], w: &[f32]) -> f32 {
+    for (j, (a, b)) in h.iter().zip(w).enumerate() {
+        lanes[j] = fma(f16_to_f32(*a), *b, lanes[j]);
+    }
+    fold16(lanes)
+}
+
+/// The update half of the mixed step (`c = lr·e`, `d = 1 − lr·reg`); returns the element
+/// updates lost in `h`. Overlays run it on the elements after their last full vector.
+#[inline(always)]
+pub fn update_mixed(h: &mut [u16], w: &mut [f32], c: f32, d: f32) -> u32 {
+    let mut n = 0u32;
+    for (a, b) in h.iter_mut().zip(w.iter_mut()) {
+        let (pa, qb) = (f16_to_f32(*a), *b);
+        let (np, nq) = (fma(c, qb, d * pa), fma(c, pa, d * qb));
+        let hp = f32_to_f16(np);
+        n += ((hp == *a) & (np != pa)) as u32;
+        *a = hp;
+        *b = nq;
     }
     n
 }

@@ -139,6 +139,106 @@ fn step_f16_avx512_regs<const C: usize, const COUNT: bool>(
     e
 }
 
+/// Mixed step (f16 row `h`, f32 row `w`) with AVX-512 F/BW/VL; same contract and bits as
+/// `generic::mf::mf_step_mixed`.
+pub fn mf_step_mixed_avx512(
+    h: &mut [u16],
+    w: &mut [f32],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: Option<&mut u32>,
+) -> f32 {
+    assert!(has_avx512bw_vl(), "mf_step_mixed_avx512 on a CPU without avx512f/bw/vl");
+    let n = h.len().min(w.len());
+    let (h, w) = (&mut h[..n], &mut w[..n]);
+    let rem = n % 16;
+    let last: __mmask16 = if rem == 0 { 0xFFFF } else { (1u16 << rem) - 1 };
+    macro_rules! regs {
+        ($($c:literal)*) => {
+            match n.div_ceil(16) {
+                // SAFETY: the CPU has AVX-512 F/BW/VL (asserted); n.div_ceil(16) == $c and the
+                // last vector's lanes past n are masked off, so accesses stay within `h[..n]`,
+                // `w[..n]`.
+                $($c => unsafe {
+                    match lost {
+                        Some(l) => step_mixed_avx512::<$c, true>(h, w, last, target, lr, reg, l),
+                        None => step_mixed_avx512::<$c, false>(h, w, last, target, lr, reg, &mut 0),
+                    }
+                },)*
+                _ => g::mf_step_mixed(h, w, target, lr, reg, lost),
+            }
+        };
+    }
+    regs!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+/// The mixed register form: rows of `16·(C − 1) + 1` to `16·C` elements (`last` masks the
+/// last vector). Up to 8 vectors the converted rows stay in registers from the dot product to
+/// the update; beyond that the update pass loads them again (cheaper than spilling).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,popcnt")]
+#[allow(clippy::too_many_arguments)]
+fn step_mixed_avx512<const C: usize, const COUNT: bool>(
+    h: &mut [u16],
+    w: &mut [f32],
+    last: __mmask16,
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    debug_assert!(w.len() == h.len() && h.len().div_ceil(16) == C);
+    let mask = |c: usize| if c + 1 == C { last } else { 0xFFFF };
+    let (hp, wp) = (h.as_mut_ptr(), w.as_mut_ptr());
+    // Callers pass c < C with m = mask(c): the lanes `m` keeps are elements 16·c.. below
+    // h.len() = w.len(), and masked-off lanes are not read.
+    let load_h = |c: usize, m: __mmask16| {
+        // SAFETY: see above.
+        unsafe { _mm256_maskz_loadu_epi16(m, hp.add(16 * c) as *const i16) }
+    };
+    let load_w = |c: usize, m: __mmask16| {
+        // SAFETY: see above.
+        unsafe { _mm512_maskz_loadu_ps(m, wp.add(16 * c)) }
+    };
+    let keep = C <= 8;
+    let mut a = [_mm512_setzero_ps(); C];
+    let mut b = [_mm512_setzero_ps(); C];
+    let mut acc = _mm512_setzero_ps();
+    for c in 0..C {
+        let m = mask(c);
+        let (x, y) = (_mm512_cvtph_ps(load_h(c, m)), load_w(c, m));
+        acc = _mm512_mask3_fmadd_ps(x, y, acc, m);
+        if keep {
+            (a[c], b[c]) = (x, y);
+        }
+    }
+    let e = target - fold16_regs(acc);
+    let (vc, vd) = (_mm512_set1_ps(lr * e), _mm512_set1_ps(1.0 - lr * reg));
+    let (one, mut cnt) = (_mm512_set1_epi32(1), _mm512_setzero_si512());
+    for c in 0..C {
+        let m = mask(c);
+        let old = load_h(c, m);
+        let (x, y) = if keep { (a[c], b[c]) } else { (_mm512_cvtph_ps(old), load_w(c, m)) };
+        let nx = _mm512_fmadd_ps(vc, y, _mm512_mul_ps(vd, x));
+        let ny = _mm512_fmadd_ps(vc, x, _mm512_mul_ps(vd, y));
+        let hx = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(nx);
+        if COUNT {
+            let l =
+                _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(m, nx, x) & _mm256_cmpeq_epi16_mask(hx, old);
+            cnt = _mm512_mask_add_epi32(cnt, l, cnt, one);
+        }
+        // SAFETY: the lanes the loads above read, and only those.
+        unsafe {
+            _mm256_mask_storeu_epi16(hp.add(16 * c) as *mut i16, m, hx);
+            _mm512_mask_storeu_ps(wp.add(16 * c), m, ny);
+        }
+    }
+    if COUNT {
+        *lost += _mm512_reduce_add_epi32(cnt) as u32;
+    }
+    e
+}
+
 /// `generic::mf::fold16` in registers: lanes l + l+8, then l + l+4, l + l+2, l + l+1.
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -335,6 +435,88 @@ fn step_f16_avx2<const COUNT: bool>(
         }
     }
     nlost += g::update_f16(&mut p[full..], &mut q[full..], c, d);
+    *lost += nlost;
+    e
+}
+
+/// Mixed step (f16 row `h`, f32 row `w`) with AVX2 + F16C; same contract and bits as
+/// `generic::mf::mf_step_mixed`.
+pub fn mf_step_mixed_avx2(
+    h: &mut [u16],
+    w: &mut [f32],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: Option<&mut u32>,
+) -> f32 {
+    assert!(has_avx2_f16c(), "mf_step_mixed_avx2 on a CPU without avx2, f16c, fma and popcnt");
+    let n = h.len().min(w.len());
+    let (h, w) = (&mut h[..n], &mut w[..n]);
+    // SAFETY: the CPU has AVX2 and F16C (asserted); accesses stay within `h[..n]`, `w[..n]`.
+    unsafe {
+        match lost {
+            Some(l) => step_mixed_avx2::<true>(h, w, target, lr, reg, l),
+            None => step_mixed_avx2::<false>(h, w, target, lr, reg, &mut 0),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,f16c,fma,popcnt")]
+fn step_mixed_avx2<const COUNT: bool>(
+    h: &mut [u16],
+    w: &mut [f32],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: &mut u32,
+) -> f32 {
+    let n = h.len();
+    let full = n / 16 * 16;
+    let (hp, wp) = (h.as_mut_ptr(), w.as_mut_ptr());
+    let load = |c: usize| {
+        // SAFETY: callers pass c + 8 <= full <= n = h.len() = w.len(); unaligned loads.
+        unsafe {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(hp.add(c) as *const __m128i));
+            (x, _mm256_loadu_ps(wp.add(c)))
+        }
+    };
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for c in (0..full).step_by(16) {
+        let ((a0, b0), (a1, b1)) = (load(c), load(c + 8));
+        lo = _mm256_fmadd_ps(a0, b0, lo);
+        hi = _mm256_fmadd_ps(a1, b1, hi);
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    let e = target - g::fold16_mixed_tail(lanes, &h[full..], &w[full..]);
+    let (c, d) = (lr * e, 1.0 - lr * reg);
+    let (vc, vd) = (_mm256_set1_ps(c), _mm256_set1_ps(d));
+    let mut nlost = 0u32;
+    for j in (0..full).step_by(8) {
+        let (a, b) = load(j);
+        let na = _mm256_fmadd_ps(vc, b, _mm256_mul_ps(vd, a));
+        let nb = _mm256_fmadd_ps(vc, a, _mm256_mul_ps(vd, b));
+        let hna = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(na);
+        // SAFETY: j + 8 <= full <= n; the stores write the 8 elements just loaded.
+        unsafe {
+            if COUNT {
+                let old = _mm_loadu_si128(hp.add(j) as *const __m128i);
+                let same = _mm_movemask_epi8(_mm_packs_epi16(
+                    _mm_cmpeq_epi16(hna, old),
+                    _mm_setzero_si128(),
+                )) as u32;
+                let moved = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(na, a)) as u32;
+                nlost += (moved & same).count_ones();
+            }
+            _mm_storeu_si128(hp.add(j) as *mut __m128i, hna);
+            _mm256_storeu_ps(wp.add(j), nb);
+        }
+    }
+    nlost += g::update_mixed(&mut h[full..], &mut w[full..], c, d);
     *lost += nlost;
     e
 }

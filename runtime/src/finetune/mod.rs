@@ -29,6 +29,6 @@ mod user;
 
 pub use trainer::{
     check_ratings, rating_stats, EpochStats, Factors, MfError, Precision, Rating, Rng, Rows,
-    Switch, TrainConfig, Trainer,
+    Switch, Table, TrainConfig, Trainer,
 };
 pub use user::UserFit;

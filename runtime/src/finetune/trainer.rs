@@ -123,24 +123,73 @@ impl std::error::Error for MfError {}
 /// Factor rows, `rows × k` row-major, as f32 or as f16 bits.
 #[derive(Clone, Debug)]
 pub enum Rows {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
+    F32(Table<f32>),
+    F16(Table<u16>),
+}
+
+/// The values of one factor table, in memory that starts on a 2 MiB boundary (64 bytes for
+/// tables under 2 MiB) and is advised for transparent huge pages before it is first written.
+/// SGD reads rows at random from tables of tens of megabytes: with 4 KiB pages nearly every
+/// row costs a TLB miss as well as a cache miss, and a row that starts off a cache line spans
+/// one line more (an f16 row of 128 values 5 lines instead of 4), which costs a fill buffer
+/// and a prefetch more for every update. Derefs to the values.
+#[derive(Debug)]
+pub struct Table<T> {
+    /// `off` padding values, then the table.
+    buf: Vec<T>,
+    off: usize,
+}
+
+impl<T: Copy + Default> Table<T> {
+    /// The items, in order, in aligned memory.
+    pub fn collect(items: impl ExactSizeIterator<Item = T>) -> Table<T> {
+        const HUGE: usize = 2 << 20;
+        let (len, size) = (items.len(), core::mem::size_of::<T>().max(1));
+        let align = if len * size >= HUGE { HUGE } else { 64 };
+        let mut buf = Vec::with_capacity(len + align / size);
+        let addr = buf.as_ptr() as usize;
+        // A Vec's memory is aligned to its element, so the gap is whole elements.
+        let off = (addr.next_multiple_of(align) - addr) / size;
+        advise_huge(addr + off * size, len * size);
+        buf.resize(off, T::default());
+        buf.extend(items);
+        Table { buf, off }
+    }
+}
+
+impl<T: Copy + Default> Clone for Table<T> {
+    fn clone(&self) -> Self {
+        Table::collect(self.iter().copied())
+    }
+}
+
+impl<T> core::ops::Deref for Table<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.off..]
+    }
+}
+
+impl<T> core::ops::DerefMut for Table<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..]
+    }
 }
 
 impl Rows {
     /// f32 values stored as they are, or rounded to f16 (nearest even), in huge-page-advised
-    /// memory (see [`huge`]: f32 rows are copied there once).
+    /// memory (see [`Table`]: f32 rows are copied there once).
     pub fn from_f32(v: Vec<f32>, f16: bool) -> Rows {
         if f16 {
-            Rows::F16(huge(v.iter().map(|x| f32_to_f16(*x))))
+            Rows::F16(Table::collect(v.iter().map(|x| f32_to_f16(*x))))
         } else {
-            Rows::F32(huge(v.iter().copied()))
+            Rows::F32(Table::collect(v.iter().copied()))
         }
     }
     /// Every value as f32.
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
-            Rows::F32(v) => v.clone(),
+            Rows::F32(v) => v.to_vec(),
             Rows::F16(v) => v.iter().map(|h| f16_to_f32(*h)).collect(),
         }
     }
@@ -154,6 +203,13 @@ impl Rows {
                     *o = f16_to_f32(*h);
                 }
             }
+        }
+    }
+    /// Values stored (rows × k).
+    pub fn elem_count(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
         }
     }
     /// Bytes per stored value (4 for f32, 2 for f16).
@@ -188,19 +244,9 @@ impl Rows {
     /// Converts f16 rows to f32 in place of the old vector (peak: both forms of this table).
     fn widen(&mut self) {
         if let Rows::F16(v) = self {
-            *self = Rows::F32(huge(v.iter().map(|h| f16_to_f32(*h))));
+            *self = Rows::F32(Table::collect(v.iter().map(|h| f16_to_f32(*h))));
         }
     }
-}
-
-/// The items collected into a vector whose memory is advised for transparent huge pages
-/// before it is first written. SGD reads rows at random from tables of tens of megabytes:
-/// with 4 KiB pages nearly every row costs a TLB miss as well as a cache miss.
-fn huge<T: Copy>(items: impl ExactSizeIterator<Item = T>) -> Vec<T> {
-    let mut v = Vec::with_capacity(items.len());
-    advise_huge(v.as_ptr() as usize, v.capacity() * core::mem::size_of::<T>());
-    v.extend(items);
-    v
 }
 
 #[cfg(target_os = "linux")]
@@ -298,8 +344,36 @@ impl Factors {
         }
     }
 
+    /// Whether either table is stored as f16.
     pub fn is_f16(&self) -> bool {
-        matches!(self.p, Rows::F16(_))
+        self.f16_tables() > 0
+    }
+
+    /// The storage in words: "f32", "f16", or which table is which.
+    pub fn storage(&self) -> &'static str {
+        match (&self.p, &self.q) {
+            (Rows::F32(_), Rows::F32(_)) => "f32",
+            (Rows::F16(_), Rows::F16(_)) => "f16",
+            (Rows::F16(_), Rows::F32(_)) => "f16 users, f32 items",
+            (Rows::F32(_), Rows::F16(_)) => "f32 users, f16 items",
+        }
+    }
+
+    /// How many of the two tables are stored as f16 (0, 1 or 2).
+    pub fn f16_tables(&self) -> usize {
+        matches!(self.p, Rows::F16(_)) as usize + matches!(self.q, Rows::F16(_)) as usize
+    }
+
+    /// Widens the table with fewer rows to f32 (the item table when both are as long), leaving
+    /// the other as it is. `auto`'s start: the smaller table is the one whose rows come back
+    /// most often, mostly from cache, so 16 bits save little traffic there and cost a
+    /// conversion per element on every update, and f32 loses none of its updates.
+    pub fn widen_smaller(&mut self) {
+        if self.users < self.items {
+            self.p.widen();
+        } else {
+            self.q.widen();
+        }
     }
 
     /// Converts f16 storage to f32, one table at a time.
@@ -341,7 +415,18 @@ impl Factors {
                 hq.copy_from_slice(&q[i * k..i * k + k]);
                 (ks.mf_step_f16)(hu, hq, 0.0, 0.0, 0.0, None)
             }
-            _ => return self.predict_with(u, i, pu, qi),
+            (Rows::F16(p), Rows::F32(q)) => {
+                let hu = &mut bytemuck::cast_slice_mut::<f32, u16>(pu)[..k];
+                hu.copy_from_slice(&p[u * k..u * k + k]);
+                qi.copy_from_slice(&q[i * k..i * k + k]);
+                (ks.mf_step_mixed)(hu, qi, 0.0, 0.0, 0.0, None)
+            }
+            (Rows::F32(p), Rows::F16(q)) => {
+                pu.copy_from_slice(&p[u * k..u * k + k]);
+                let hq = &mut bytemuck::cast_slice_mut::<f32, u16>(qi)[..k];
+                hq.copy_from_slice(&q[i * k..i * k + k]);
+                (ks.mf_step_mixed)(hq, pu, 0.0, 0.0, 0.0, None)
+            }
         };
         (self.mean + self.bu[u] + self.bi[i] - neg_dot).clamp(self.lo, self.hi)
     }
@@ -403,7 +488,10 @@ pub struct EpochStats {
     /// RMSE of the ratings as seen before each update (a free training-loss estimate).
     pub train_rmse: f64,
     pub seconds: f64,
+    /// Whether either table was stored as f16 during the epoch.
     pub f16: bool,
+    /// The epoch's storage in words ([`Factors::storage`]).
+    pub storage: &'static str,
 }
 
 /// When and why `Auto` moved to f32.
@@ -415,14 +503,14 @@ pub struct Switch {
 }
 
 /// Raw views of the tables shared by the tasks of one round; see `Trainer::run_epoch`.
-struct Raw<T> {
-    p: *mut T,
-    q: *mut T,
+struct Raw<P, Q> {
+    p: *mut P,
+    q: *mut Q,
     bu: *mut f32,
     bi: *mut f32,
 }
 // SAFETY: the tasks of a round touch disjoint rows (see `Trainer::run_epoch`).
-unsafe impl<T> Sync for Raw<T> {}
+unsafe impl<P, Q> Sync for Raw<P, Q> {}
 
 /// The ratings (indices into the block-ordered data) that task `t` updates in step `step` of
 /// epoch `epoch` cut into `b · slices` steps: the `step % slices`-th slice of its block of round
@@ -512,7 +600,13 @@ pub struct Trainer {
 
 impl Trainer {
     /// Checks the ratings, shuffles them once and lays them out by block.
-    pub fn new(factors: Factors, train: &[Rating], cfg: &TrainConfig) -> Result<Trainer, MfError> {
+    /// `Auto` given two f16 tables starts with the smaller one in f32
+    /// ([`Factors::widen_smaller`]).
+    pub fn new(
+        mut factors: Factors,
+        train: &[Rating],
+        cfg: &TrainConfig,
+    ) -> Result<Trainer, MfError> {
         if factors.k == 0 || factors.k != cfg.k {
             return Err(MfError::Config(alloc::format!(
                 "k must be at least 1 and match the tables ({} vs {})",
@@ -523,7 +617,29 @@ impl Trainer {
         if train.is_empty() {
             return Err(MfError::Config("no training ratings".into()));
         }
+        let f = &factors;
+        let (np, nq) = (f.p.elem_count(), f.q.elem_count());
+        if np != f.users * f.k
+            || nq != f.items * f.k
+            || f.bu.len() != f.users
+            || f.bi.len() != f.items
+        {
+            return Err(MfError::Config(alloc::format!(
+                "tables do not match their sizes: {} users and {} items of k {} need {} and {} \
+                 values and as many biases, not {np}, {nq}, {} and {}",
+                f.users,
+                f.items,
+                f.k,
+                f.users * f.k,
+                f.items * f.k,
+                f.bu.len(),
+                f.bi.len()
+            )));
+        }
         check_ratings(train, factors.users, factors.items)?;
+        if cfg.precision == Precision::Auto && factors.f16_tables() == 2 {
+            factors.widen_smaller();
+        }
         let pool = Pool::new(cfg.threads)
             .map_err(|e| MfError::Config(alloc::format!("cannot start threads: {e}")))?;
         let b = pool.threads().max(1)
@@ -562,8 +678,9 @@ impl Trainer {
     }
 
     /// Names of the SGD kernels in use.
-    pub fn kernel_names(&self) -> (&'static str, &'static str) {
-        (self.kernels.mf_step_f32_name, self.kernels.mf_step_f16_name)
+    pub fn kernel_names(&self) -> [&'static str; 3] {
+        let ks = &self.kernels;
+        [ks.mf_step_f32_name, ks.mf_step_f16_name, ks.mf_step_mixed_name]
     }
 
     /// Blocks per side of the grid (the threads); an epoch is `blocks()` rounds.
@@ -596,16 +713,18 @@ impl Trainer {
         self.epoch += 1;
         let updates = self.data.len() as u64;
         let sampled = self.data.len().div_ceil(self.cfg.lost_every.max(1)) as u64;
-        let k = self.factors.k;
+        // Element updates per counted rating that could be lost: k per f16 table.
+        let elems = (self.factors.k * self.factors.f16_tables()).max(1);
         EpochStats {
             epoch: self.epoch,
             updates,
             lost,
             sampled,
-            lost_share: lost as f64 / (2 * k) as f64 / sampled as f64,
+            lost_share: lost as f64 / elems as f64 / sampled as f64,
             train_rmse: (s / updates as f64).sqrt(),
             seconds,
             f16,
+            storage: self.factors.storage(),
         }
     }
 
@@ -620,7 +739,8 @@ impl Trainer {
         let (mean, lr, reg, rb) = (f.mean, self.cfg.lr, self.cfg.reg, self.cfg.reg_bias);
         let (bu, bi) = (f.bu.as_mut_ptr(), f.bi.as_mut_ptr());
         let (data, starts, ks) = (&self.data, &self.starts, &self.kernels);
-        let (ahead, row_bytes) = (self.cfg.prefetch, k * f.p.elem_bytes());
+        let ahead = self.cfg.prefetch;
+        let (p_bytes, q_bytes) = (k * f.p.elem_bytes(), k * f.q.elem_bytes());
         let every = self.cfg.lost_every.max(1);
         // Squared error and lost element updates per task, added in task order at the end (the
         // same bits whatever order the tasks finish in).
@@ -640,8 +760,8 @@ impl Trainer {
                         if let Some(n) = recs.get(x + ahead).filter(|_| ahead > 0) {
                             // Addresses only (a prefetch reads nothing into Rust values).
                             let (nu, ni) = (n.user as usize, n.item as usize);
-                            prefetch(raw.p.wrapping_add(nu * k) as *const u8, row_bytes);
-                            prefetch(raw.q.wrapping_add(ni * k) as *const u8, row_bytes);
+                            prefetch(raw.p.wrapping_add(nu * k) as *const u8, p_bytes);
+                            prefetch(raw.q.wrapping_add(ni * k) as *const u8, q_bytes);
                             prefetch(raw.bu.wrapping_add(nu) as *const u8, 4);
                             prefetch(raw.bi.wrapping_add(ni) as *const u8, 4);
                         }
@@ -682,7 +802,15 @@ impl Trainer {
                 ))
             }
             (Rows::F16(p), Rows::F16(q)) => epoch!(p, q, ks.mf_step_f16),
-            _ => unreachable!("both tables share one storage"),
+            // The mixed step is symmetric in its rows: the f16 one goes first.
+            (Rows::F16(p), Rows::F32(q)) => epoch!(p, q, ks.mf_step_mixed),
+            (Rows::F32(p), Rows::F16(q)) => {
+                let st = ks.mf_step_mixed;
+                let swap = |p: &mut [f32], q: &mut [u16], t, lr, reg, l: Option<&mut u32>| {
+                    st(q, p, t, lr, reg, l)
+                };
+                epoch!(p, q, swap)
+            }
         }
         let sums = sums.into_inner().unwrap_or_else(|e| e.into_inner());
         sums.iter().fold((0.0, 0), |(s, l), x| (s + x.0, l + x.1))
