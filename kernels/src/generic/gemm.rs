@@ -103,7 +103,50 @@ pub fn f32_gemm(
     out: &mut [f32],
 ) {
     let full = k / LANES * LANES;
-    for (i, orow) in out[..m * n].chunks_exact_mut(n).enumerate() {
+    let out = &mut out[..m * n];
+    let put = |v: f32, j: usize| act_apply(if bias.is_empty() { v } else { v + bias[j] }, act);
+    let mut i = 0;
+    // Two rows at a time: eight independent running sums per step of 16 (one per output), each
+    // weight load shared by both rows. Every output's sum keeps its own order: same bits.
+    while i + 2 <= m {
+        let (a0, a1) = (&a[i * k..i * k + k], &a[(i + 1) * k..(i + 2) * k]);
+        let (o0, o1) = out[i * n..(i + 2) * n].split_at_mut(n);
+        let mut j = 0;
+        while j + 4 <= n {
+            let br: [&[f32]; 4] = core::array::from_fn(|t| &b[(j + t) * k..(j + t + 1) * k]);
+            let z = [0f32; LANES];
+            let (mut s00, mut s01, mut s02, mut s03) = (z, z, z, z);
+            let (mut s10, mut s11, mut s12, mut s13) = (z, z, z, z);
+            for c in (0..full).step_by(LANES) {
+                let (x0, x1) = (lanes(a0, c), lanes(a1, c));
+                let (b0, b1, b2, b3) =
+                    (lanes(br[0], c), lanes(br[1], c), lanes(br[2], c), lanes(br[3], c));
+                for l in 0..LANES {
+                    s00[l] += x0[l] * b0[l];
+                    s01[l] += x0[l] * b1[l];
+                    s02[l] += x0[l] * b2[l];
+                    s03[l] += x0[l] * b3[l];
+                    s10[l] += x1[l] * b0[l];
+                    s11[l] += x1[l] * b1[l];
+                    s12[l] += x1[l] * b2[l];
+                    s13[l] += x1[l] * b3[l];
+                }
+            }
+            let acc = [[s00, s01, s02, s03], [s10, s11, s12, s13]];
+            for t in 0..4 {
+                o0[j + t] = put(finish(&acc[0][t], &a0[full..], &br[t][full..]), j + t);
+                o1[j + t] = put(finish(&acc[1][t], &a1[full..], &br[t][full..]), j + t);
+            }
+            j += 4;
+        }
+        for jj in j..n {
+            let brow = &b[jj * k..jj * k + k];
+            o0[jj] = put(dot(a0, brow), jj);
+            o1[jj] = put(dot(a1, brow), jj);
+        }
+        i += 2;
+    }
+    for (i, orow) in out.chunks_exact_mut(n).enumerate().skip(i) {
         let arow = &a[i * k..i * k + k];
         let mut j = 0;
         while j + 4 <= n {
@@ -132,20 +175,12 @@ pub fn f32_gemm(
             acc[2] = a2;
             acc[3] = a3;
             for t in 0..4 {
-                let mut v = finish(&acc[t], &arow[full..], &br[t][full..]);
-                if !bias.is_empty() {
-                    v += bias[j + t];
-                }
-                orow[j + t] = act_apply(v, act);
+                orow[j + t] = put(finish(&acc[t], &arow[full..], &br[t][full..]), j + t);
             }
             j += 4;
         }
         for (jj, o) in orow.iter_mut().enumerate().skip(j) {
-            let mut v = dot(arow, &b[jj * k..jj * k + k]);
-            if !bias.is_empty() {
-                v += bias[jj];
-            }
-            *o = act_apply(v, act);
+            *o = put(dot(arow, &b[jj * k..jj * k + k]), jj);
         }
     }
 }

@@ -85,13 +85,23 @@ impl UserFit {
             xt[k * n + j] = 1.0;
             y[j] = values[j] - f.mean - f.bi[i as usize];
         }
-        (self.ks.f32_gemm)(d, n, d, xt, xt, &[], Act::None, &mut self.gram);
-        for r in 0..d {
-            self.rhs[r] =
-                xt[r * n..r * n + n].iter().zip(y.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
-            for c in 0..d {
-                self.a[r * d + c] = self.gram[r * d + c] as f64;
+        // XᵀX is symmetric: GEMMs of BLOCK rows against the rows from the block's first on give
+        // the upper triangle (and the diagonal blocks), about half the work of the full square.
+        for r0 in (0..d).step_by(BLOCK) {
+            let (m, w) = (BLOCK.min(d - r0), d - r0);
+            let rows = &xt[r0 * n..(r0 + m) * n];
+            let tmp = &mut self.gram[..m * w];
+            (self.ks.f32_gemm)(m, n, w, rows, &xt[r0 * n..], &[], Act::None, tmp);
+            for (i, row) in tmp.chunks_exact(w).enumerate() {
+                for (j, v) in row.iter().enumerate().skip(i) {
+                    let (r, c) = (r0 + i, r0 + j);
+                    self.a[r * d + c] = *v as f64;
+                    self.a[c * d + r] = *v as f64;
+                }
             }
+        }
+        for r in 0..d {
+            self.rhs[r] = dot_f32_f64(&xt[r * n..r * n + n], y);
             let lam = if r < k { reg } else { reg_bias };
             self.a[r * d + r] += (lam as f64 * n as f64).max(1e-9);
         }
@@ -106,28 +116,20 @@ impl UserFit {
 /// Solves `a·x = b` in place (`a` symmetric positive definite, `d × d`; `b` becomes `x`).
 fn cholesky_solve(a: &mut [f64], b: &mut [f64], d: usize) -> Result<(), MfError> {
     for j in 0..d {
-        let mut s = a[j * d + j];
-        for t in 0..j {
-            s -= a[j * d + t] * a[j * d + t];
-        }
+        let lj = &a[j * d..j * d + j];
+        let s = a[j * d + j] - dot_f64(lj, lj);
         if s <= 0.0 || !s.is_finite() {
             return Err(MfError::Config("user fit: the system is not positive definite".into()));
         }
         let l = s.sqrt();
         a[j * d + j] = l;
         for i in j + 1..d {
-            let mut s = a[i * d + j];
-            for t in 0..j {
-                s -= a[i * d + t] * a[j * d + t];
-            }
+            let s = a[i * d + j] - dot_f64(&a[i * d..i * d + j], &a[j * d..j * d + j]);
             a[i * d + j] = s / l;
         }
     }
     for i in 0..d {
-        let mut s = b[i];
-        for t in 0..i {
-            s -= a[i * d + t] * b[t];
-        }
+        let s = b[i] - dot_f64(&a[i * d..i * d + i], &b[..i]);
         b[i] = s / a[i * d + i];
     }
     for i in (0..d).rev() {
@@ -138,4 +140,35 @@ fn cholesky_solve(a: &mut [f64], b: &mut [f64], d: usize) -> Result<(), MfError>
         b[i] = s / a[i * d + i];
     }
     Ok(())
+}
+
+/// Rows of XᵀX per GEMM call (the upper triangle is built block by block).
+const BLOCK: usize = 16;
+
+/// `a·b` in f64 with eight running sums (independent chains: the sums of a solve need not
+/// match any other code's bits, and one chain would wait on every add).
+fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// [`dot_f64`] of f32 rows, each product taken in f64.
+fn dot_f32_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 =
+        ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| *x as f64 * *y as f64).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
