@@ -50,7 +50,8 @@ pub struct Args {
     /// Threads in all (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Row storage while training: fp32, fp16, or auto (f16 first, f32 once updates are lost).
+    /// Row storage while training: fp32, fp16 (both tables), or auto (the larger table in f16
+    /// and the smaller in f32 first, all f32 once updates are lost or the RMSE plateaus).
     #[arg(long, default_value = "auto")]
     pub precision: String,
     /// Start from these tables: a matrix-factorization .ember (f32, row-wise INT8 or INT4
