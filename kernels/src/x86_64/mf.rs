@@ -21,8 +21,84 @@ macro_rules! overlay_f32 {
     };
 }
 
-overlay_f32!(mf_step_f32_avx512, "avx512f", super::has_avx512f);
 overlay_f32!(mf_step_f32_avx2, "avx2,fma", has_avx2_fma);
+
+/// f32 step with AVX-512 F; same contract and bits as `generic::mf::mf_step_f32`. Rows of up
+/// to 256 values take the register form (masked last vector); longer ones the generic body
+/// compiled for AVX-512.
+pub fn mf_step_f32_avx512(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32 {
+    #[target_feature(enable = "avx512f")]
+    fn wide(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32 {
+        g::mf_step_f32(p, q, target, lr, reg)
+    }
+    assert!(super::has_avx512f(), "mf_step_f32_avx512 on a CPU without avx512f");
+    let n = p.len().min(q.len());
+    let (p, q) = (&mut p[..n], &mut q[..n]);
+    let rem = n % 16;
+    let last: __mmask16 = if rem == 0 { 0xFFFF } else { (1u16 << rem) - 1 };
+    macro_rules! regs {
+        ($($c:literal)*) => {
+            match n.div_ceil(16) {
+                // SAFETY: the CPU has AVX-512 F (asserted); n.div_ceil(16) == $c and the last
+                // vector's lanes past n are masked off, so accesses stay within `p[..n]`,
+                // `q[..n]`.
+                $($c => unsafe { step_f32_avx512::<$c>(p, q, last, target, lr, reg) },)*
+                // SAFETY: as above; `wide` is safe Rust compiled with AVX-512 F.
+                _ => unsafe { wide(p, q, target, lr, reg) },
+            }
+        };
+    }
+    regs!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+/// The f32 register form: rows of `16·(C − 1) + 1` to `16·C` values (`last` masks the last
+/// vector); up to 8 vectors the rows stay in registers from the dot product to the update,
+/// beyond that the update loads them again from L1.
+#[target_feature(enable = "avx512f")]
+fn step_f32_avx512<const C: usize>(
+    p: &mut [f32],
+    q: &mut [f32],
+    last: __mmask16,
+    target: f32,
+    lr: f32,
+    reg: f32,
+) -> f32 {
+    debug_assert!(q.len() == p.len() && p.len().div_ceil(16) == C);
+    let mask = |c: usize| if c + 1 == C { last } else { 0xFFFF };
+    let (pp, qp) = (p.as_mut_ptr(), q.as_mut_ptr());
+    // Callers pass c < C with m = mask(c): the lanes `m` keeps are values 16·c.. below
+    // p.len() = q.len(), and masked-off lanes are not read.
+    let load = |x: *mut f32, c: usize, m: __mmask16| {
+        // SAFETY: see above.
+        unsafe { _mm512_maskz_loadu_ps(m, x.add(16 * c)) }
+    };
+    let keep = C <= 8;
+    let mut a = [_mm512_setzero_ps(); C];
+    let mut b = [_mm512_setzero_ps(); C];
+    let mut acc = _mm512_setzero_ps();
+    for c in 0..C {
+        let m = mask(c);
+        let (x, y) = (load(pp, c, m), load(qp, c, m));
+        acc = _mm512_mask3_fmadd_ps(x, y, acc, m);
+        if keep {
+            (a[c], b[c]) = (x, y);
+        }
+    }
+    let e = target - fold16_regs(acc);
+    let (vc, vd) = (_mm512_set1_ps(lr * e), _mm512_set1_ps(1.0 - lr * reg));
+    for c in 0..C {
+        let m = mask(c);
+        let (x, y) = if keep { (a[c], b[c]) } else { (load(pp, c, m), load(qp, c, m)) };
+        let nx = _mm512_fmadd_ps(vc, y, _mm512_mul_ps(vd, x));
+        let ny = _mm512_fmadd_ps(vc, x, _mm512_mul_ps(vd, y));
+        // SAFETY: the lanes the loads above read, and only those.
+        unsafe {
+            _mm512_mask_storeu_ps(pp.add(16 * c), m, nx);
+            _mm512_mask_storeu_ps(qp.add(16 * c), m, ny);
+        }
+    }
+    e
+}
 
 /// AVX-512 F + BW + VL (Skylake-X, Zen 4 and later).
 pub fn has_avx512bw_vl() -> bool {
