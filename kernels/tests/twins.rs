@@ -684,8 +684,9 @@ fn f32_to_f16_rounds_to_nearest_even_everywhere() {
 fn mf_steps_match_definition_and_twins() {
     let mut r = Rng(0x5eed_f00d);
     // 100..144: either side of the AVX-512 f16 kernel's register form (up to 8 vectors, the
-    // last one masked) and its fallback.
-    for k in [1usize, 3, 8, 15, 16, 17, 33, 64, 100, 127, 128, 129, 144, 1000] {
+    // last one masked) and its fallback; 250..257: either side of the AVX-512 f32 register
+    // form's limit (16 vectors, reloaded past 8).
+    for k in [1usize, 3, 8, 15, 16, 17, 33, 64, 100, 127, 128, 129, 144, 250, 256, 257, 1000] {
         for trial in 0..4 {
             let scale = [1.0f32, 1e-3, 30.0, 1e-6][trial];
             let p0: Vec<f32> = (0..k).map(|_| r.f32() * scale).collect();
