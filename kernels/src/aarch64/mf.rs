@@ -99,7 +99,7 @@ fn step<const COUNT: bool>(
         // SAFETY: each chunk holds 4 f32.
         unsafe { vst1q_f32(l.as_mut_ptr(), v) };
     }
-    let e = target - g::fold16_f16_tail(lanes, &p[full..], &q[full..]);
+    let e = target - g::fold16_tail(lanes, &p[full..], &q[full..]);
     let (c, d) = (lr * e, 1.0 - lr * reg);
     let (vc, vd) = (vdupq_n_f32(c), vdupq_n_f32(d));
     let v8 = n / 8 * 8;
@@ -126,7 +126,7 @@ fn step<const COUNT: bool>(
             vst1q_u16(qp, hnb);
         }
     }
-    let tail = g::update_f16(&mut p[v8..], &mut q[v8..], c, d);
+    let tail = g::update_tail(&mut p[v8..], &mut q[v8..], c, d);
     if COUNT {
         *lost += vaddlvq_u16(cnt) + tail;
     }
@@ -188,7 +188,7 @@ fn step_mixed<const COUNT: bool>(
         // SAFETY: each chunk holds 4 f32.
         unsafe { vst1q_f32(l.as_mut_ptr(), v) };
     }
-    let e = target - g::fold16_mixed_tail(lanes, &h[full..], &w[full..]);
+    let e = target - g::fold16_tail(lanes, &h[full..], &w[full..]);
     let (c, d) = (lr * e, 1.0 - lr * reg);
     let (vc, vd) = (vdupq_n_f32(c), vdupq_n_f32(d));
     let v8 = n / 8 * 8;
@@ -212,7 +212,7 @@ fn step_mixed<const COUNT: bool>(
             vst1q_f32(wp.add(c8 + 4), nb.1);
         }
     }
-    let tail = g::update_mixed(&mut h[v8..], &mut w[v8..], c, d);
+    let tail = g::update_tail(&mut h[v8..], &mut w[v8..], c, d);
     if COUNT {
         *lost += vaddlvq_u16(cnt) + tail;
     }

@@ -115,14 +115,88 @@ pub fn f32_to_f16(x: f32) -> u16 {
     sign | v as u16
 }
 
-/// The dot product from an overlay's 16 lane sums: the f16 elements after the last full
-/// vector (`p`, `q`, fewer than 16) added into lanes 0.., then folded as [`fold16`] does.
+/// How a row stores its values: f32 as they are, or f16 bits (`u16`) rounded to nearest even.
+/// The f16 and mixed steps are one body over the storage of each of their two rows.
+pub trait Stored: Copy + PartialEq {
+    /// Whether storing can lose an update (f32 never does, and is never counted).
+    const ROUNDS: bool;
+    fn widen(self) -> f32;
+    fn narrow(v: f32) -> Self;
+}
+
+impl Stored for f32 {
+    const ROUNDS: bool = false;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> f32 {
+        v
+    }
+}
+
+impl Stored for u16 {
+    const ROUNDS: bool = true;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f16_to_f32(self)
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> u16 {
+        f32_to_f16(v)
+    }
+}
+
+/// The dot product from an overlay's 16 lane sums: the elements after the last full vector
+/// (`p`, `q`, fewer than 16) added into lanes 0.., then folded as [`fold16`] does.
 #[inline(always)]
-pub fn fold16_f16_tail(mut lanes: [f32; LANES], p: &[u16], q: &[u16]) -> f32 {
+pub fn fold16_tail<A: Stored, B: Stored>(mut lanes: [f32; LANES], p: &[A], q: &[B]) -> f32 {
     for (j, (a, b)) in p.iter().zip(q).enumerate() {
-        lanes[j] = fma(f16_to_f32(*a), f16_to_f32(*b), lanes[j]);
+        lanes[j] = fma(a.widen(), b.widen(), lanes[j]);
     }
     fold16(lanes)
+}
+
+/// The step on rows of any storage (the f16 and mixed steps; f32 rows alone take
+/// [`mf_step_f32`], whose chunked loop vectorizes).
+#[inline(always)]
+fn step_stored<A: Stored, B: Stored>(
+    p: &mut [A],
+    q: &mut [B],
+    target: f32,
+    lr: f32,
+    reg: f32,
+    lost: Option<&mut u32>,
+) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (j, (a, b)) in p.iter().zip(q.iter()).enumerate() {
+        acc[j % LANES] = fma(a.widen(), b.widen(), acc[j % LANES]);
+    }
+    let e = target - fold16(acc);
+    let n = update_tail(p, q, lr * e, 1.0 - lr * reg);
+    if let Some(l) = lost {
+        *l += n;
+    }
+    e
+}
+
+/// The update half of a step with `c = lr·e`, `d = 1 − lr·reg`; returns the lost element
+/// updates (those of rounding rows whose new value moved but stores as the old bits).
+/// Overlays run it on the elements after their last full vector.
+#[inline(always)]
+pub fn update_tail<A: Stored, B: Stored>(p: &mut [A], q: &mut [B], c: f32, d: f32) -> u32 {
+    let mut n = 0u32;
+    for (a, b) in p.iter_mut().zip(q.iter_mut()) {
+        let (pa, qb) = (a.widen(), b.widen());
+        let (np, nq) = (fma(c, qb, d * pa), fma(c, pa, d * qb));
+        let (hp, hq) = (A::narrow(np), B::narrow(nq));
+        n += (A::ROUNDS & (hp == *a) & (np != pa)) as u32;
+        n += (B::ROUNDS & (hq == *b) & (nq != qb)) as u32;
+        *a = hp;
+        *b = hq;
+    }
+    n
 }
 
 /// One SGD step on f16-stored rows; see the module docs. Adds the lost element updates to
@@ -136,32 +210,7 @@ pub fn mf_step_f16(
     reg: f32,
     lost: Option<&mut u32>,
 ) -> f32 {
-    let mut acc = [0f32; LANES];
-    for (j, (a, b)) in p.iter().zip(q.iter()).enumerate() {
-        acc[j % LANES] = fma(f16_to_f32(*a), f16_to_f32(*b), acc[j % LANES]);
-    }
-    let e = target - fold16(acc);
-    let n = update_f16(p, q, lr * e, 1.0 - lr * reg);
-    if let Some(l) = lost {
-        *l += n;
-    }
-    e
-}
-
-/// The update half of the f16 step with `c = lr·e`, `d = 1 − lr·reg`; returns the lost element
-/// updates. Overlays run it on the elements after their last full vector.
-#[inline(always)]
-pub fn update_f16(p: &mut [u16], q: &mut [u16], c: f32, d: f32) -> u32 {
-    let mut n = 0u32;
-    for (a, b) in p.iter_mut().zip(q.iter_mut()) {
-        let (pa, qb) = (f16_to_f32(*a), f16_to_f32(*b));
-        let (np, nq) = (fma(c, qb, d * pa), fma(c, pa, d * qb));
-        let (hp, hq) = (f32_to_f16(np), f32_to_f16(nq));
-        n += ((hp == *a) & (np != pa)) as u32 + ((hq == *b) & (nq != qb)) as u32;
-        *a = hp;
-        *b = hq;
-    }
-    n
+    step_stored(p, q, target, lr, reg, lost)
 }
 
 /// One SGD step on an f16-stored row `h` and an f32 row `w` (see the module docs); adds the
@@ -174,39 +223,5 @@ pub fn mf_step_mixed(
     reg: f32,
     lost: Option<&mut u32>,
 ) -> f32 {
-    let mut acc = [0f32; LANES];
-    for (j, (a, b)) in h.iter().zip(w.iter()).enumerate() {
-        acc[j % LANES] = fma(f16_to_f32(*a), *b, acc[j % LANES]);
-    }
-    let e = target - fold16(acc);
-    let n = update_mixed(h, w, lr * e, 1.0 - lr * reg);
-    if let Some(l) = lost {
-        *l += n;
-    }
-    e
-}
-
-/// [`fold16_f16_tail`] for the mixed step: the tail's products of `h` (f16) and `w` (f32).
-#[inline(always)]
-pub fn fold16_mixed_tail(mut lanes: [f32; LANES], h: &[u16], w: &[f32]) -> f32 {
-    for (j, (a, b)) in h.iter().zip(w).enumerate() {
-        lanes[j] = fma(f16_to_f32(*a), *b, lanes[j]);
-    }
-    fold16(lanes)
-}
-
-/// The update half of the mixed step (`c = lr·e`, `d = 1 − lr·reg`); returns the element
-/// updates lost in `h`. Overlays run it on the elements after their last full vector.
-#[inline(always)]
-pub fn update_mixed(h: &mut [u16], w: &mut [f32], c: f32, d: f32) -> u32 {
-    let mut n = 0u32;
-    for (a, b) in h.iter_mut().zip(w.iter_mut()) {
-        let (pa, qb) = (f16_to_f32(*a), *b);
-        let (np, nq) = (fma(c, qb, d * pa), fma(c, pa, d * qb));
-        let hp = f32_to_f16(np);
-        n += ((hp == *a) & (np != pa)) as u32;
-        *a = hp;
-        *b = nq;
-    }
-    n
+    step_stored(h, w, target, lr, reg, lost)
 }

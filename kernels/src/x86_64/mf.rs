@@ -367,7 +367,7 @@ fn step_f16_avx512(
             _mm256_storeu_si256(qp, hnb);
         }
     }
-    let tail = g::update_f16(&mut p[full..], &mut q[full..], c, d);
+    let tail = g::update_tail(&mut p[full..], &mut q[full..], c, d);
     *lost += cnt + tail;
     e
 }
@@ -378,7 +378,7 @@ fn fold_tail(acc: __m512, p: &[u16], q: &[u16]) -> f32 {
     let mut lanes = [0f32; 16];
     // SAFETY: `lanes` holds 16 f32.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-    g::fold16_f16_tail(lanes, p, q)
+    g::fold16_tail(lanes, p, q)
 }
 
 /// One vector of the update: the new f16 patterns of `p` and `q` and, per lane, how many of
@@ -480,7 +480,7 @@ fn step_f16_avx2<const COUNT: bool>(
         _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
         _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
     }
-    let e = target - g::fold16_f16_tail(lanes, &p[full..], &q[full..]);
+    let e = target - g::fold16_tail(lanes, &p[full..], &q[full..]);
     let (c, d) = (lr * e, 1.0 - lr * reg);
     let (vc, vd) = (_mm256_set1_ps(c), _mm256_set1_ps(d));
     let mut nlost = 0u32;
@@ -510,7 +510,7 @@ fn step_f16_avx2<const COUNT: bool>(
             _mm_storeu_si128(qp, hnb);
         }
     }
-    nlost += g::update_f16(&mut p[full..], &mut q[full..], c, d);
+    nlost += g::update_tail(&mut p[full..], &mut q[full..], c, d);
     *lost += nlost;
     e
 }
@@ -568,7 +568,7 @@ fn step_mixed_avx2<const COUNT: bool>(
         _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
         _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
     }
-    let e = target - g::fold16_mixed_tail(lanes, &h[full..], &w[full..]);
+    let e = target - g::fold16_tail(lanes, &h[full..], &w[full..]);
     let (c, d) = (lr * e, 1.0 - lr * reg);
     let (vc, vd) = (_mm256_set1_ps(c), _mm256_set1_ps(d));
     let mut nlost = 0u32;
@@ -592,7 +592,7 @@ fn step_mixed_avx2<const COUNT: bool>(
             _mm256_storeu_ps(wp.add(j), nb);
         }
     }
-    nlost += g::update_mixed(&mut h[full..], &mut w[full..], c, d);
+    nlost += g::update_tail(&mut h[full..], &mut w[full..], c, d);
     *lost += nlost;
     e
 }
