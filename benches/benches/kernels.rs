@@ -360,6 +360,13 @@ fn peak_summary(_: &mut Criterion) {
         2.0 * peak / 1e9,
         2.0 * peak * cores as f64 / 1e9
     );
+    if let Some(exact) = ember_benches::int8_exact_avx2_macs_per_s() {
+        println!(
+            "exact AVX2 ceiling (vpmaddwd + vpaddd), one core: {:.1} GOP/s ({:.0}% of the peak)",
+            2.0 * exact / 1e9,
+            100.0 * exact / peak
+        );
+    }
     for (m, k, n, label) in GEMMS {
         let mut case = gemm_case(*m, *k, *n);
         let lda = pack::k4(*k);

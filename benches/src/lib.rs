@@ -1,10 +1,13 @@
 //! The machine's measured INT8 peak, against which the kernel benches report their share.
 //!
-//! Peak = the rate of the widest INT8 multiply-accumulate instruction this CPU has (x86:
-//! AVX-512 VNNI `vpdpbusd` on zmm, else AVX2 `vpmaddwd`; aarch64: `sdot`), issued back to back
-//! into 16 independent register accumulators (no loads, no dependency stalls) on one core, for
-//! about 0.2 s. Multiply by the number of cores for the machine; the benches compare one-thread
-//! kernels with the one-core figure.
+//! Peak = the rate of the widest INT8 multiply-accumulate this CPU has (x86: AVX-512 VNNI
+//! `vpdpbusd` on zmm; else AVX2's u8×i8→i32 sequence `vpmaddubsw`, `vpmaddwd` by ones,
+//! `vpaddd`, which is what ONNX Runtime's AVX2 kernels run, though `vpmaddubsw` saturates;
+//! aarch64: `sdot`), issued back to back into independent register accumulators (no loads, no
+//! dependency stalls) on one core, for about 0.2 s. Multiply by the number of cores for the
+//! machine; the benches compare one-thread kernels with the one-core figure. On AVX2 the
+//! exact form (`vpmaddwd` on i16, then `vpaddd`: what Ember's AVX2 kernel runs) has a lower
+//! ceiling, measured by [`int8_exact_avx2_macs_per_s`].
 
 use std::time::Instant;
 
@@ -15,12 +18,31 @@ pub fn int8_peak_macs_per_s() -> (f64, &'static str) {
         // SAFETY: the features were detected just above.
         return (time(|n| unsafe { x86::vnni_macs(n) }), "vpdpbusd zmm x16 accumulators");
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the feature was detected just above.
+        return (
+            time(|n| unsafe { x86::ubsw_macs(n) }),
+            "vpmaddubsw + vpmaddwd + vpaddd ymm x12 accumulators",
+        );
+    }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("dotprod") {
         // SAFETY: the feature was detected just above.
         return (time(|n| unsafe { arm::sdot_macs(n) }), "sdot q x16 accumulators");
     }
     (0.0, "no INT8 dot-product instruction measured on this CPU")
+}
+
+/// The ceiling of an exact AVX2 INT8 GEMM (`vpmaddwd` on i16 operands, then `vpaddd`), in
+/// multiply-accumulates per second on one core; `None` without AVX2.
+pub fn int8_exact_avx2_macs_per_s() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the feature was detected just above.
+        return Some(time(|n| unsafe { x86::madd_macs(n) }));
+    }
+    None
 }
 
 /// Runs `f(n)` (which performs and returns a MAC count) with growing n until it takes 0.2 s.
@@ -58,6 +80,54 @@ mod x86 {
         }
         std::hint::black_box(s);
         n * 16 * 64
+    }
+
+    /// `n` rounds of 12 independent `vpmaddubsw` + `vpmaddwd` (by ones) + `vpaddd` (32 MACs
+    /// each); returns the MAC count.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn ubsw_macs(n: u64) -> u64 {
+        let (a, b, ones) = (_mm256_set1_epi8(3), _mm256_set1_epi8(-2), _mm256_set1_epi16(1));
+        let mut acc = [_mm256_setzero_si256(); 12];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                // SAFETY: register-only instructions; AVX2 is enabled for this function.
+                unsafe {
+                    std::arch::asm!(
+                        "vpmaddubsw {t}, {a}, {b}",
+                        "vpmaddwd {t}, {t}, {o}",
+                        "vpaddd {d}, {d}, {t}",
+                        d = inout(ymm_reg) *x, a = in(ymm_reg) a, b = in(ymm_reg) b,
+                        o = in(ymm_reg) ones, t = out(ymm_reg) _,
+                        options(pure, nomem, nostack)
+                    );
+                }
+            }
+        }
+        std::hint::black_box(acc);
+        n * 12 * 32
+    }
+
+    /// `n` rounds of 12 independent `vpmaddwd` + `vpaddd` (16 MACs each); returns the MAC count.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn madd_macs(n: u64) -> u64 {
+        let (a, b) = (_mm256_set1_epi16(3), _mm256_set1_epi16(-2));
+        let mut acc = [_mm256_setzero_si256(); 12];
+        for _ in 0..n {
+            for x in acc.iter_mut() {
+                // SAFETY: register-only instructions; AVX2 is enabled for this function.
+                unsafe {
+                    std::arch::asm!(
+                        "vpmaddwd {t}, {a}, {b}",
+                        "vpaddd {d}, {d}, {t}",
+                        d = inout(ymm_reg) *x, a = in(ymm_reg) a, b = in(ymm_reg) b,
+                        t = out(ymm_reg) _,
+                        options(pure, nomem, nostack)
+                    );
+                }
+            }
+        }
+        std::hint::black_box(acc);
+        n * 12 * 16
     }
 }
 

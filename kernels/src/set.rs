@@ -272,6 +272,8 @@ static F32_MATMULS: &[Variant<F32MatMulFn>] = &[
 static QUANTIZERS: &[Variant<QuantizeU8Fn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "quantize_u8_avx512", f: x86::quantize_u8_avx512, usable: x86::has_avx512vnni },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "quantize_u8_avx2", f: x86::quantize_u8_avx2, usable: x86::has_avx2 },
     Variant { name: "quantize_u8_generic", f: generic::quantize_u8, usable: always },
 ];
 

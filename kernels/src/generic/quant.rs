@@ -19,6 +19,7 @@ pub fn quantize_one_u8(x: f32, mult: f32, zp: f32) -> u8 {
 }
 
 /// Reference f32 → u8 activation quantizer; see [`crate::set::QuantizeU8Fn`].
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_u8(
     x: &[f32],

@@ -1,10 +1,26 @@
 //! AVX2 without VNNI: u8 activations and i8 weights widened to i16, `vpmaddwd` sums pairs into
 //! i32 lanes (exact: no `vpmaddubsw` saturation), lanes of a column folded after the k loop.
+//!
+//! Micro-tile: `MR` = 6 rows × 8 columns (half a `K4N16` panel): 12 accumulators (each 4
+//! columns × 2 partial sums), 2 widened weight vectors and 1 broadcast activation quad in the
+//! 16 ymm registers. Rows are the outer loop: a block of 6 activation rows is widened to i16
+//! once into a stack buffer (`vpbroadcastq` then loads a quad ready for `vpmaddwd`, with no
+//! shuffle per use), then every panel of the weights streams past it. Per quad and tile: 2
+//! weight widenings, 12 `vpmaddwd`, 12 `vpaddd`. Rows deeper than the buffer (`k4(k) >
+//! WIDE_K`) widen each activation quad where it is used instead.
 
 use crate::check::check_gemm;
 use crate::pack::{k4, PANEL};
 use crate::Act;
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+/// Rows per micro-tile.
+const MR: usize = 6;
+/// Columns per micro-tile (half a panel).
+const NR: usize = 8;
+/// Deepest row (in bytes, `k4(k)`) widened once into the stack buffer (`MR · WIDE_K` i16).
+const WIDE_K: usize = 2048;
 
 /// See [`crate::I8GemmFn`].
 #[allow(clippy::too_many_arguments)]
@@ -28,36 +44,11 @@ pub fn i8_gemm_avx2(
     if m == 0 || n == 0 {
         return;
     }
-    let quads = k4(k) / 4;
-    for p in 0..n.div_ceil(PANEL) {
-        let j0 = p * PANEL;
-        let valid = (n - j0).min(PANEL);
-        // The epilogue vectors of a partial panel, zero-extended so whole vectors load.
-        let (mut s, mut sc, mut bi) = ([0i32; PANEL], [0f32; PANEL], [0f32; PANEL]);
-        s[..valid].copy_from_slice(&b_sum[j0..j0 + valid]);
-        sc[..valid].copy_from_slice(&scale[j0..j0 + valid]);
-        bi[..valid].copy_from_slice(&bias[j0..j0 + valid]);
-        let mut i = 0;
-        while i < m {
-            let r = if m - i >= 2 { 2 } else { 1 };
-            let mut tmp = [[0f32; PANEL]; 2];
-            // SAFETY: AVX2 present (asserted); check_gemm proved rows i..i+r readable through
-            // k4(k) at stride lda and panel p present in bp; tmp holds R × 16 floats.
-            unsafe {
-                let b = bp.as_ptr().add(p * PANEL * k4(k));
-                let ai = a.as_ptr().add(i * lda);
-                if r == 2 {
-                    tile::<2>(quads, ai, lda, b, a_zp, &s, &sc, &bi, act, &mut tmp);
-                } else {
-                    tile::<1>(quads, ai, lda, b, a_zp, &s, &sc, &bi, act, &mut tmp);
-                }
-            }
-            for (t, row) in tmp.iter().enumerate().take(r) {
-                out[(i + t) * ldo + j0..(i + t) * ldo + j0 + valid].copy_from_slice(&row[..valid]);
-            }
-            i += r;
-        }
-    }
+    let e = Epi { n, a_zp, b_sum: b_sum.as_ptr(), scale: scale.as_ptr(), bias: bias.as_ptr(), act };
+    // SAFETY: the CPU has AVX2 (asserted above), and `check_gemm` proved every row of `a`
+    // readable through k4(k), every panel of `bp` present, the epilogue vectors at least n long
+    // and every written output element inside `out`.
+    unsafe { gemm(m, k, n, a.as_ptr(), lda, bp.as_ptr(), &e, out.as_mut_ptr(), ldo) }
     if matches!(act, Act::Gelu | Act::GeluTanh) {
         for i in 0..m {
             // SAFETY: AVX2 is present (asserted on entry).
@@ -66,56 +57,172 @@ pub fn i8_gemm_avx2(
     }
 }
 
+/// Epilogue operands: `(acc − a_zp·b_sum[j])·scale[j] + bias[j]`, then ReLU if asked.
+struct Epi {
+    n: usize,
+    a_zp: i32,
+    b_sum: *const i32,
+    scale: *const f32,
+    bias: *const f32,
+    act: Act,
+}
+
+/// Where a tile's activation quads come from: a widened i16 block (`WIDE`, stride `lda` i16) or
+/// the u8 rows themselves (stride `lda` bytes, widened per use).
+#[derive(Clone, Copy)]
+struct Rows {
+    p: *const u8,
+    lda: usize,
+}
+
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    quads: usize,
+unsafe fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
     a: *const u8,
     lda: usize,
-    b: *const i8,
-    a_zp: i32,
-    sums: &[i32; PANEL],
-    scale: &[f32; PANEL],
-    bias: &[f32; PANEL],
-    act: Act,
-    out: &mut [[f32; PANEL]; 2],
+    bp: *const i8,
+    e: &Epi,
+    out: *mut f32,
+    ldo: usize,
 ) {
-    // SAFETY: reads quads·4 bytes of R rows at stride lda and one whole panel of b (proven by
-    // check_gemm in the caller), and 16-element local arrays; writes only `out`, a local array.
-    unsafe {
-        // acc[r][c]: columns 4c..4c+4, two i32 lanes (k pairs) per column.
-        let mut acc = [[_mm256_setzero_si256(); 4]; R];
-        for q in 0..quads {
-            let mut bw = [_mm256_setzero_si256(); 4];
-            for (c, v) in bw.iter_mut().enumerate() {
-                *v =
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(q * 64 + c * 16) as *const __m128i));
+    let kq = k4(k);
+    let wide = kq <= WIDE_K;
+    let mut buf = MaybeUninit::<[__m256i; MR * WIDE_K / 16]>::uninit();
+    let bufp = buf.as_mut_ptr() as *mut i16;
+    let mut i = 0;
+    while i < m {
+        let mr = (m - i).min(MR);
+        // SAFETY: rows i..i+mr of `a` are readable through kq bytes (check_gemm); when `wide`,
+        // the buffer holds MR·WIDE_K ≥ mr·kq i16, all written before any tile reads them.
+        let rows = unsafe {
+            if wide {
+                for r in 0..mr {
+                    widen_row(a.add((i + r) * lda), kq, bufp.add(r * kq));
+                }
+                Rows { p: bufp as *const u8, lda: kq }
+            } else {
+                Rows { p: a.add(i * lda), lda }
             }
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let a4 = (a.add(r * lda + q * 4) as *const i32).read_unaligned();
-                let av = _mm256_cvtepu8_epi16(_mm_set1_epi32(a4));
-                for (c, x) in accr.iter_mut().enumerate() {
-                    *x = _mm256_add_epi32(*x, _mm256_madd_epi16(av, bw[c]));
+        };
+        // SAFETY: row i exists in `out` (check_gemm: out holds (m-1)·ldo + n elements).
+        let oi = unsafe { out.add(i * ldo) };
+        for j0 in (0..n).step_by(NR) {
+            // Half `j0 % 16 / 8` of panel `j0 / 16`: 32 bytes of each 64-byte quad.
+            // SAFETY: the panel exists (check_gemm); the tile reads kq/4 quads of it and
+            // writes columns j0.. (masked at n) of rows i..i+mr.
+            unsafe {
+                let b = bp.add(j0 / PANEL * PANEL * kq + j0 % PANEL * 4);
+                macro_rules! t {
+                    ($r:literal) => {
+                        if wide {
+                            tile::<$r, true>(kq / 4, rows, b, e, j0, oi, ldo)
+                        } else {
+                            tile::<$r, false>(kq / 4, rows, b, e, j0, oi, ldo)
+                        }
+                    };
+                }
+                match mr {
+                    6 => t!(6),
+                    5 => t!(5),
+                    4 => t!(4),
+                    3 => t!(3),
+                    2 => t!(2),
+                    _ => t!(1),
                 }
             }
         }
-        let zp = _mm256_set1_epi32(a_zp);
+        i += mr;
+    }
+}
+
+/// Widens `kq` u8 values (a multiple of 4) at `src` to i16 at `dst`.
+#[target_feature(enable = "avx2")]
+unsafe fn widen_row(src: *const u8, kq: usize, dst: *mut i16) {
+    // SAFETY: the caller provides kq readable bytes at src and kq writable i16 at dst.
+    unsafe {
+        let full = kq / 16 * 16;
+        let mut p = 0;
+        while p < full {
+            let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(src.add(p) as *const __m128i));
+            _mm256_storeu_si256(dst.add(p) as *mut __m256i, v);
+            p += 16;
+        }
+        while p < kq {
+            *dst.add(p) = *src.add(p) as i16;
+            p += 1;
+        }
+    }
+}
+
+/// One `R × 8` output tile: activation rows from `rows`, the weight half-panel at `b` (32 bytes
+/// of every 64-byte quad), output columns from `j0` (stores masked at `e.n`).
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize, const WIDE: bool>(
+    quads: usize,
+    rows: Rows,
+    b: *const i8,
+    e: &Epi,
+    j0: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: reads `quads` quads of R rows (i16 ×4 or u8 ×4 each, inside the buffer or the
+    // rows proven by check_gemm), 32 bytes of each of `quads` weight quads, the epilogue
+    // vectors (a local copy when the tile passes n), and writes R rows of columns below n.
+    unsafe {
+        // acc[r][c]: columns 4c..4c+4 of the tile, two i32 lanes (k pairs) per column.
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for q in 0..quads {
+            let bq = b.add(q * 64);
+            let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq as *const __m128i));
+            let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16) as *const __m128i));
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = if WIDE {
+                    let w = rows.p as *const i16;
+                    _mm256_set1_epi64x((w.add(r * rows.lda + q * 4) as *const i64).read_unaligned())
+                } else {
+                    let x = (rows.p.add(r * rows.lda + q * 4) as *const i32).read_unaligned();
+                    _mm256_cvtepu8_epi16(_mm_set1_epi32(x))
+                };
+                accr[0] = _mm256_add_epi32(accr[0], _mm256_madd_epi16(av, b0));
+                accr[1] = _mm256_add_epi32(accr[1], _mm256_madd_epi16(av, b1));
+            }
+        }
+        let valid = (e.n - j0).min(NR);
+        let (mut s, mut sc, mut bi) = ([0i32; NR], [0f32; NR], [0f32; NR]);
+        let (sp, scp, bip) = if valid == NR {
+            (e.b_sum.add(j0), e.scale.add(j0), e.bias.add(j0))
+        } else {
+            for t in 0..valid {
+                (s[t], sc[t], bi[t]) =
+                    (*e.b_sum.add(j0 + t), *e.scale.add(j0 + t), *e.bias.add(j0 + t));
+            }
+            (s.as_ptr(), sc.as_ptr(), bi.as_ptr())
+        };
+        let corr =
+            _mm256_mullo_epi32(_mm256_set1_epi32(e.a_zp), _mm256_loadu_si256(sp as *const __m256i));
+        let (scv, biv) = (_mm256_loadu_ps(scp), _mm256_loadu_ps(bip));
         for (r, accr) in acc.iter().enumerate() {
-            for h in 0..2 {
-                // hadd within 128-bit lanes gives columns [0,1,4,5 | 2,3,6,7]; reorder the 64-bit
-                // pairs to [0,1,2,3,4,5,6,7].
-                let s = _mm256_hadd_epi32(accr[2 * h], accr[2 * h + 1]);
-                let s = _mm256_permute4x64_epi64::<0xD8>(s);
-                let j = h * 8;
-                let sum = _mm256_loadu_si256(sums.as_ptr().add(j) as *const __m256i);
-                let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(s, _mm256_mullo_epi32(zp, sum)));
-                let sc = _mm256_loadu_ps(scale.as_ptr().add(j));
-                let bi = _mm256_loadu_ps(bias.as_ptr().add(j));
-                let mut f = _mm256_add_ps(_mm256_mul_ps(v, sc), bi);
-                if act == Act::Relu {
-                    f = _mm256_max_ps(f, _mm256_setzero_ps());
-                }
-                _mm256_storeu_ps(out[r].as_mut_ptr().add(j), f);
+            // hadd within 128-bit lanes gives columns [0,1,4,5 | 2,3,6,7]; reorder the 64-bit
+            // pairs to [0..8].
+            let s = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(accr[0], accr[1]));
+            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(s, corr));
+            let mut f = _mm256_add_ps(_mm256_mul_ps(v, scv), biv);
+            if e.act == Act::Relu {
+                f = _mm256_max_ps(f, _mm256_setzero_ps());
+            }
+            let o = out.add(r * ldo + j0);
+            if valid == NR {
+                _mm256_storeu_ps(o, f);
+            } else {
+                let mut tmp = [0f32; NR];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), f);
+                core::ptr::copy_nonoverlapping(tmp.as_ptr(), o, valid);
             }
         }
     }
@@ -125,4 +232,36 @@ unsafe fn tile<const R: usize>(
 #[target_feature(enable = "avx2")]
 fn gelu_avx2(act: Act, v: &mut [f32]) {
     act.apply_slice(v)
+}
+
+/// See [`crate::QuantizeU8Fn`]: the generic quantizer compiled for AVX2 (same bits; its
+/// element function was written to vectorize).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_u8_avx2(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    lda: usize,
+    inv_scale: f32,
+    mult: &[f32],
+    zp: i32,
+    q: &mut [u8],
+) {
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    fn inner(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        lda: usize,
+        inv_scale: f32,
+        mult: &[f32],
+        zp: i32,
+        q: &mut [u8],
+    ) {
+        crate::generic::quantize_u8(x, rows, k, lda, inv_scale, mult, zp, q)
+    }
+    assert!(super::has_avx2(), "quantize_u8_avx2 on a CPU without AVX2");
+    // SAFETY: the CPU has AVX2 (asserted); `inner` is safe Rust otherwise.
+    unsafe { inner(x, rows, k, lda, inv_scale, mult, zp, q) }
 }

@@ -8,7 +8,7 @@ mod avx512_i4;
 mod mf;
 mod vmath;
 
-pub use avx2::i8_gemm_avx2;
+pub use avx2::{i8_gemm_avx2, quantize_u8_avx2};
 pub use avx512::{i8_gemm_avx512vnni, quantize_u8_avx512};
 pub use avx512_i4::i4_gemm_avx512vnni;
 pub use mf::{
