@@ -259,14 +259,14 @@ static F32_GEMMS: &[Variant<F32GemmFn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "f32_gemm_avx512", f: x86::f32_gemm_avx512, usable: x86::has_avx512f },
     #[cfg(target_arch = "x86_64")]
-    Variant { name: "f32_gemm_avx2", f: x86::f32_gemm_avx2, usable: x86::has_avx2 },
+    Variant { name: "f32_gemm_avx2", f: x86::f32_gemm_avx2, usable: x86::has_avx2_fma },
     Variant { name: "f32_gemm_generic", f: generic::f32_gemm, usable: always },
 ];
 static F32_MATMULS: &[Variant<F32MatMulFn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "f32_matmul_avx512", f: x86::f32_matmul_avx512, usable: x86::has_avx512f },
     #[cfg(target_arch = "x86_64")]
-    Variant { name: "f32_matmul_avx2", f: x86::f32_matmul_avx2, usable: x86::has_avx2 },
+    Variant { name: "f32_matmul_avx2", f: x86::f32_matmul_avx2, usable: x86::has_avx2_fma },
     Variant { name: "f32_matmul_generic", f: generic::f32_matmul, usable: always },
 ];
 static QUANTIZERS: &[Variant<QuantizeU8Fn>] = &[

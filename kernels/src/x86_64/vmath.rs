@@ -1,4 +1,5 @@
-//! The generic float vector math compiled for AVX2 and AVX-512 (same bodies, same bits).
+//! The generic float vector math compiled for AVX2 and AVX-512 (same bodies, same bits), and
+//! the generic f32 GEMMs compiled for AVX-512 (AVX2 has its own, in `f32_avx2`).
 
 use crate::generic::math;
 
@@ -74,7 +75,6 @@ macro_rules! overlay_gemm {
 }
 
 overlay_gemm!(f32_gemm_avx512, "avx512f", super::has_avx512f);
-overlay_gemm!(f32_gemm_avx2, "avx2", super::has_avx2);
 
 macro_rules! overlay_matmul {
     ($name:ident, $feat:literal, $has:path) => {
@@ -92,7 +92,6 @@ macro_rules! overlay_matmul {
 }
 
 overlay_matmul!(f32_matmul_avx512, "avx512f", super::has_avx512f);
-overlay_matmul!(f32_matmul_avx2, "avx2", super::has_avx2);
 
 macro_rules! overlay_softmax {
     ($name:ident, $feat:literal, $has:path) => {
