@@ -38,8 +38,16 @@ fn shapes() -> Vec<(usize, usize, usize)> {
 
 fn i8_shapes() -> Vec<(usize, usize, usize)> {
     let mut v = shapes();
-    // Every row remainder of a 6-row tile; a depth past the AVX2 kernel's widening buffer.
-    v.extend([(9, 1000, 127), (17, 33, 1000), (8, 64, 32), (16, 4, 48), (11, 2053, 21)]);
+    // Every row remainder of a 6-row tile; a depth past the AVX2 kernel's widening buffer;
+    // more columns than one of its L2 column blocks holds at that depth.
+    v.extend([
+        (9, 1000, 127),
+        (17, 33, 1000),
+        (8, 64, 32),
+        (16, 4, 48),
+        (11, 2053, 21),
+        (7, 1000, 400),
+    ]);
     v
 }
 

@@ -3,9 +3,10 @@
 //!
 //! Micro-tile: `MR` = 6 rows × 8 columns (half a `K4N16` panel): 12 accumulators (each 4
 //! columns × 2 partial sums), 2 widened weight vectors and 1 broadcast activation quad in the
-//! 16 ymm registers. Rows are the outer loop: a block of 6 activation rows is widened to i16
-//! once into a stack buffer (`vpbroadcastq` then loads a quad ready for `vpmaddwd`, with no
-//! shuffle per use), then every panel of the weights streams past it. Per quad and tile: 2
+//! 16 ymm registers. The columns are cut into blocks whose weights fit in L2; in each, a block
+//! of 6 activation rows is widened to i16 once into a stack buffer (`vpbroadcastq` then loads
+//! a quad ready for `vpmaddwd`, with no shuffle per use) and every panel of the block streams
+//! past it. Per quad and tile: 2
 //! weight widenings, 12 `vpmaddwd`, 12 `vpaddd`. Rows deeper than the buffer (`k4(k) >
 //! WIDE_K`) widen each activation quad where it is used instead.
 
@@ -21,6 +22,8 @@ const MR: usize = 6;
 const NR: usize = 8;
 /// Deepest row (in bytes, `k4(k)`) widened once into the stack buffer (`MR · WIDE_K` i16).
 const WIDE_K: usize = 2048;
+/// Weight bytes of one column block (kept in L2 while every row block streams past it).
+const L2_WEIGHTS: usize = 192 * 1024;
 
 /// See [`crate::I8GemmFn`].
 #[allow(clippy::too_many_arguments)]
@@ -92,49 +95,56 @@ unsafe fn gemm(
     let wide = kq <= WIDE_K;
     let mut buf = MaybeUninit::<[__m256i; MR * WIDE_K / 16]>::uninit();
     let bufp = buf.as_mut_ptr() as *mut i16;
-    let mut i = 0;
-    while i < m {
-        let mr = (m - i).min(MR);
-        // SAFETY: rows i..i+mr of `a` are readable through kq bytes (check_gemm); when `wide`,
-        // the buffer holds MR·WIDE_K ≥ mr·kq i16, all written before any tile reads them.
-        let rows = unsafe {
-            if wide {
-                for r in 0..mr {
-                    widen_row(a.add((i + r) * lda), kq, bufp.add(r * kq));
+    // Column blocks whose weights fit in L2 (`L2_WEIGHTS` bytes), so the row blocks that stream
+    // past them do not reload them from L3 (which two threads would share).
+    let nc = (L2_WEIGHTS / kq / PANEL * PANEL).max(PANEL);
+    for jb in (0..n).step_by(nc) {
+        let jend = (jb + nc).min(n);
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(MR);
+            // SAFETY: rows i..i+mr of `a` are readable through kq bytes (check_gemm); when
+            // `wide`, the buffer holds MR·WIDE_K ≥ mr·kq i16, all written before any tile reads
+            // them.
+            let rows = unsafe {
+                if wide {
+                    for r in 0..mr {
+                        widen_row(a.add((i + r) * lda), kq, bufp.add(r * kq));
+                    }
+                    Rows { p: bufp as *const u8, lda: kq }
+                } else {
+                    Rows { p: a.add(i * lda), lda }
                 }
-                Rows { p: bufp as *const u8, lda: kq }
-            } else {
-                Rows { p: a.add(i * lda), lda }
+            };
+            // SAFETY: row i exists in `out` (check_gemm: out holds (m-1)·ldo + n elements).
+            let oi = unsafe { out.add(i * ldo) };
+            for j0 in (jb..jend).step_by(NR) {
+                // Half `j0 % 16 / 8` of panel `j0 / 16`: 32 bytes of each 64-byte quad.
+                // SAFETY: the panel exists (check_gemm); the tile reads kq/4 quads of it and
+                // writes columns j0.. (masked at n) of rows i..i+mr.
+                unsafe {
+                    let b = bp.add(j0 / PANEL * PANEL * kq + j0 % PANEL * 4);
+                    macro_rules! t {
+                        ($r:literal) => {
+                            if wide {
+                                tile::<$r, true>(kq / 4, rows, b, e, j0, oi, ldo)
+                            } else {
+                                tile::<$r, false>(kq / 4, rows, b, e, j0, oi, ldo)
+                            }
+                        };
+                    }
+                    match mr {
+                        6 => t!(6),
+                        5 => t!(5),
+                        4 => t!(4),
+                        3 => t!(3),
+                        2 => t!(2),
+                        _ => t!(1),
+                    }
+                }
             }
-        };
-        // SAFETY: row i exists in `out` (check_gemm: out holds (m-1)·ldo + n elements).
-        let oi = unsafe { out.add(i * ldo) };
-        for j0 in (0..n).step_by(NR) {
-            // Half `j0 % 16 / 8` of panel `j0 / 16`: 32 bytes of each 64-byte quad.
-            // SAFETY: the panel exists (check_gemm); the tile reads kq/4 quads of it and
-            // writes columns j0.. (masked at n) of rows i..i+mr.
-            unsafe {
-                let b = bp.add(j0 / PANEL * PANEL * kq + j0 % PANEL * 4);
-                macro_rules! t {
-                    ($r:literal) => {
-                        if wide {
-                            tile::<$r, true>(kq / 4, rows, b, e, j0, oi, ldo)
-                        } else {
-                            tile::<$r, false>(kq / 4, rows, b, e, j0, oi, ldo)
-                        }
-                    };
-                }
-                match mr {
-                    6 => t!(6),
-                    5 => t!(5),
-                    4 => t!(4),
-                    3 => t!(3),
-                    2 => t!(2),
-                    _ => t!(1),
-                }
-            }
+            i += mr;
         }
-        i += mr;
     }
 }
 
