@@ -10,6 +10,7 @@
 //! weight widenings, 12 `vpmaddwd`, 12 `vpaddd`. Rows deeper than the buffer (`k4(k) >
 //! WIDE_K`) widen each activation quad where it is used instead.
 
+use super::Epi;
 use crate::check::check_gemm;
 use crate::pack::{k4, PANEL};
 use crate::Act;
@@ -47,7 +48,7 @@ pub fn i8_gemm_avx2(
     if m == 0 || n == 0 {
         return;
     }
-    let e = Epi { n, a_zp, b_sum: b_sum.as_ptr(), scale: scale.as_ptr(), bias: bias.as_ptr(), act };
+    let e = Epi::new(n, a_zp, b_sum, scale, bias, act);
     // SAFETY: the CPU has AVX2 (asserted above), and `check_gemm` proved every row of `a`
     // readable through k4(k), every panel of `bp` present, the epilogue vectors at least n long
     // and every written output element inside `out`.
@@ -58,16 +59,6 @@ pub fn i8_gemm_avx2(
             unsafe { gelu_avx2(act, &mut out[i * ldo..i * ldo + n]) };
         }
     }
-}
-
-/// Epilogue operands: `(acc − a_zp·b_sum[j])·scale[j] + bias[j]`, then ReLU if asked.
-struct Epi {
-    n: usize,
-    a_zp: i32,
-    b_sum: *const i32,
-    scale: *const f32,
-    bias: *const f32,
-    act: Act,
 }
 
 /// Where a tile's activation quads come from: a widened i16 block (`WIDE`, stride `lda` i16) or

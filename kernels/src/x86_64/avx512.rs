@@ -1,6 +1,7 @@
 //! AVX-512 VNNI: `vpdpbusd` multiplies 16 lanes × 4 u8 activations by 4 i8 weights and adds the
 //! four products into an i32 lane: exactly one `K4N16` quad per instruction.
 
+use super::Epi;
 use crate::check::check_gemm;
 use crate::generic::quantize_one_u8;
 use crate::pack::{k4, PANEL};
@@ -32,7 +33,7 @@ pub fn i8_gemm_avx512vnni(
     if m == 0 || n == 0 {
         return;
     }
-    let e = Epi { n, a_zp, b_sum: b_sum.as_ptr(), scale: scale.as_ptr(), bias: bias.as_ptr(), act };
+    let e = Epi::new(n, a_zp, b_sum, scale, bias, act);
     // SAFETY: the CPU has AVX-512 F and VNNI (asserted above), and `check_gemm` proved every
     // row of `a` readable through k4(k), every panel of `bp` present, the epilogue vectors at
     // least n long and every written output element inside `out`.
@@ -49,16 +50,6 @@ pub fn i8_gemm_avx512vnni(
 #[target_feature(enable = "avx512f")]
 pub(super) fn act_avx512(act: Act, v: &mut [f32]) {
     act.apply_slice(v)
-}
-
-/// Epilogue operands: `(acc − a_zp·b_sum[j])·scale[j] + bias[j]`, then ReLU if asked.
-struct Epi {
-    n: usize,
-    a_zp: i32,
-    b_sum: *const i32,
-    scale: *const f32,
-    bias: *const f32,
-    act: Act,
 }
 
 #[target_feature(enable = "avx512f,avx512vnni")]

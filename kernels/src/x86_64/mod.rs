@@ -22,6 +22,30 @@ pub use vmath::{
     layer_norm_row_avx512, softmax_row_avx2, softmax_row_avx512,
 };
 
+/// INT8 GEMM epilogue operands, shared by the x86 GEMMs: `(acc − a_zp·b_sum[j])·scale[j] +
+/// bias[j]` for `j < n`, then ReLU if asked (the GELU forms run over whole rows afterwards).
+struct Epi {
+    n: usize,
+    a_zp: i32,
+    b_sum: *const i32,
+    scale: *const f32,
+    bias: *const f32,
+    act: crate::Act,
+}
+
+impl Epi {
+    fn new(
+        n: usize,
+        a_zp: i32,
+        b_sum: &[i32],
+        scale: &[f32],
+        bias: &[f32],
+        act: crate::Act,
+    ) -> Epi {
+        Epi { n, a_zp, b_sum: b_sum.as_ptr(), scale: scale.as_ptr(), bias: bias.as_ptr(), act }
+    }
+}
+
 /// The INT4-with-multipliers widener for AVX-512 BW (a [`crate::i4m::WidenFn`]), with the same output as
 /// [`crate::i4m::widen_panels`] (tested against it through the GEMM twins): per 64-value quad,
 /// the nibbles are offset to `u = Q + 8` (0..=15) and one `vpmullw` by the column's multiplier
