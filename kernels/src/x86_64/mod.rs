@@ -133,7 +133,11 @@ pub fn widen_avx512(
     }
 }
 
-/// The same widener compiled for AVX2.
+/// The AVX2 widener (a [`crate::i4m::WidenFn`]), with the same output as
+/// [`crate::i4m::widen_panels`]: per 64-value quad, one 32-byte load; the low nibbles (columns
+/// 0..8) and the high ones (columns 8..16) are offset to `u = Q + 8` and multiplied by their
+/// columns' multipliers with `vpmullw` (as in [`widen_avx512`]: `u·M <= 240` stays in its byte),
+/// then `8·M` is subtracted bytewise.
 pub fn widen_avx2(
     bp: &[u8],
     k: usize,
@@ -143,21 +147,63 @@ pub fn widen_avx2(
     np: usize,
     dst: &mut [core::mem::MaybeUninit<i8>],
 ) {
-    #[target_feature(enable = "avx2")]
-    fn body(
-        bp: &[u8],
-        k: usize,
-        group: usize,
-        gmul: &[u8],
-        p0: usize,
-        np: usize,
-        dst: &mut [core::mem::MaybeUninit<i8>],
-    ) {
-        crate::i4m::widen_panels(bp, k, group, gmul, p0, np, dst)
-    }
+    use crate::pack::{k4, PANEL};
+    let quads = k4(k) / 4;
+    let groups = k / group;
+    // The bounds every pointer access below stays inside.
     assert!(has_avx2(), "widen_avx2 on a CPU without AVX2");
-    // SAFETY: AVX2 is present (asserted); the body is safe code otherwise.
-    unsafe { body(bp, k, group, gmul, p0, np, dst) }
+    assert!(group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group), "widen: group");
+    assert!(bp.len() >= (p0 + np) * quads * 32, "widen: packed codes too short");
+    assert!(gmul.len() >= (p0 + np) * groups * PANEL, "widen: multipliers too short");
+    assert!(dst.len() >= np * quads * 64, "widen: destination too short");
+    #[target_feature(enable = "avx2")]
+    unsafe fn body(src: *const u8, mul: *const u8, quads: usize, gq: usize, dst: *mut i8) {
+        use core::arch::x86_64::*;
+        // SAFETY: the caller provides `quads`·32 readable bytes at `src`, `quads / gq`·16 at
+        // `mul` and `quads`·64 writable bytes at `dst`.
+        unsafe {
+            let (x88, x08, low) =
+                (_mm256_set1_epi8(0x88u8 as i8), _mm256_set1_epi8(0x08), _mm256_set1_epi8(0x0F));
+            let mut q = 0;
+            while q < quads {
+                // Column c's multiplier in both words of its dword, and 8·M in each byte.
+                let m = mul.add(q / gq * 16);
+                let m32 = [
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(m as *const __m128i)),
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.add(8) as *const __m128i)),
+                ];
+                let mw = m32.map(|v| _mm256_or_si256(v, _mm256_slli_epi32::<16>(v)));
+                let m8 = m32.map(|v| _mm256_mullo_epi32(v, _mm256_set1_epi32(0x0808_0808)));
+                for qq in q..q + gq {
+                    let raw = _mm256_loadu_si256(src.add(qq * 32) as *const __m256i);
+                    let u = [
+                        _mm256_and_si256(_mm256_xor_si256(raw, x88), low),
+                        _mm256_and_si256(_mm256_xor_si256(_mm256_srli_epi16::<4>(raw), x08), low),
+                    ];
+                    for h in 0..2 {
+                        let w = _mm256_sub_epi8(_mm256_mullo_epi16(u[h], mw[h]), m8[h]);
+                        _mm256_storeu_si256(dst.add(qq * 64 + 32 * h) as *mut __m256i, w);
+                    }
+                }
+                q += gq;
+            }
+        }
+    }
+    for t in 0..np {
+        let p = p0 + t;
+        // SAFETY: AVX2 present (asserted); panel p's codes (quads·32 bytes), its multipliers
+        // (groups·16) and the t-th destination panel (quads·64) lie inside the slices
+        // (asserted above); group/4 divides quads because group divides k.
+        unsafe {
+            body(
+                bp.as_ptr().add(p * quads * 32),
+                gmul.as_ptr().add(p * groups * PANEL),
+                quads,
+                group / 4,
+                dst.as_mut_ptr().add(t * quads * 64) as *mut i8,
+            )
+        }
+    }
 }
 
 crate::i4m::i4m_variant!(i4m_gemm_avx512vnni, i8_gemm_avx512vnni, widen_avx512);
