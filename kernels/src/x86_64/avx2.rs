@@ -6,9 +6,8 @@
 //! 16 ymm registers. The columns are cut into blocks whose weights fit in L2; in each, a block
 //! of 6 activation rows is widened to i16 once into a stack buffer (`vpbroadcastq` then loads
 //! a quad ready for `vpmaddwd`, with no shuffle per use) and every panel of the block streams
-//! past it. Per quad and tile: 2
-//! weight widenings, 12 `vpmaddwd`, 12 `vpaddd`. Rows deeper than the buffer (`k4(k) >
-//! WIDE_K`) widen each activation quad where it is used instead.
+//! past it. Per quad and tile: 2 weight widenings, 12 `vpmaddwd`, 12 `vpaddd`. Rows deeper than
+//! the buffer (`k4(k) > WIDE_K`) widen each activation quad where it is used instead.
 
 use super::Epi;
 use crate::check::check_gemm;

@@ -7,6 +7,7 @@
 //! activations and 12 FMAs into 12 ymm accumulators. Chunks after the first add into the
 //! outputs; the last adds the bias and applies the activation. Sums are reordered against the
 //! generic twin (FMA, per-lane order), so results agree within the family's stated bound.
+//! Fewer rows than packing pays for run the twins' bodies compiled for AVX2.
 
 use super::has_avx2_fma;
 use crate::Act;
@@ -18,6 +19,40 @@ const MR: usize = 6;
 const NR: usize = 16;
 /// Depth per chunk: a packed panel chunk is `KC · NR` f32 (16 KiB).
 const KC: usize = 256;
+
+/// Fewest rows for which packing the weights pays: below, each packed value would serve fewer
+/// than 4 rows, and the twins' dot-product bodies compiled for AVX2 are faster (measured on Zen
+/// 3, k = n = 384: m = 1, 2 took 15, 27 µs that way against 50, 52 µs packed; m = 4 the same).
+const GEMM_PACK_MIN_M: usize = 4;
+/// The same for the row-major form, whose panels are plain copies (m = 1: 25 against 30 µs;
+/// m = 2: 56 against 32 µs).
+const MATMUL_PACK_MIN_M: usize = 2;
+
+/// The generic twins compiled for AVX2 + FMA (same bits as the twins: no contraction), for
+/// the shapes too short to pack.
+mod generic {
+    use crate::Act;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        b: &[f32],
+        bias: &[f32],
+        act: Act,
+        out: &mut [f32],
+    ) {
+        crate::generic::f32_gemm(m, k, n, a, b, bias, act, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
+        crate::generic::f32_matmul(m, k, n, a, b, out)
+    }
+}
 
 /// See [`crate::F32GemmFn`]: `out[m,n] = act(a[m,k] · b[n,k]ᵀ + bias)`.
 #[allow(clippy::too_many_arguments)]
@@ -34,6 +69,10 @@ pub fn f32_gemm_avx2(
     assert!(has_avx2_fma(), "f32_gemm_avx2 on a CPU without AVX2 and FMA");
     assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n, "f32 gemm: operands");
     assert!(bias.is_empty() || bias.len() >= n, "f32 gemm: bias shorter than n");
+    if m < GEMM_PACK_MIN_M {
+        // SAFETY: the CPU has AVX2 and FMA (asserted); `generic` is safe Rust otherwise.
+        return unsafe { generic::gemm(m, k, n, a, b, bias, act, out) };
+    }
     // SAFETY: the CPU has AVX2 and FMA (asserted); `a`, `b` and `out` hold m·k, n·k and m·n
     // values and `bias` is empty or holds n (asserted), which is all `gemm` reads or writes.
     unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), true, bias, act, out.as_mut_ptr()) }
@@ -43,6 +82,10 @@ pub fn f32_gemm_avx2(
 pub fn f32_matmul_avx2(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
     assert!(has_avx2_fma(), "f32_matmul_avx2 on a CPU without AVX2 and FMA");
     assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "f32 matmul: operands");
+    if m < MATMUL_PACK_MIN_M {
+        // SAFETY: the CPU has AVX2 and FMA (asserted); `generic` is safe Rust otherwise.
+        return unsafe { generic::matmul(m, k, n, a, b, out) };
+    }
     // SAFETY: as in `f32_gemm_avx2`, with `b` holding k·n values.
     unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), false, &[], Act::None, out.as_mut_ptr()) }
 }

@@ -46,6 +46,49 @@ impl Epi {
     }
 }
 
+/// What every x86 INT4M widener shares: the bounds checks, then `body(src, mul, quads,
+/// group / 4, dst)` once per panel `p0..p0 + np`, with panel p's packed codes (`quads`·32
+/// bytes), its multipliers (`k / group`·16) and its destination (`quads`·64 bytes).
+///
+/// # Safety
+/// `body` may run on this CPU (its target features are present) and reads and writes only the
+/// bytes it is given.
+#[allow(clippy::too_many_arguments)]
+unsafe fn each_panel(
+    bp: &[u8],
+    k: usize,
+    group: usize,
+    gmul: &[u8],
+    p0: usize,
+    np: usize,
+    dst: &mut [core::mem::MaybeUninit<i8>],
+    body: unsafe fn(*const u8, *const u8, usize, usize, *mut i8),
+) {
+    use crate::pack::{k4, PANEL};
+    let quads = k4(k) / 4;
+    let groups = k / group;
+    // The bounds every pointer access below stays inside.
+    assert!(group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group), "widen: group");
+    assert!(bp.len() >= (p0 + np) * quads * 32, "widen: packed codes too short");
+    assert!(gmul.len() >= (p0 + np) * groups * PANEL, "widen: multipliers too short");
+    assert!(dst.len() >= np * quads * 64, "widen: destination too short");
+    for t in 0..np {
+        let p = p0 + t;
+        // SAFETY: panel p's codes, its multipliers and the t-th destination panel lie inside
+        // the slices (asserted above); group/4 divides quads because group divides k; `body`
+        // may run here (the caller's contract).
+        unsafe {
+            body(
+                bp.as_ptr().add(p * quads * 32),
+                gmul.as_ptr().add(p * groups * PANEL),
+                quads,
+                group / 4,
+                dst.as_mut_ptr().add(t * quads * 64) as *mut i8,
+            )
+        }
+    }
+}
+
 /// The INT4-with-multipliers widener for AVX-512 BW (a [`crate::i4m::WidenFn`]), with the same output as
 /// [`crate::i4m::widen_panels`] (tested against it through the GEMM twins): per 64-value quad,
 /// the nibbles are offset to `u = Q + 8` (0..=15) and one `vpmullw` by the column's multiplier
@@ -60,15 +103,7 @@ pub fn widen_avx512(
     np: usize,
     dst: &mut [core::mem::MaybeUninit<i8>],
 ) {
-    use crate::pack::{k4, PANEL};
-    let quads = k4(k) / 4;
-    let groups = k / group;
-    // The bounds every pointer access below stays inside.
     assert!(has_avx512vnni_bw(), "widen_avx512 on a CPU without AVX-512 BW");
-    assert!(group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group), "widen: group");
-    assert!(bp.len() >= (p0 + np) * quads * 32, "widen: packed codes too short");
-    assert!(gmul.len() >= (p0 + np) * groups * PANEL, "widen: multipliers too short");
-    assert!(dst.len() >= np * quads * 64, "widen: destination too short");
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn body(src: *const u8, mul: *const u8, quads: usize, gq: usize, dst: *mut i8) {
         use core::arch::x86_64::*;
@@ -116,21 +151,8 @@ pub fn widen_avx512(
             }
         }
     }
-    for t in 0..np {
-        let p = p0 + t;
-        // SAFETY: AVX-512 F/BW present (asserted); panel p's codes (quads·32 bytes), its
-        // multipliers (groups·16) and the t-th destination panel (quads·64) lie inside the
-        // slices (asserted above); group/4 divides quads because group divides k.
-        unsafe {
-            body(
-                bp.as_ptr().add(p * quads * 32),
-                gmul.as_ptr().add(p * groups * PANEL),
-                quads,
-                group / 4,
-                dst.as_mut_ptr().add(t * quads * 64) as *mut i8,
-            )
-        }
-    }
+    // SAFETY: AVX-512 F/BW present (asserted); `body` widens one panel as `each_panel` asks.
+    unsafe { each_panel(bp, k, group, gmul, p0, np, dst, body) }
 }
 
 /// The AVX2 widener (a [`crate::i4m::WidenFn`]), with the same output as
@@ -147,15 +169,7 @@ pub fn widen_avx2(
     np: usize,
     dst: &mut [core::mem::MaybeUninit<i8>],
 ) {
-    use crate::pack::{k4, PANEL};
-    let quads = k4(k) / 4;
-    let groups = k / group;
-    // The bounds every pointer access below stays inside.
     assert!(has_avx2(), "widen_avx2 on a CPU without AVX2");
-    assert!(group >= 4 && group.is_multiple_of(4) && k.is_multiple_of(group), "widen: group");
-    assert!(bp.len() >= (p0 + np) * quads * 32, "widen: packed codes too short");
-    assert!(gmul.len() >= (p0 + np) * groups * PANEL, "widen: multipliers too short");
-    assert!(dst.len() >= np * quads * 64, "widen: destination too short");
     #[target_feature(enable = "avx2")]
     unsafe fn body(src: *const u8, mul: *const u8, quads: usize, gq: usize, dst: *mut i8) {
         use core::arch::x86_64::*;
@@ -189,21 +203,8 @@ pub fn widen_avx2(
             }
         }
     }
-    for t in 0..np {
-        let p = p0 + t;
-        // SAFETY: AVX2 present (asserted); panel p's codes (quads·32 bytes), its multipliers
-        // (groups·16) and the t-th destination panel (quads·64) lie inside the slices
-        // (asserted above); group/4 divides quads because group divides k.
-        unsafe {
-            body(
-                bp.as_ptr().add(p * quads * 32),
-                gmul.as_ptr().add(p * groups * PANEL),
-                quads,
-                group / 4,
-                dst.as_mut_ptr().add(t * quads * 64) as *mut i8,
-            )
-        }
-    }
+    // SAFETY: AVX2 present (asserted); `body` widens one panel as `each_panel` asks.
+    unsafe { each_panel(bp, k, group, gmul, p0, np, dst, body) }
 }
 
 crate::i4m::i4m_variant!(i4m_gemm_avx512vnni, i8_gemm_avx512vnni, widen_avx512);
