@@ -25,8 +25,8 @@ python3 tests/oracle/minilm.py "$EMBER_MINILM" "$EMBER_ORACLE_DIR/minilm"
 NVRTC_LIB=$(python3 -c "import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + '/lib')")
 echo "== tests (host)"
 host_expect=""
-if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx512vnni,i8_gemm_avx2,i4_gemm_avx512vnni,i4m_gemm_avx512vnni,i4m_gemm_avx2
-elif grep -q avx2 /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx2,i4m_gemm_avx2; fi
+if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx512vnni,i8_gemm_avx2,i4_gemm_avx512vnni,i4_gemm_avx2,i4m_gemm_avx512vnni,i4m_gemm_avx2
+elif grep -q avx2 /proc/cpuinfo 2>/dev/null; then host_expect=i8_gemm_avx2,i4_gemm_avx2,i4m_gemm_avx2; fi
 LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EMBER_REQUIRE_NVRTC=1 \
   EMBER_EXPECT_KERNELS="$host_expect" cargo test --workspace --locked
 

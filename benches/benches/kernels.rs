@@ -17,6 +17,8 @@ const GEMMS: &[(usize, usize, usize, &str)] = &[
     (128, 1536, 384, "minilm b1 fc2 128x1536x384"),
     (1024, 384, 1536, "minilm b8 fc1 1024x384x1536"),
     (1024, 1536, 1024, "large 1024x1536x1024"),
+    (128, 32, 128, "minilm attention q.kT 128x32x128"),
+    (128, 128, 32, "minilm attention p.v 128x128x32"),
 ];
 
 struct Gemm {

@@ -38,6 +38,8 @@ fn demo_model(dir: &Path) -> PathBuf {
 struct Server {
     child: Child,
     addr: String,
+    /// The start-up line.
+    banner: String,
 }
 
 impl Server {
@@ -59,7 +61,7 @@ impl Server {
             let _ = child.stderr.take().unwrap().read_to_string(&mut err);
             panic!("ember serve did not start: {line} {err}");
         };
-        Server { addr: addr.to_string(), child }
+        Server { addr: addr.to_string(), child, banner: line.clone() }
     }
 
     fn request(&self, raw: &[u8]) -> (u16, String, Vec<u8>) {
@@ -339,6 +341,13 @@ fn tritonclient_gets_what_ember_run_gives() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let srv = Server::start(&model, &["--max-wait-us", "500"]);
+    // The default policy says which way its start-up timing went.
+    assert!(
+        srv.banner.contains("policy split, waiting: ")
+            || srv.banner.contains("policy split, not waiting: "),
+        "{}",
+        srv.banner
+    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/oracle/triton_client.py");
     let o = Command::new("python3")
         .arg(script)
@@ -420,8 +429,14 @@ fn loadgen_loses_nothing_and_plots_each_policy() {
 fn sigterm_drains_and_stops() {
     let d = tmp("term");
     let model = demo_model(&d);
-    // A long max wait keeps a lone request queued until the signal arrives.
-    let mut srv = Server::start(&model, &["--max-wait-us", "60000000", "--batch-sizes", "4,8"]);
+    // A long max wait keeps a lone request queued until the signal arrives. `pad` always waits;
+    // `split` waits only when the start-up timing finds batch 8 cheaper per sample than batch 4,
+    // which under emulation is a coin toss (CI once saw the request answered at once).
+    let mut srv = Server::start(
+        &model,
+        &["--max-wait-us", "60000000", "--batch-sizes", "4,8", "--policy", "pad"],
+    );
+    assert!(srv.banner.contains("policy pad,"), "{}", srv.banner);
     let addr = srv.addr.clone();
     let client = std::thread::spawn(move || {
         let body = infer_body(&[1], &[2], "[1,4]");

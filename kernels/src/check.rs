@@ -88,3 +88,67 @@ pub fn finish_i4(
         }
     }
 }
+
+/// One row of [`crate::QuantizeU8Fn`]: `x` and `q` are the row's `k` values and bytes, `mult`
+/// empty or at least `k` long.
+///
+/// # Safety
+/// The CPU has the features the row function was compiled for.
+pub type QuantizeRowFn = unsafe fn(x: &[f32], inv: f32, mult: &[f32], zp: i32, q: &mut [u8]);
+
+/// Checks [`crate::QuantizeU8Fn`]'s preconditions (panics otherwise), then quantizes row by
+/// row with `row`.
+///
+/// # Safety
+/// The CPU has the features `row` was compiled for (each overlay asserts its own first).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn quantize_rows(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    lda: usize,
+    inv_scale: f32,
+    mult: &[f32],
+    zp: i32,
+    q: &mut [u8],
+    row: QuantizeRowFn,
+) {
+    if rows == 0 || k == 0 {
+        return;
+    }
+    assert!(x.len() >= rows * k && lda >= k && q.len() >= (rows - 1) * lda + k, "quantize_u8");
+    assert!(mult.is_empty() || mult.len() >= k, "quantize_u8: mult shorter than k");
+    for r in 0..rows {
+        let xr = &x[r * k..r * k + k];
+        let qr = &mut q[r * lda..r * lda + k];
+        // SAFETY: the caller vouches for the CPU features; the rows and `mult` have the
+        // lengths the row function needs (checked above).
+        unsafe { row(xr, inv_scale, mult, zp, qr) }
+    }
+}
+
+/// A written-out [`crate::QuantizeU8Fn`] from its row function: asserts the CPU feature, then
+/// [`quantize_rows`]. `$row` is an `unsafe fn` compiled for the feature `$has` checks.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! quantizer {
+    ($(#[$doc:meta])* $name:ident, $has:path, $feature:literal, $row:path) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(
+            x: &[f32],
+            rows: usize,
+            k: usize,
+            lda: usize,
+            inv_scale: f32,
+            mult: &[f32],
+            zp: i32,
+            q: &mut [u8],
+        ) {
+            assert!($has(), concat!(stringify!($name), " on a CPU without ", $feature));
+            // SAFETY: the feature was asserted just above.
+            unsafe { $crate::check::quantize_rows(x, rows, k, lda, inv_scale, mult, zp, q, $row) }
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use quantizer;

@@ -23,7 +23,7 @@ pub const I4M_MAX_K: usize = WIDE_BYTES / PANEL;
 
 /// Panics unless the slices satisfy [`crate::I4mGemmFn`]'s preconditions; returns the groups.
 #[allow(clippy::too_many_arguments)]
-fn check(
+pub(crate) fn check(
     m: usize,
     k: usize,
     n: usize,

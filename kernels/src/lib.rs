@@ -27,5 +27,5 @@ pub mod x86_64;
 
 pub use set::{
     Act, F32GemmFn, F32MatMulFn, I4GemmFn, I4mGemmFn, I8GemmFn, KernelSet, Kernels, LayerNormFn,
-    MfStepF16Fn, MfStepF32Fn, QuantizeU8Fn, RowFn, SoftmaxFn, Variant,
+    MfStepF16Fn, MfStepF32Fn, QuantizePackFn, QuantizeU8Fn, RowFn, SoftmaxFn, Variant,
 };

@@ -42,9 +42,29 @@ pub fn pack_k4n16(w: &[i8], n: usize, k: usize, out: &mut [i8]) {
     }
 }
 
+/// [`crate::QuantizePackFn`]: `b` is `[k, n]` ([`quantize_pack_k4n16_kn`]) or, when
+/// `transposed`, `[n, k]` ([`quantize_pack_k4n16_nk`]).
+#[inline(always)]
+pub fn quantize_pack_k4n16(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    transposed: bool,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+) {
+    if transposed {
+        quantize_pack_k4n16_nk(b, n, k, inv, out, sums)
+    } else {
+        quantize_pack_k4n16_kn(b, k, n, inv, out, sums)
+    }
+}
+
 /// Quantizes an f32 activation `b [k, n]` (row-major) symmetrically (`rne(b·inv)` clamped to
 /// ±127, NaN to 0) straight into the packed layout, with the column sums the GEMM needs.
 /// Four source rows at a time become one 4-byte group per column (vectorizable).
+#[inline(always)]
 pub fn quantize_pack_k4n16_kn(
     b: &[f32],
     k: usize,
@@ -103,6 +123,7 @@ pub fn quantize_pack_k4n16_kn(
 
 /// Like [`quantize_pack_k4n16_kn`] for `b` stored transposed, `[n, k]` row-major (each
 /// column's k values contiguous, so every 4-byte group comes from 4 consecutive floats).
+#[inline(always)]
 pub fn quantize_pack_k4n16_nk(
     b: &[f32],
     n: usize,

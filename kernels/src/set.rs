@@ -135,6 +135,12 @@ pub type QuantizeU8Fn = fn(
     q: &mut [u8],
 );
 
+/// Quantizes an f32 activation symmetrically (`rne(b·inv)` clamped to ±127, NaN to 0) into
+/// the `K4N16` layout of an `[n, k]` operand, with its column sums: `b` is `[k, n]` row-major,
+/// or `[n, k]` when `transposed`. See [`crate::pack::quantize_pack_k4n16`].
+pub type QuantizePackFn =
+    fn(b: &[f32], k: usize, n: usize, transposed: bool, inv: f32, out: &mut [i8], sums: &mut [i32]);
+
 /// `o[i] = f(x[i])` over a slice, or a function of a whole row (softmax); `o.len() == x.len()`.
 pub type RowFn = fn(x: &[f32], o: &mut [f32]);
 
@@ -174,6 +180,8 @@ pub struct KernelSet {
     pub f32_gemm_name: &'static str,
     pub quantize_u8: QuantizeU8Fn,
     pub quantize_u8_name: &'static str,
+    pub quantize_pack: QuantizePackFn,
+    pub quantize_pack_name: &'static str,
     pub softmax_row: SoftmaxFn,
     pub softmax_row_name: &'static str,
     pub erf: RowFn,
@@ -230,6 +238,8 @@ static I4_GEMMS: &[Variant<I4GemmFn>] = &[
         f: x86::i4_gemm_avx512vnni,
         usable: x86::has_avx512vnni_bw,
     },
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "i4_gemm_avx2", f: x86::i4_gemm_avx2, usable: x86::has_avx2_f16c },
     #[cfg(target_arch = "aarch64")]
     Variant { name: "i4_gemm_i8mm", f: arm::i4_gemm_i8mm, usable: arm::has_i8mm },
     #[cfg(target_arch = "aarch64")]
@@ -246,7 +256,7 @@ static I4M_GEMMS: &[Variant<I4mGemmFn>] = &[
         usable: x86::has_avx512vnni_bw,
     },
     #[cfg(target_arch = "x86_64")]
-    Variant { name: "i4m_gemm_avx2", f: x86::i4m_gemm_avx2, usable: x86::has_avx2 },
+    Variant { name: "i4m_gemm_avx2", f: x86::i4m_gemm_avx2, usable: x86::has_avx2_f16c },
     #[cfg(target_arch = "aarch64")]
     Variant { name: "i4m_gemm_i8mm", f: arm::i4m_gemm_i8mm, usable: arm::has_i8mm },
     #[cfg(target_arch = "aarch64")]
@@ -274,7 +284,14 @@ static QUANTIZERS: &[Variant<QuantizeU8Fn>] = &[
     Variant { name: "quantize_u8_avx512", f: x86::quantize_u8_avx512, usable: x86::has_avx512vnni },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "quantize_u8_avx2", f: x86::quantize_u8_avx2, usable: x86::has_avx2 },
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "quantize_u8_neon", f: arm::quantize_u8_neon, usable: arm::has_neon },
     Variant { name: "quantize_u8_generic", f: generic::quantize_u8, usable: always },
+];
+static QUANTIZE_PACKS: &[Variant<QuantizePackFn>] = &[
+    #[cfg(target_arch = "x86_64")]
+    Variant { name: "quantize_pack_avx2", f: x86::quantize_pack_avx2, usable: x86::has_avx2 },
+    Variant { name: "quantize_pack_generic", f: crate::pack::quantize_pack_k4n16, usable: always },
 ];
 
 static SOFTMAXES: &[Variant<SoftmaxFn>] = &[
@@ -361,6 +378,9 @@ impl Kernels {
     pub fn quantizers() -> impl Iterator<Item = (&'static str, QuantizeU8Fn)> {
         usable(QUANTIZERS)
     }
+    pub fn quantize_packs() -> impl Iterator<Item = (&'static str, QuantizePackFn)> {
+        usable(QUANTIZE_PACKS)
+    }
     pub fn softmaxes() -> impl Iterator<Item = (&'static str, SoftmaxFn)> {
         usable(SOFTMAXES)
     }
@@ -435,6 +455,8 @@ impl KernelSet {
         let (i4m_gemm, i4m_gemm_name) = pick(I4M_GEMMS, &|n| allow("i4m_gemm", n));
         let (f32_gemm, f32_gemm_name) = pick(F32_GEMMS, &|n| allow("f32_gemm", n));
         let (quantize_u8, quantize_u8_name) = pick(QUANTIZERS, &|n| allow("quantize_u8", n));
+        let (quantize_pack, quantize_pack_name) =
+            pick(QUANTIZE_PACKS, &|n| allow("quantize_pack", n));
         let (softmax_row, softmax_row_name) = pick(SOFTMAXES, &|n| allow("softmax_row", n));
         let (erf, erf_name) = pick(ERFS, &|n| allow("erf", n));
         let (layer_norm_row, layer_norm_row_name) =
@@ -455,6 +477,8 @@ impl KernelSet {
             f32_gemm_name,
             quantize_u8,
             quantize_u8_name,
+            quantize_pack,
+            quantize_pack_name,
             softmax_row,
             softmax_row_name,
             erf,

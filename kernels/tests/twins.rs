@@ -145,6 +145,15 @@ fn k4n16_layout_is_a_bijection_with_zero_padding() {
         pack::quantize_pack_k4n16_nk(&bt, n, k, 40.0, &mut from_nk, &mut sums_nk);
         assert_eq!(from_nk, packed);
         assert_eq!(sums_nk, sums);
+        // Every registered variant gives the same bytes and sums, in both forms.
+        for (name, f) in Kernels::quantize_packs() {
+            for (src, transposed) in [(&bf, false), (&bt, true)] {
+                let (mut got, mut got_sums) = (vec![7i8; out.len()], vec![99i32; n]);
+                f(src, k, n, transposed, 40.0, &mut got, &mut got_sums);
+                assert_eq!(got, packed, "{name} {n}x{k} transposed {transposed}");
+                assert_eq!(got_sums, sums, "{name} sums {n}x{k} transposed {transposed}");
+            }
+        }
     }
 }
 
@@ -233,7 +242,13 @@ fn quantizers_match_definition_and_twins() {
         let mut x: Vec<f32> = (0..rows * len).map(|_| r.f32() * 10.0).collect();
         x[len / 2] = f32::NAN;
         x[len - 1] = f32::INFINITY;
-        let inv = 12.7f32;
+        x[len] = f32::NEG_INFINITY;
+        x[2 * len] = -1e30;
+        // The last row: halves, so x·inv = j/2 - 150 holds ties for round-half-even.
+        for (j, v) in x[2 * len + 1..].iter_mut().enumerate() {
+            *v = (j as f32 * 0.5 - 150.0) / 16.0;
+        }
+        let inv = 16.0f32;
         let mult: Vec<f32> = (0..len).map(|_| r.f32().abs() * 20.0).collect();
         for zp in [0, 3, 128, 255] {
             for per_channel in [false, true] {
@@ -306,7 +321,9 @@ fn registry_lists_the_overlays_this_cpu_can_run() {
         assert_eq!(i4.contains(&"i4_gemm_avx512vnni"), bw);
         let i4m: Vec<&str> = Kernels::i4m_gemms().map(|(n, _)| n).collect();
         assert_eq!(i4m.contains(&"i4m_gemm_avx512vnni"), bw);
-        assert_eq!(i4m.contains(&"i4m_gemm_avx2"), std::is_x86_feature_detected!("avx2"));
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c");
+        assert_eq!(i4m.contains(&"i4m_gemm_avx2"), avx2);
+        assert_eq!(i4.contains(&"i4_gemm_avx2"), avx2);
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -357,7 +374,13 @@ fn vector_math_matches_libm_and_twins() {
         let x = -6.0 + 12.0 * (i as f32 / 20_000.0) + r.f32() * 1e-4;
         let (got, want) = (generic::math::erf(x), libm::erf(x as f64));
         assert!((got as f64 - want).abs() <= 5e-7, "erf({x}) = {got}, want {want}");
+        assert!(got.abs() <= 1.0, "erf({x}) = {got} is outside [-1, 1]");
     }
+    let erf = generic::math::erf;
+    assert_eq!((erf(f32::INFINITY), erf(f32::NEG_INFINITY)), (1.0, -1.0));
+    assert_eq!((erf(4.5), erf(-3.95)), (1.0, -1.0));
+    assert_eq!(erf(-0.0).to_bits(), (-0.0f32).to_bits());
+    assert!(erf(f32::NAN).is_nan());
     // tanh absolute 5e-7; both GELU forms against their f64 definitions, absolute 1e-6·(1+|x|).
     for i in 0..20_000 {
         let x = -12.0 + 24.0 * (i as f32 / 20_000.0) + r.f32() * 1e-4;
@@ -445,79 +468,75 @@ fn layer_norm_matches_definition_and_twins() {
 fn i4_gemm_variants_are_bit_exact_and_generic_matches_definition() {
     let mut r = Rng(0x14_6E77);
     let mut case = 0;
-    for group in [32usize, 128] {
+    // Groups of one quad, of the 8 quads an i16 sum holds, and longer; depths past the 64 KB
+    // widening buffer of a panel (k > 4096), which LinearI4 keeps.
+    let mut shapes = vec![];
+    for group in [4usize, 32, 128] {
         for k in [group, 2 * group, 3 * group] {
             for (m, n) in [(1, 1), (3, 17), (9, 33), (17, 3), (8, 16), (1, 100)] {
-                case += 1;
-                let lda = k + 4 * (case % 3);
-                let ldo = n + case % 4;
-                let groups = k / group;
-                let a: Vec<u8> = (0..m * lda).map(|_| r.next() as u8).collect();
-                let q: Vec<i8> = (0..n * k).map(|_| (r.next() % 16) as i8 - 8).collect();
-                let mut bp = vec![0u8; pack::k4n16_i4_len(n, k)];
-                pack::pack_k4n16_i4(&q, n, k, &mut bp);
-                let sums: Vec<i32> = (0..n * groups)
-                    .map(|jg| {
-                        let (j, g) = (jg / groups, jg % groups);
-                        q[j * k + g * group..j * k + (g + 1) * group]
-                            .iter()
-                            .map(|v| *v as i32)
-                            .sum()
-                    })
-                    .collect();
-                // Normal f16 scales around 2^-10..2^-1.
-                let scales: Vec<u16> = (0..n * groups)
-                    .map(|_| (((5 + r.next() % 10) as u16) << 10) | (r.next() as u16 & 0x3FF))
-                    .collect();
-                let side = n.div_ceil(16) * 16 * groups;
-                let (mut gsum, mut gscale) = (vec![0i32; side], vec![0u16; side]);
-                pack::panel_groups(&sums, n, groups, &mut gsum);
-                pack::panel_groups(&scales, n, groups, &mut gscale);
-                let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
-                let zp = (r.next() % 256) as i32;
-                let xs = 0.0173f32;
-                for act in [Act::None, Act::Relu, Act::Gelu] {
-                    let mut want = vec![f32::NAN; (m - 1) * ldo + n];
-                    generic::i4_gemm(
-                        m, k, n, &a, lda, zp, &bp, group, &gsum, &gscale, xs, &bias, act,
-                        &mut want, ldo,
+                shapes.push((group, k, m, n));
+            }
+        }
+    }
+    shapes.extend([(256, 512, 7, 20), (64, 4160, 5, 17), (64, 4160, 2, 9)]);
+    for (group, k, m, n) in shapes {
+        case += 1;
+        let lda = k + 4 * (case % 3);
+        let ldo = n + case % 4;
+        let groups = k / group;
+        let a: Vec<u8> = (0..m * lda).map(|_| r.next() as u8).collect();
+        let q: Vec<i8> = (0..n * k).map(|_| (r.next() % 16) as i8 - 8).collect();
+        let mut bp = vec![0u8; pack::k4n16_i4_len(n, k)];
+        pack::pack_k4n16_i4(&q, n, k, &mut bp);
+        let sums: Vec<i32> = (0..n * groups)
+            .map(|jg| {
+                let (j, g) = (jg / groups, jg % groups);
+                q[j * k + g * group..j * k + (g + 1) * group].iter().map(|v| *v as i32).sum()
+            })
+            .collect();
+        // Normal f16 scales around 2^-10..2^-1.
+        let scales: Vec<u16> = (0..n * groups)
+            .map(|_| (((5 + r.next() % 10) as u16) << 10) | (r.next() as u16 & 0x3FF))
+            .collect();
+        let side = n.div_ceil(16) * 16 * groups;
+        let (mut gsum, mut gscale) = (vec![0i32; side], vec![0u16; side]);
+        pack::panel_groups(&sums, n, groups, &mut gsum);
+        pack::panel_groups(&scales, n, groups, &mut gscale);
+        let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
+        let zp = (r.next() % 256) as i32;
+        let xs = 0.0173f32;
+        for act in [Act::None, Act::Relu, Act::Gelu] {
+            let mut want = vec![f32::NAN; (m - 1) * ldo + n];
+            generic::i4_gemm(
+                m, k, n, &a, lda, zp, &bp, group, &gsum, &gscale, xs, &bias, act, &mut want, ldo,
+            );
+            for i in 0..m {
+                for j in 0..n {
+                    let mut f = 0f32;
+                    for g in 0..groups {
+                        let dot: i32 = (g * group..(g + 1) * group)
+                            .map(|p| (a[i * lda + p] as i32 - zp) * q[j * k + p] as i32)
+                            .sum();
+                        f += dot as f32 * generic::f16_to_f32(scales[j * groups + g]);
+                    }
+                    let mut d = f * xs + bias[j];
+                    d = match act {
+                        Act::Relu => d.max(0.0),
+                        Act::Gelu => generic::math::gelu(d),
+                        _ => d,
+                    };
+                    assert_eq!(want[i * ldo + j], d, "generic i4 {m}x{k}x{n} g{group} ({i},{j})");
+                }
+            }
+            for (name, f) in Kernels::i4_gemms() {
+                let mut got = vec![f32::NAN; (m - 1) * ldo + n];
+                f(m, k, n, &a, lda, zp, &bp, group, &gsum, &gscale, xs, &bias, act, &mut got, ldo);
+                for i in 0..m {
+                    assert_eq!(
+                        got[i * ldo..i * ldo + n],
+                        want[i * ldo..i * ldo + n],
+                        "{name} {m}x{k}x{n} g{group} row {i}"
                     );
-                    for i in 0..m {
-                        for j in 0..n {
-                            let mut f = 0f32;
-                            for g in 0..groups {
-                                let dot: i32 = (g * group..(g + 1) * group)
-                                    .map(|p| (a[i * lda + p] as i32 - zp) * q[j * k + p] as i32)
-                                    .sum();
-                                f += dot as f32 * generic::f16_to_f32(scales[j * groups + g]);
-                            }
-                            let mut d = f * xs + bias[j];
-                            d = match act {
-                                Act::Relu => d.max(0.0),
-                                Act::Gelu => generic::math::gelu(d),
-                                _ => d,
-                            };
-                            assert_eq!(
-                                want[i * ldo + j],
-                                d,
-                                "generic i4 {m}x{k}x{n} g{group} ({i},{j})"
-                            );
-                        }
-                    }
-                    for (name, f) in Kernels::i4_gemms() {
-                        let mut got = vec![f32::NAN; (m - 1) * ldo + n];
-                        f(
-                            m, k, n, &a, lda, zp, &bp, group, &gsum, &gscale, xs, &bias, act,
-                            &mut got, ldo,
-                        );
-                        for i in 0..m {
-                            assert_eq!(
-                                got[i * ldo..i * ldo + n],
-                                want[i * ldo..i * ldo + n],
-                                "{name} {m}x{k}x{n} g{group} row {i}"
-                            );
-                        }
-                    }
                 }
             }
         }
@@ -611,6 +630,44 @@ fn i4m_gemm_variants_are_bit_exact_and_generic_matches_definition() {
 }
 
 #[test]
+fn i4_and_i4m_gemm_variants_are_exact_at_the_extremes() {
+    // Activations 255 against codes −8 (or 7) and multipliers 16 everywhere: the largest sums a
+    // kernel's narrow intermediates (the i16 pair sums of AVX2's `vpmaddubsw`) must hold exactly.
+    for (qv, group) in [(-8i8, 128usize), (7, 128), (-8, 32), (7, 4)] {
+        for m in [1usize, 2, 5] {
+            let (k, n) = (512, 21);
+            let groups = k / group;
+            let a = vec![255u8; m * k];
+            let q = vec![qv; n * k];
+            let mul = vec![16u8; n * groups];
+            let mut bp = vec![0u8; pack::k4n16_i4_len(n, k)];
+            pack::pack_k4n16_i4(&q, n, k, &mut bp);
+            let mut gmul = vec![0u8; n.div_ceil(16) * 16 * groups];
+            pack::panel_groups(&mul, n, groups, &mut gmul);
+            let wsum = vec![qv as i32 * 16 * k as i32; n];
+            let (scale, bias) = (vec![1.0f32; n], vec![0.0f32; n]);
+            // a_zp 0: the output is the raw sum, 255·k·16·Q.
+            let want = 255.0 * k as f32 * 16.0 * qv as f32;
+            for (name, f) in Kernels::i4m_gemms() {
+                let mut got = vec![f32::NAN; m * n];
+                let (s, b) = (&scale, &bias);
+                f(m, k, n, &a, k, 0, &bp, group, &gmul, &wsum, s, b, Act::None, &mut got, n);
+                assert!(got.iter().all(|v| *v == want), "{name} m {m} Q {qv} g {group}: {got:?}");
+            }
+            // The f16-scale form: group sums Q·group, scales 16.0 (f16 0x4C00), x_scale 1.
+            let gsum = vec![qv as i32 * group as i32; gmul.len()];
+            let gscale = vec![0x4C00u16; gmul.len()];
+            for (name, f) in Kernels::i4_gemms() {
+                let mut got = vec![f32::NAN; m * n];
+                let (s, b) = (&gsum, &bias);
+                f(m, k, n, &a, k, 0, &bp, group, s, &gscale, 1.0, b, Act::None, &mut got, n);
+                assert!(got.iter().all(|v| *v == want), "{name} m {m} Q {qv} g {group}: {got:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn i4m_wideners_give_the_same_bytes() {
     use core::mem::MaybeUninit;
     let mut r = Rng(0x51DE_0001);
@@ -663,9 +720,6 @@ fn i4m_wideners_give_the_same_bytes() {
             use ember_kernels::x86_64 as x86;
             if x86::has_avx512vnni_bw() {
                 fast.push(("widen_avx512", x86::widen_avx512));
-            }
-            if x86::has_avx2() {
-                fast.push(("widen_avx2", x86::widen_avx2));
             }
         }
         for (name, f) in fast {

@@ -108,6 +108,7 @@ fn candidate(
     n: usize,
     k: usize,
     st: &crate::calibrate::Stats,
+    yf: &[f64],
     s: Option<Vec<f32>>,
     method: crate::Method,
     pct: f32,
@@ -126,7 +127,7 @@ fn candidate(
         (0..k).map(|j| 1.0 / (sx * s.as_ref().map(|s| s[j]).unwrap_or(1.0))).collect();
     let scale: Vec<f32> = qw.scale.iter().map(|v| v * sx).collect();
     let yq = simulate_linear_i8(&st.rows, m, k, n, &mult, zp, &qw, &scale);
-    let sqnr_db = output_sqnr(&st.rows, m, k, w, n, &yq);
+    let sqnr_db = sqnr_against(yf, &yq);
     LinearChoice {
         weights: qw,
         act_scale: sx,
@@ -140,15 +141,35 @@ fn candidate(
 
 /// SQNR (dB) of `yq [m, n]` against the float layer `x [m, k] · wᵀ` (`w [n, k]`).
 pub fn output_sqnr(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, yq: &[f32]) -> f32 {
-    let (mut sig, mut noise) = (0f64, 0f64);
-    for i in 0..m {
+    sqnr_against(&float_output(x, m, k, w, n), yq)
+}
+
+/// The float layer `x [m, k] · wᵀ` (`w [n, k]`), each output summed in f64: the reference every
+/// candidate of a layer is measured against (computed once per layer).
+pub fn float_output(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f64> {
+    let mut y = vec![0f64; m * n];
+    // Rows in parallel; four columns at a time (independent sums, each in the order of one).
+    par_chunks_mut(&mut y, n.max(1), 4, |i, yi| {
         let xi = &x[i * k..(i + 1) * k];
-        for j in 0..n {
-            let yf: f64 =
-                xi.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum();
-            sig += yf * yf;
-            noise += (yf - yq[i * n + j] as f64).powi(2);
+        for (ys, ws) in yi.chunks_mut(4).zip(w.chunks(4 * k)) {
+            let mut acc = [-0.0f64; 4];
+            for (p, a) in xi.iter().enumerate() {
+                for (s, wj) in acc.iter_mut().zip(ws.chunks_exact(k)) {
+                    *s += *a as f64 * wj[p] as f64;
+                }
+            }
+            ys.copy_from_slice(&acc[..ys.len()]);
         }
+    });
+    y
+}
+
+/// SQNR (dB) of `yq` against the reference `yf` of [`float_output`] (same length).
+pub fn sqnr_against(yf: &[f64], yq: &[f32]) -> f32 {
+    let (mut sig, mut noise) = (0f64, 0f64);
+    for (f, q) in yf.iter().zip(yq) {
+        sig += f * f;
+        noise += (f - *q as f64).powi(2);
     }
     sqnr(sig, noise)
 }
@@ -178,10 +199,11 @@ pub fn choose_linear(
     } else {
         st
     };
+    let yf = float_output(&st.rows, st.rows.len() / k, k, w, n);
     let best = |s: Option<Vec<f32>>| -> LinearChoice {
-        let mut it = clips.iter().map(|c| candidate(w, n, k, st, s.clone(), method, pct, *c));
-        let first =
-            it.next().unwrap_or_else(|| candidate(w, n, k, st, s.clone(), method, pct, 1.0));
+        let cand = |c: f32| candidate(w, n, k, st, &yf, s.clone(), method, pct, c);
+        let mut it = clips.iter().map(|c| cand(*c));
+        let first = it.next().unwrap_or_else(|| cand(1.0));
         it.fold(first, |a, b| if b.sqnr_db > a.sqnr_db { b } else { a })
     };
     let plain = best(None);
@@ -468,57 +490,141 @@ pub fn quantize_i4_with(
     QuantI4 { q, scale, mul, col_scale, sum, sqnr_db: sqnr(sig, noise) }
 }
 
+/// The cores to use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |t| t.get())
+}
+
+/// Splits `v` into consecutive chunks of `len` elements and calls `f(index, chunk)` once per
+/// chunk, the chunks dealt in contiguous runs (at least `min` chunks each) to one scoped thread
+/// per core. Each chunk is its own output, so results do not depend on the number of threads.
+fn par_chunks_mut<T: Send>(
+    v: &mut [T],
+    len: usize,
+    min: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let items = v.len().div_ceil(len);
+    let parts = cores().min(items / min.max(1)).max(1);
+    let per = items.div_ceil(parts).max(1);
+    std::thread::scope(|sc| {
+        let f = &f;
+        let mut runs = v.chunks_mut(per * len).enumerate();
+        let first = runs.next();
+        for (t, run) in runs {
+            sc.spawn(move || run.chunks_mut(len).enumerate().for_each(|(i, c)| f(t * per + i, c)));
+        }
+        if let Some((_, run)) = first {
+            run.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+        }
+    });
+}
+
 /// GPTQ's damping of the Hessian, as a share of its mean diagonal.
 const DAMP: f64 = 0.1;
 
 /// In-place lower Cholesky factor of the symmetric `a [k, k]` (row-major); false when `a` is
 /// not positive definite.
+///
+/// Left-looking, one column `j` at a time: the owner of row `j` finishes its diagonal, then
+/// every thread computes entry `j` of its own rows below it (rows are dealt to threads in
+/// groups of four, and a group's four dot products run interleaved: independent sums, each in
+/// the order of the sequential loop), so the factor has the same bits on any number of cores.
 fn cholesky(a: &mut [f64], k: usize) -> bool {
-    for j in 0..k {
-        let rj = &mut a[j * k..(j + 1) * k];
-        let d = rj[j] - rj[..j].iter().map(|v| v * v).sum::<f64>();
-        if !(d > 0.0 && d.is_finite()) {
-            return false;
+    use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    assert!(a.len() >= k * k, "cholesky: {} values for k {k}", a.len());
+    let threads = cores().min(k / 128).max(1);
+    let groups = k.div_ceil(4);
+    let barrier = std::sync::Barrier::new(threads);
+    // The first column whose diagonal failed (usize::MAX: none). A column, not a flag: a thread
+    // still between column j's barrier and its check must not see a failure of column j + 1
+    // (it would return while the failing owner waits at the next barrier for it: a hang).
+    let fail = AtomicUsize::new(usize::MAX);
+    /// The matrix, shared by the threads; each writes only the rows it owns.
+    struct Mat(*mut f64);
+    // SAFETY: the threads write disjoint rows and read a row only after the barrier that
+    // follows its last write (see `work`).
+    unsafe impl Sync for Mat {}
+    let m = Mat(a.as_mut_ptr());
+    let work = |t: usize| {
+        let m = &m;
+        for j in 0..k {
+            if (j / 4) % threads == t {
+                // SAFETY: row j lies inside `a` (k·k values) and belongs to this thread (group
+                // j / 4); no other thread touches it until the barrier below.
+                let rj = unsafe { core::slice::from_raw_parts_mut(m.0.add(j * k), k) };
+                let d = rj[j] - rj[..j].iter().map(|v| v * v).sum::<f64>();
+                if d > 0.0 && d.is_finite() {
+                    rj[j] = d.sqrt();
+                    rj[j + 1..].fill(0.0);
+                } else {
+                    fail.fetch_min(j, Relaxed);
+                }
+            }
+            barrier.wait();
+            // Failures of columns up to j were stored before this barrier, so every thread
+            // sees the same answer here and all of them return at the same column.
+            if fail.load(Relaxed) <= j {
+                return;
+            }
+            // SAFETY: row j is final (written by its owner before the barrier) and from here
+            // on only read.
+            let lj = unsafe { core::slice::from_raw_parts(m.0.add(j * k), j + 1) };
+            for g in ((j + 1) / 4..groups).filter(|g| g % threads == t) {
+                let (i0, i1) = ((4 * g).max(j + 1), (4 * g + 4).min(k));
+                let rs: [Option<&mut [f64]>; 4] = core::array::from_fn(|x| {
+                    // SAFETY: rows i0..i1 are below row j, inside `a`, and belong to this
+                    // thread (group g); each is borrowed once.
+                    (i0 + x < i1).then(|| unsafe {
+                        core::slice::from_raw_parts_mut(m.0.add((i0 + x) * k), k)
+                    })
+                });
+                let mut dots = [-0.0f64; 4];
+                for (p, y) in lj[..j].iter().enumerate() {
+                    for (d, r) in dots.iter_mut().zip(&rs) {
+                        if let Some(r) = r {
+                            *d += r[p] * y;
+                        }
+                    }
+                }
+                for (r, d) in rs.into_iter().zip(dots) {
+                    if let Some(r) = r {
+                        r[j] = (r[j] - d) / lj[j];
+                    }
+                }
+            }
         }
-        rj[j] = d.sqrt();
-        rj[j + 1..].fill(0.0);
-        let (top, rest) = a.split_at_mut((j + 1) * k);
-        let lj = &top[j * k..j * k + j + 1];
-        for i in j + 1..k {
-            let ri = &mut rest[(i - j - 1) * k..(i - j) * k];
-            let dot: f64 = ri[..j].iter().zip(&lj[..j]).map(|(x, y)| x * y).sum();
-            ri[j] = (ri[j] - dot) / lj[j];
+    };
+    std::thread::scope(|sc| {
+        let work = &work;
+        for t in 1..threads {
+            sc.spawn(move || work(t));
         }
-    }
-    true
+        work(0);
+    });
+    fail.load(Relaxed) == usize::MAX
 }
 
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), row-major, for `H = L·Lᵀ` given `L`.
 fn upper_chol_of_inverse(l: &[f64], k: usize) -> Option<Vec<f64>> {
-    // L⁻¹ (lower), by forward substitution column by column.
-    let mut li = vec![0f64; k * k];
-    for c in 0..k {
-        li[c * k + c] = 1.0 / l[c * k + c];
+    // L⁻¹ (lower), by forward substitution column by column, stored transposed (`lt[c·k + i]`
+    // is L⁻¹[i][c]) so each dot product reads two contiguous rows; columns are independent.
+    let mut lt = vec![0f64; k * k];
+    par_chunks_mut(&mut lt, k.max(1), 8, |c, col| {
+        col[c] = 1.0 / l[c * k + c];
         for i in c + 1..k {
-            let s: f64 = (c..i).map(|p| l[i * k + p] * li[p * k + c]).sum();
-            li[i * k + c] = -s / l[i * k + i];
+            let s: f64 = l[i * k + c..i * k + i].iter().zip(&col[c..i]).map(|(a, b)| a * b).sum();
+            col[i] = -s / l[i * k + i];
         }
-    }
-    // H⁻¹ = L⁻ᵀ·L⁻¹: entry (a, b) = Σ_{p >= max(a,b)} li[p][a]·li[p][b].
+    });
+    // H⁻¹ = L⁻ᵀ·L⁻¹: entry (a, b), b <= a, is Σ_{p >= a} L⁻¹[p][a]·L⁻¹[p][b], summed in p order.
     let mut hi = vec![0f64; k * k];
-    for p in 0..k {
-        let row = &li[p * k..p * k + p + 1];
-        for a in 0..=p {
-            let va = row[a];
-            if va == 0.0 {
-                continue;
-            }
-            let out = &mut hi[a * k..a * k + p + 1];
-            for (o, vb) in out[..=a].iter_mut().zip(row) {
-                *o += va * vb;
-            }
+    par_chunks_mut(&mut hi, k.max(1), 8, |a, row| {
+        let la = &lt[a * k + a..(a + 1) * k];
+        for (b, o) in row[..=a].iter_mut().enumerate() {
+            *o = la.iter().zip(&lt[b * k + a..(b + 1) * k]).fold(0.0, |s, (x, y)| s + x * y);
         }
-    }
+    });
     for a in 0..k {
         for b in 0..a {
             hi[b * k + a] = hi[a * k + b];
@@ -571,21 +677,19 @@ pub fn quantize_i4_gptq_with(
     mode: I4Scales,
 ) -> QuantI4 {
     let mut h = vec![0f64; k * k];
-    let mut xr = vec![0f64; k];
-    for r in 0..rows {
-        for (o, v) in xr.iter_mut().zip(&x[r * k..(r + 1) * k]) {
-            *o = *v as f64;
-        }
-        for a in 0..k {
+    let xd: Vec<f64> = x[..rows * k].iter().map(|v| *v as f64).collect();
+    // Row a of H is Σ_r x[r, a]·x[r, ..=a], summed over r in order (on whichever thread owns a).
+    par_chunks_mut(&mut h, k.max(1), 16, |a, ha| {
+        for xr in xd.chunks_exact(k) {
             let xa = xr[a];
             if xa == 0.0 {
                 continue;
             }
-            for (o, xb) in h[a * k..a * k + a + 1].iter_mut().zip(&xr) {
+            for (o, xb) in ha[..a + 1].iter_mut().zip(xr) {
                 *o += xa * xb;
             }
         }
-    }
+    });
     let diag: Vec<f64> = (0..k).map(|j| h[j * k + j] / rows.max(1) as f64).collect();
     let mean = diag.iter().sum::<f64>() / k.max(1) as f64;
     let imp: Vec<f32> = diag.iter().map(|v| *v as f32).collect();
@@ -951,6 +1055,70 @@ mod tests {
         }
         let mut bad = vec![1.0, 2.0, 2.0, 1.0];
         assert!(!cholesky(&mut bad, 2));
+    }
+
+    #[test]
+    fn threaded_cholesky_has_the_bits_of_the_plain_loop_and_stops_on_failure() {
+        // Large enough to be split over threads (k / 128 >= 2), not a multiple of 4.
+        let k = 301;
+        let mut h = vec![0f64; k * k];
+        for a in 0..k {
+            for b in 0..k {
+                let x = ((a * 31 + b * 17) % 97) as f64 / 97.0;
+                h[a * k + b] = if a == b { k as f64 } else { 0.5 * x };
+            }
+        }
+        for a in 0..k {
+            for b in 0..a {
+                h[b * k + a] = h[a * k + b];
+            }
+        }
+        // The textbook left-looking loop, one sum at a time.
+        let mut want = h.clone();
+        for j in 0..k {
+            let d = want[j * k + j] - (0..j).map(|p| want[j * k + p].powi(2)).sum::<f64>();
+            want[j * k + j] = d.sqrt();
+            for c in j + 1..k {
+                want[j * k + c] = 0.0;
+            }
+            for i in j + 1..k {
+                let dot: f64 = (0..j).map(|p| want[i * k + p] * want[j * k + p]).sum();
+                want[i * k + j] = (want[i * k + j] - dot) / want[j * k + j];
+            }
+        }
+        let mut got = h.clone();
+        assert!(cholesky(&mut got, k));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&got) == bits(&want), "threaded Cholesky differs from the plain loop");
+        // A matrix that stops being positive definite half way: false, on every thread.
+        let mut bad = h.clone();
+        bad[150 * k + 150] = -1.0;
+        assert!(!cholesky(&mut bad, k));
+        // Failures at early columns (little work per column, so the threads leave each barrier
+        // at different times), several times each: every thread must stop at the failing
+        // column. A thread that saw the next column's failure before its own check returned
+        // while the failing owner waited for it at the next barrier: a hang, caught here by the
+        // timeout.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cols = 1..40;
+        let trials = cols.len() * 5;
+        std::thread::spawn(move || {
+            for c in cols {
+                for _ in 0..5 {
+                    let mut bad = h.clone();
+                    bad[c * k + c] = -1.0;
+                    if tx.send(cholesky(&mut bad, k)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        for _ in 0..trials {
+            let ok = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("Cholesky hung after a failed column");
+            assert!(!ok, "a failed column reported success");
+        }
     }
 
     #[test]

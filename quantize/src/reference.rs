@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Attr, Graph, Node};
 use crate::tensor::{Data, HostTensor};
 use candle_core::{DType, Device, Tensor};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 /// The op name of a fused linear layer: inputs [x, w [N,K], bias [N] (optional)], attr act (0/1).
@@ -100,17 +101,50 @@ pub fn evaluate(
     Ok(out)
 }
 
-fn get(graph: &Graph, env: &HashMap<String, Tensor>, node: &Node, i: usize) -> Result<Tensor> {
+/// Where input `i` of `node` comes from: a value computed in this evaluation, or a constant.
+enum Source<'e, 'g> {
+    Computed(&'e Tensor),
+    Const(&'g HostTensor),
+}
+
+fn source<'e, 'g>(
+    graph: &'g Graph,
+    env: &'e HashMap<String, Tensor>,
+    node: &Node,
+    i: usize,
+) -> Result<Source<'e, 'g>> {
     let name = node
         .input(i)
         .ok_or_else(|| Error::node(&node.name, &node.op, format!("input #{i} is missing")))?;
     if let Some(t) = env.get(name) {
-        return Ok(t.clone());
+        return Ok(Source::Computed(t));
     }
     match graph.consts.get(name) {
-        Some(c) => to_candle(c),
+        Some(c) => Ok(Source::Const(c)),
         None => Err(Error::node(&node.name, &node.op, format!("input '{name}' is not available"))),
     }
+}
+
+fn get(graph: &Graph, env: &HashMap<String, Tensor>, node: &Node, i: usize) -> Result<Tensor> {
+    match source(graph, env, node, i)? {
+        Source::Computed(t) => Ok(t.clone()),
+        Source::Const(c) => to_candle(c),
+    }
+}
+
+/// Input `i` as a host tensor for the ops computed on the host: a constant is borrowed as it is
+/// (an embedding table is tens of megabytes; a round trip through candle copied it twice per
+/// evaluation), a computed value is copied out of candle.
+fn host_input<'a>(
+    graph: &'a Graph,
+    env: &HashMap<String, Tensor>,
+    node: &Node,
+    i: usize,
+) -> Result<Cow<'a, HostTensor>> {
+    Ok(match source(graph, env, node, i)? {
+        Source::Computed(t) => Cow::Owned(from_candle(t)?),
+        Source::Const(c) => Cow::Borrowed(c),
+    })
 }
 
 fn host_i64(t: &Tensor) -> Result<Vec<i64>> {
@@ -161,6 +195,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
     let err = |m: String| Error::node(&node.name, &node.op, m);
     let c = |e: candle_core::Error| err(candle_msg(&e));
     let x = |i: usize| get(graph, env, node, i);
+    let h = |i: usize| host_input(graph, env, node, i);
     let out = match node.op.as_str() {
         "Add" | "Sub" | "Mul" | "Div" => {
             let (a, b) = (x(0)?, x(1)?);
@@ -262,8 +297,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             }
         }
         "Gather" => {
-            let data = from_candle(&x(0)?)?;
-            let idx = from_candle(&x(1)?)?;
+            let (data, idx) = (h(0)?, h(1)?);
             let axis = norm_axis(node.int("axis").unwrap_or(0), data.shape.len(), node)?;
             to_candle(&crate::hostops::gather(&data, &idx, axis).map_err(err)?)?
         }
@@ -410,7 +444,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             to_candle(&t)?
         }
         "Slice" => {
-            let d = from_candle(&x(0)?)?;
+            let d = h(0)?;
             let starts = host_i64(&x(1)?)?;
             let ends = host_i64(&x(2)?)?;
             let axes = if node.input(3).is_some() { Some(host_i64(&x(3)?)?) } else { None };
@@ -421,30 +455,14 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             )?
         }
         "Expand" => {
-            let d = from_candle(&x(0)?)?;
+            let d = h(0)?;
             let shape: Vec<usize> =
                 host_i64(&x(1)?)?.iter().map(|v| (*v).max(0) as usize).collect();
             to_candle(&crate::hostops::expand(&d, &shape).map_err(err)?)?
         }
-        "Equal" => to_candle(
-            &crate::hostops::equal(&from_candle(&x(0)?)?, &from_candle(&x(1)?)?).map_err(err)?,
-        )?,
-        "Where" => to_candle(
-            &crate::hostops::where_(
-                &from_candle(&x(0)?)?,
-                &from_candle(&x(1)?)?,
-                &from_candle(&x(2)?)?,
-            )
-            .map_err(err)?,
-        )?,
-        "Range" => to_candle(
-            &crate::hostops::range(
-                &from_candle(&x(0)?)?,
-                &from_candle(&x(1)?)?,
-                &from_candle(&x(2)?)?,
-            )
-            .map_err(err)?,
-        )?,
+        "Equal" => to_candle(&crate::hostops::equal(&*h(0)?, &*h(1)?).map_err(err)?)?,
+        "Where" => to_candle(&crate::hostops::where_(&*h(0)?, &*h(1)?, &*h(2)?).map_err(err)?)?,
+        "Range" => to_candle(&crate::hostops::range(&*h(0)?, &*h(1)?, &*h(2)?).map_err(err)?)?,
         "Erf" => x(0)?.erf().map_err(c)?,
         "Gelu" => match crate::passes::gelu_act(node) {
             3 => x(0)?.gelu().map_err(c)?,
@@ -452,7 +470,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
         },
         "Sqrt" => x(0)?.sqrt().map_err(c)?,
         "Pow" => {
-            let e = from_candle(&x(1)?)?;
+            let e = h(1)?;
             if e.numel() != 1 {
                 return Err(err("Pow with a non-scalar exponent is not supported".into()));
             }
@@ -461,11 +479,11 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
         "Clip" => {
             let t = x(0)?;
             let lo = match node.input(1) {
-                Some(_) => from_candle(&x(1)?)?.to_f32_vec()[0],
+                Some(_) => h(1)?.to_f32_vec()[0],
                 None => node.float("min").unwrap_or(f32::MIN),
             };
             let hi = match node.input(2) {
-                Some(_) => from_candle(&x(2)?)?.to_f32_vec()[0],
+                Some(_) => h(2)?.to_f32_vec()[0],
                 None => node.float("max").unwrap_or(f32::MAX),
             };
             t.clamp(lo, hi).map_err(c)?

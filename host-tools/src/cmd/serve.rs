@@ -38,7 +38,8 @@ pub struct Args {
 /// How requests are batched (shared by `serve` and `loadgen`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchingArgs {
-    /// How long the oldest request waits for a fuller batch, in microseconds.
+    /// How long the oldest request waits for a fuller batch, in microseconds (under `split`,
+    /// only when the start-up timing finds the largest batch cheaper per sample).
     #[arg(long, default_value_t = 1000)]
     pub max_wait_us: u64,
     /// Samples queued or running at most; beyond it requests are refused at once (503).
@@ -124,16 +125,31 @@ pub fn run(a: Args) -> Result<()> {
         .zip(b.startup_costs())
         .map(|(s, c)| format!("{s}: {:.3} ms", c.as_secs_f64() * 1e3))
         .collect();
+    // Under `split` the worker waits for a fuller batch only while the largest batch is
+    // measured cheaper per sample (the costs keep being measured as batches run): say which
+    // way the start-up timing went, so an unused max wait is no surprise.
+    let policy = match a.batching.policy {
+        PolicyArg::Pad => "pad".to_string(),
+        PolicyArg::Split => {
+            let (sizes, costs) = (b.sizes(), b.startup_costs());
+            if sizes.len() < 2 {
+                "split, not waiting: one batch size".to_string()
+            } else if ember_runtime::batcher::batching_pays(sizes, costs) {
+                "split, waiting: larger batches cheaper per sample".to_string()
+            } else {
+                "split, not waiting: larger batches no cheaper per sample".to_string()
+            }
+        }
+    };
     let addr = format!("{}:{}", a.host, a.port);
     let mut running = Running::start(server, &addr, a.max_connections)
         .with_context(|| format!("cannot listen on {addr}"))?;
     let on = gpu.as_ref().map(super::gpu_line).unwrap_or_else(|| "cpu".into());
     println!(
-        "serving '{name}' from {} on http://{} ({on}; batch sizes {:?}, policy {:?}, max wait {} us, queue {}; one batch: {})",
+        "serving '{name}' from {} on http://{} ({on}; batch sizes {:?}, policy {policy}, max wait {} us, queue {}; one batch: {})",
         a.model.display(),
         running.addr,
         running.model.batcher().sizes(),
-        a.batching.policy,
         a.batching.max_wait_us,
         a.batching.queue,
         costs.join(", ")

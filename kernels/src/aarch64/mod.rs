@@ -13,8 +13,10 @@ mod i4;
 mod mf;
 mod mm;
 mod neon;
+mod quant;
 
 pub use mf::{mf_step_f16_neon, mf_step_mixed_neon};
+pub use quant::quantize_u8_neon;
 
 use crate::check::check_gemm;
 use crate::pack::{k4, PANEL};

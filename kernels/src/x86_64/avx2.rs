@@ -52,9 +52,19 @@ pub fn i8_gemm_avx2(
     // readable through k4(k), every panel of `bp` present, the epilogue vectors at least n long
     // and every written output element inside `out`.
     unsafe { gemm(m, k, n, a.as_ptr(), lda, bp.as_ptr(), &e, out.as_mut_ptr(), ldo) }
+    // SAFETY: AVX2 is present (asserted on entry).
+    unsafe { gelu_rows_avx2(m, n, act, out, ldo) };
+}
+
+/// The GELU forms over `m` finished rows of `n` values at stride `ldo` (other activations are
+/// applied in the tiles' epilogues).
+///
+/// # Safety
+/// AVX2 is present.
+pub(super) unsafe fn gelu_rows_avx2(m: usize, n: usize, act: Act, out: &mut [f32], ldo: usize) {
     if matches!(act, Act::Gelu | Act::GeluTanh) {
         for i in 0..m {
-            // SAFETY: AVX2 is present (asserted on entry).
+            // SAFETY: AVX2 is present (the caller's contract).
             unsafe { gelu_avx2(act, &mut out[i * ldo..i * ldo + n]) };
         }
     }
@@ -193,6 +203,33 @@ unsafe fn tile<const R: usize, const WIDE: bool>(
                 accr[1] = _mm256_add_epi32(accr[1], _mm256_madd_epi16(av, b1));
             }
         }
+        let sums: [__m256i; R] = core::array::from_fn(|r| {
+            // hadd within 128-bit lanes gives columns [0,1,4,5 | 2,3,6,7]; reorder the 64-bit
+            // pairs to [0..8].
+            _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(acc[r][0], acc[r][1]))
+        });
+        epilogue8(&sums, e, j0, out, ldo);
+    }
+}
+
+/// The INT8 epilogue of `R` rows × 8 columns from `j0`: `sums[r]` holds row r's i32 sums of
+/// columns j0..j0+8 (lanes at or past `e.n` are ignored, not stored).
+///
+/// # Safety
+/// AVX2 is present; the epilogue vectors hold column j0 and rows `0..R` of `out` (stride `ldo`)
+/// hold columns `j0..min(j0 + 8, e.n)`.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn epilogue8<const R: usize>(
+    sums: &[__m256i; R],
+    e: &Epi,
+    j0: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: reads columns j0..j0+valid of the epilogue vectors (a local copy when the tile
+    // passes n) and writes R rows of those columns (the caller's contract).
+    unsafe {
         let valid = (e.n - j0).min(NR);
         let (mut s, mut sc, mut bi) = ([0i32; NR], [0f32; NR], [0f32; NR]);
         let (sp, scp, bip) = if valid == NR {
@@ -207,11 +244,8 @@ unsafe fn tile<const R: usize, const WIDE: bool>(
         let corr =
             _mm256_mullo_epi32(_mm256_set1_epi32(e.a_zp), _mm256_loadu_si256(sp as *const __m256i));
         let (scv, biv) = (_mm256_loadu_ps(scp), _mm256_loadu_ps(bip));
-        for (r, accr) in acc.iter().enumerate() {
-            // hadd within 128-bit lanes gives columns [0,1,4,5 | 2,3,6,7]; reorder the 64-bit
-            // pairs to [0..8].
-            let s = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(accr[0], accr[1]));
-            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(s, corr));
+        for (r, s) in sums.iter().enumerate() {
+            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(*s, corr));
             let mut f = _mm256_add_ps(_mm256_mul_ps(v, scv), biv);
             if e.act == Act::Relu {
                 f = _mm256_max_ps(f, _mm256_setzero_ps());
@@ -234,34 +268,53 @@ fn gelu_avx2(act: Act, v: &mut [f32]) {
     act.apply_slice(v)
 }
 
-/// See [`crate::QuantizeU8Fn`]: the generic quantizer compiled for AVX2 (same bits; its
-/// element function was written to vectorize).
-#[allow(clippy::too_many_arguments)]
-pub fn quantize_u8_avx2(
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    lda: usize,
-    inv_scale: f32,
-    mult: &[f32],
-    zp: i32,
-    q: &mut [u8],
-) {
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    fn inner(
-        x: &[f32],
-        rows: usize,
-        k: usize,
-        lda: usize,
-        inv_scale: f32,
-        mult: &[f32],
-        zp: i32,
-        q: &mut [u8],
-    ) {
-        crate::generic::quantize_u8(x, rows, k, lda, inv_scale, mult, zp, q)
+crate::check::quantizer!(
+    /// See [`crate::QuantizeU8Fn`]: 32 values per step (four `vcvtps2dq`, then the saturating
+    /// packs clamp to 0..=255), the tail by the generic element function; same bits as the twin.
+    quantize_u8_avx2,
+    super::has_avx2,
+    "AVX2",
+    quantize_row_u8
+);
+
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_u8(x: &[f32], inv: f32, mult: &[f32], zp: i32, q: &mut [u8]) {
+    // SAFETY: full ≤ k, so every 8-wide load of x/mult (j + 8c + 8 ≤ full) and 32-byte store
+    // of q stays within k elements.
+    unsafe {
+        let k = x.len();
+        let full = k / 32 * 32;
+        let (lo, hi) = (_mm256_set1_ps(-300.0), _mm256_set1_ps(300.0));
+        let (zv, inv_v) = (_mm256_set1_epi32(zp), _mm256_set1_ps(inv));
+        // `vpackssdw` then `vpackuswb` interleave the four vectors' 128-bit lanes: this puts
+        // the dwords (4-byte groups) back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let one = |j: usize| {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(j));
+            let m = if mult.is_empty() { inv_v } else { _mm256_loadu_ps(mult.as_ptr().add(j)) };
+            let t = _mm256_mul_ps(xv, m);
+            // NaN to 0 (the zero point after the shift), then clamp like the twin.
+            let t = _mm256_and_ps(t, _mm256_cmp_ps::<_CMP_ORD_Q>(t, t));
+            let t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+            // cvtps rounds to nearest even under the default MXCSR, as the twin does; the
+            // packs saturate to 0..=255 as the twin's clamp does (|v| ≤ 555 fits in i16).
+            _mm256_add_epi32(_mm256_cvtps_epi32(t), zv)
+        };
+        let mut j = 0;
+        while j < full {
+            let ab = _mm256_packs_epi32(one(j), one(j + 8));
+            let cd = _mm256_packs_epi32(one(j + 16), one(j + 24));
+            let v = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+            _mm256_storeu_si256(q.as_mut_ptr().add(j) as *mut __m256i, v);
+            j += 32;
+        }
+        let zf = zp as f32;
+        for j in full..k {
+            q[j] = crate::generic::quantize_one_u8(
+                x[j],
+                if mult.is_empty() { inv } else { mult[j] },
+                zf,
+            );
+        }
     }
-    assert!(super::has_avx2(), "quantize_u8_avx2 on a CPU without AVX2");
-    // SAFETY: the CPU has AVX2 (asserted); `inner` is safe Rust otherwise.
-    unsafe { inner(x, rows, k, lda, inv_scale, mult, zp, q) }
 }

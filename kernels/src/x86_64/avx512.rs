@@ -152,32 +152,13 @@ unsafe fn tile<const R: usize, const NP: usize>(
     }
 }
 
-/// See [`crate::QuantizeU8Fn`]; 16 values per step, the tail by the generic element function.
-#[allow(clippy::too_many_arguments)]
-pub fn quantize_u8_avx512(
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    lda: usize,
-    inv_scale: f32,
-    mult: &[f32],
-    zp: i32,
-    q: &mut [u8],
-) {
-    assert!(super::has_avx512vnni(), "quantize_u8_avx512 on a CPU without AVX-512");
-    if rows == 0 || k == 0 {
-        return;
-    }
-    assert!(x.len() >= rows * k && lda >= k && q.len() >= (rows - 1) * lda + k, "quantize_u8");
-    assert!(mult.is_empty() || mult.len() >= k, "quantize_u8: mult shorter than k");
-    for r in 0..rows {
-        let xr = &x[r * k..r * k + k];
-        let qr = &mut q[r * lda..r * lda + k];
-        // SAFETY: AVX-512 F is present (asserted); the body reads xr/mult and writes qr only
-        // within k elements, whose lengths were checked.
-        unsafe { quantize_row(xr, inv_scale, mult, zp, qr) }
-    }
-}
+crate::check::quantizer!(
+    /// See [`crate::QuantizeU8Fn`]; 16 values per step, the tail by the generic element function.
+    quantize_u8_avx512,
+    super::has_avx512vnni,
+    "AVX-512",
+    quantize_row
+);
 
 #[target_feature(enable = "avx512f")]
 unsafe fn quantize_row(x: &[f32], inv: f32, mult: &[f32], zp: i32, q: &mut [u8]) {

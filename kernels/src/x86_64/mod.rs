@@ -3,6 +3,7 @@
 //! checks the CPU feature and the slice preconditions, then calls its `#[target_feature]` body.
 
 mod avx2;
+mod avx2_i4;
 mod avx512;
 mod avx512_i4;
 mod f32_avx2;
@@ -10,6 +11,7 @@ mod mf;
 mod vmath;
 
 pub use avx2::{i8_gemm_avx2, quantize_u8_avx2};
+pub use avx2_i4::{i4_gemm_avx2, i4m_gemm_avx2};
 pub use avx512::{i8_gemm_avx512vnni, quantize_u8_avx512};
 pub use avx512_i4::i4_gemm_avx512vnni;
 pub use f32_avx2::{f32_gemm_avx2, f32_matmul_avx2};
@@ -19,7 +21,7 @@ pub use mf::{
 };
 pub use vmath::{
     erf_avx2, erf_avx512, f32_gemm_avx512, f32_matmul_avx512, layer_norm_row_avx2,
-    layer_norm_row_avx512, softmax_row_avx2, softmax_row_avx512,
+    layer_norm_row_avx512, quantize_pack_avx2, softmax_row_avx2, softmax_row_avx512,
 };
 
 /// INT8 GEMM epilogue operands, shared by the x86 GEMMs: `(acc − a_zp·b_sum[j])·scale[j] +
@@ -46,7 +48,7 @@ impl Epi {
     }
 }
 
-/// What every x86 INT4M widener shares: the bounds checks, then `body(src, mul, quads,
+/// The AVX-512 INT4M widener's bounds checks, then `body(src, mul, quads,
 /// group / 4, dst)` once per panel `p0..p0 + np`, with panel p's packed codes (`quads`·32
 /// bytes), its multipliers (`k / group`·16) and its destination (`quads`·64 bytes).
 ///
@@ -155,60 +157,7 @@ pub fn widen_avx512(
     unsafe { each_panel(bp, k, group, gmul, p0, np, dst, body) }
 }
 
-/// The AVX2 widener (a [`crate::i4m::WidenFn`]), with the same output as
-/// [`crate::i4m::widen_panels`]: per 64-value quad, one 32-byte load; the low nibbles (columns
-/// 0..8) and the high ones (columns 8..16) are offset to `u = Q + 8` and multiplied by their
-/// columns' multipliers with `vpmullw` (as in [`widen_avx512`]: `u·M <= 240` stays in its byte),
-/// then `8·M` is subtracted bytewise.
-pub fn widen_avx2(
-    bp: &[u8],
-    k: usize,
-    group: usize,
-    gmul: &[u8],
-    p0: usize,
-    np: usize,
-    dst: &mut [core::mem::MaybeUninit<i8>],
-) {
-    assert!(has_avx2(), "widen_avx2 on a CPU without AVX2");
-    #[target_feature(enable = "avx2")]
-    unsafe fn body(src: *const u8, mul: *const u8, quads: usize, gq: usize, dst: *mut i8) {
-        use core::arch::x86_64::*;
-        // SAFETY: the caller provides `quads`·32 readable bytes at `src`, `quads / gq`·16 at
-        // `mul` and `quads`·64 writable bytes at `dst`.
-        unsafe {
-            let (x88, x08, low) =
-                (_mm256_set1_epi8(0x88u8 as i8), _mm256_set1_epi8(0x08), _mm256_set1_epi8(0x0F));
-            let mut q = 0;
-            while q < quads {
-                // Column c's multiplier in both words of its dword, and 8·M in each byte.
-                let m = mul.add(q / gq * 16);
-                let m32 = [
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(m as *const __m128i)),
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(m.add(8) as *const __m128i)),
-                ];
-                let mw = m32.map(|v| _mm256_or_si256(v, _mm256_slli_epi32::<16>(v)));
-                let m8 = m32.map(|v| _mm256_mullo_epi32(v, _mm256_set1_epi32(0x0808_0808)));
-                for qq in q..q + gq {
-                    let raw = _mm256_loadu_si256(src.add(qq * 32) as *const __m256i);
-                    let u = [
-                        _mm256_and_si256(_mm256_xor_si256(raw, x88), low),
-                        _mm256_and_si256(_mm256_xor_si256(_mm256_srli_epi16::<4>(raw), x08), low),
-                    ];
-                    for h in 0..2 {
-                        let w = _mm256_sub_epi8(_mm256_mullo_epi16(u[h], mw[h]), m8[h]);
-                        _mm256_storeu_si256(dst.add(qq * 64 + 32 * h) as *mut __m256i, w);
-                    }
-                }
-                q += gq;
-            }
-        }
-    }
-    // SAFETY: AVX2 present (asserted); `body` widens one panel as `each_panel` asks.
-    unsafe { each_panel(bp, k, group, gmul, p0, np, dst, body) }
-}
-
 crate::i4m::i4m_variant!(i4m_gemm_avx512vnni, i8_gemm_avx512vnni, widen_avx512);
-crate::i4m::i4m_variant!(i4m_gemm_avx2, i8_gemm_avx2, widen_avx2);
 
 /// AVX-512 F + VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later).
 pub fn has_avx512vnni() -> bool {

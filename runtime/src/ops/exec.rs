@@ -8,7 +8,7 @@ use crate::overlay::{patch_of, Patch, RowPatch};
 use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
 use crate::rowcache::RowCache;
 use crate::Error;
-use ember_kernels::pack::{k4, k4n16_len, quantize_pack_k4n16_kn, quantize_pack_k4n16_nk};
+use ember_kernels::pack::{k4, k4n16_len};
 use ember_kernels::{Act, KernelSet};
 
 pub(crate) struct Ctx<'a> {
@@ -438,11 +438,7 @@ pub(crate) fn run_op(
                 let bp: &mut [i8] = bytemuck::cast_slice_mut(bq);
                 (k.quantize_u8)(&a[i * a_bs..i * a_bs + m * kk], m, kk, lda, a_inv, &[], zp, qa);
                 let bi = &b[i * b_bs..i * b_bs + kk * n];
-                if b_t {
-                    quantize_pack_k4n16_nk(bi, n, kk, b_inv, bp, sums);
-                } else {
-                    quantize_pack_k4n16_kn(bi, kk, n, b_inv, bp, sums);
-                }
+                (k.quantize_pack)(bi, kk, n, b_t, b_inv, bp, sums);
                 let (qa, bp, sums): (&[u8], &[i8], &[i32]) = (qa, bp, sums);
                 rows(&|r0, r1| {
                     // SAFETY: head i's outputs are i·m·n.., rows r0..r1 of them, disjoint
@@ -532,7 +528,7 @@ pub(crate) fn run_op(
         }
         Op::Expand { x, elem, rank, out: od, strides } => {
             // A permuted copy with zero strides on the broadcast axes.
-            transpose(io.bytes(*x), out, *elem, *rank, od, strides);
+            transpose(ctx.par, io.bytes(*x), out, *elem, *rank, od, strides);
         }
         Op::Softmax { x, outer, n, inner, mask, rank, rows, mstrides } if *inner == 1 => {
             let (x, n): (&[f32], usize) = (cast(io.bytes(*x))?, *n);
@@ -621,7 +617,7 @@ pub(crate) fn run_op(
             });
         }
         Op::Transpose { x, elem, rank, out: od, src_strides } => {
-            transpose(io.bytes(*x), out, *elem, *rank, od, src_strides);
+            transpose(ctx.par, io.bytes(*x), out, *elem, *rank, od, src_strides);
         }
         Op::Reduce { x, mean, rank, dims, out_strides, count } => {
             let x: &[f32] = cast(io.bytes(*x))?;
@@ -875,8 +871,10 @@ fn cast_values(src: &[u8], from: DType, out: &mut [u8], to: DType) -> Result<(),
 }
 
 /// Permuted copy: `out` in output order, `src_strides` (in elements) per output axis. Trailing
-/// output axes that stay contiguous in the source are copied as one run.
+/// output axes that stay contiguous in the source are copied as one run; the runs are split
+/// over the threads (each task starts its odometer at its first run).
 fn transpose(
+    par: &dyn Parallel,
     src: &[u8],
     out: &mut [u8],
     elem: usize,
@@ -916,12 +914,23 @@ fn transpose(
         }
         return;
     }
-    for chunk in out.chunks_exact_mut(bytes) {
-        chunk.copy_from_slice(&src[s * elem..s * elem + bytes]);
-        let mut off = [s];
-        advance(&mut idx, od, r, &mut off, [st]);
-        s = off[0];
-    }
+    // At least 32 KiB of output per task (smaller copies cost less than a hand-off).
+    let min_runs = (32 * 1024 / bytes).max(1);
+    split_rows_mut(par, out, bytes, min_runs, 1, &|c0, _, os| {
+        // The odometer at run c0 (axes 0..r, the last fastest) and its source offset.
+        let (mut idx, mut s, mut rest) = ([0usize; MAX_RANK], 0usize, c0);
+        for d in (0..r).rev() {
+            idx[d] = rest % od[d];
+            rest /= od[d];
+            s += idx[d] * st[d];
+        }
+        for chunk in os.chunks_exact_mut(bytes) {
+            chunk.copy_from_slice(&src[s * elem..s * elem + bytes]);
+            let mut off = [s];
+            advance(&mut idx, od, r, &mut off, [st]);
+            s = off[0];
+        }
+    });
 }
 
 /// Advances the odometer `idx` over axes `0..upto` of `dims` (the last of them fastest), moving
@@ -1069,5 +1078,55 @@ impl<'a> QuantIn<'a> {
                 act.apply_slice(or);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Pool;
+
+    /// The permuted copy split over threads gives the bytes of the one-thread copy and of the
+    /// definition, for runs of one element and of many, and output sizes that do not split
+    /// evenly.
+    #[test]
+    fn transpose_on_threads_matches_the_definition() {
+        let pool = Pool::new(3).unwrap();
+        // [a, b, c, d] -> permutation, f32 elements.
+        for (dims, perm) in [
+            ([3usize, 67, 12, 32], [0usize, 2, 1, 3]),
+            ([2, 130, 7, 5], [0, 3, 2, 1]),
+            ([1, 300, 33, 1], [2, 1, 0, 3]),
+        ] {
+            let n: usize = dims.iter().product();
+            let src: Vec<u8> = (0..n as u32).flat_map(|v| v.to_le_bytes()).collect();
+            let mut sst = [0usize; 4];
+            let mut acc = 1;
+            for d in (0..4).rev() {
+                sst[d] = acc;
+                acc *= dims[d];
+            }
+            let (mut od, mut st) = ([0usize; MAX_RANK], [0usize; MAX_RANK]);
+            for (o, &p) in perm.iter().enumerate() {
+                od[o] = dims[p];
+                st[o] = sst[p];
+            }
+            let mut want = Vec::with_capacity(n * 4);
+            for i0 in 0..od[0] {
+                for i1 in 0..od[1] {
+                    for i2 in 0..od[2] {
+                        for i3 in 0..od[3] {
+                            let s = i0 * st[0] + i1 * st[1] + i2 * st[2] + i3 * st[3];
+                            want.extend_from_slice(&src[4 * s..4 * s + 4]);
+                        }
+                    }
+                }
+            }
+            for par in [&crate::par::Serial as &dyn Parallel, &pool] {
+                let mut got = vec![0u8; n * 4];
+                transpose(par, &src, &mut got, 4, 4, &od, &st);
+                assert!(got == want, "{dims:?} {perm:?} on {} threads", par.threads());
+            }
+        }
     }
 }
