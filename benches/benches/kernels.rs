@@ -279,6 +279,27 @@ fn elementwise(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The attention operands of one MiniLM MatMul pair, as the runtime packs them: 12 heads of
+    // K stored [128 keys, 32] (transposed form, for Q·Kᵀ) and of V [128 keys, 32] (for P·V).
+    let mut g = c.benchmark_group("quantize_pack");
+    let (heads, keys, dim) = (12, 128, 32);
+    let mut out = vec![0i8; pack::k4n16_len(keys, dim)];
+    let mut sums = vec![0i32; keys];
+    g.throughput(Throughput::Elements((2 * heads * keys * dim) as u64));
+    for (name, f) in Kernels::quantize_packs() {
+        g.bench_function(BenchmarkId::new(name, "12 heads 128x32, both forms"), |bch| {
+            bch.iter(|| {
+                for h in 0..heads {
+                    let b = &x[h * keys * dim..][..keys * dim];
+                    f(b, dim, keys, true, 40.0, &mut out, &mut sums);
+                    black_box(&out);
+                    f(b, keys, dim, false, 40.0, &mut out, &mut sums);
+                    black_box(&out);
+                }
+            })
+        });
+    }
+    g.finish();
 }
 
 /// Seconds per call of `run`, doubling the call count until one timing lasts 0.3 s.

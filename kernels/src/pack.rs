@@ -100,8 +100,22 @@ pub fn quantize_pack_k4n16_kn(
             *s += c;
         }
     }
-    // The rest (a partial last quad of rows, a partial last panel of columns), element-wise;
-    // padding is zeroed.
+    quantize_pack_kn_rest(b, k, n, inv, out, sums);
+}
+
+/// The part of [`quantize_pack_k4n16_kn`] outside whole 4-row × 16-column blocks (a partial
+/// last quad of rows, a partial last panel of columns), element-wise, padding zeroed; adds to
+/// `sums`. Shared by the fast variants, which do the whole blocks themselves.
+#[inline(always)]
+pub(crate) fn quantize_pack_kn_rest(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+) {
+    let (full_q, full_p) = (k / 4, n / PANEL);
     for p in 0..n.div_ceil(PANEL) {
         for q in 0..k4(k) / 4 {
             if p < full_p && q < full_q {

@@ -290,6 +290,12 @@ static QUANTIZERS: &[Variant<QuantizeU8Fn>] = &[
 ];
 static QUANTIZE_PACKS: &[Variant<QuantizePackFn>] = &[
     #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "quantize_pack_avx512",
+        f: x86::quantize_pack_avx512,
+        usable: x86::has_avx512bw,
+    },
+    #[cfg(target_arch = "x86_64")]
     Variant { name: "quantize_pack_avx2", f: x86::quantize_pack_avx2, usable: x86::has_avx2 },
     Variant { name: "quantize_pack_generic", f: crate::pack::quantize_pack_k4n16, usable: always },
 ];

@@ -123,8 +123,19 @@ fn k4n16_layout_is_a_bijection_with_zero_padding() {
         for (ix, used) in seen.iter().enumerate() {
             assert_eq!(out[ix] == 0, !used, "padding byte {ix} of {n}x{k}");
         }
-        // Quantizing and packing an activation [k, n] equals packing its quantized transpose.
-        let bf: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        // Quantizing and packing an activation [k, n] equals packing its quantized transpose;
+        // every 5th value is a special one (NaN, infinities, clamped, signed zero, ties).
+        let special =
+            [f32::NAN, f32::INFINITY, -f32::INFINITY, 1e4, -1e4, -0.0, 0.0625, -0.0625, 0.1875];
+        let bf: Vec<f32> = (0..k * n)
+            .map(|i| {
+                if i % 5 == 2 {
+                    special[i / 5 % special.len()]
+                } else {
+                    (i as f32 * 0.37).sin() * 3.0
+                }
+            })
+            .collect();
         let (mut direct, mut sums) = (vec![7i8; out.len()], vec![99i32; n]);
         pack::quantize_pack_k4n16_kn(&bf, k, n, 40.0, &mut direct, &mut sums);
         let mut t = vec![0i8; n * k];

@@ -6,6 +6,7 @@ mod avx2;
 mod avx2_i4;
 mod avx512;
 mod avx512_i4;
+mod avx512_pack;
 mod f32_avx2;
 mod mf;
 mod vmath;
@@ -14,6 +15,7 @@ pub use avx2::{i8_gemm_avx2, quantize_u8_avx2};
 pub use avx2_i4::{i4_gemm_avx2, i4m_gemm_avx2};
 pub use avx512::{i8_gemm_avx512vnni, quantize_u8_avx512};
 pub use avx512_i4::i4_gemm_avx512vnni;
+pub use avx512_pack::quantize_pack_avx512;
 pub use f32_avx2::{f32_gemm_avx2, f32_matmul_avx2};
 pub use mf::{
     has_avx2_f16c, has_avx2_fma, has_avx512bw_vl, mf_step_f16_avx2, mf_step_f16_avx512,
@@ -223,6 +225,18 @@ pub fn has_avx512f() -> bool {
     #[cfg(feature = "std")]
     {
         std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
+    }
+}
+
+/// AVX-512 F and BW (Skylake-X, Zen 4 and later).
+pub fn has_avx512bw() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
     }
     #[cfg(not(feature = "std"))]
     {
