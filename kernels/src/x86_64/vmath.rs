@@ -110,30 +110,3 @@ macro_rules! overlay_softmax {
 
 overlay_softmax!(softmax_row_avx512, "avx512f", super::has_avx512f);
 overlay_softmax!(softmax_row_avx2, "avx2", super::has_avx2);
-
-/// The generic activation quantize-and-pack compiled for AVX2: same contract, same bits.
-pub fn quantize_pack_avx2(
-    b: &[f32],
-    k: usize,
-    n: usize,
-    transposed: bool,
-    inv: f32,
-    out: &mut [i8],
-    sums: &mut [i32],
-) {
-    #[target_feature(enable = "avx2")]
-    fn inner(
-        b: &[f32],
-        k: usize,
-        n: usize,
-        transposed: bool,
-        inv: f32,
-        out: &mut [i8],
-        sums: &mut [i32],
-    ) {
-        crate::pack::quantize_pack_k4n16(b, k, n, transposed, inv, out, sums)
-    }
-    assert!(super::has_avx2(), "quantize_pack_avx2 on a CPU without AVX2");
-    // SAFETY: the CPU has AVX2 (asserted above); `inner` is safe Rust otherwise.
-    unsafe { inner(b, k, n, transposed, inv, out, sums) }
-}
