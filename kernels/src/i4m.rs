@@ -239,7 +239,9 @@ pub fn widen_portable(
 /// must write every byte it is given (see [`i4m_via_i8`]).
 #[allow(unused_macros)]
 macro_rules! i4m_variant {
-    ($name:ident, $i8:path, $widen:path) => {
+    // The optional tail hands calls of at most `$rows` rows to `$small` (an exact INT4M GEMM
+    // without the widening pass) on a CPU where `$has()` holds.
+    ($name:ident, $i8:path, $widen:path $(, up to $rows:expr => $small:path, if $has:path)?) => {
         /// See [`crate::I4mGemmFn`].
         #[allow(clippy::too_many_arguments)]
         pub fn $name(
@@ -259,6 +261,13 @@ macro_rules! i4m_variant {
             out: &mut [f32],
             ldo: usize,
         ) {
+            $(
+                if m <= $rows && $has() {
+                    return $small(
+                        m, k, n, a, lda, a_zp, bp, group, gmul, w_sum, scale, bias, act, out, ldo,
+                    );
+                }
+            )?
             // SAFETY: every widener passed here (`widen_portable`, the x86 ones) writes all of
             // its destination: byte-compared with the definition in the twins tests.
             unsafe {

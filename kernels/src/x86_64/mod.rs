@@ -159,42 +159,19 @@ pub fn widen_avx512(
     unsafe { each_panel(bp, k, group, gmul, p0, np, dst, body) }
 }
 
-crate::i4m::i4m_variant!(i4m_widened_avx512vnni, i8_gemm_avx512vnni, widen_avx512);
-
-/// Rows up to which the VNNI INT4M GEMM hands the call to `i4m_gemm_avx2`, which unpacks the
+/// Rows up to which `i4m_gemm_avx512vnni` hands the call to `i4m_gemm_avx2`, which unpacks the
 /// codes in its tile: below this the widening pass costs more than the multiply it feeds
 /// (1×384×1536 on an Emerald Rapids core: 26.8 µs widened, 14.3 µs in the AVX2 tile; at 2 and 3
 /// rows 28.8 / 40.4 against 23.7 / 27.1 µs; from 4 rows the widened VNNI kernel wins, 30.5
 /// against 52.2 µs). Both are exact, so the bits do not depend on the row count's side.
 const I4M_TILE_ROWS: usize = 3;
 
-/// See [`crate::I4mGemmFn`]: the INT8 VNNI kernel on widened panels, or below
-/// [`I4M_TILE_ROWS`] + 1 rows the AVX2 kernel.
-#[allow(clippy::too_many_arguments)]
-pub fn i4m_gemm_avx512vnni(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[u8],
-    lda: usize,
-    a_zp: i32,
-    bp: &[u8],
-    group: usize,
-    gmul: &[u8],
-    w_sum: &[i32],
-    scale: &[f32],
-    bias: &[f32],
-    act: crate::Act,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    let f = if m <= I4M_TILE_ROWS && mf::has_avx2_f16c() {
-        i4m_gemm_avx2
-    } else {
-        i4m_widened_avx512vnni
-    };
-    f(m, k, n, a, lda, a_zp, bp, group, gmul, w_sum, scale, bias, act, out, ldo)
-}
+crate::i4m::i4m_variant!(
+    i4m_gemm_avx512vnni,
+    i8_gemm_avx512vnni,
+    widen_avx512,
+    up to I4M_TILE_ROWS => i4m_gemm_avx2, if mf::has_avx2_f16c
+);
 
 /// AVX-512 F + VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later).
 pub fn has_avx512vnni() -> bool {

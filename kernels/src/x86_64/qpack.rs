@@ -6,6 +6,37 @@
 use crate::pack::{k4n16_index, k4n16_len, quantize_pack_kn_rest, quantize_sym_i8, PANEL};
 use core::arch::x86_64::*;
 
+/// A form's body: `b`, `out` and `sums` already cut to the k·n values, the packed length and
+/// the n sums, k > 0.
+type Body = unsafe fn(&[f32], usize, usize, f32, &mut [i8], &mut [i32]);
+
+/// Cuts the slices to what the bodies index (panicking as the twin does when they are short)
+/// and runs the body of `b`'s form.
+///
+/// # Safety
+/// The CPU has the features `kn` and `nk` were compiled for.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    transposed: bool,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+    (kn, nk): (Body, Body),
+) {
+    let out = &mut out[..k4n16_len(n, k)];
+    let (b, sums) = (&b[..k * n], &mut sums[..n]);
+    if k == 0 {
+        sums.fill(0);
+        return;
+    }
+    let body = if transposed { nk } else { kn };
+    // SAFETY: the features are present (the caller's promise); the slices are cut above.
+    unsafe { body(b, k, n, inv, out, sums) }
+}
+
 /// See [`crate::QuantizePackFn`].
 pub fn quantize_pack_avx512(
     b: &[f32],
@@ -17,21 +48,8 @@ pub fn quantize_pack_avx512(
     sums: &mut [i32],
 ) {
     assert!(super::has_avx512bw(), "quantize_pack_avx512 on a CPU without AVX-512 F and BW");
-    let out = &mut out[..k4n16_len(n, k)];
-    let (b, sums) = (&b[..k * n], &mut sums[..n]);
-    if k == 0 {
-        sums.fill(0);
-        return;
-    }
-    // SAFETY: the CPU has AVX-512 F and BW (asserted); `b`, `out` and `sums` are cut to exactly
-    // the k·n values, the packed length and the n sums that the bodies index within.
-    unsafe {
-        if transposed {
-            nk(b, k, inv, out, sums)
-        } else {
-            kn(b, k, n, inv, out, sums)
-        }
-    }
+    // SAFETY: the CPU has AVX-512 F and BW (asserted).
+    unsafe { dispatch(b, k, n, transposed, inv, out, sums, (kn, nk)) }
 }
 
 /// The codes of 16 values as i32 lanes: `rne(clamp(x·inv, ±127))`, NaN to 0, as the twin
@@ -43,6 +61,24 @@ fn codes(x: __m512, inv: __m512) -> __m512i {
     let t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(t, t), t);
     let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-127.0)), _mm512_set1_ps(127.0));
     _mm512_cvtps_epi32(t)
+}
+
+/// One `K4N16` quad from the codes of 4 rows × 16 columns (16 bytes per row, in column
+/// order): (k0, k1) and (k2, k3) byte pairs per column, then the pairs joined, 4 columns of 4
+/// depths per 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_quad(quad: &mut [i8; 64], [b0, b1, b2, b3]: [__m128i; 4]) {
+    let (t0, t1) = (_mm_unpacklo_epi8(b0, b1), _mm_unpackhi_epi8(b0, b1));
+    let (t2, t3) = (_mm_unpacklo_epi8(b2, b3), _mm_unpackhi_epi8(b2, b3));
+    let d = quad.as_mut_ptr() as *mut __m128i;
+    // SAFETY: four 16-byte stores cover exactly the 64 bytes of `quad`.
+    unsafe {
+        _mm_storeu_si128(d, _mm_unpacklo_epi16(t0, t2));
+        _mm_storeu_si128(d.add(1), _mm_unpackhi_epi16(t0, t2));
+        _mm_storeu_si128(d.add(2), _mm_unpacklo_epi16(t1, t3));
+        _mm_storeu_si128(d.add(3), _mm_unpackhi_epi16(t1, t3));
+    }
 }
 
 /// `b [k, n]`: each whole block of 4 rows × 16 columns becomes one 64-byte quad (rows' codes
@@ -65,21 +101,10 @@ unsafe fn kn(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut
                 colsum,
                 _mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
             );
-            let (b0, b1) = (_mm512_cvtepi32_epi8(c0), _mm512_cvtepi32_epi8(c1));
-            let (b2, b3) = (_mm512_cvtepi32_epi8(c2), _mm512_cvtepi32_epi8(c3));
-            // (k0, k1) and (k2, k3) byte pairs per column, then the pairs joined: 4 columns of
-            // 4 depths per 16 bytes.
-            let (t0, t1) = (_mm_unpacklo_epi8(b0, b1), _mm_unpackhi_epi8(b0, b1));
-            let (t2, t3) = (_mm_unpacklo_epi8(b2, b3), _mm_unpackhi_epi8(b2, b3));
-            let at = k4n16_index(j0, 4 * q, k);
-            // SAFETY: the quad at..at + 64 lies inside panel p of the packed output.
-            unsafe {
-                let d = out.as_mut_ptr().add(at) as *mut __m128i;
-                _mm_storeu_si128(d, _mm_unpacklo_epi16(t0, t2));
-                _mm_storeu_si128(d.add(1), _mm_unpackhi_epi16(t0, t2));
-                _mm_storeu_si128(d.add(2), _mm_unpacklo_epi16(t1, t3));
-                _mm_storeu_si128(d.add(3), _mm_unpackhi_epi16(t1, t3));
-            }
+            let rows = [c0, c1, c2, c3].map(|c| _mm512_cvtepi32_epi8(c));
+            let quad: &mut [i8; 64] =
+                (&mut out[k4n16_index(j0, 4 * q, k)..][..64]).try_into().expect("64-byte quad");
+            store_quad(quad, rows);
         }
         // SAFETY: columns j0..j0 + 16 <= n of the n sums.
         unsafe {
@@ -93,7 +118,7 @@ unsafe fn kn(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut
 /// `b [n, k]`: each column's codes, 16 depths at a time, go out as four 4-byte groups, one per
 /// quad (64 bytes apart); the last k mod 16 depths element-wise, padding left zero.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn nk(b: &[f32], k: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
+unsafe fn nk(b: &[f32], k: usize, _n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
     out.fill(0);
     let full = k / 16 * 16;
     let vinv = _mm512_set1_ps(inv);
@@ -116,13 +141,8 @@ unsafe fn nk(b: &[f32], k: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
             }
             p += 16;
         }
-        let mut s = _mm512_reduce_add_epi32(acc);
-        for (t, v) in col[full..].iter().enumerate() {
-            let q = quantize_sym_i8(*v, inv);
-            out[k4n16_index(j, full + t, k)] = q;
-            s += q as i32;
-        }
-        sums[j] = s;
+        let s = _mm512_reduce_add_epi32(acc);
+        sums[j] = s + nk_tail(col, j, full, inv, out);
     }
 }
 
@@ -137,21 +157,8 @@ pub fn quantize_pack_avx2(
     sums: &mut [i32],
 ) {
     assert!(super::has_avx2(), "quantize_pack_avx2 on a CPU without AVX2");
-    let out = &mut out[..k4n16_len(n, k)];
-    let (b, sums) = (&b[..k * n], &mut sums[..n]);
-    if k == 0 {
-        sums.fill(0);
-        return;
-    }
-    // SAFETY: the CPU has AVX2 (asserted); `b`, `out` and `sums` are cut to exactly the k·n
-    // values, the packed length and the n sums that the bodies index within.
-    unsafe {
-        if transposed {
-            nk2(b, k, inv, out, sums)
-        } else {
-            kn2(b, k, n, inv, out, sums)
-        }
-    }
+    // SAFETY: the CPU has AVX2 (asserted).
+    unsafe { dispatch(b, k, n, transposed, inv, out, sums, (kn2, nk2)) }
 }
 
 /// The codes of 8 values as i32 lanes (see [`codes`]).
@@ -174,6 +181,18 @@ fn narrow16(lo: __m256i, hi: __m256i) -> __m128i {
     _mm256_castsi256_si128(b)
 }
 
+/// Depths `from..k` of column `j` (`col`, its k values), element-wise; returns their codes' sum.
+fn nk_tail(col: &[f32], j: usize, from: usize, inv: f32, out: &mut [i8]) -> i32 {
+    let k = col.len();
+    let mut s = 0;
+    for (t, v) in col[from..].iter().enumerate() {
+        let q = quantize_sym_i8(*v, inv);
+        out[k4n16_index(j, from + t, k)] = q;
+        s += q as i32;
+    }
+    s
+}
+
 /// [`kn`] on AVX2.
 #[target_feature(enable = "avx2")]
 unsafe fn kn2(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
@@ -194,18 +213,10 @@ unsafe fn kn2(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mu
                 s_hi = _mm256_add_epi32(s_hi, hi);
                 narrow16(lo, hi)
             };
-            let (b0, b1, b2, b3) = (row(0), row(1), row(2), row(3));
-            let (t0, t1) = (_mm_unpacklo_epi8(b0, b1), _mm_unpackhi_epi8(b0, b1));
-            let (t2, t3) = (_mm_unpacklo_epi8(b2, b3), _mm_unpackhi_epi8(b2, b3));
-            let at = k4n16_index(j0, 4 * q, k);
-            // SAFETY: the quad at..at + 64 lies inside panel p of the packed output.
-            unsafe {
-                let d = out.as_mut_ptr().add(at) as *mut __m128i;
-                _mm_storeu_si128(d, _mm_unpacklo_epi16(t0, t2));
-                _mm_storeu_si128(d.add(1), _mm_unpackhi_epi16(t0, t2));
-                _mm_storeu_si128(d.add(2), _mm_unpacklo_epi16(t1, t3));
-                _mm_storeu_si128(d.add(3), _mm_unpackhi_epi16(t1, t3));
-            }
+            let rows = [row(0), row(1), row(2), row(3)];
+            let quad: &mut [i8; 64] =
+                (&mut out[k4n16_index(j0, 4 * q, k)..][..64]).try_into().expect("64-byte quad");
+            store_quad(quad, rows);
         }
         // SAFETY: columns j0..j0 + 16 <= n of the n sums.
         unsafe {
@@ -219,7 +230,7 @@ unsafe fn kn2(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mu
 
 /// [`nk`] on AVX2: 8 depths (two quads) per step.
 #[target_feature(enable = "avx2")]
-unsafe fn nk2(b: &[f32], k: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
+unsafe fn nk2(b: &[f32], k: usize, _n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
     out.fill(0);
     let full = k / 8 * 8;
     let vinv = _mm256_set1_ps(inv);
@@ -244,12 +255,7 @@ unsafe fn nk2(b: &[f32], k: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
         let h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc));
         let h = _mm_add_epi32(h, _mm_shuffle_epi32::<0x4E>(h));
         let h = _mm_add_epi32(h, _mm_shuffle_epi32::<0xB1>(h));
-        let mut s = _mm_cvtsi128_si32(h);
-        for (t, v) in col[full..].iter().enumerate() {
-            let q = quantize_sym_i8(*v, inv);
-            out[k4n16_index(j, full + t, k)] = q;
-            s += q as i32;
-        }
-        sums[j] = s;
+        let s = _mm_cvtsi128_si32(h);
+        sums[j] = s + nk_tail(col, j, full, inv, out);
     }
 }
