@@ -18,9 +18,13 @@ pub struct Args {
 /// The kernel an op runs on with kernel set `k`, and its precision.
 pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
     match code {
-        OpCode::LinearI8 | OpCode::MatMulI8 => {
-            (format!("{} + {}", k.quantize_u8_name, k.i8_gemm_name), "int8")
-        }
+        OpCode::LinearI8 => (format!("{} + {}", k.quantize_u8_name, k.i8_gemm_name), "int8"),
+        // The left operand quantized by rows, the right one quantized straight into the packed
+        // layout (per head).
+        OpCode::MatMulI8 => (
+            format!("{} + {} + {}", k.quantize_u8_name, k.quantize_pack_name, k.i8_gemm_name),
+            "int8",
+        ),
         OpCode::LinearF32 => (k.f32_gemm_name.to_string(), "f32"),
         OpCode::LinearF16 => (format!("f16 widening + {}", k.f32_gemm_name), "f16"),
         OpCode::LinearI4 => (format!("{} + {}", k.quantize_u8_name, k.i4_gemm_name), "int4"),
@@ -28,9 +32,11 @@ pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
         OpCode::GatherRowsI8 => ("i8_gather_rows_dequant_generic".into(), "int8"),
         OpCode::GatherRowsI4 => ("i4_gather_rows_dequant_generic".into(), "int4"),
         OpCode::MatMulF32 => (format!("{} | {}", k.f32_matmul_name, k.f32_gemm_name), "f32"),
-        OpCode::Binary | OpCode::Unary | OpCode::Softmax | OpCode::Reduce => {
-            (format!("f32_{}_generic", code.name()), "f32")
-        }
+        OpCode::Softmax => (k.softmax_row_name.to_string(), "f32"),
+        OpCode::LayerNorm => (k.layer_norm_row_name.to_string(), "f32"),
+        // Erf is the one unary kind with a kernel family of its own.
+        OpCode::Unary => (format!("f32_unary_generic | {} (erf)", k.erf_name), "f32"),
+        OpCode::Binary | OpCode::Reduce => (format!("f32_{}_generic", code.name()), "f32"),
         _ => (format!("{}_generic", code.name()), "data"),
     }
 }
@@ -152,4 +158,20 @@ fn batch_shape(dims: &[usize]) -> String {
     }
     s.push(']');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_with_a_kernel_family_name_the_chosen_variant() {
+        let k = KernelSet::detect();
+        assert_eq!(kernel_of(OpCode::Softmax, &k), (k.softmax_row_name.to_string(), "f32"));
+        assert_eq!(kernel_of(OpCode::LayerNorm, &k), (k.layer_norm_row_name.to_string(), "f32"));
+        let (mm, prec) = kernel_of(OpCode::MatMulI8, &k);
+        assert!(mm.contains(k.quantize_pack_name) && mm.contains(k.i8_gemm_name), "{mm}");
+        assert_eq!(prec, "int8");
+        assert!(kernel_of(OpCode::Unary, &k).0.contains(k.erf_name));
+    }
 }
