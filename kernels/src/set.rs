@@ -293,7 +293,7 @@ static QUANTIZE_PACKS: &[Variant<QuantizePackFn>] = &[
     Variant {
         name: "quantize_pack_avx512",
         f: x86::quantize_pack_avx512,
-        usable: x86::has_avx512bw,
+        usable: x86::has_avx512f,
     },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "quantize_pack_avx2", f: x86::quantize_pack_avx2, usable: x86::has_avx2 },

@@ -147,8 +147,14 @@ fn host_input<'a>(
     })
 }
 
-fn host_i64(t: &Tensor) -> Result<Vec<i64>> {
-    Ok(from_candle(t)?.to_i64_vec())
+/// Input `i` as integers (shapes, indices, axes), read through [`host_input`].
+fn host_i64(
+    graph: &Graph,
+    env: &HashMap<String, Tensor>,
+    node: &Node,
+    i: usize,
+) -> Result<Vec<i64>> {
+    Ok(host_input(graph, env, node, i)?.to_i64_vec())
 }
 
 /// Normalizes a possibly negative ONNX axis against `rank`; an error names the node.
@@ -175,7 +181,7 @@ fn axes_of(
         return Ok(Some(a.to_vec()));
     }
     if node.input(input).is_some() {
-        return Ok(Some(host_i64(&get(graph, env, node, input)?)?));
+        return Ok(Some(host_i64(graph, env, node, input)?));
     }
     Ok(None)
 }
@@ -196,6 +202,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
     let c = |e: candle_core::Error| err(candle_msg(&e));
     let x = |i: usize| get(graph, env, node, i);
     let h = |i: usize| host_input(graph, env, node, i);
+    let hi = |i: usize| host_i64(graph, env, node, i);
     let out = match node.op.as_str() {
         "Add" | "Sub" | "Mul" | "Div" => {
             let (a, b) = (x(0)?, x(1)?);
@@ -312,7 +319,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
         }
         "Reshape" => {
             let t = x(0)?;
-            let spec = host_i64(&x(1)?)?;
+            let spec = hi(1)?;
             let allow_zero = node.int("allowzero").unwrap_or(0) == 1;
             let shape = reshape_dims(t.dims(), &spec, allow_zero).map_err(err)?;
             t.reshape(shape).map_err(c)?
@@ -429,8 +436,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
             to_candle(&crate::hostops::shape_of(x(0)?.dims(), node.int("start"), node.int("end")))?
         }
         "ConstantOfShape" => {
-            let shape: Vec<usize> =
-                host_i64(&x(0)?)?.iter().map(|v| (*v).max(0) as usize).collect();
+            let shape: Vec<usize> = hi(0)?.iter().map(|v| (*v).max(0) as usize).collect();
             let n: usize = shape.iter().product();
             let t = match node.attrs.get("value") {
                 Some(Attr::Tensor(v)) if v.as_i64().is_some() => {
@@ -445,10 +451,10 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
         }
         "Slice" => {
             let d = h(0)?;
-            let starts = host_i64(&x(1)?)?;
-            let ends = host_i64(&x(2)?)?;
-            let axes = if node.input(3).is_some() { Some(host_i64(&x(3)?)?) } else { None };
-            let steps = if node.input(4).is_some() { Some(host_i64(&x(4)?)?) } else { None };
+            let starts = hi(1)?;
+            let ends = hi(2)?;
+            let axes = if node.input(3).is_some() { Some(hi(3)?) } else { None };
+            let steps = if node.input(4).is_some() { Some(hi(4)?) } else { None };
             to_candle(
                 &crate::hostops::slice(&d, &starts, &ends, axes.as_deref(), steps.as_deref())
                     .map_err(err)?,
@@ -456,8 +462,7 @@ fn eval_node(graph: &Graph, node: &Node, env: &HashMap<String, Tensor>) -> Resul
         }
         "Expand" => {
             let d = h(0)?;
-            let shape: Vec<usize> =
-                host_i64(&x(1)?)?.iter().map(|v| (*v).max(0) as usize).collect();
+            let shape: Vec<usize> = hi(1)?.iter().map(|v| (*v).max(0) as usize).collect();
             to_candle(&crate::hostops::expand(&d, &shape).map_err(err)?)?
         }
         "Equal" => to_candle(&crate::hostops::equal(&*h(0)?, &*h(1)?).map_err(err)?)?,

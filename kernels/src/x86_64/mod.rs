@@ -209,18 +209,6 @@ pub fn has_avx512f() -> bool {
     }
 }
 
-/// AVX-512 F and BW (Skylake-X, Zen 4 and later).
-pub fn has_avx512bw() -> bool {
-    #[cfg(feature = "std")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(feature = "std"))]
-    {
-        false
-    }
-}
-
 /// AVX2 (Haswell, Zen 1 and later).
 pub fn has_avx2() -> bool {
     #[cfg(feature = "std")]

@@ -1,5 +1,5 @@
 //! The attention operands' quantize-and-pack ([`crate::QuantizePackFn`]) written out for AVX-512
-//! F + BW and for AVX2: 16 (8) values per step, quantized as [`crate::pack::quantize_sym_i8`]
+//! F and for AVX2: 16 (8) values per step, quantized as [`crate::pack::quantize_sym_i8`]
 //! does and put in the `K4N16` order with byte unpacks (the `[k, n]` form) or dword stores (the
 //! `[n, k]` form). Same bytes and column sums as the twin [`crate::pack::quantize_pack_k4n16`].
 
@@ -47,8 +47,8 @@ pub fn quantize_pack_avx512(
     out: &mut [i8],
     sums: &mut [i32],
 ) {
-    assert!(super::has_avx512bw(), "quantize_pack_avx512 on a CPU without AVX-512 F and BW");
-    // SAFETY: the CPU has AVX-512 F and BW (asserted).
+    assert!(super::has_avx512f(), "quantize_pack_avx512 on a CPU without AVX-512 F");
+    // SAFETY: the CPU has AVX-512 F (asserted).
     unsafe { dispatch(b, k, n, transposed, inv, out, sums, (kn, nk)) }
 }
 
@@ -83,7 +83,7 @@ fn store_quad(quad: &mut [i8; 64], [b0, b1, b2, b3]: [__m128i; 4]) {
 
 /// `b [k, n]`: each whole block of 4 rows × 16 columns becomes one 64-byte quad (rows' codes
 /// narrowed to bytes, then interleaved bytewise and wordwise into column-major 4-byte groups).
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f")]
 unsafe fn kn(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
     sums.fill(0);
     let (full_q, full_p) = (k / 4, n / PANEL);
@@ -117,7 +117,7 @@ unsafe fn kn(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut
 
 /// `b [n, k]`: each column's codes, 16 depths at a time, go out as four 4-byte groups, one per
 /// quad (64 bytes apart); the last k mod 16 depths element-wise, padding left zero.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f")]
 unsafe fn nk(b: &[f32], k: usize, _n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
     out.fill(0);
     let full = k / 16 * 16;

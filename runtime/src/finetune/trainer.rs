@@ -475,11 +475,11 @@ impl Factors {
             let (mut pu, mut qi) = (alloc::vec![0f32; self.k], alloc::vec![0f32; self.k]);
             let mut s = 0f64;
             let mine = ratings.chunks(chunk).nth(t).unwrap_or(&[]);
+            let (p, q) = (self.p.rows_at(self.k), self.q.rows_at(self.k));
             for (x, r) in mine.iter().enumerate() {
                 // The rows of a later rating on their way while this one runs (validation
                 // ratings are in no useful order: without it each one waits for memory).
                 if let Some(n) = mine.get(x + VALIDATE_AHEAD) {
-                    let (p, q) = (self.p.rows_at(self.k), self.q.rows_at(self.k));
                     prefetch_rating(p, q, self.bu.as_ptr(), self.bi.as_ptr(), n);
                 }
                 let (u, i) = (r.user as usize, r.item as usize);

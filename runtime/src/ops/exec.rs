@@ -896,10 +896,9 @@ fn transpose(
         out.copy_from_slice(&src[..out.len()]);
         return;
     }
-    let mut idx = [0usize; MAX_RANK];
-    let mut s = 0usize;
     if st[rank - 1] == 0 && run == 1 {
         // Broadcast along the last axis: each output row repeats one source element.
+        let (mut idx, mut s) = ([0usize; MAX_RANK], 0usize);
         let row = od[rank - 1] * elem;
         for chunk in out.chunks_exact_mut(row) {
             let v = &src[s * elem..s * elem + elem];
