@@ -26,7 +26,7 @@ struct Job {
 /// The run's ticket: generation in the high 32 bits, next unclaimed task in bits 16..32, number
 /// of tasks in the low 16 bits. A claim is a compare-and-swap on the whole word, so a thread
 /// that read an older generation's ticket cannot claim a task of a newer one.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 struct Ticket(u64);
 
 impl Ticket {
