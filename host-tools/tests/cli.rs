@@ -186,6 +186,17 @@ fn int4_scales_choose_the_op_and_bad_values_are_refused() {
     assert!(pa > 0.0 && pb > 0.0, "{b}");
     assert!((b["against"]["ratio_p50"].as_f64().unwrap() - pa / pb).abs() < 1e-9, "{b}");
     assert!(b["against"]["ratio_pairwise_median"].as_f64().unwrap() > 0.0, "{b}");
+    // --profile times each op of the timed runs and, in its own column, of the first run.
+    let p: serde_json::Value = serde_json::from_str(&ok(&run(
+        "ember",
+        &[&"bench", &m, &"--iters", &"3", &"--warmup", &"0", &"--profile", &"--json"],
+    )))
+    .unwrap();
+    let ops = p["profile"]["ops"].as_array().unwrap();
+    assert!(!ops.is_empty(), "{p}");
+    let first: f64 = ops.iter().map(|o| o["first_run_ms"].as_f64().unwrap()).sum();
+    assert!(ops.iter().all(|o| o["first_run_ms"].as_f64().unwrap() >= 0.0), "{p}");
+    assert!(first > 0.0 && first <= p["first_run_ms"].as_f64().unwrap() + 1e-6, "{p}");
     let b4 = d.join("b4.ember");
     build("b4.ember", &["--batch", "4"]);
     fails(&run("ember", &[&"bench", &m, &"--against", &b4]), "has no plan for batch 1", None);

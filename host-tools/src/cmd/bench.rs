@@ -211,7 +211,22 @@ pub fn run(a: Args) -> Result<()> {
     let bufs = inputs(&model, batch, a.input.as_ref())?;
     let refs = slices(&bufs);
     let mut turn = in_turn(&refs);
-    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
+    let n_ops = s.plan().records.len();
+    // With --profile the first run is profiled too (its own column): where a cold start goes.
+    let mut first_ns = vec![0f64; n_ops];
+    let first_ms = first_and_warmup(a.warmup, &mut || {
+        let refs = turn();
+        if a.profile && first_ns.iter().all(|&t| t == 0.0) {
+            let mut last = Instant::now();
+            s.run_with(refs, |i, _| {
+                let now = Instant::now();
+                first_ns[i] += (now - last).as_secs_f64() * 1e9;
+                last = now;
+            })?;
+            return Ok(());
+        }
+        Ok(s.run(refs)?)
+    })?;
     // The caches' counters cover the timed runs only (the warm-up filled them).
     s.reset_row_cache_stats();
     if a.profile && a.against.is_some() {
@@ -240,7 +255,6 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let n_ops = s.plan().records.len();
     let mut op_ns = vec![0f64; n_ops];
     let mut times = Vec::with_capacity(a.iters);
     // With --against, every other iteration runs AGAINST first, so neither model always finds
@@ -320,8 +334,9 @@ pub fn run(a: Args) -> Result<()> {
             ops.push((ms, i, kind, names.get(i).cloned().unwrap_or_default()));
         }
         ops.sort_by(|x, y| y.0.total_cmp(&x.0));
+        let first = |i: usize| first_ns[i] / 1e6;
         out["profile"] = json!({
-            "ops": ops.iter().map(|(ms, i, kind, name)| json!({"index": i, "op": kind, "node": name, "ms": ms})).collect::<Vec<_>>(),
+            "ops": ops.iter().map(|(ms, i, kind, name)| json!({"index": i, "op": kind, "node": name, "ms": ms, "first_run_ms": first(*i)})).collect::<Vec<_>>(),
             "by_kind": by_kind.iter().map(|(k, (ms, n))| (k.to_string(), json!({"ms": ms, "count": n}))).collect::<serde_json::Map<_, _>>(),
         });
     }
@@ -372,6 +387,20 @@ pub fn run(a: Args) -> Result<()> {
         println!("  most expensive ops:");
         for (ms, i, kind, name) in ops.iter().take(12) {
             println!("    #{i:<4} {kind:<14} {ms:>8.3} ms  {name}");
+        }
+        // The cold start: the ops whose first run exceeds their steady time the most.
+        let mut cold: Vec<_> = ops
+            .iter()
+            .map(|(ms, i, kind, name)| (first_ns[*i] / 1e6 - ms, *i, *ms, kind, name))
+            .collect();
+        cold.sort_by(|x, y| y.0.total_cmp(&x.0));
+        let extra: f64 = cold.iter().map(|c| c.0).sum();
+        println!("  first run over the steady mean: {extra:+.3} ms in ops; most of it in:");
+        for (d, i, ms, kind, name) in cold.iter().take(8) {
+            println!(
+                "    #{i:<4} {kind:<14} {:>8.3} ms first, {ms:>8.3} ms steady ({d:+.3})  {name}",
+                first_ns[*i] / 1e6
+            );
         }
     }
     Ok(())
