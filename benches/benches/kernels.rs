@@ -273,7 +273,7 @@ fn elementwise(c: &mut Criterion) {
     for (name, f) in Kernels::quantizers() {
         g.bench_function(BenchmarkId::new(name, "128x1536"), |bch| {
             bch.iter(|| {
-                f(&x[..m * k], m, k, lda, 12.5, &[], 130, &mut q);
+                f(&x[..m * k], m, k, k, lda, 12.5, &[], 130, &mut q);
                 black_box(&q);
             })
         });
@@ -291,9 +291,21 @@ fn elementwise(c: &mut Criterion) {
             bch.iter(|| {
                 for h in 0..heads {
                     let b = &x[h * keys * dim..][..keys * dim];
-                    f(b, dim, keys, true, 40.0, &mut out, &mut sums);
+                    f(b, dim, keys, true, dim, 40.0, &mut out, &mut sums);
                     black_box(&out);
-                    f(b, keys, dim, false, 40.0, &mut out, &mut sums);
+                    f(b, keys, dim, false, dim, 40.0, &mut out, &mut sums);
+                    black_box(&out);
+                }
+            })
+        });
+        // The same heads read in place from the linear's output [128 keys, 12 heads, 32].
+        g.bench_function(BenchmarkId::new(name, "12 heads 128x32 in place, both forms"), |bch| {
+            bch.iter(|| {
+                for h in 0..heads {
+                    let b = &x[h * dim..];
+                    f(b, dim, keys, true, heads * dim, 40.0, &mut out, &mut sums);
+                    black_box(&out);
+                    f(b, keys, dim, false, heads * dim, 40.0, &mut out, &mut sums);
                     black_box(&out);
                 }
             })

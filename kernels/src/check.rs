@@ -106,6 +106,7 @@ pub unsafe fn quantize_rows(
     x: &[f32],
     rows: usize,
     k: usize,
+    ldx: usize,
     lda: usize,
     inv_scale: f32,
     mult: &[f32],
@@ -116,10 +117,13 @@ pub unsafe fn quantize_rows(
     if rows == 0 || k == 0 {
         return;
     }
-    assert!(x.len() >= rows * k && lda >= k && q.len() >= (rows - 1) * lda + k, "quantize_u8");
+    assert!(
+        ldx >= k && x.len() >= (rows - 1) * ldx + k && lda >= k && q.len() >= (rows - 1) * lda + k,
+        "quantize_u8"
+    );
     assert!(mult.is_empty() || mult.len() >= k, "quantize_u8: mult shorter than k");
     for r in 0..rows {
-        let xr = &x[r * k..r * k + k];
+        let xr = &x[r * ldx..r * ldx + k];
         let qr = &mut q[r * lda..r * lda + k];
         // SAFETY: the caller vouches for the CPU features; the rows and `mult` have the
         // lengths the row function needs (checked above).
@@ -138,6 +142,7 @@ macro_rules! quantizer {
             x: &[f32],
             rows: usize,
             k: usize,
+            ldx: usize,
             lda: usize,
             inv_scale: f32,
             mult: &[f32],
@@ -146,7 +151,7 @@ macro_rules! quantizer {
         ) {
             assert!($has(), concat!(stringify!($name), " on a CPU without ", $feature));
             // SAFETY: the feature was asserted just above.
-            unsafe { $crate::check::quantize_rows(x, rows, k, lda, inv_scale, mult, zp, q, $row) }
+            unsafe { $crate::check::quantize_rows(x, rows, k, ldx, lda, inv_scale, mult, zp, q, $row) }
         }
     };
 }

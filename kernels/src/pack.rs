@@ -50,25 +50,39 @@ pub fn quantize_pack_k4n16(
     k: usize,
     n: usize,
     transposed: bool,
+    ld: usize,
     inv: f32,
     out: &mut [i8],
     sums: &mut [i32],
 ) {
     if transposed {
-        quantize_pack_k4n16_nk(b, n, k, inv, out, sums)
+        quantize_pack_k4n16_nk(b, n, k, ld, inv, out, sums)
     } else {
-        quantize_pack_k4n16_kn(b, k, n, inv, out, sums)
+        quantize_pack_k4n16_kn(b, k, n, ld, inv, out, sums)
     }
 }
 
-/// Quantizes an f32 activation `b [k, n]` (row-major) symmetrically (`rne(b·inv)` clamped to
-/// ±127, NaN to 0) straight into the packed layout, with the column sums the GEMM needs.
-/// Four source rows at a time become one 4-byte group per column (vectorizable).
+/// Elements of a strided `rows × cols` operand with row stride `ld` (`ld ≥ cols`): the
+/// slice length its last row ends at (0 when it has no rows or no columns).
+#[inline]
+pub const fn strided_len(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+/// Quantizes an f32 activation `b [k, n]` (row-major, rows `ld ≥ n` elements apart)
+/// symmetrically (`rne(b·inv)` clamped to ±127, NaN to 0) straight into the packed layout, with
+/// the column sums the GEMM needs. Four source rows at a time become one 4-byte group per
+/// column (vectorizable).
 #[inline(always)]
 pub fn quantize_pack_k4n16_kn(
     b: &[f32],
     k: usize,
     n: usize,
+    ld: usize,
     inv: f32,
     out: &mut [i8],
     sums: &mut [i32],
@@ -76,7 +90,8 @@ pub fn quantize_pack_k4n16_kn(
     let out = &mut out[..k4n16_len(n, k)];
     let sums = &mut sums[..n];
     sums.fill(0);
-    let b = &b[..k * n];
+    assert!(ld >= n, "row stride {ld} below the row length {n}");
+    let b = &b[..strided_len(k, n, ld)];
     let (full_q, full_p) = (k / 4, n / PANEL);
     // Whole 4-row × 16-column blocks: one 64-byte quad of one panel each.
     for p in 0..full_p {
@@ -86,7 +101,7 @@ pub fn quantize_pack_k4n16_kn(
             let mut blk = [0i8; 64];
             for kk in 0..4 {
                 let row: &[f32; PANEL] =
-                    b[(4 * q + kk) * n + j0..][..PANEL].try_into().expect("16 columns");
+                    b[(4 * q + kk) * ld + j0..][..PANEL].try_into().expect("16 columns");
                 for c in 0..PANEL {
                     let v = quantize_sym_i8(row[c], inv);
                     blk[c * 4 + kk] = v;
@@ -100,7 +115,7 @@ pub fn quantize_pack_k4n16_kn(
             *s += c;
         }
     }
-    quantize_pack_kn_rest(b, k, n, inv, out, sums);
+    quantize_pack_kn_rest(b, k, n, ld, inv, out, sums);
 }
 
 /// The part of [`quantize_pack_k4n16_kn`] outside whole 4-row × 16-column blocks (a partial
@@ -111,6 +126,7 @@ pub(crate) fn quantize_pack_kn_rest(
     b: &[f32],
     k: usize,
     n: usize,
+    ld: usize,
     inv: f32,
     out: &mut [i8],
     sums: &mut [i32],
@@ -124,7 +140,7 @@ pub(crate) fn quantize_pack_kn_rest(
             for c in 0..PANEL {
                 for kk in 0..4 {
                     let (j, r) = (p * PANEL + c, 4 * q + kk);
-                    let v = if j < n && r < k { quantize_sym_i8(b[r * n + j], inv) } else { 0 };
+                    let v = if j < n && r < k { quantize_sym_i8(b[r * ld + j], inv) } else { 0 };
                     out[k4n16_index(p * PANEL + c, r, k)] = v;
                     if j < n {
                         sums[j] += v as i32;
@@ -135,13 +151,15 @@ pub(crate) fn quantize_pack_kn_rest(
     }
 }
 
-/// Like [`quantize_pack_k4n16_kn`] for `b` stored transposed, `[n, k]` row-major (each
-/// column's k values contiguous, so every 4-byte group comes from 4 consecutive floats).
+/// Like [`quantize_pack_k4n16_kn`] for `b` stored transposed, `[n, k]` row-major with rows
+/// `ld ≥ k` elements apart (each column's k values contiguous, so every 4-byte group comes from
+/// 4 consecutive floats).
 #[inline(always)]
 pub fn quantize_pack_k4n16_nk(
     b: &[f32],
     n: usize,
     k: usize,
+    ld: usize,
     inv: f32,
     out: &mut [i8],
     sums: &mut [i32],
@@ -149,7 +167,10 @@ pub fn quantize_pack_k4n16_nk(
     let out = &mut out[..k4n16_len(n, k)];
     out.fill(0);
     let sums = &mut sums[..n];
-    for (j, (col, sum)) in b[..n * k].chunks_exact(k).zip(sums.iter_mut()).enumerate() {
+    assert!(ld >= k, "row stride {ld} below the row length {k}");
+    let b = &b[..strided_len(n, k, ld)];
+    for (j, sum) in sums.iter_mut().enumerate() {
+        let col = &b[j * ld..j * ld + k];
         let mut s = 0i32;
         let mut quads = col.chunks_exact(4);
         let mut p = 0;

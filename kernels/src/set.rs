@@ -120,14 +120,16 @@ pub type I4mGemmFn = fn(
 pub type F32GemmFn =
     fn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: &[f32], act: Act, out: &mut [f32]);
 
-/// Quantizes `rows` rows of `k` f32 (row-major, contiguous) into u8 rows of stride `lda`:
-/// `q[r·lda + j] = clamp(rne(x[r·k + j] · s_j) + zp, 0, 255)`, with `s_j = inv_scale` when `mult`
-/// is empty and `mult[j]` (per-channel smoothing folded with the scale) otherwise; NaN maps to
-/// the zero point. Bytes `k..lda` of each row are left as they are.
+/// Quantizes `rows` rows of `k` f32 (row-major, rows `ldx ≥ k` elements apart) into u8 rows
+/// of stride `lda`: `q[r·lda + j] = clamp(rne(x[r·ldx + j] · s_j) + zp, 0, 255)`, with
+/// `s_j = inv_scale` when `mult` is empty and `mult[j]` (per-channel smoothing folded with the
+/// scale) otherwise; NaN maps to the zero point. Bytes `k..lda` of each row are left as they
+/// are, and `x` between rows is not read.
 pub type QuantizeU8Fn = fn(
     x: &[f32],
     rows: usize,
     k: usize,
+    ldx: usize,
     lda: usize,
     inv_scale: f32,
     mult: &[f32],
@@ -137,9 +139,19 @@ pub type QuantizeU8Fn = fn(
 
 /// Quantizes an f32 activation symmetrically (`rne(b·inv)` clamped to ±127, NaN to 0) into
 /// the `K4N16` layout of an `[n, k]` operand, with its column sums: `b` is `[k, n]` row-major,
-/// or `[n, k]` when `transposed`. See [`crate::pack::quantize_pack_k4n16`].
-pub type QuantizePackFn =
-    fn(b: &[f32], k: usize, n: usize, transposed: bool, inv: f32, out: &mut [i8], sums: &mut [i32]);
+/// or `[n, k]` when `transposed`, its rows `ld` elements apart (`ld` ≥ the row length; one
+/// head of an attention tensor stored `[seq, heads, d]` is read in place with `ld = heads·d`).
+/// See [`crate::pack::quantize_pack_k4n16`].
+pub type QuantizePackFn = fn(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    transposed: bool,
+    ld: usize,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+);
 
 /// `o[i] = f(x[i])` over a slice, or a function of a whole row (softmax); `o.len() == x.len()`.
 pub type RowFn = fn(x: &[f32], o: &mut [f32]);

@@ -137,7 +137,7 @@ fn k4n16_layout_is_a_bijection_with_zero_padding() {
             })
             .collect();
         let (mut direct, mut sums) = (vec![7i8; out.len()], vec![99i32; n]);
-        pack::quantize_pack_k4n16_kn(&bf, k, n, 40.0, &mut direct, &mut sums);
+        pack::quantize_pack_k4n16_kn(&bf, k, n, n, 40.0, &mut direct, &mut sums);
         let mut t = vec![0i8; n * k];
         for p in 0..k {
             for j in 0..n {
@@ -153,16 +153,31 @@ fn k4n16_layout_is_a_bijection_with_zero_padding() {
         // The transposed-input packer gives the same bytes from b stored [n, k].
         let (mut from_nk, mut sums_nk) = (vec![7i8; out.len()], vec![99i32; n]);
         let bt: Vec<f32> = (0..n * k).map(|i| bf[(i % k) * n + i / k]).collect();
-        pack::quantize_pack_k4n16_nk(&bt, n, k, 40.0, &mut from_nk, &mut sums_nk);
+        pack::quantize_pack_k4n16_nk(&bt, n, k, k, 40.0, &mut from_nk, &mut sums_nk);
         assert_eq!(from_nk, packed);
         assert_eq!(sums_nk, sums);
-        // Every registered variant gives the same bytes and sums, in both forms.
+        // The same operands with rows further apart (one head of a [seq, heads, d] tensor),
+        // the gaps holding values that must not be read (a stray read changes a sum).
+        let widen = |src: &[f32], rows: usize, cols: usize, ld: usize| -> Vec<f32> {
+            let mut w = vec![1e3f32; rows.max(1) * ld];
+            for r in 0..rows {
+                w[r * ld..r * ld + cols].copy_from_slice(&src[r * cols..(r + 1) * cols]);
+            }
+            w.truncate(pack::strided_len(rows, cols, ld));
+            w
+        };
+        let (ld_kn, ld_nk) = (n + 5, k + 3);
+        let (bf_w, bt_w) = (widen(&bf, k, n, ld_kn), widen(&bt, n, k, ld_nk));
+        // Every registered variant gives the same bytes and sums, in both forms, contiguous
+        // and strided.
         for (name, f) in Kernels::quantize_packs() {
-            for (src, transposed) in [(&bf, false), (&bt, true)] {
+            for (src, transposed, ld) in
+                [(&bf, false, n), (&bt, true, k), (&bf_w, false, ld_kn), (&bt_w, true, ld_nk)]
+            {
                 let (mut got, mut got_sums) = (vec![7i8; out.len()], vec![99i32; n]);
-                f(src, k, n, transposed, 40.0, &mut got, &mut got_sums);
-                assert_eq!(got, packed, "{name} {n}x{k} transposed {transposed}");
-                assert_eq!(got_sums, sums, "{name} sums {n}x{k} transposed {transposed}");
+                f(src, k, n, transposed, ld, 40.0, &mut got, &mut got_sums);
+                assert_eq!(got, packed, "{name} {n}x{k} transposed {transposed} ld {ld}");
+                assert_eq!(got_sums, sums, "{name} sums {n}x{k} transposed {transposed} ld {ld}");
             }
         }
     }
@@ -265,7 +280,7 @@ fn quantizers_match_definition_and_twins() {
             for per_channel in [false, true] {
                 let m: &[f32] = if per_channel { &mult } else { &[] };
                 let mut want = vec![9u8; rows * lda];
-                generic::quantize_u8(&x, rows, len, lda, inv, m, zp, &mut want);
+                generic::quantize_u8(&x, rows, len, len, lda, inv, m, zp, &mut want);
                 for row in 0..rows {
                     for j in 0..len {
                         let v = x[row * len + j];
@@ -279,10 +294,24 @@ fn quantizers_match_definition_and_twins() {
                         "stride gap written"
                     );
                 }
-                for (name, f) in Kernels::quantizers() {
-                    let mut got = vec![9u8; rows * lda];
-                    f(&x, rows, len, lda, inv, m, zp, &mut got);
-                    assert_eq!(got, want, "{name} len {len} zp {zp} per-channel {per_channel}");
+                // The same rows further apart in x (one head of a [seq, heads, d] tensor); the
+                // gaps hold values that would change the codes if they were read.
+                let ldx = len + 7;
+                let mut xw = vec![77.0f32; (rows - 1) * ldx + len];
+                for row in 0..rows {
+                    xw[row * ldx..row * ldx + len].copy_from_slice(&x[row * len..][..len]);
+                }
+                let generic_fn: ember_kernels::QuantizeU8Fn = generic::quantize_u8;
+                let all = Kernels::quantizers().chain([("quantize_u8_generic", generic_fn)]);
+                for (name, f) in all {
+                    for (src, ld) in [(&x, len), (&xw, ldx)] {
+                        let mut got = vec![9u8; rows * lda];
+                        f(src, rows, len, ld, lda, inv, m, zp, &mut got);
+                        assert_eq!(
+                            got, want,
+                            "{name} len {len} ldx {ld} zp {zp} per-ch {per_channel}"
+                        );
+                    }
                 }
             }
         }

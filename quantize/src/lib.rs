@@ -620,6 +620,8 @@ fn measure<B: AsRef<[u8]>>(
 ) -> Result<Vec<report::OutputMetrics>> {
     let b = model.batch_sizes()[0];
     let mut sess = Session::new(model, b)?;
+    // Per-layer outputs in the layout the graph gives them (no folded head shuffles).
+    sess.run_as_written(true);
     let layer_out: HashMap<String, String> = g
         .nodes
         .iter()

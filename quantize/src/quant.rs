@@ -296,7 +296,7 @@ pub(crate) fn simulate_linear_i8(
     let ks = ember_kernels::KernelSet::detect();
     let lda = pack::k4(k);
     let mut q = vec![0u8; m * lda];
-    (ks.quantize_u8)(x, m, k, lda, 0.0, mult, zp + 128, &mut q);
+    (ks.quantize_u8)(x, m, k, k, lda, 0.0, mult, zp + 128, &mut q);
     let mut packed = vec![0i8; pack::k4n16_len(n, k)];
     pack::pack_k4n16(&qw.q, n, k, &mut packed);
     let mut y = vec![0f32; m * n];
@@ -856,7 +856,7 @@ pub(crate) fn simulate_linear_i4(
     let ks = ember_kernels::KernelSet::detect();
     let lda = pack::k4(k);
     let mut q = vec![0u8; m * lda];
-    (ks.quantize_u8)(x, m, k, lda, 0.0, mult, zp + 128, &mut q);
+    (ks.quantize_u8)(x, m, k, k, lda, 0.0, mult, zp + 128, &mut q);
     let mut y = vec![0f32; m * n];
     let zero = vec![0.0; n];
     if qw.mul.is_empty() {

@@ -50,7 +50,10 @@ pub struct Plan {
     pub values: Vec<ValueInfo>,
     pub records: Vec<OpRecord>,
     pub(crate) ops: Vec<Op>,
-    /// Scratch the plan's integer ops need: i8, i32 and f32 elements.
+    /// What the CPU runs: `ops` with the attention head shuffles folded into the matmuls
+    /// ([`crate::ops::fuse`]).
+    pub(crate) cpu: crate::ops::fuse::Schedule,
+    /// Scratch the plan's integer ops need (either schedule): i8, i32 and f32 elements.
     pub scratch: (usize, usize, usize),
 }
 
@@ -601,6 +604,20 @@ fn parse_plan(
         scratch = (scratch.0.max(a), scratch.1.max(b), scratch.2.max(c));
         ops_v.push(op);
     }
+    let valid = |d: &[i64], l: &[i64]| check_liveness(&p, &values, d, l, &records).is_ok();
+    let cpu = crate::ops::fuse::schedule(&crate::ops::fuse::Facts {
+        records: &records,
+        ops: &ops_v,
+        values: &values,
+        def_at: &def_at,
+        last_use: &last_use,
+        outputs: &outputs,
+        valid: &valid,
+    });
+    for step in cpu.iter().flatten() {
+        let (a, b, c) = step.op.scratch();
+        scratch = (scratch.0.max(a), scratch.1.max(b), scratch.2.max(c));
+    }
     Ok(Plan {
         batch: h.batch as usize,
         arena_size: h.arena_size as usize,
@@ -609,6 +626,7 @@ fn parse_plan(
         values,
         records,
         ops: ops_v,
+        cpu,
         scratch,
     })
 }

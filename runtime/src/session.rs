@@ -28,6 +28,9 @@ pub struct Session<'m, B: AsRef<[u8]>> {
     kernels: KernelSet,
     /// Per op: the hot-row cache of a large table's gather (empty: none anywhere).
     caches: Vec<Option<RowCache>>,
+    /// Run the plan's ops as the file has them instead of the CPU schedule (see
+    /// [`Session::run_as_written`]).
+    as_written: bool,
     #[cfg(feature = "std")]
     pool: Option<alloc::sync::Arc<crate::Pool>>,
 }
@@ -59,9 +62,19 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             scratch_f32,
             kernels,
             caches: Vec::new(),
+            as_written: false,
             #[cfg(feature = "std")]
             pool: None,
         })
+    }
+
+    /// Runs every op of the plan as the file lists it, writing every intermediate value. By
+    /// default a session runs the CPU schedule, where the attention head shuffles (Reshape and
+    /// Transpose copies around the attention MatMuls) are folded into the matmuls: same output
+    /// bits, fewer ops, but [`Session::run_with`] then reports no output for the folded ops and
+    /// a folded matmul's output in its merged-heads place. Per-layer comparisons want this on.
+    pub fn run_as_written(&mut self, on: bool) {
+        self.as_written = on;
     }
 
     /// Spreads the large ops of each run over `pool`'s threads (shareable between sessions;
@@ -170,9 +183,10 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         self.run_with(inputs, |_, _| {})
     }
 
-    /// Like [`Session::run`], calling `after_op(op_index, output_bytes)` after each op, while its
-    /// output is still in the arena (later ops may reuse the slot). For per-layer comparisons and
-    /// debugging tools; `run` passes a no-op.
+    /// Like [`Session::run`], calling `after_op(op_index, output_bytes)` after each op that runs,
+    /// while its output is still in the arena (later ops may reuse the slot). For per-layer
+    /// comparisons (with [`Session::run_as_written`]), profiles and debugging tools; `run`
+    /// passes a no-op.
     pub fn run_with(
         &mut self,
         inputs: &[&[u8]],
@@ -210,9 +224,17 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             slots: par.threads(),
         };
         for (i, (op, rec)) in plan.ops.iter().zip(&plan.records).enumerate() {
+            let (op, out) = if !self.as_written {
+                match &plan.cpu[i] {
+                    Some(step) => (&step.op, step.out),
+                    None => continue,
+                }
+            } else {
+                (op, rec.outputs[0])
+            };
             let cache = self.caches.get_mut(i).and_then(Option::as_mut);
-            run_op(op, i, rec.outputs[0], &ctx, arena, &mut scratch, cache)?;
-            let v = &plan.values[rec.outputs[0] as usize];
+            run_op(op, i, out, &ctx, arena, &mut scratch, cache)?;
+            let v = &plan.values[out as usize];
             after_op(i, &arena[v.offset..v.offset + v.nbytes]);
         }
         Ok(())

@@ -218,3 +218,42 @@ fn tight_budget_widens_through_dynamic_int8_first() {
     }
     assert!(mean >= 0.999, "mean cosine {mean}");
 }
+
+/// The CPU schedule reads the attention heads in place and writes P·V's heads straight to
+/// their merged places (the Reshape/Transpose copies around the attention MatMuls are folded
+/// into them): the same output bits as running every op of the plan as written, at batch 1
+/// and 8, on one and two threads, with most of those copies gone.
+#[test]
+fn folded_head_shuffles_give_the_written_plans_bits() {
+    use ember_runtime::{Pool, Session};
+    use std::sync::Arc;
+    let (bytes, _) = quantize(8);
+    let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+    let (_, dir) = ember_tests::minilm();
+    let ev = npz::read_npz(&dir.join("eval.npz")).unwrap();
+    let (inputs, _) = exec::check_inputs(&exec::model_inputs(&model), &ev, "eval").unwrap();
+    for batch in [1usize, 8] {
+        let rows: Vec<usize> = (0..batch).collect();
+        let bufs: Vec<Vec<u8>> =
+            model.inputs.iter().map(|s| inputs[&s.name].take_rows(&rows).to_le_bytes()).collect();
+        let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
+        for threads in [1, 2] {
+            let run = |as_written: bool| {
+                let mut s = Session::new(&model, batch).unwrap();
+                s.set_pool(Arc::new(Pool::new(threads).unwrap())).unwrap();
+                s.run_as_written(as_written);
+                let mut ran = 0;
+                s.run_with(&refs, |_, _| ran += 1).unwrap();
+                let outs: Vec<Vec<u8>> =
+                    (0..model.outputs.len()).map(|i| s.output(i).to_vec()).collect();
+                (outs, ran)
+            };
+            let (want, all) = run(true);
+            let (got, ran) = run(false);
+            assert!(got == want, "batch {batch}, {threads} threads: folded schedule differs");
+            // Per layer: Q's and V's Reshape and Transpose, K's Transpose, and the output's
+            // Transpose and Reshape (K's Reshape stays: its source's slot is reused before).
+            assert!(all - ran >= 21, "batch {batch}: only {} of {all} ops folded", all - ran);
+        }
+    }
+}

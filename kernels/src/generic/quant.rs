@@ -25,6 +25,7 @@ pub fn quantize_u8(
     x: &[f32],
     rows: usize,
     k: usize,
+    ldx: usize,
     lda: usize,
     inv_scale: f32,
     mult: &[f32],
@@ -32,8 +33,9 @@ pub fn quantize_u8(
     q: &mut [u8],
 ) {
     let zp = zp as f32;
+    assert!(ldx >= k, "quantize_u8: row stride {ldx} below the row length {k}");
     for r in 0..rows {
-        let xr = &x[r * k..r * k + k];
+        let xr = &x[r * ldx..r * ldx + k];
         let qr = &mut q[r * lda..r * lda + k];
         if mult.is_empty() {
             for (o, v) in qr.iter_mut().zip(xr) {

@@ -3,12 +3,14 @@
 //! does and put in the `K4N16` order with byte unpacks (the `[k, n]` form) or dword stores (the
 //! `[n, k]` form). Same bytes and column sums as the twin [`crate::pack::quantize_pack_k4n16`].
 
-use crate::pack::{k4n16_index, k4n16_len, quantize_pack_kn_rest, quantize_sym_i8, PANEL};
+use crate::pack::{
+    k4n16_index, k4n16_len, quantize_pack_kn_rest, quantize_sym_i8, strided_len, PANEL,
+};
 use core::arch::x86_64::*;
 
-/// A form's body: `b`, `out` and `sums` already cut to the k·n values, the packed length and
-/// the n sums, k > 0.
-type Body = unsafe fn(&[f32], usize, usize, f32, &mut [i8], &mut [i32]);
+/// A form's body: `b`, `out` and `sums` already cut to the strided operand (row stride `ld`),
+/// the packed length and the n sums, k > 0: (b, k, n, ld, inv, out, sums).
+type Body = unsafe fn(&[f32], usize, usize, usize, f32, &mut [i8], &mut [i32]);
 
 /// Cuts the slices to what the bodies index (panicking as the twin does when they are short)
 /// and runs the body of `b`'s form.
@@ -21,20 +23,23 @@ unsafe fn dispatch(
     k: usize,
     n: usize,
     transposed: bool,
+    ld: usize,
     inv: f32,
     out: &mut [i8],
     sums: &mut [i32],
     (kn, nk): (Body, Body),
 ) {
     let out = &mut out[..k4n16_len(n, k)];
-    let (b, sums) = (&b[..k * n], &mut sums[..n]);
+    let (rows, cols) = if transposed { (n, k) } else { (k, n) };
+    assert!(ld >= cols, "row stride {ld} below the row length {cols}");
+    let (b, sums) = (&b[..strided_len(rows, cols, ld)], &mut sums[..n]);
     if k == 0 {
         sums.fill(0);
         return;
     }
     let body = if transposed { nk } else { kn };
     // SAFETY: the features are present (the caller's promise); the slices are cut above.
-    unsafe { body(b, k, n, inv, out, sums) }
+    unsafe { body(b, k, n, ld, inv, out, sums) }
 }
 
 /// See [`crate::QuantizePackFn`].
@@ -43,13 +48,14 @@ pub fn quantize_pack_avx512(
     k: usize,
     n: usize,
     transposed: bool,
+    ld: usize,
     inv: f32,
     out: &mut [i8],
     sums: &mut [i32],
 ) {
     assert!(super::has_avx512f(), "quantize_pack_avx512 on a CPU without AVX-512 F");
     // SAFETY: the CPU has AVX-512 F (asserted).
-    unsafe { dispatch(b, k, n, transposed, inv, out, sums, (kn, nk)) }
+    unsafe { dispatch(b, k, n, transposed, ld, inv, out, sums, (kn, nk)) }
 }
 
 /// The codes of 16 values as i32 lanes: `rne(clamp(x·inv, ±127))`, NaN to 0, as the twin
@@ -84,7 +90,7 @@ fn store_quad(quad: &mut [i8; 64], [b0, b1, b2, b3]: [__m128i; 4]) {
 /// `b [k, n]`: each whole block of 4 rows × 16 columns becomes one 64-byte quad (rows' codes
 /// narrowed to bytes, then interleaved bytewise and wordwise into column-major 4-byte groups).
 #[target_feature(enable = "avx512f")]
-unsafe fn kn(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
+unsafe fn kn(b: &[f32], k: usize, n: usize, ld: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
     sums.fill(0);
     let (full_q, full_p) = (k / 4, n / PANEL);
     let vinv = _mm512_set1_ps(inv);
@@ -94,7 +100,7 @@ unsafe fn kn(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut
         for q in 0..full_q {
             // SAFETY: row 4q + kk < k and columns j0..j0 + 16 <= n lie inside b's k·n values.
             let row = |kk: usize| unsafe {
-                codes(_mm512_loadu_ps(b.as_ptr().add((4 * q + kk) * n + j0)), vinv)
+                codes(_mm512_loadu_ps(b.as_ptr().add((4 * q + kk) * ld + j0)), vinv)
             };
             let (c0, c1, c2, c3) = (row(0), row(1), row(2), row(3));
             colsum = _mm512_add_epi32(
@@ -112,17 +118,18 @@ unsafe fn kn(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut
             _mm512_storeu_si512(s, _mm512_add_epi32(_mm512_loadu_si512(s), colsum));
         }
     }
-    quantize_pack_kn_rest(b, k, n, inv, out, sums);
+    quantize_pack_kn_rest(b, k, n, ld, inv, out, sums);
 }
 
 /// `b [n, k]`: each column's codes, 16 depths at a time, go out as four 4-byte groups, one per
 /// quad (64 bytes apart); the last k mod 16 depths element-wise, padding left zero.
 #[target_feature(enable = "avx512f")]
-unsafe fn nk(b: &[f32], k: usize, _n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
+unsafe fn nk(b: &[f32], k: usize, n: usize, ld: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
     out.fill(0);
     let full = k / 16 * 16;
     let vinv = _mm512_set1_ps(inv);
-    for (j, col) in b.chunks_exact(k).enumerate() {
+    for j in 0..n {
+        let col = &b[j * ld..j * ld + k];
         let base = k4n16_index(j, 0, k);
         let mut acc = _mm512_setzero_si512();
         let mut p = 0;
@@ -152,13 +159,14 @@ pub fn quantize_pack_avx2(
     k: usize,
     n: usize,
     transposed: bool,
+    ld: usize,
     inv: f32,
     out: &mut [i8],
     sums: &mut [i32],
 ) {
     assert!(super::has_avx2(), "quantize_pack_avx2 on a CPU without AVX2");
     // SAFETY: the CPU has AVX2 (asserted).
-    unsafe { dispatch(b, k, n, transposed, inv, out, sums, (kn2, nk2)) }
+    unsafe { dispatch(b, k, n, transposed, ld, inv, out, sums, (kn2, nk2)) }
 }
 
 /// The codes of 8 values as i32 lanes (see [`codes`]).
@@ -195,7 +203,15 @@ fn nk_tail(col: &[f32], j: usize, from: usize, inv: f32, out: &mut [i8]) -> i32 
 
 /// [`kn`] on AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn kn2(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
+unsafe fn kn2(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    ld: usize,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+) {
     sums.fill(0);
     let (full_q, full_p) = (k / 4, n / PANEL);
     let vinv = _mm256_set1_ps(inv);
@@ -206,7 +222,7 @@ unsafe fn kn2(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mu
             let mut row = |kk: usize| {
                 // SAFETY: row 4q + kk < k and columns j0..j0 + 16 <= n lie inside b.
                 let (lo, hi) = unsafe {
-                    let at = b.as_ptr().add((4 * q + kk) * n + j0);
+                    let at = b.as_ptr().add((4 * q + kk) * ld + j0);
                     (codes8(_mm256_loadu_ps(at), vinv), codes8(_mm256_loadu_ps(at.add(8)), vinv))
                 };
                 s_lo = _mm256_add_epi32(s_lo, lo);
@@ -225,16 +241,25 @@ unsafe fn kn2(b: &[f32], k: usize, n: usize, inv: f32, out: &mut [i8], sums: &mu
             _mm256_storeu_si256(s.add(1), _mm256_add_epi32(_mm256_loadu_si256(s.add(1)), s_hi));
         }
     }
-    quantize_pack_kn_rest(b, k, n, inv, out, sums);
+    quantize_pack_kn_rest(b, k, n, ld, inv, out, sums);
 }
 
 /// [`nk`] on AVX2: 8 depths (two quads) per step.
 #[target_feature(enable = "avx2")]
-unsafe fn nk2(b: &[f32], k: usize, _n: usize, inv: f32, out: &mut [i8], sums: &mut [i32]) {
+unsafe fn nk2(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    ld: usize,
+    inv: f32,
+    out: &mut [i8],
+    sums: &mut [i32],
+) {
     out.fill(0);
     let full = k / 8 * 8;
     let vinv = _mm256_set1_ps(inv);
-    for (j, col) in b.chunks_exact(k).enumerate() {
+    for j in 0..n {
+        let col = &b[j * ld..j * ld + k];
         let base = k4n16_index(j, 0, k);
         let mut acc = _mm256_setzero_si256();
         let mut p = 0;

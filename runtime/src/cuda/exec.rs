@@ -590,7 +590,7 @@ fn plan_op<B: AsRef<[u8]>>(
             a.f[0] = d.alpha;
             v.push(gemm_f32(a, d.m, d.n, d.batch));
         }
-        Op::MatMulI8 { a: x, b: y, d, a_inv, a_zp, b_inv, out_scale } => {
+        Op::MatMulI8 { a: x, b: y, d, a_inv, a_zp, b_inv, out_scale, .. } => {
             let (qa, pb, sums_at, _) = matmul_i8_parts(d);
             let (qa_at, pb_at) = (b.scratch, b.scratch + (d.batch * qa) as u64);
             let sums = b.scratch + sums_at as u64;

@@ -8,7 +8,7 @@ use crate::overlay::{patch_of, Patch, RowPatch};
 use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
 use crate::rowcache::RowCache;
 use crate::Error;
-use ember_kernels::pack::{k4, k4n16_len};
+use ember_kernels::pack::{k4, k4n16_len, strided_len};
 use ember_kernels::{Act, KernelSet};
 
 pub(crate) struct Ctx<'a> {
@@ -401,49 +401,97 @@ pub(crate) fn run_op(
         Op::MatMulI8 {
             a,
             b,
-            d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs, b_t, .. },
+            d: MatMulDims { batch, m, k: kk, n, b_t, .. },
             a_inv,
             a_zp,
             b_inv,
             out_scale,
+            la,
+            lb,
+            lo,
         } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
-            let (m, kk, n, batch, a_bs, b_bs, b_t) = (*m, *kk, *n, *batch, *a_bs, *b_bs, *b_t);
-            let (a_inv, b_inv) = (*a_inv, *b_inv);
+            let (m, kk, n, batch, b_t) = (*m, *kk, *n, *batch, *b_t);
+            let (a_inv, b_inv, la, lb, lo) = (*a_inv, *b_inv, *la, *lb, *lo);
             let lda = k4(kk);
             let plen = k4n16_len(n, kk);
             let per8 = m * lda + plen;
-            let (scale, bias) = scratch.f32s[..2 * n].split_at_mut(n);
+            // Output to heads in place: each head's rows go through an [m, n] tile of the
+            // task's i32 slot, then to their rows of `o` (no two tasks hold overlapping slices).
+            let per32 = if lo.is_dense() { n } else { n + m * n };
+            let (sb, rest) = scratch.f32s.split_at_mut(2 * n);
+            let (scale, bias) = sb.split_at_mut(n);
             scale.fill(*out_scale);
             bias.fill(0.0);
             let (scale, bias): (&[f32], &[f32]) = (scale, bias);
             let zp = a_zp + 128;
+            // `a` as heads in place: quantized once, all heads together (whole rows of the
+            // [B0·S, H·D] tensor, in the shared f32 scratch), each head's GEMM then reading its
+            // D bytes per row in place (D % 4 == 0, so no quad spans two heads).
+            let a_all: Option<&[u8]> = if la.is_dense() || kk % 4 != 0 {
+                None
+            } else {
+                let width = la.row;
+                let total = batch / la.heads * m * width;
+                let qa_all: &mut [u8] = &mut bytemuck::cast_slice_mut(rest)[..total];
+                split_rows_mut(ctx.par, qa_all, width, 16, 8, &|r0, r1, qs| {
+                    let x = &a[r0 * width..r1 * width];
+                    (k.quantize_u8)(x, r1 - r0, width, width, width, a_inv, &[], zp, qs);
+                });
+                Some(qa_all)
+            };
             let (u8p, i32p) =
                 (SharedMut(scratch.u8s.as_mut_ptr()), SharedMut(scratch.i32s.as_mut_ptr()));
-            let op = SharedMut(o[..batch * m * n].as_mut_ptr());
+            let o_len = o.len();
+            let op = SharedMut(o.as_mut_ptr());
+            let (a_rows, b_rows, b_cols) = (m, if b_t { n } else { kk }, if b_t { kk } else { n });
+            // Every matrix's last row must end inside its operand (prepare and the schedule
+            // checked the layouts; this keeps a bad layout from ever indexing out of bounds).
+            let last = batch.saturating_sub(1);
+            if la.base(last) + strided_len(a_rows, kk, la.row) > a.len()
+                || lb.base(last) + strided_len(b_rows, b_cols, lb.row) > b.len()
+                || lo.base(last) + strided_len(m, n, lo.row) > o_len
+            {
+                return Err(Error::Corrupt(alloc::format!(
+                    "op #{op_index}: matmul layout outside its operands"
+                )));
+            }
             // Heads spread over the threads, each with its own scratch slot, when there are
             // several; one head's rows spread over the threads otherwise.
             let tasks = ctx.par.threads().min(scratch.slots).min(batch).max(1);
             let head = |slot: usize, i: usize, rows: &dyn Fn(&RowTask)| {
-                // SAFETY: slot < scratch.slots, each slot holds per8 bytes and n i32 (sized
+                // SAFETY: slot < scratch.slots, each slot holds per8 bytes and per32 i32 (sized
                 // for this op by `Op::scratch` × slots), and a slot belongs to one task.
-                let (qa, bq, sums) = unsafe {
+                let (qa, bq, sums, tile) = unsafe {
                     (
                         u8p.slice(slot * per8, m * lda),
                         u8p.slice(slot * per8 + m * lda, plen),
-                        i32p.slice(slot * n, n),
+                        i32p.slice(slot * per32, n),
+                        SharedMut(i32p.0.add(slot * per32 + n) as *mut f32),
                     )
                 };
                 let bp: &mut [i8] = bytemuck::cast_slice_mut(bq);
-                (k.quantize_u8)(&a[i * a_bs..i * a_bs + m * kk], m, kk, lda, a_inv, &[], zp, qa);
-                let bi = &b[i * b_bs..i * b_bs + kk * n];
-                (k.quantize_pack)(bi, kk, n, b_t, b_inv, bp, sums);
-                let (qa, bp, sums): (&[u8], &[i8], &[i32]) = (qa, bp, sums);
+                let (qa, lda): (&[u8], usize) = match a_all {
+                    Some(all) => (&all[la.base(i)..], la.row),
+                    None => {
+                        (k.quantize_u8)(&a[la.base(i)..], m, kk, la.row, lda, a_inv, &[], zp, qa);
+                        (qa, lda)
+                    }
+                };
+                (k.quantize_pack)(&b[lb.base(i)..], kk, n, b_t, lb.row, b_inv, bp, sums);
+                let (bp, sums): (&[i8], &[i32]) = (bp, sums);
                 rows(&|r0, r1| {
-                    // SAFETY: head i's outputs are i·m·n.., rows r0..r1 of them, disjoint
-                    // between heads and between the row ranges of one head.
-                    let os = unsafe { op.slice(i * m * n + r0 * n, (r1 - r0) * n) };
+                    // SAFETY: dense: head i's outputs are at lo.base(i).., rows r0..r1 of them,
+                    // disjoint between heads and between the row ranges of one head. In place:
+                    // rows r0..r1 of this slot's tile, written by this task only.
+                    let os = unsafe {
+                        if lo.is_dense() {
+                            op.slice(lo.base(i) + r0 * n, (r1 - r0) * n)
+                        } else {
+                            tile.slice(r0 * n, (r1 - r0) * n)
+                        }
+                    };
                     (k.i8_gemm)(
                         r1 - r0,
                         kk,
@@ -459,6 +507,19 @@ pub(crate) fn run_op(
                         os,
                         n,
                     );
+                    if !lo.is_dense() {
+                        for r in r0..r1 {
+                            // SAFETY: row r of matrix i ends inside `o` (checked above); the
+                            // n elements of a row of a head belong to this task alone.
+                            unsafe {
+                                core::ptr::copy_nonoverlapping(
+                                    os.as_ptr().add((r - r0) * n),
+                                    op.0.add(lo.base(i) + r * lo.row),
+                                    n,
+                                )
+                            };
+                        }
+                    }
                 });
             };
             if tasks > 1 {
@@ -1038,7 +1099,17 @@ impl<'a> QuantIn<'a> {
         let (k, lda) = (self.k, k4(self.k));
         self.blocks(par, scratch, out, n, &|r0, r1, qs, os| {
             let x = &self.x[r0 * k..r1 * k];
-            (self.kernels.quantize_u8)(x, r1 - r0, k, lda, self.inv_scale, self.mult, self.zp, qs);
+            (self.kernels.quantize_u8)(
+                x,
+                r1 - r0,
+                k,
+                k,
+                lda,
+                self.inv_scale,
+                self.mult,
+                self.zp,
+                qs,
+            );
             gemm(r1 - r0, qs, lda, self.zp, os);
         });
     }
@@ -1069,7 +1140,7 @@ impl<'a> QuantIn<'a> {
                 let amax = xr.iter().fold(0f32, |a, v| a.max(v.abs()));
                 *s = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 0.0 };
                 let inv = if *s > 0.0 { 1.0 / *s } else { 0.0 };
-                (self.kernels.quantize_u8)(xr, 1, k, lda, inv, &[], 128, qr);
+                (self.kernels.quantize_u8)(xr, 1, k, k, lda, inv, &[], 128, qr);
             }
             gemm(r1 - r0, qs, lda, 128, os);
             for (or, s) in os.chunks_exact_mut(n).zip(rs.iter()) {

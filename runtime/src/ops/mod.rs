@@ -4,6 +4,7 @@
 //! checked against the shapes of its inputs and output, so execution only indexes in bounds.
 
 pub(crate) mod exec;
+pub(crate) mod fuse;
 
 use crate::format::*;
 use ember_kernels::pack::{k4, k4n16_len, PANEL};
@@ -133,6 +134,11 @@ pub(crate) enum Op {
         a_zp: i32,
         b_inv: f32,
         out_scale: f32,
+        /// Where each matrix of `a`, `b` and the output lies: dense as prepared; the CPU
+        /// schedule ([`fuse`]) reads and writes attention heads in place through them.
+        la: Strides,
+        lb: Strides,
+        lo: Strides,
     },
     Unary {
         x: u32,
@@ -244,6 +250,39 @@ pub(crate) struct MatMulDims {
     pub alpha: f32,
 }
 
+/// Where matrix `i` of a batched matmul operand starts and how far apart its rows are (in
+/// elements). Dense: matrix `i` at `i·outer`, rows `row` apart. Heads in place: the operand is
+/// a `[B0, S, heads, D]` tensor read as `B0·heads` matrices `[S, D]`, matrix `b0·heads + h` at
+/// `b0·outer + h·inner` with rows `row = heads·D` apart (what a Reshape and a Transpose of the
+/// heads to the front would have copied out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Strides {
+    pub heads: usize,
+    pub outer: usize,
+    pub inner: usize,
+    pub row: usize,
+}
+
+impl Strides {
+    pub const fn dense(batch_stride: usize, row: usize) -> Strides {
+        Strides { heads: 1, outer: batch_stride, inner: 0, row }
+    }
+
+    pub const fn heads(heads: usize, seq: usize, d: usize) -> Strides {
+        Strides { heads, outer: seq * heads * d, inner: d, row: heads * d }
+    }
+
+    /// Element offset of matrix `i`.
+    #[inline]
+    pub const fn base(&self, i: usize) -> usize {
+        i / self.heads * self.outer + i % self.heads * self.inner
+    }
+
+    pub const fn is_dense(&self) -> bool {
+        self.heads == 1
+    }
+}
+
 /// Broadcast shortcuts for [`Op::Binary`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BinFast {
@@ -276,7 +315,13 @@ impl Op {
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
             // one panel of weights widened to f32, and its [m, 16] output
             Op::LinearF32 { m, k, w_f16: true, .. } => (0, 0, F16_PANEL * k + m * F16_PANEL),
-            Op::MatMulI8 { d, .. } => (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n, 2 * d.n),
+            // (and, when the output goes to heads in place, the [m, n] output tile in i32s)
+            // (and, with `a` as heads in place, all of `a` quantized, shared, in the f32s)
+            Op::MatMulI8 { d, la, lo, .. } => {
+                let tile = if lo.is_dense() { 0 } else { d.m * d.n };
+                let a_all = if la.is_dense() { 0 } else { (d.batch * d.m * d.k).div_ceil(4) };
+                (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n + tile, 2 * d.n + a_all)
+            }
             _ => (0, 0, 0),
         }
     }
@@ -572,6 +617,9 @@ pub(crate) fn prepare<'a>(
                     a_zp,
                     b_inv,
                     out_scale,
+                    la: Strides::dense(a_bs, k),
+                    lb: Strides::dense(b_bs, if b_t { k } else { n }),
+                    lo: Strides::dense(m * n, n),
                 }
             } else {
                 let d = MatMulDims { batch, m, k, n, a_bs, b_bs, b_t, alpha };
