@@ -57,6 +57,23 @@ pub struct Plan {
     pub scratch: (usize, usize, usize),
 }
 
+impl Plan {
+    /// Whether op `i` does not run on the CPU because a matmul took its work over (an
+    /// attention head shuffle read or written in place; see [`crate::Session::run_as_written`]).
+    pub fn folded_on_cpu(&self, i: usize) -> bool {
+        self.cpu.get(i).is_some_and(Option::is_none)
+    }
+
+    /// Whether op `i` is a matmul that reads or writes attention heads in place on the CPU.
+    pub fn heads_in_place(&self, i: usize) -> bool {
+        matches!(
+            self.cpu.get(i),
+            Some(Some(crate::ops::fuse::Step { op: Op::MatMulI8 { la, lb, lo, .. }, .. }))
+                if !(la.is_dense() && lb.is_dense() && lo.is_dense())
+        )
+    }
+}
+
 /// A validated `.ember` model over its bytes `B` (a slice, a memory map, an aligned buffer).
 /// How much of a file [`Model::parse_with`] checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -346,3 +346,45 @@ fn threads_and_kernel_tiers_give_identical_bits() {
         );
     }
 }
+
+/// Float attention (the default `--act-matmul float`): the batched MatMuls spread their heads
+/// over the threads, each head one kernel call, so 1, 2 and 3 threads give the same bits on
+/// every kernel tier (tiers differ from each other within the f32 GEMM bound only).
+#[test]
+fn float_attention_heads_over_threads_give_identical_bits() {
+    use ember_runtime::{Pool, Session};
+    use std::sync::Arc;
+    let dir = case("bert_block");
+    let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+    let calib = npz::read_npz(&dir.join("calib.npz")).unwrap();
+    let opts = Options { batches: vec![8], source_name: "bert_block".into(), ..Default::default() };
+    let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
+    let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+    assert!(
+        model.plans[0].records.iter().any(|r| r.opcode == ember_runtime::OpCode::MatMulF32 as u16),
+        "no float MatMul in the default build"
+    );
+    let test = npz::read_npz(&dir.join("test.npz")).unwrap();
+    let (inputs, _) = exec::check_inputs(&exec::model_inputs(&model), &test, "test set").unwrap();
+    let rows: Vec<usize> = (0..8).collect();
+    let bufs: Vec<Vec<u8>> =
+        model.inputs.iter().map(|s| inputs[&s.name].take_rows(&rows).to_le_bytes()).collect();
+    let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
+    for tier in ["generic", "avx2", "avx512vnni", "neon", "dotprod", "i8mm"] {
+        let ks = ember_kernels::KernelSet::with_override(tier);
+        let run = |threads: usize| {
+            let mut s = Session::with_kernels(&model, 8, ks).unwrap();
+            s.set_pool(Arc::new(Pool::new(threads).unwrap())).unwrap();
+            s.run(&refs).unwrap();
+            (0..model.outputs.len()).map(|i| s.output(i).to_vec()).collect::<Vec<_>>()
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            assert!(
+                run(threads) == one,
+                "tier {tier} ({}): {threads} threads differ",
+                ks.f32_gemm_name
+            );
+        }
+    }
+}

@@ -59,9 +59,15 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                 .enumerate()
                 .map(|(i, r)| {
                     let code = OpCode::from_u16(r.opcode).unwrap_or(OpCode::Copy);
-                    let (kernel, precision) = kernel_of(code, &k);
+                    let (mut kernel, precision) = kernel_of(code, &k);
+                    let folded = p.folded_on_cpu(i);
+                    if folded {
+                        kernel = "none: folded into a matmul on the CPU".into();
+                    } else if p.heads_in_place(i) {
+                        kernel.push_str(" (heads in place)");
+                    }
                     let out = &p.values[r.outputs[0] as usize];
-                    json!({"index": i, "op": code.name(), "node": names.get(i), "kernel": kernel, "precision": precision, "output_shape": out.dims, "output_dtype": out.dtype.name()})
+                    json!({"index": i, "op": code.name(), "node": names.get(i), "kernel": kernel, "precision": precision, "cpu_folded": folded, "output_shape": out.dims, "output_dtype": out.dtype.name()})
                 })
                 .collect();
             json!({"batch": p.batch, "arena_bytes": p.arena_size, "values": p.values.len(), "ops": ops})
@@ -146,6 +152,15 @@ pub fn run(a: Args) -> Result<()> {
         .unwrap_or(0);
     if float_ops > 0 {
         println!("\n{float_ops} op(s) of the first plan compute in float (precision f32 above).");
+    }
+    let folded = d["plans"][0]["ops"]
+        .as_array()
+        .map(|o| o.iter().filter(|x| x["cpu_folded"] == true).count())
+        .unwrap_or(0);
+    if folded > 0 {
+        println!(
+            "{folded} op(s) of the first plan (attention head shuffles) are folded into matmuls on the CPU."
+        );
     }
     Ok(())
 }

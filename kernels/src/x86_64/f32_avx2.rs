@@ -123,7 +123,7 @@ unsafe fn gemm(
             let kc = (k - p0).min(KC);
             // SAFETY: the panel buffer holds KC·NR ≥ kc·NR values; `pack` reads b only at
             // (j, p) with j < n, p < k, inside the n·k values the caller provides.
-            unsafe { pack(b, bt, k, n, j0, valid, p0, kc, pp) };
+            unsafe { pack::<NR>(b, bt, k, n, j0, valid, p0, kc, pp) };
             let (first, last) = (p0 == 0, p0 + kc >= k);
             let e = Edge { first, last, valid, bias: (!bias.is_empty()).then_some(&bias16), act };
             let mut i = 0;
@@ -159,15 +159,15 @@ unsafe fn gemm(
 }
 
 /// Copies columns `j0..j0 + valid` (zero past `valid`) and depths `p0..p0 + kc` of `b` into
-/// the panel `dst`, k-major (16 values per depth). Whole 8 × 8 blocks of the transposed form
+/// the panel `dst`, k-major (`NR` values per depth, a multiple of 8). Whole 8 × 8 blocks of the transposed form
 /// are transposed in registers; the rest (and the row-major form's partial panels) element-wise.
 ///
 /// # Safety
-/// AVX2; `b` holds the n·k values of its form; `dst` holds kc·16; `j0 + valid <= n`, `p0 + kc
-/// <= k`.
+/// AVX2; `b` holds the n·k values of its form; `dst` holds kc·NR; `j0 + valid <= n`, `p0 + kc
+/// <= k`, `valid <= NR`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pack(
+pub(super) unsafe fn pack<const NR: usize>(
     b: *const f32,
     bt: bool,
     k: usize,
@@ -179,13 +179,14 @@ unsafe fn pack(
     dst: *mut f32,
 ) {
     // SAFETY: every read is at a column below j0 + valid <= n and a depth below p0 + kc <= k;
-    // every write at depth p < kc, column t < 16 of dst.
+    // every write at depth p < kc, column t < NR of dst.
     unsafe {
         if !bt && valid == NR {
             for p in 0..kc {
                 let src = b.add((p0 + p) * n + j0);
-                _mm256_store_ps(dst.add(p * NR), _mm256_loadu_ps(src));
-                _mm256_store_ps(dst.add(p * NR + 8), _mm256_loadu_ps(src.add(8)));
+                for h in (0..NR).step_by(8) {
+                    _mm256_storeu_ps(dst.add(p * NR + h), _mm256_loadu_ps(src.add(h)));
+                }
             }
             return;
         }

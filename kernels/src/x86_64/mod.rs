@@ -7,6 +7,7 @@ mod avx2_i4;
 mod avx512;
 mod avx512_i4;
 mod f32_avx2;
+mod f32_avx512;
 mod mf;
 mod qpack;
 mod vmath;
@@ -16,14 +17,15 @@ pub use avx2_i4::{i4_gemm_avx2, i4m_gemm_avx2};
 pub use avx512::{i8_gemm_avx512vnni, quantize_u8_avx512};
 pub use avx512_i4::i4_gemm_avx512vnni;
 pub use f32_avx2::{f32_gemm_avx2, f32_matmul_avx2};
+pub use f32_avx512::{f32_gemm_avx512, f32_matmul_avx512};
 pub use mf::{
     has_avx2_f16c, has_avx2_fma, has_avx512bw_vl, mf_step_f16_avx2, mf_step_f16_avx512,
     mf_step_f32_avx2, mf_step_f32_avx512, mf_step_mixed_avx2, mf_step_mixed_avx512,
 };
 pub use qpack::{quantize_pack_avx2, quantize_pack_avx512};
 pub use vmath::{
-    erf_avx2, erf_avx512, f32_gemm_avx512, f32_matmul_avx512, layer_norm_row_avx2,
-    layer_norm_row_avx512, softmax_row_avx2, softmax_row_avx512,
+    erf_avx2, erf_avx512, layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2,
+    softmax_row_avx512,
 };
 
 /// INT8 GEMM epilogue operands, shared by the x86 GEMMs: `(acc − a_zp·b_sum[j])·scale[j] +

@@ -1,5 +1,5 @@
-//! The generic float vector math compiled for AVX2 and AVX-512 (same bodies, same bits), and
-//! the generic f32 GEMMs compiled for AVX-512 (AVX2 has its own, in `f32_avx2`).
+//! The generic float vector math compiled for AVX2 and AVX-512 (same bodies, same bits). The
+//! f32 GEMMs have kernels of their own (`f32_avx2`, `f32_avx512`).
 
 use crate::generic::math;
 
@@ -38,60 +38,6 @@ macro_rules! overlay_ln {
 
 overlay_ln!(layer_norm_row_avx512, "avx512f", super::has_avx512f);
 overlay_ln!(layer_norm_row_avx2, "avx2", super::has_avx2);
-
-macro_rules! overlay_gemm {
-    ($name:ident, $feat:literal, $has:path) => {
-        /// The generic f32 GEMM compiled for wider registers: same contract, same bits.
-        #[allow(clippy::too_many_arguments)]
-        pub fn $name(
-            m: usize,
-            k: usize,
-            n: usize,
-            a: &[f32],
-            b: &[f32],
-            bias: &[f32],
-            act: crate::Act,
-            out: &mut [f32],
-        ) {
-            #[target_feature(enable = $feat)]
-            #[allow(clippy::too_many_arguments)]
-            fn inner(
-                m: usize,
-                k: usize,
-                n: usize,
-                a: &[f32],
-                b: &[f32],
-                bias: &[f32],
-                act: crate::Act,
-                out: &mut [f32],
-            ) {
-                crate::generic::f32_gemm(m, k, n, a, b, bias, act, out)
-            }
-            assert!($has(), concat!(stringify!($name), " on a CPU without ", $feat));
-            // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
-            unsafe { inner(m, k, n, a, b, bias, act, out) }
-        }
-    };
-}
-
-overlay_gemm!(f32_gemm_avx512, "avx512f", super::has_avx512f);
-
-macro_rules! overlay_matmul {
-    ($name:ident, $feat:literal, $has:path) => {
-        /// The generic f32 matmul compiled for wider registers: same contract, same bits.
-        pub fn $name(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-            #[target_feature(enable = $feat)]
-            fn inner(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-                crate::generic::f32_matmul(m, k, n, a, b, out)
-            }
-            assert!($has(), concat!(stringify!($name), " on a CPU without ", $feat));
-            // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
-            unsafe { inner(m, k, n, a, b, out) }
-        }
-    };
-}
-
-overlay_matmul!(f32_matmul_avx512, "avx512f", super::has_avx512f);
 
 macro_rules! overlay_softmax {
     ($name:ident, $feat:literal, $has:path) => {

@@ -386,17 +386,31 @@ pub(crate) fn run_op(
         Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs, b_t, alpha } } => {
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
-            for i in 0..*batch {
-                let oi = &mut o[i * m * n..(i + 1) * m * n];
-                if *b_t {
-                    (k.f32_gemm)(*m, *kk, *n, &a[i * a_bs..], &b[i * b_bs..], &[], Act::None, oi);
+            let (m, kk, n, a_bs, b_bs, b_t, alpha) = (*m, *kk, *n, *a_bs, *b_bs, *b_t, *alpha);
+            let op = SharedMut(o[..batch * m * n].as_mut_ptr());
+            // Head i (prepare proved every head's operands and output in range).
+            let head = |i: usize| {
+                // SAFETY: head i's outputs are i·m·n..(i+1)·m·n, disjoint between heads.
+                let oi = unsafe { op.slice(i * m * n, m * n) };
+                let (ai, bi) = (&a[i * a_bs..], &b[i * b_bs..]);
+                if b_t {
+                    (k.f32_gemm)(m, kk, n, ai, bi, &[], Act::None, oi);
                 } else {
-                    (k.f32_matmul)(*m, *kk, *n, &a[i * a_bs..], &b[i * b_bs..], oi);
+                    (k.f32_matmul)(m, kk, n, ai, bi, oi);
                 }
-                if *alpha != 1.0 {
-                    oi.iter_mut().for_each(|v| *v *= *alpha);
+                if alpha != 1.0 {
+                    oi.iter_mut().for_each(|v| *v *= alpha);
                 }
-            }
+            };
+            // Heads over the threads (attention), each head one kernel call as on one thread,
+            // so the thread count changes no bits. (A single matrix stays whole: a split would
+            // send a short last row block to the kernels' unpacked path, other bits.)
+            let tasks = ctx.par.threads().min(*batch);
+            split_tasks(ctx.par, *batch, tasks, 1, &|_, h0, h1| {
+                for i in h0..h1 {
+                    head(i);
+                }
+            });
         }
         Op::MatMulI8 {
             a,
