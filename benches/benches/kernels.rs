@@ -203,6 +203,30 @@ fn i4_gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// Few rows (a batch of short inputs, decoding): where each INT4 form's variants cross over.
+fn i4_gemm_rows(c: &mut Criterion) {
+    let mut g = c.benchmark_group("i4_gemm_rows");
+    let (k, n, group) = (384, 1536, 32);
+    let w = gemm4_case(n, k, group);
+    for m in [2usize, 3, 4, 6, 8, 16] {
+        let mut case = gemm_case(m, k, n);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        for (name, _, v) in Int4::variants() {
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name} g{group}"), format!("{m}x{k}x{n}")),
+                &(),
+                |bch, _| {
+                    bch.iter(|| {
+                        v.run(&mut case, &w, group);
+                        black_box(&case.out);
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
 fn f32_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("f32_gemm");
     let (m, k, n) = (128, 384, 384);
@@ -505,6 +529,7 @@ criterion_group!(
     benches,
     i8_gemm,
     i4_gemm,
+    i4_gemm_rows,
     f32_gemm,
     elementwise,
     mf_step,

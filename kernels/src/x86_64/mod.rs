@@ -168,6 +168,12 @@ pub fn widen_avx512(
 /// against 52.2 µs). Both are exact, so the bits do not depend on the row count's side.
 const I4M_TILE_ROWS: usize = 3;
 
+/// The same hand-off for the f16-scale form: up to this many rows `i4_gemm_avx512vnni` calls
+/// `i4_gemm_avx2` (1×384×1536, group 32, Emerald Rapids core: 34.5 against 19.8 µs; 2 and 3
+/// rows 48.0 / 59.8 against 30.4 / 41.0 µs; at 4 rows the VNNI kernel wins, 44.7 against
+/// 50.2 µs; bench `i4_gemm_rows`). Both are exact.
+pub(super) const I4_TILE_ROWS: usize = 3;
+
 crate::i4m::i4m_variant!(
     i4m_gemm_avx512vnni,
     i8_gemm_avx512vnni,
