@@ -5,7 +5,10 @@
 //!
 //! Run: `cargo bench -p ember-benches` (add `-- i8_gemm` to filter).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use ember_kernels::{pack, Act, Kernels};
 use std::hint::black_box;
 use std::time::Instant;
@@ -179,25 +182,31 @@ impl Int4 {
     }
 }
 
+/// Every fast INT4 variant on `case` with weights `w` (groups of `group`), labelled `label`.
+fn bench_int4(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    case: &mut Gemm,
+    w: &Gemm4,
+    group: usize,
+    label: &str,
+) {
+    for (name, _, v) in Int4::variants() {
+        g.bench_with_input(BenchmarkId::new(format!("{name} g{group}"), label), &(), |bch, _| {
+            bch.iter(|| {
+                v.run(case, w, group);
+                black_box(&case.out);
+            })
+        });
+    }
+}
+
 fn i4_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("i4_gemm");
     for (m, k, n, label) in &GEMMS[..3] {
         let mut case = gemm_case(*m, *k, *n);
         g.throughput(Throughput::Elements((2 * m * k * n) as u64));
         for group in [32, 128] {
-            let w = gemm4_case(*n, *k, group);
-            for (name, _, v) in Int4::variants() {
-                g.bench_with_input(
-                    BenchmarkId::new(format!("{name} g{group}"), label),
-                    &(),
-                    |bch, _| {
-                        bch.iter(|| {
-                            v.run(&mut case, &w, group);
-                            black_box(&case.out);
-                        })
-                    },
-                );
-            }
+            bench_int4(&mut g, &mut case, &gemm4_case(*n, *k, group), group, label);
         }
     }
     g.finish();
@@ -211,18 +220,7 @@ fn i4_gemm_rows(c: &mut Criterion) {
     for m in [2usize, 3, 4, 6, 8, 16] {
         let mut case = gemm_case(m, k, n);
         g.throughput(Throughput::Elements((2 * m * k * n) as u64));
-        for (name, _, v) in Int4::variants() {
-            g.bench_with_input(
-                BenchmarkId::new(format!("{name} g{group}"), format!("{m}x{k}x{n}")),
-                &(),
-                |bch, _| {
-                    bch.iter(|| {
-                        v.run(&mut case, &w, group);
-                        black_box(&case.out);
-                    })
-                },
-            );
-        }
+        bench_int4(&mut g, &mut case, &w, group, &format!("{m}x{k}x{n}"));
     }
     g.finish();
 }

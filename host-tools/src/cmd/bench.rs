@@ -63,6 +63,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// One run of `s`, adding each op's time (ns from the previous op's end) into `op_ns`.
+fn profiled_run<B: AsRef<[u8]>>(
+    s: &mut Session<'_, B>,
+    refs: &[&[u8]],
+    op_ns: &mut [f64],
+) -> Result<()> {
+    let mut last = Instant::now();
+    s.run_with(refs, |i, _| {
+        let now = Instant::now();
+        op_ns[i] += (now - last).as_secs_f64() * 1e9;
+        last = now;
+    })?;
+    Ok(())
+}
+
 /// Times the first run (ms), then runs `warmup` more untimed.
 fn first_and_warmup(warmup: usize, run: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
@@ -214,16 +229,11 @@ pub fn run(a: Args) -> Result<()> {
     let n_ops = s.plan().records.len();
     // With --profile the first run is profiled too (its own column): where a cold start goes.
     let mut first_ns = vec![0f64; n_ops];
+    let mut first = true;
     let first_ms = first_and_warmup(a.warmup, &mut || {
         let refs = turn();
-        if a.profile && first_ns.iter().all(|&t| t == 0.0) {
-            let mut last = Instant::now();
-            s.run_with(refs, |i, _| {
-                let now = Instant::now();
-                first_ns[i] += (now - last).as_secs_f64() * 1e9;
-                last = now;
-            })?;
-            return Ok(());
+        if a.profile && std::mem::take(&mut first) {
+            return profiled_run(&mut s, refs, &mut first_ns);
         }
         Ok(s.run(refs)?)
     })?;
@@ -266,12 +276,7 @@ pub fn run(a: Args) -> Result<()> {
         let refs = turn();
         let st = Instant::now();
         if a.profile {
-            let mut last = Instant::now();
-            s.run_with(refs, |i, _| {
-                let now = Instant::now();
-                op_ns[i] += (now - last).as_secs_f64() * 1e9;
-                last = now;
-            })?;
+            profiled_run(&mut s, refs, &mut op_ns)?;
         } else {
             s.run(refs)?;
         }

@@ -13,6 +13,156 @@ use super::has_avx2_fma;
 use crate::Act;
 use core::arch::x86_64::*;
 
+/// One f32 GEMM family member: the entry points [`crate::F32GemmFn`] and [`crate::F32MatMulFn`]
+/// named `$gemm` and `$matmul`, the twins' bodies compiled for `$feat` for the shapes too short
+/// to pack, and the blocked driver over the module's `tile::<R>` (R ∈ `$rows`, the largest
+/// first, which must be `MR`), `pack`, `MR`, `NR`, `KC`, `GEMM_PACK_MIN_M` and
+/// `MATMUL_PACK_MIN_M`. `$vec` / `$zero` / `$lanes` give the panel buffer its alignment.
+macro_rules! f32_family {
+    ($gemm:ident, $matmul:ident, $has:path, $feat:literal, $cpu:literal,
+     $vec:ty, $zero:path, $lanes:literal, [$($r:literal),+]) => {
+        /// The generic twins compiled for the family's features (same bits as the twins: no
+        /// contraction), for the shapes too short to pack.
+        mod generic {
+            use crate::Act;
+
+            #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: &[f32],
+                b: &[f32],
+                bias: &[f32],
+                act: Act,
+                out: &mut [f32],
+            ) {
+                crate::generic::f32_gemm(m, k, n, a, b, bias, act, out)
+            }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
+                crate::generic::f32_matmul(m, k, n, a, b, out)
+            }
+        }
+
+        /// See [`crate::F32GemmFn`]: `out[m,n] = act(a[m,k] · b[n,k]ᵀ + bias)`.
+        #[allow(clippy::too_many_arguments)]
+        pub fn $gemm(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: &[f32],
+            b: &[f32],
+            bias: &[f32],
+            act: Act,
+            out: &mut [f32],
+        ) {
+            assert!($has(), concat!(stringify!($gemm), " on a CPU without ", $cpu));
+            assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n, "f32 gemm: operands");
+            assert!(bias.is_empty() || bias.len() >= n, "f32 gemm: bias shorter than n");
+            if m < GEMM_PACK_MIN_M {
+                // SAFETY: the CPU has the features (asserted); `generic` is safe Rust otherwise.
+                return unsafe { generic::gemm(m, k, n, a, b, bias, act, out) };
+            }
+            // SAFETY: the CPU has the features (asserted); `a`, `b` and `out` hold m·k, n·k and
+            // m·n values and `bias` is empty or holds n (asserted): all `gemm` reads or writes.
+            unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), true, bias, act, out.as_mut_ptr()) }
+        }
+
+        /// See [`crate::F32MatMulFn`]: `out[m,n] = a[m,k] · b[k,n]`.
+        pub fn $matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
+            assert!($has(), concat!(stringify!($matmul), " on a CPU without ", $cpu));
+            assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "f32 matmul: operands");
+            if m < MATMUL_PACK_MIN_M {
+                // SAFETY: the CPU has the features (asserted); `generic` is safe Rust otherwise.
+                return unsafe { generic::matmul(m, k, n, a, b, out) };
+            }
+            // SAFETY: as in the gemm form, with `b` holding k·n values.
+            unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), false, &[], Act::None, out.as_mut_ptr()) }
+        }
+
+        /// What a tile does at its chunk's edges: start from zero (`first`) or from the
+        /// outputs, and on the `last` chunk add the bias and apply ReLU; `valid` columns of
+        /// `NR` are stored.
+        struct Edge<'a> {
+            first: bool,
+            last: bool,
+            valid: usize,
+            bias: Option<&'a [f32; NR]>,
+            act: Act,
+        }
+
+        /// # Safety
+        /// The features present; `a` holds m·k values, `b` n·k (`bt`: `[n,k]`, else `[k,n]`),
+        /// `out` m·n; `bias` empty or at least n long.
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn gemm(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: *const f32,
+            b: *const f32,
+            bt: bool,
+            bias: &[f32],
+            act: Act,
+            out: *mut f32,
+        ) {
+            if m == 0 || n == 0 {
+                return;
+            }
+            let mut panel: [$vec; KC * NR / $lanes] = [$zero(); KC * NR / $lanes];
+            let pp = panel.as_mut_ptr() as *mut f32;
+            let mut bias_nr = [0f32; NR];
+            for j0 in (0..n).step_by(NR) {
+                let valid = (n - j0).min(NR);
+                if !bias.is_empty() {
+                    bias_nr[..valid].copy_from_slice(&bias[j0..j0 + valid]);
+                }
+                let mut p0 = 0;
+                // At least one chunk, so that k = 0 still writes bias and activation.
+                loop {
+                    let kc = (k - p0).min(KC);
+                    // SAFETY: the panel buffer holds KC·NR ≥ kc·NR values; `pack` reads b only
+                    // at (j, p) with j < n, p < k, inside the n·k values the caller provides
+                    // (every family member's features include the packer's AVX2 and FMA).
+                    unsafe { pack::<NR>(b, bt, k, n, j0, valid, p0, kc, pp) };
+                    let (first, last) = (p0 == 0, p0 + kc >= k);
+                    let bias = (!bias.is_empty()).then_some(&bias_nr);
+                    let e = Edge { first, last, valid, bias, act };
+                    let mut i = 0;
+                    while i < m {
+                        let mr = (m - i).min(MR);
+                        // SAFETY: rows i..i+mr of a (depths p0..p0+kc) and of out (columns
+                        // j0..j0+valid) exist; the panel holds kc·NR packed values.
+                        unsafe {
+                            let (ai, oi) = (a.add(i * k + p0), out.add(i * n + j0));
+                            match mr {
+                                $($r => tile::<$r>(kc, ai, k, pp, oi, n, &e),)+
+                                _ => unreachable!("rows per tile above MR"),
+                            }
+                        }
+                        i += mr;
+                    }
+                    p0 += kc;
+                    if last {
+                        break;
+                    }
+                }
+            }
+            if matches!(act, Act::Gelu | Act::GeluTanh) {
+                for i in 0..m {
+                    // SAFETY: row i of out holds n values (the caller's bound).
+                    unsafe { act.apply_slice(core::slice::from_raw_parts_mut(out.add(i * n), n)) };
+                }
+            }
+        }
+    };
+}
+pub(super) use f32_family;
+
 /// Rows per micro-tile.
 const MR: usize = 6;
 /// Columns per panel (two ymm).
@@ -28,135 +178,17 @@ const GEMM_PACK_MIN_M: usize = 4;
 /// m = 2: 56 against 32 µs).
 const MATMUL_PACK_MIN_M: usize = 2;
 
-/// The generic twins compiled for AVX2 + FMA (same bits as the twins: no contraction), for
-/// the shapes too short to pack.
-mod generic {
-    use crate::Act;
-
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        b: &[f32],
-        bias: &[f32],
-        act: Act,
-        out: &mut [f32],
-    ) {
-        crate::generic::f32_gemm(m, k, n, a, b, bias, act, out)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-        crate::generic::f32_matmul(m, k, n, a, b, out)
-    }
-}
-
-/// See [`crate::F32GemmFn`]: `out[m,n] = act(a[m,k] · b[n,k]ᵀ + bias)`.
-#[allow(clippy::too_many_arguments)]
-pub fn f32_gemm_avx2(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32],
-    act: Act,
-    out: &mut [f32],
-) {
-    assert!(has_avx2_fma(), "f32_gemm_avx2 on a CPU without AVX2 and FMA");
-    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n, "f32 gemm: operands");
-    assert!(bias.is_empty() || bias.len() >= n, "f32 gemm: bias shorter than n");
-    if m < GEMM_PACK_MIN_M {
-        // SAFETY: the CPU has AVX2 and FMA (asserted); `generic` is safe Rust otherwise.
-        return unsafe { generic::gemm(m, k, n, a, b, bias, act, out) };
-    }
-    // SAFETY: the CPU has AVX2 and FMA (asserted); `a`, `b` and `out` hold m·k, n·k and m·n
-    // values and `bias` is empty or holds n (asserted), which is all `gemm` reads or writes.
-    unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), true, bias, act, out.as_mut_ptr()) }
-}
-
-/// See [`crate::F32MatMulFn`]: `out[m,n] = a[m,k] · b[k,n]`.
-pub fn f32_matmul_avx2(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-    assert!(has_avx2_fma(), "f32_matmul_avx2 on a CPU without AVX2 and FMA");
-    assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "f32 matmul: operands");
-    if m < MATMUL_PACK_MIN_M {
-        // SAFETY: the CPU has AVX2 and FMA (asserted); `generic` is safe Rust otherwise.
-        return unsafe { generic::matmul(m, k, n, a, b, out) };
-    }
-    // SAFETY: as in `f32_gemm_avx2`, with `b` holding k·n values.
-    unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), false, &[], Act::None, out.as_mut_ptr()) }
-}
-
-/// # Safety
-/// AVX2 and FMA present; `a` holds m·k values, `b` n·k (`bt`: `[n,k]`, else `[k,n]`), `out`
-/// m·n; `bias` empty or at least n long.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    b: *const f32,
-    bt: bool,
-    bias: &[f32],
-    act: Act,
-    out: *mut f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let mut panel = [_mm256_setzero_ps(); KC * NR / 8];
-    let pp = panel.as_mut_ptr() as *mut f32;
-    let mut bias16 = [0f32; NR];
-    for j0 in (0..n).step_by(NR) {
-        let valid = (n - j0).min(NR);
-        if !bias.is_empty() {
-            bias16[..valid].copy_from_slice(&bias[j0..j0 + valid]);
-        }
-        let mut p0 = 0;
-        // At least one chunk, so that k = 0 still writes bias and activation.
-        loop {
-            let kc = (k - p0).min(KC);
-            // SAFETY: the panel buffer holds KC·NR ≥ kc·NR values; `pack` reads b only at
-            // (j, p) with j < n, p < k, inside the n·k values the caller provides.
-            unsafe { pack::<NR>(b, bt, k, n, j0, valid, p0, kc, pp) };
-            let (first, last) = (p0 == 0, p0 + kc >= k);
-            let e = Edge { first, last, valid, bias: (!bias.is_empty()).then_some(&bias16), act };
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(MR);
-                // SAFETY: rows i..i+mr of a (depths p0..p0+kc) and of out (columns j0..j0+valid)
-                // exist; the panel holds kc·NR packed values.
-                unsafe {
-                    let (ai, oi) = (a.add(i * k + p0), out.add(i * n + j0));
-                    match mr {
-                        6 => tile::<6>(kc, ai, k, pp, oi, n, &e),
-                        5 => tile::<5>(kc, ai, k, pp, oi, n, &e),
-                        4 => tile::<4>(kc, ai, k, pp, oi, n, &e),
-                        3 => tile::<3>(kc, ai, k, pp, oi, n, &e),
-                        2 => tile::<2>(kc, ai, k, pp, oi, n, &e),
-                        _ => tile::<1>(kc, ai, k, pp, oi, n, &e),
-                    }
-                }
-                i += mr;
-            }
-            p0 += kc;
-            if last {
-                break;
-            }
-        }
-    }
-    if matches!(act, Act::Gelu | Act::GeluTanh) {
-        for i in 0..m {
-            // SAFETY: row i of out holds n values (the caller's bound).
-            unsafe { act.apply_slice(core::slice::from_raw_parts_mut(out.add(i * n), n)) };
-        }
-    }
-}
+f32_family!(
+    f32_gemm_avx2,
+    f32_matmul_avx2,
+    has_avx2_fma,
+    "avx2,fma",
+    "AVX2 and FMA",
+    __m256,
+    _mm256_setzero_ps,
+    8,
+    [6, 5, 4, 3, 2, 1]
+);
 
 /// Copies columns `j0..j0 + valid` (zero past `valid`) and depths `p0..p0 + kc` of `b` into
 /// the panel `dst`, k-major (`NR` values per depth, a multiple of 8). Whole 8 × 8 blocks of the transposed form
@@ -248,16 +280,6 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
         _mm256_permute2f128_ps::<0x31>(u2, u6),
         _mm256_permute2f128_ps::<0x31>(u3, u7),
     ]
-}
-
-/// What a tile does at its chunk's edges: start from zero (`first`) or from the outputs, and
-/// on the `last` chunk add the bias and apply ReLU; `valid` columns of 16 are stored.
-struct Edge<'a> {
-    first: bool,
-    last: bool,
-    valid: usize,
-    bias: Option<&'a [f32; NR]>,
-    act: Act,
 }
 
 /// One `R × 16` tile over `kc` depths: `a` at stride `lda`, the packed panel at `bp`

@@ -29,148 +29,17 @@ const KC: usize = 128;
 const GEMM_PACK_MIN_M: usize = 4;
 const MATMUL_PACK_MIN_M: usize = 2;
 
-/// The generic twins compiled for AVX-512 (same bits as the twins: no contraction), for the
-/// shapes too short to pack.
-mod generic {
-    use crate::Act;
-
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        b: &[f32],
-        bias: &[f32],
-        act: Act,
-        out: &mut [f32],
-    ) {
-        crate::generic::f32_gemm(m, k, n, a, b, bias, act, out)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-        crate::generic::f32_matmul(m, k, n, a, b, out)
-    }
-}
-
-/// See [`crate::F32GemmFn`]: `out[m,n] = act(a[m,k] · b[n,k]ᵀ + bias)`.
-#[allow(clippy::too_many_arguments)]
-pub fn f32_gemm_avx512(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32],
-    act: Act,
-    out: &mut [f32],
-) {
-    assert!(has_avx512f(), "f32_gemm_avx512 on a CPU without AVX-512 F");
-    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n, "f32 gemm: operands");
-    assert!(bias.is_empty() || bias.len() >= n, "f32 gemm: bias shorter than n");
-    if m < GEMM_PACK_MIN_M {
-        // SAFETY: the CPU has AVX-512 F (asserted); `generic` is safe Rust otherwise.
-        return unsafe { generic::gemm(m, k, n, a, b, bias, act, out) };
-    }
-    // SAFETY: the CPU has AVX-512 F (asserted); `a`, `b` and `out` hold m·k, n·k and m·n values
-    // and `bias` is empty or holds n (asserted), which is all `gemm` reads or writes.
-    unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), true, bias, act, out.as_mut_ptr()) }
-}
-
-/// See [`crate::F32MatMulFn`]: `out[m,n] = a[m,k] · b[k,n]`.
-pub fn f32_matmul_avx512(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-    assert!(has_avx512f(), "f32_matmul_avx512 on a CPU without AVX-512 F");
-    assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "f32 matmul: operands");
-    if m < MATMUL_PACK_MIN_M {
-        // SAFETY: the CPU has AVX-512 F (asserted); `generic` is safe Rust otherwise.
-        return unsafe { generic::matmul(m, k, n, a, b, out) };
-    }
-    // SAFETY: as in `f32_gemm_avx512`, with `b` holding k·n values.
-    unsafe { gemm(m, k, n, a.as_ptr(), b.as_ptr(), false, &[], Act::None, out.as_mut_ptr()) }
-}
-
-/// # Safety
-/// AVX-512 F present; `a` holds m·k values, `b` n·k (`bt`: `[n,k]`, else `[k,n]`), `out` m·n;
-/// `bias` empty or at least n long.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    b: *const f32,
-    bt: bool,
-    bias: &[f32],
-    act: Act,
-    out: *mut f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let mut panel = [_mm512_setzero_ps(); KC * NR / 16];
-    let pp = panel.as_mut_ptr() as *mut f32;
-    let mut bias32 = [0f32; NR];
-    for j0 in (0..n).step_by(NR) {
-        let valid = (n - j0).min(NR);
-        if !bias.is_empty() {
-            bias32[..valid].copy_from_slice(&bias[j0..j0 + valid]);
-        }
-        let mut p0 = 0;
-        // At least one chunk, so that k = 0 still writes bias and activation.
-        loop {
-            let kc = (k - p0).min(KC);
-            // SAFETY: the panel buffer holds KC·NR ≥ kc·NR values; `pack` reads b only at
-            // (j, p) with j < n, p < k, inside the n·k values the caller provides; AVX-512 F
-            // implies the AVX2 and FMA the packer is compiled for.
-            unsafe { pack::<NR>(b, bt, k, n, j0, valid, p0, kc, pp) };
-            let (first, last) = (p0 == 0, p0 + kc >= k);
-            let e = Edge { first, last, valid, bias: (!bias.is_empty()).then_some(&bias32), act };
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(MR);
-                // SAFETY: rows i..i+mr of a (depths p0..p0+kc) and of out (columns j0..j0+valid)
-                // exist; the panel holds kc·NR packed values.
-                unsafe {
-                    let (ai, oi) = (a.add(i * k + p0), out.add(i * n + j0));
-                    match mr {
-                        8 => tile::<8>(kc, ai, k, pp, oi, n, &e),
-                        7 => tile::<7>(kc, ai, k, pp, oi, n, &e),
-                        6 => tile::<6>(kc, ai, k, pp, oi, n, &e),
-                        5 => tile::<5>(kc, ai, k, pp, oi, n, &e),
-                        4 => tile::<4>(kc, ai, k, pp, oi, n, &e),
-                        3 => tile::<3>(kc, ai, k, pp, oi, n, &e),
-                        2 => tile::<2>(kc, ai, k, pp, oi, n, &e),
-                        _ => tile::<1>(kc, ai, k, pp, oi, n, &e),
-                    }
-                }
-                i += mr;
-            }
-            p0 += kc;
-            if last {
-                break;
-            }
-        }
-    }
-    if matches!(act, Act::Gelu | Act::GeluTanh) {
-        for i in 0..m {
-            // SAFETY: row i of out holds n values (the caller's bound).
-            unsafe { act.apply_slice(core::slice::from_raw_parts_mut(out.add(i * n), n)) };
-        }
-    }
-}
-
-/// What a tile does at its chunk's edges: start from zero (`first`) or from the outputs, and
-/// on the `last` chunk add the bias and apply ReLU; `valid` columns of 32 are stored.
-struct Edge<'a> {
-    first: bool,
-    last: bool,
-    valid: usize,
-    bias: Option<&'a [f32; NR]>,
-    act: Act,
-}
+super::f32_avx2::f32_family!(
+    f32_gemm_avx512,
+    f32_matmul_avx512,
+    has_avx512f,
+    "avx512f",
+    "AVX-512 F",
+    __m512,
+    _mm512_setzero_ps,
+    16,
+    [8, 7, 6, 5, 4, 3, 2, 1]
+);
 
 /// One `R × 32` tile over `kc` depths: `a` at stride `lda`, the packed panel at `bp` (k-major,
 /// 32 per depth), outputs at `out` with stride `ldo`.
