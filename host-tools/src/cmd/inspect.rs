@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Parser;
 use ember_kernels::KernelSet;
-use ember_runtime::{FileBytes, Model, OpCode};
+use ember_runtime::{FileBytes, Model, OpCode, UnaryKind};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -15,8 +15,9 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The kernel an op runs on with kernel set `k`, and its precision.
-pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
+/// The kernel an op runs on with kernel set `k`, and its precision. `params` are the op
+/// record's (a Unary op's kind decides whether it runs the erf kernel).
+pub fn kernel_of(code: OpCode, params: &[u32], k: &KernelSet) -> (String, &'static str) {
     match code {
         OpCode::LinearI8 => (format!("{} + {}", k.quantize_u8_name, k.i8_gemm_name), "int8"),
         // The left operand quantized by rows, the right one quantized straight into the packed
@@ -35,7 +36,10 @@ pub fn kernel_of(code: OpCode, k: &KernelSet) -> (String, &'static str) {
         OpCode::Softmax => (k.softmax_row_name.to_string(), "f32"),
         OpCode::LayerNorm => (k.layer_norm_row_name.to_string(), "f32"),
         // Erf is the one unary kind with a kernel family of its own.
-        OpCode::Unary => (format!("f32_unary_generic | {} (erf)", k.erf_name), "f32"),
+        OpCode::Unary if params.first() == Some(&(UnaryKind::Erf as u32)) => {
+            (k.erf_name.to_string(), "f32")
+        }
+        OpCode::Unary => ("f32_unary_generic".into(), "f32"),
         OpCode::Binary | OpCode::Reduce => (format!("f32_{}_generic", code.name()), "f32"),
         _ => (format!("{}_generic", code.name()), "data"),
     }
@@ -59,7 +63,7 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                 .enumerate()
                 .map(|(i, r)| {
                     let code = OpCode::from_u16(r.opcode).unwrap_or(OpCode::Copy);
-                    let (mut kernel, precision) = kernel_of(code, &k);
+                    let (mut kernel, precision) = kernel_of(code, &r.params, &k);
                     let folded = p.folded_on_cpu(i);
                     if folded {
                         kernel = "none: folded into a matmul on the CPU".into();
@@ -182,11 +186,14 @@ mod tests {
     #[test]
     fn ops_with_a_kernel_family_name_the_chosen_variant() {
         let k = KernelSet::detect();
-        assert_eq!(kernel_of(OpCode::Softmax, &k), (k.softmax_row_name.to_string(), "f32"));
-        assert_eq!(kernel_of(OpCode::LayerNorm, &k), (k.layer_norm_row_name.to_string(), "f32"));
-        let (mm, prec) = kernel_of(OpCode::MatMulI8, &k);
+        assert_eq!(kernel_of(OpCode::Softmax, &[], &k), (k.softmax_row_name.to_string(), "f32"));
+        let ln = kernel_of(OpCode::LayerNorm, &[], &k);
+        assert_eq!(ln, (k.layer_norm_row_name.to_string(), "f32"));
+        let (mm, prec) = kernel_of(OpCode::MatMulI8, &[], &k);
         assert!(mm.contains(k.quantize_pack_name) && mm.contains(k.i8_gemm_name), "{mm}");
         assert_eq!(prec, "int8");
-        assert!(kernel_of(OpCode::Unary, &k).0.contains(k.erf_name));
+        // Erf runs its family's kernel; the other unary kinds (here sqrt) the generic loop.
+        assert_eq!(kernel_of(OpCode::Unary, &[UnaryKind::Erf as u32], &k).0, k.erf_name);
+        assert_eq!(kernel_of(OpCode::Unary, &[UnaryKind::Sqrt as u32], &k).0, "f32_unary_generic");
     }
 }
