@@ -4,8 +4,8 @@
 //! `vpdpbusd` on zmm; else AVX2's u8×i8→i32 sequence `vpmaddubsw`, `vpmaddwd` by ones,
 //! `vpaddd`, which is what ONNX Runtime's AVX2 kernels run, though `vpmaddubsw` saturates;
 //! aarch64: `sdot`), issued back to back into independent register accumulators (no loads, no
-//! dependency stalls) on one core, the best of five runs of about 0.1 s. Multiply by the number of cores for the
-//! machine; the benches compare one-thread kernels with the one-core figure. On AVX2 the
+//! dependency stalls) on one core, the best of five runs of about 0.1 s. Multiply by the number
+//! of cores for the machine; the benches compare one-thread kernels with the one-core figure. On AVX2 the
 //! exact form (`vpmaddwd` on i16, then `vpaddd`: what Ember's AVX2 kernel runs) has a lower
 //! ceiling, measured by [`int8_exact_avx2_macs_per_s`].
 
@@ -54,7 +54,8 @@ fn time(f: impl Fn(u64) -> u64) -> f64 {
     let rate = |n| {
         let t = Instant::now();
         let macs = f(n);
-        (macs as f64 / t.elapsed().as_secs_f64(), t.elapsed().as_secs_f64())
+        let s = t.elapsed().as_secs_f64();
+        (macs as f64 / s, s)
     };
     loop {
         let (r, s) = rate(n);

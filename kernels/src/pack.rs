@@ -186,13 +186,27 @@ pub fn quantize_pack_k4n16_nk(
             out[at..at + 4].copy_from_slice(&g);
             p += 4;
         }
-        for (t, v) in quads.remainder().iter().enumerate() {
-            let q = quantize_sym_i8(*v, inv);
-            s += q as i32;
-            out[k4n16_index(j, p + t, k)] = q;
-        }
-        *sum = s;
+        *sum = s + quantize_pack_nk_tail(col, j, p, inv, out);
     }
+}
+
+/// Depths `from..k` of column `j` (`col`, its k values) of [`quantize_pack_k4n16_nk`],
+/// element-wise; returns their codes' sum. Shared by the fast variants.
+pub(crate) fn quantize_pack_nk_tail(
+    col: &[f32],
+    j: usize,
+    from: usize,
+    inv: f32,
+    out: &mut [i8],
+) -> i32 {
+    let k = col.len();
+    let mut s = 0;
+    for (t, v) in col[from..].iter().enumerate() {
+        let q = quantize_sym_i8(*v, inv);
+        out[k4n16_index(j, from + t, k)] = q;
+        s += q as i32;
+    }
+    s
 }
 
 /// `clamp(rne(x·inv), -127, 127)`, NaN to 0, without a float→int cast (the integer is read

@@ -4,7 +4,7 @@
 //! `[n, k]` form). Same bytes and column sums as the twin [`crate::pack::quantize_pack_k4n16`].
 
 use crate::pack::{
-    k4n16_index, k4n16_len, quantize_pack_kn_rest, quantize_sym_i8, strided_len, PANEL,
+    k4n16_index, k4n16_len, quantize_pack_kn_rest, quantize_pack_nk_tail, strided_len, PANEL,
 };
 use core::arch::x86_64::*;
 
@@ -149,7 +149,7 @@ unsafe fn nk(b: &[f32], k: usize, n: usize, ld: usize, inv: f32, out: &mut [i8],
             p += 16;
         }
         let s = _mm512_reduce_add_epi32(acc);
-        sums[j] = s + nk_tail(col, j, full, inv, out);
+        sums[j] = s + quantize_pack_nk_tail(col, j, full, inv, out);
     }
 }
 
@@ -187,18 +187,6 @@ fn narrow16(lo: __m256i, hi: __m256i) -> __m128i {
     let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(lo, hi));
     let b = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi16(w, w));
     _mm256_castsi256_si128(b)
-}
-
-/// Depths `from..k` of column `j` (`col`, its k values), element-wise; returns their codes' sum.
-fn nk_tail(col: &[f32], j: usize, from: usize, inv: f32, out: &mut [i8]) -> i32 {
-    let k = col.len();
-    let mut s = 0;
-    for (t, v) in col[from..].iter().enumerate() {
-        let q = quantize_sym_i8(*v, inv);
-        out[k4n16_index(j, from + t, k)] = q;
-        s += q as i32;
-    }
-    s
 }
 
 /// [`kn`] on AVX2.
@@ -281,6 +269,6 @@ unsafe fn nk2(
         let h = _mm_add_epi32(h, _mm_shuffle_epi32::<0x4E>(h));
         let h = _mm_add_epi32(h, _mm_shuffle_epi32::<0xB1>(h));
         let s = _mm_cvtsi128_si32(h);
-        sums[j] = s + nk_tail(col, j, full, inv, out);
+        sums[j] = s + quantize_pack_nk_tail(col, j, full, inv, out);
     }
 }

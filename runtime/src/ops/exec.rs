@@ -8,7 +8,7 @@ use crate::overlay::{patch_of, Patch, RowPatch};
 use crate::par::{split_rows, split_rows_mut, split_tasks, Parallel, SharedMut};
 use crate::rowcache::RowCache;
 use crate::Error;
-use ember_kernels::pack::{k4, k4n16_len, strided_len};
+use ember_kernels::pack::{k4, k4n16_len};
 use ember_kernels::{Act, KernelSet};
 
 pub(crate) struct Ctx<'a> {
@@ -459,18 +459,17 @@ pub(crate) fn run_op(
                 (SharedMut(scratch.u8s.as_mut_ptr()), SharedMut(scratch.i32s.as_mut_ptr()));
             let o_len = o.len();
             let op = SharedMut(o.as_mut_ptr());
-            let (a_rows, b_rows, b_cols) = (m, if b_t { n } else { kk }, if b_t { kk } else { n });
-            // Every matrix's last row must end inside its operand (prepare and the schedule
-            // checked the layouts; this keeps a bad layout from ever indexing out of bounds).
-            let last = batch.saturating_sub(1);
-            if la.base(last) + strided_len(a_rows, kk, la.row) > a.len()
-                || lb.base(last) + strided_len(b_rows, b_cols, lb.row) > b.len()
-                || lo.base(last) + strided_len(m, n, lo.row) > o_len
-            {
-                return Err(Error::Corrupt(alloc::format!(
-                    "op #{op_index}: matmul layout outside its operands"
-                )));
-            }
+            // Every matrix's last row ends inside its operand: prepare checked the dense
+            // layouts, and a heads-in-place layout spans exactly the `[B0, S, H, D]` tensor it
+            // replaced (`fuse` takes B0, H, S, D from the transposed value's dims, and prepare
+            // proved the Reshape copy and the Transpose keep the byte count).
+            let (b_rows, b_cols) = if b_t { (n, kk) } else { (kk, n) };
+            debug_assert!(
+                la.extent(batch, m, kk) <= a.len()
+                    && lb.extent(batch, b_rows, b_cols) <= b.len()
+                    && lo.extent(batch, m, n) <= o_len,
+                "op #{op_index}: matmul layout outside its operands"
+            );
             // Heads spread over the threads, each with its own scratch slot, when there are
             // several; one head's rows spread over the threads otherwise.
             let tasks = ctx.par.threads().min(scratch.slots).min(batch).max(1);
@@ -523,8 +522,8 @@ pub(crate) fn run_op(
                     );
                     if !lo.is_dense() {
                         for r in r0..r1 {
-                            // SAFETY: row r of matrix i ends inside `o` (checked above); the
-                            // n elements of a row of a head belong to this task alone.
+                            // SAFETY: row r of matrix i ends inside `o` (see the layouts above);
+                            // the n elements of a row of a head belong to this task alone.
                             unsafe {
                                 core::ptr::copy_nonoverlapping(
                                     os.as_ptr().add((r - r0) * n),

@@ -281,6 +281,12 @@ impl Strides {
     pub const fn is_dense(&self) -> bool {
         self.heads == 1
     }
+
+    /// Elements from the operand's start to the end of matrix `batch - 1`'s last row, for
+    /// matrices of `rows × cols` (`batch > 0`).
+    pub fn extent(&self, batch: usize, rows: usize, cols: usize) -> usize {
+        self.base(batch - 1) + ember_kernels::pack::strided_len(rows, cols, self.row)
+    }
 }
 
 /// Broadcast shortcuts for [`Op::Binary`].
