@@ -64,6 +64,12 @@ impl Plan {
         self.cpu.get(i).is_some_and(Option::is_none)
     }
 
+    /// Whether op `i` writes over its own input on the CPU (a softmax over attention scores
+    /// that nothing else reads; see [`crate::Session::run_as_written`]).
+    pub fn in_place_on_cpu(&self, i: usize) -> bool {
+        matches!(self.cpu.get(i), Some(Some(crate::ops::fuse::Step { op: Op::Softmax { x, .. }, out })) if x == out)
+    }
+
     /// Whether op `i` is a matmul that reads or writes attention heads in place on the CPU.
     pub fn heads_in_place(&self, i: usize) -> bool {
         matches!(
@@ -118,7 +124,17 @@ impl<B: AsRef<[u8]>> Model<B> {
 
     /// [`Model::parse`] with a choice of how much to check; see [`Verify`].
     pub fn parse_with(bytes: B, verify: Verify) -> Result<Self, Error> {
-        let parsed = parse_all(bytes.as_ref(), verify)?;
+        Self::parse_with_crc(bytes, verify, crc32fast::hash)
+    }
+
+    /// [`Model::parse_with`] computing each section's CRC-32 with `crc` (same result as
+    /// `crc32fast::hash`; the std loader spreads large sections over threads).
+    pub(crate) fn parse_with_crc(
+        bytes: B,
+        verify: Verify,
+        crc: fn(&[u8]) -> u32,
+    ) -> Result<Self, Error> {
+        let parsed = parse_all(bytes.as_ref(), verify, crc)?;
         let (strings, tensors, inputs, outputs, plans, metadata) = parsed;
         Ok(Model { bytes, strings, tensors, inputs, outputs, plans, metadata, patches: Vec::new() })
     }
@@ -162,7 +178,7 @@ pub fn op_names_key(batch: usize) -> String {
 type Parsed =
     (Vec<String>, Vec<TensorInfo>, Vec<SigEntry>, Vec<SigEntry>, Vec<Plan>, Vec<(String, String)>);
 
-fn parse_all(file: &[u8], verify: Verify) -> Result<Parsed, Error> {
+fn parse_all(file: &[u8], verify: Verify, crc: fn(&[u8]) -> u32) -> Result<Parsed, Error> {
     if file.len() < HEADER_LEN {
         return Err(Error::Truncated {
             what: "header",
@@ -223,7 +239,7 @@ fn parse_all(file: &[u8], verify: Verify) -> Result<Parsed, Error> {
         let index = c.u32()?;
         let offset = c.u64()?;
         let len = c.u64()?;
-        let crc = c.u32()?;
+        let want = c.u32()?;
         c.u32()?;
         let kind = SectionKind::from_u32(kind_raw)
             .ok_or_else(|| corrupt!("section #{i} has unknown kind {kind_raw}"))?;
@@ -245,7 +261,7 @@ fn parse_all(file: &[u8], verify: Verify) -> Result<Parsed, Error> {
         }
         let (start, end) = (offset as usize, end as usize);
         let skip = verify == Verify::Structure && kind == SectionKind::Data;
-        if !skip && crc32fast::hash(&file[start..end]) != crc {
+        if !skip && crc(&file[start..end]) != want {
             return Err(Error::Checksum { section: kind.name(), index: i });
         }
         sections.push(Section { kind, index, start, len: end - start });

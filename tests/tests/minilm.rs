@@ -221,8 +221,9 @@ fn tight_budget_widens_through_dynamic_int8_first() {
 
 /// The CPU schedule reads the attention heads in place and writes P·V's heads straight to
 /// their merged places (the Reshape/Transpose copies around the attention MatMuls are folded
-/// into them): the same output bits as running every op of the plan as written, at batch 1
-/// and 8, on one and two threads, with most of those copies gone.
+/// into them, and the softmax overwrites its input): the same output bits as running every op
+/// of the plan as written, at batch 1 and 8, on one and two threads, with most of those
+/// copies gone.
 #[test]
 fn folded_head_shuffles_give_the_written_plans_bits() {
     use ember_runtime::{Pool, Session};
@@ -254,6 +255,10 @@ fn folded_head_shuffles_give_the_written_plans_bits() {
             // Per layer: Q's and V's Reshape and Transpose, K's Transpose, and the output's
             // Transpose and Reshape (K's Reshape stays: its source's slot is reused before).
             assert!(all - ran >= 21, "batch {batch}: only {} of {all} ops folded", all - ran);
+            // And each layer's softmax overwrites its scores instead of a slot of its own.
+            let p = &model.plans[model.plan_index(batch).unwrap()];
+            let in_place = (0..p.records.len()).filter(|i| p.in_place_on_cpu(*i)).count();
+            assert_eq!(in_place, 3, "batch {batch}: {in_place} ops in place");
         }
     }
 }

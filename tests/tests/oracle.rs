@@ -332,6 +332,10 @@ fn threads_and_kernel_tiers_give_identical_bits() {
         // stay; MiniLM folds 21 of 24, tests/minilm.rs).
         if case_name == "bert_block" && bits == 8 {
             assert!(folded.get() >= 2, "{name}: {} ops folded", folded.get());
+            // Its softmax runs in place over the scores (the comparisons above cover it).
+            let p = &model.plans[0];
+            let in_place = (0..p.records.len()).filter(|i| p.in_place_on_cpu(*i)).count();
+            assert_eq!(in_place, 1, "{name}: {in_place} ops in place");
         }
     }
     // The INT4 builds did run the INT4 ops.

@@ -69,6 +69,8 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                         kernel = "none: folded into a matmul on the CPU".into();
                     } else if p.heads_in_place(i) {
                         kernel.push_str(" (heads in place)");
+                    } else if p.in_place_on_cpu(i) {
+                        kernel.push_str(" (in place over its input)");
                     }
                     let out = &p.values[r.outputs[0] as usize];
                     json!({"index": i, "op": code.name(), "node": names.get(i), "kernel": kernel, "precision": precision, "cpu_folded": folded, "output_shape": out.dims, "output_dtype": out.dtype.name()})

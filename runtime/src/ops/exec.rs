@@ -217,7 +217,6 @@ fn index(ix: &[u8], idx64: bool, i: usize, dim: usize, op: usize) -> Result<usiz
     Ok(r as usize)
 }
 
-/// Runs op `op_index` (writing value `out_v`).
 /// Per-session scratch, sized at load for the largest op.
 pub(crate) struct Scratch<'s> {
     pub u8s: &'s mut [u8],
@@ -227,6 +226,7 @@ pub(crate) struct Scratch<'s> {
     pub slots: usize,
 }
 
+/// Runs op `op_index` (writing value `out_v`).
 pub(crate) fn run_op(
     op: &Op,
     op_index: usize,
@@ -605,13 +605,20 @@ pub(crate) fn run_op(
             transpose(ctx.par, io.bytes(*x), out, *elem, *rank, od, strides);
         }
         Op::Softmax { x, outer, n, inner, mask, rank, rows, mstrides } if *inner == 1 => {
-            let (x, n): (&[f32], usize) = (cast(io.bytes(*x))?, *n);
+            let n = *n;
+            // In place (the CPU schedule's `fuse::softmax_in_place`): the op writes its input.
+            let in_place = *x == out_v;
+            if in_place && n > super::fuse::SOFTMAX_IN_PLACE_MAX {
+                return Err(crate::error::corrupt!(
+                    "op #{op_index}: in-place softmax over rows of {n}"
+                ));
+            }
+            let x: &[f32] = if in_place { &[] } else { cast(io.bytes(*x))? };
             let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
             let o: &mut [f32] = cast_mut(out)?;
-            split_rows_mut(ctx.par, &mut o[..outer * n], n, 64, 1, &|r0, r1, os| {
-                for (r, (xr, or)) in
-                    x[r0 * n..r1 * n].chunks_exact(n).zip(os.chunks_exact_mut(n)).enumerate()
-                {
+            split_rows_mut(ctx.par, &mut o[..outer * n], n, 64, 1, &|r0, _r1, os| {
+                let mut buf = [0f32; super::fuse::SOFTMAX_IN_PLACE_MAX];
+                for (r, or) in os.chunks_exact_mut(n).enumerate() {
                     let m = if mk.is_empty() {
                         &[][..]
                     } else {
@@ -623,7 +630,12 @@ pub(crate) fn run_op(
                         }
                         &mk[off * n..off * n + n]
                     };
-                    (k.softmax_row)(xr, m, or);
+                    if in_place {
+                        buf[..n].copy_from_slice(or);
+                        (k.softmax_row)(&buf[..n], m, or);
+                    } else {
+                        (k.softmax_row)(&x[(r0 + r) * n..(r0 + r + 1) * n], m, or);
+                    }
                 }
             });
         }
