@@ -208,7 +208,7 @@ fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader:
         || y & REF_TENSOR != 0
         || uses[x as usize] != 1
         || uses[y as usize] != 1
-        || st.def_at[x as usize] < 0
+        || !(0..NEVER).contains(&st.def_at[x as usize])
         || row > SOFTMAX_IN_PLACE_MAX
         || f.values[x as usize].nbytes != f.values[y as usize].nbytes
     {
