@@ -78,15 +78,45 @@ fn profiled_run<B: AsRef<[u8]>>(
     Ok(())
 }
 
-/// Times the first run (ms), then runs `warmup` more untimed.
-fn first_and_warmup(warmup: usize, run: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+/// Times the first run (ms) and counts the page faults the process took during it, then runs
+/// `warmup` more untimed.
+fn first_and_warmup(
+    warmup: usize,
+    run: &mut dyn FnMut() -> Result<()>,
+) -> Result<(f64, Option<u64>)> {
+    let f0 = page_faults();
     let t = Instant::now();
     run()?;
     let first_ms = t.elapsed().as_secs_f64() * 1e3;
+    let faults = f0.zip(page_faults()).map(|(a, b)| b.saturating_sub(a));
     for _ in 0..warmup {
         run()?;
     }
-    Ok(first_ms)
+    Ok((first_ms, faults))
+}
+
+/// Page faults (minor and major, all threads) this process has taken, where the OS counts
+/// them: a fresh process's first run pays one per arena page it touches (JSON
+/// `first_run_page_faults`), a large share of its cost over a steady run.
+fn page_faults() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut r = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes at most one `rusage` through this valid, writable pointer.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, r.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: the call succeeded and filled the struct (which started zeroed anyway).
+        let r = unsafe { r.assume_init() };
+        u64::try_from(r.ru_minflt).ok().zip(u64::try_from(r.ru_majflt).ok()).map(|(a, b)| a + b)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// " (N page faults)" when the OS counted them.
+fn faults_text(faults: Option<u64>) -> String {
+    faults.map(|n| format!(" ({n} page faults)")).unwrap_or_default()
 }
 
 /// The figures every bench reports, from the per-run times (sorted here): the JSON object with
@@ -230,7 +260,7 @@ pub fn run(a: Args) -> Result<()> {
     // With --profile the first run is profiled too (its own column): where a cold start goes.
     let mut first_ns = vec![0f64; n_ops];
     let mut first = true;
-    let first_ms = first_and_warmup(a.warmup, &mut || {
+    let (first_ms, first_faults) = first_and_warmup(a.warmup, &mut || {
         let refs = turn();
         if a.profile && std::mem::take(&mut first) {
             return profiled_run(&mut s, refs, &mut first_ns);
@@ -294,6 +324,7 @@ pub fn run(a: Args) -> Result<()> {
     });
     let k = s.kernels();
     let (mut out, p50, p99, mean) = timings(&mut times, batch, open_ms, load_ms, first_ms);
+    out["first_run_page_faults"] = json!(first_faults);
     out["model"] = json!(a.model);
     out["threads"] = json!(s.threads());
     out["iters"] = json!(a.iters);
@@ -357,7 +388,8 @@ pub fn run(a: Args) -> Result<()> {
         k.quantize_u8_name
     );
     println!(
-        "  open {open_ms:.2} ms (load and verify {load_ms:.2} ms, the rest: threads and session), first run {first_ms:.2} ms"
+        "  open {open_ms:.2} ms (load and verify {load_ms:.2} ms, the rest: threads and session), first run {first_ms:.2} ms{}",
+        faults_text(first_faults)
     );
     println!(
         "  latency p50 {p50:.3} ms, p99 {p99:.3} ms, mean {mean:.3} ms over {} runs; {:.1} samples/s",
@@ -433,7 +465,7 @@ fn bench_cuda(
     let bufs = inputs(model, batch, a.input.as_ref())?;
     let refs = slices(&bufs);
     let mut turn = in_turn(&refs);
-    let first_ms = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
+    let (first_ms, first_faults) = first_and_warmup(a.warmup, &mut || Ok(s.run(turn())?))?;
     let mut times = Vec::with_capacity(a.iters);
     for _ in 0..a.iters {
         let refs = turn();
@@ -443,6 +475,7 @@ fn bench_cuda(
     }
     let (launches, graph) = s.launches();
     let (mut out, p50, p99, mean) = timings(&mut times, batch, open_ms, load_ms, first_ms);
+    out["first_run_page_faults"] = json!(first_faults);
     out["model"] = json!(a.model);
     out["device"] = json!(gpu);
     out["ptx"] = json!(format!("{:?}", s.ptx_source()));
@@ -462,7 +495,8 @@ fn bench_cuda(
         if graph { " in one CUDA graph" } else { "" }
     );
     println!(
-        "  open {open_ms:.2} ms (load and verify {load_ms:.2} ms), first run {first_ms:.2} ms"
+        "  open {open_ms:.2} ms (load and verify {load_ms:.2} ms), first run {first_ms:.2} ms{}",
+        faults_text(first_faults)
     );
     println!(
         "  latency p50 {p50:.3} ms, p99 {p99:.3} ms, mean {mean:.3} ms over {} runs; {:.1} samples/s",
