@@ -376,19 +376,25 @@ fn float_attention_heads_over_threads_give_identical_bits() {
     let refs: Vec<&[u8]> = bufs.iter().map(|v| v.as_slice()).collect();
     for tier in ["generic", "avx2", "avx512vnni", "neon", "dotprod", "i8mm"] {
         let ks = ember_kernels::KernelSet::with_override(tier);
-        let run = |threads: usize| {
+        let run = |threads: usize, as_written: bool| {
             let mut s = Session::with_kernels(&model, 8, ks).unwrap();
             s.set_pool(Arc::new(Pool::new(threads).unwrap())).unwrap();
+            s.run_as_written(as_written);
             s.run(&refs).unwrap();
             (0..model.outputs.len()).map(|i| s.output(i).to_vec()).collect::<Vec<_>>()
         };
-        let one = run(1);
+        let one = run(1, false);
         for threads in [2, 3] {
             assert!(
-                run(threads) == one,
+                run(threads, false) == one,
                 "tier {tier} ({}): {threads} threads differ",
                 ks.f32_gemm_name
             );
         }
+        // The softmax overwrites its scores for the float P·V MatMul too: same bits as written.
+        assert!(run(2, true) == one, "tier {tier}: the plan as written differs");
     }
+    let p = &model.plans[0];
+    let in_place = (0..p.records.len()).filter(|i| p.in_place_on_cpu(*i)).count();
+    assert_eq!(in_place, 1, "{in_place} ops in place before a float MatMul");
 }
