@@ -617,8 +617,9 @@ pub(crate) fn run_op(
             let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
             let o: &mut [f32] = cast_mut(out)?;
             split_rows_mut(ctx.par, &mut o[..outer * n], n, 64, 1, &|r0, _r1, os| {
-                // The row being overwritten (only in place; zeroing 4 KB per task is noise).
-                let mut buf = [0f32; super::fuse::SOFTMAX_IN_PLACE_MAX];
+                // In place: a copy of the row being overwritten (the kernel reads it from here).
+                let mut buf =
+                    if in_place { Some([0f32; super::fuse::SOFTMAX_IN_PLACE_MAX]) } else { None };
                 for (r, or) in os.chunks_exact_mut(n).enumerate() {
                     let m = if mk.is_empty() {
                         &[][..]
@@ -631,7 +632,7 @@ pub(crate) fn run_op(
                         }
                         &mk[off * n..off * n + n]
                     };
-                    if in_place {
+                    if let Some(buf) = &mut buf {
                         buf[..n].copy_from_slice(or);
                         (k.softmax_row)(&buf[..n], m, or);
                     } else {

@@ -58,6 +58,20 @@ struct State {
     last_use: Vec<i64>,
 }
 
+impl State {
+    /// Applies `edit` to copies of the liveness facts and keeps them when the loader's check
+    /// still passes with them (the arena assignment stays valid); returns whether it did.
+    fn relive(&mut self, f: &Facts, edit: impl FnOnce(&mut [i64], &mut [i64])) -> bool {
+        let (mut def_at, mut last_use) = (self.def_at.clone(), self.last_use.clone());
+        edit(&mut def_at, &mut last_use);
+        let ok = (f.valid)(&def_at, &last_use);
+        if ok {
+            (self.def_at, self.last_use) = (def_at, last_use);
+        }
+        ok
+    }
+}
+
 /// Builds the CPU schedule of a plan (see the module docs).
 pub(crate) fn schedule(f: &Facts) -> Schedule {
     let n = f.ops.len();
@@ -169,14 +183,14 @@ pub(crate) fn schedule(f: &Facts) -> Schedule {
             elided.push(c);
             target = f.records[c].outputs[0];
         }
-        let mut def_at = st.def_at.clone();
-        for &e in &elided {
-            def_at[f.records[e].outputs[0] as usize] = NEVER;
-        }
-        def_at[out as usize] = NEVER;
-        def_at[target as usize] = i as i64;
-        if (f.valid)(&def_at, &st.last_use) {
-            st.def_at = def_at;
+        let retarget = |def_at: &mut [i64], _: &mut [i64]| {
+            for &e in &elided {
+                def_at[f.records[e].outputs[0] as usize] = NEVER;
+            }
+            def_at[out as usize] = NEVER;
+            def_at[target as usize] = i as i64;
+        };
+        if st.relive(f, retarget) {
             for &e in &elided {
                 st.steps[e] = None;
             }
@@ -205,7 +219,6 @@ fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader:
     };
     let (x, y, row) = (*x, *out, *row);
     if x & REF_TENSOR != 0
-        || y & REF_TENSOR != 0
         || uses[x as usize] != 1
         || uses[y as usize] != 1
         || !(0..NEVER).contains(&st.def_at[x as usize])
@@ -214,23 +227,23 @@ fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader:
     {
         return;
     }
+    // The one reader of y: a matmul taking it as `a` only.
     let r = reader[y as usize];
-    let reads_y_as_a = |op: &Op| match op {
-        Op::MatMulI8 { a, b, .. } | Op::MatMulF32 { a, b, .. } => *a == y && *b != y,
-        _ => false,
+    let Some(Step { op: Op::MatMulI8 { a, b, .. } | Op::MatMulF32 { a, b, .. }, .. }) =
+        st.steps.get(r).and_then(Option::as_ref)
+    else {
+        return;
     };
-    if r >= st.steps.len() || !st.steps[r].as_ref().is_some_and(|s| reads_y_as_a(&s.op)) {
+    if *a != y || *b == y {
         return;
     }
-    let mut def_at = st.def_at.clone();
-    let mut last_use = st.last_use.clone();
-    def_at[y as usize] = NEVER;
-    last_use[x as usize] = last_use[x as usize].max(r as i64);
-    if !(f.valid)(&def_at, &last_use) {
+    let hand_over = |def_at: &mut [i64], last_use: &mut [i64]| {
+        def_at[y as usize] = NEVER;
+        last_use[x as usize] = last_use[x as usize].max(r as i64);
+    };
+    if !st.relive(f, hand_over) {
         return;
     }
-    st.def_at = def_at;
-    st.last_use = last_use;
     if let Some(s) = &mut st.steps[i] {
         s.out = x;
     }
@@ -252,20 +265,18 @@ fn try_fold(st: &mut State, f: &Facts, i: usize, fd: &Fold, set: impl Fn(&mut Op
 }
 
 fn fold(st: &mut State, f: &Facts, i: usize, fd: &Fold, set: &impl Fn(&mut Op, u32)) -> bool {
-    let mut def_at = st.def_at.clone();
-    let mut last_use = st.last_use.clone();
-    for &e in &fd.elided {
-        def_at[f.records[e].outputs[0] as usize] = NEVER;
-    }
-    if fd.src & REF_TENSOR == 0 {
-        let s = fd.src as usize;
-        last_use[s] = last_use[s].max(i as i64);
-    }
-    if !(f.valid)(&def_at, &last_use) {
+    let elide_and_extend = |def_at: &mut [i64], last_use: &mut [i64]| {
+        for &e in &fd.elided {
+            def_at[f.records[e].outputs[0] as usize] = NEVER;
+        }
+        if fd.src & REF_TENSOR == 0 {
+            let s = fd.src as usize;
+            last_use[s] = last_use[s].max(i as i64);
+        }
+    };
+    if !st.relive(f, elide_and_extend) {
         return false;
     }
-    st.def_at = def_at;
-    st.last_use = last_use;
     for &e in &fd.elided {
         st.steps[e] = None;
     }
