@@ -53,6 +53,10 @@ pub struct Plan {
     /// What the CPU runs: `ops` with the attention head shuffles folded into the matmuls
     /// ([`crate::ops::fuse`]).
     pub(crate) cpu: crate::ops::fuse::Schedule,
+    /// The values with the offsets of the CPU schedule's own arena ([`Plan::cpu_arena_size`]
+    /// bytes; the file's `values` and `arena_size` are the plan as written).
+    pub(crate) cpu_values: Vec<ValueInfo>,
+    pub cpu_arena_size: usize,
     /// Scratch the plan's integer ops need (either schedule): i8, i32 and f32 elements.
     pub scratch: (usize, usize, usize),
 }
@@ -72,10 +76,25 @@ impl Plan {
 
     /// Whether op `i` is a matmul that reads or writes attention heads in place on the CPU.
     pub fn heads_in_place(&self, i: usize) -> bool {
+        match self.cpu.get(i) {
+            Some(Some(crate::ops::fuse::Step { op: Op::MatMulI8 { la, lb, lo, .. }, .. })) => {
+                !(la.is_dense() && lb.is_dense() && lo.is_dense())
+            }
+            Some(Some(crate::ops::fuse::Step {
+                op: Op::AttentionF32 { lq, lk, lv, lo, .. },
+                ..
+            })) => !(lq.is_dense() && lk.is_dense() && lv.is_dense() && lo.is_dense()),
+            _ => false,
+        }
+    }
+
+    /// Whether op `i` (a float P·V MatMul) runs the whole attention of its heads on the CPU:
+    /// the scores MatMul and the Softmax before it fold into it, and the scores stay in a
+    /// per-thread slot instead of the arena.
+    pub fn attention_on_cpu(&self, i: usize) -> bool {
         matches!(
             self.cpu.get(i),
-            Some(Some(crate::ops::fuse::Step { op: Op::MatMulI8 { la, lb, lo, .. }, .. }))
-                if !(la.is_dense() && lb.is_dense() && lo.is_dense())
+            Some(Some(crate::ops::fuse::Step { op: Op::AttentionF32 { .. }, .. }))
         )
     }
 }
@@ -637,7 +656,6 @@ fn parse_plan(
         scratch = (scratch.0.max(a), scratch.1.max(b), scratch.2.max(c));
         ops_v.push(op);
     }
-    let valid = |d: &[i64], l: &[i64]| check_liveness(&p, &values, d, l, &records).is_ok();
     let cpu = crate::ops::fuse::schedule(&crate::ops::fuse::Facts {
         records: &records,
         ops: &ops_v,
@@ -645,9 +663,22 @@ fn parse_plan(
         def_at: &def_at,
         last_use: &last_use,
         outputs: &outputs,
-        valid: &valid,
     });
-    for step in cpu.iter().flatten() {
+    // The schedule's own arena: its values' lifetimes differ from the file's (folded copies
+    // never written, sources read later), so their slots are placed again, and checked as the
+    // file's were.
+    let (cpu_values, cpu_arena_size) = place_values(&values, &cpu.def_at, &cpu.last_use);
+    if cpu_arena_size as u64 > MAX_ARENA {
+        return Err(corrupt!("{p}: the CPU schedule's arena of {cpu_arena_size} bytes exceeds the cap of {MAX_ARENA}"));
+    }
+    check_liveness(
+        &alloc::format!("{p} (CPU schedule)"),
+        &cpu_values,
+        &cpu.def_at,
+        &cpu.last_use,
+        &records,
+    )?;
+    for step in cpu.steps.iter().flatten() {
         let (a, b, c) = step.op.scratch();
         scratch = (scratch.0.max(a), scratch.1.max(b), scratch.2.max(c));
     }
@@ -659,9 +690,49 @@ fn parse_plan(
         values,
         records,
         ops: ops_v,
-        cpu,
+        cpu: cpu.steps,
+        cpu_values,
+        cpu_arena_size,
         scratch,
     })
+}
+
+/// Arena offsets for values with the lifetimes `def_at` / `last_use` (as the loader's
+/// liveness check reads them; `i64::MAX`: never written), first fit in the order the values
+/// are written, as `quantize` plans a file's arena: each value's slot is free from the op that
+/// writes it to the last op that reads it. Returns the values with their new offsets and the
+/// arena's size.
+fn place_values(values: &[ValueInfo], def_at: &[i64], last_use: &[i64]) -> (Vec<ValueInfo>, usize) {
+    let mut out = values.to_vec();
+    let mut order: Vec<(i64, usize)> =
+        def_at.iter().enumerate().filter(|(_, d)| **d != i64::MAX).map(|(v, d)| (*d, v)).collect();
+    order.sort_unstable();
+    let align = |x: usize| x.next_multiple_of(ALIGN);
+    // Live slots (start, end, value), sorted by start.
+    let mut live: Vec<(usize, usize, usize)> = Vec::new();
+    let mut arena = 0usize;
+    for (d, v) in order {
+        // A slot stays taken through the op that last reads (or, unread, writes) its value.
+        live.retain(|(_, _, u)| last_use[*u].max(def_at[*u]) >= d);
+        let size = align(out[v].nbytes);
+        if size == 0 {
+            out[v].offset = 0;
+            continue;
+        }
+        let mut cand = 0usize;
+        let mut pos = live.len();
+        for (j, (s, e, _)) in live.iter().enumerate() {
+            if cand + size <= *s {
+                pos = j;
+                break;
+            }
+            cand = cand.max(align(*e));
+        }
+        out[v].offset = cand;
+        arena = arena.max(cand + size);
+        live.insert(pos, (cand, cand + out[v].nbytes, v));
+    }
+    (out, arena)
 }
 
 /// No op may write over a value that is still to be read: live arena ranges never overlap.

@@ -48,7 +48,8 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
     ) -> Result<Self, Error> {
         let idx = model.plan_index(batch).ok_or(Error::NoSuchPlan { batch: batch as u32 })?;
         let plan = &model.plans[idx];
-        let arena = Arena::new(plan.arena_size)?;
+        // Room for either schedule (untouched pages of a mapped arena cost nothing).
+        let arena = Arena::new(plan.arena_size.max(plan.cpu_arena_size))?;
         let (n8, n32, nf) = plan.scratch;
         let scratch_u8 = zeroed(n8)?;
         let scratch_i32 = zeroed(n32)?;
@@ -196,9 +197,10 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         if inputs.len() != plan.inputs.len() {
             return Err(Error::InputCount { expected: plan.inputs.len(), got: inputs.len() });
         }
+        let values = self.values();
         let arena: &mut [u8] = self.arena.bytes_mut();
         for (i, (id, data)) in plan.inputs.iter().zip(inputs).enumerate() {
-            let v = &plan.values[*id as usize];
+            let v = &values[*id as usize];
             if data.len() != v.nbytes {
                 return Err(Error::InputSize { input: i, expected: v.nbytes, got: data.len() });
             }
@@ -211,7 +213,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         let ctx = Ctx {
             file: self.model.bytes(),
             tensors: &self.model.tensors,
-            values: &plan.values,
+            values,
             kernels: &self.kernels,
             par,
             patches: &self.model.patches,
@@ -234,15 +236,24 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
             };
             let cache = self.caches.get_mut(i).and_then(Option::as_mut);
             run_op(op, i, out, &ctx, arena, &mut scratch, cache)?;
-            let v = &plan.values[out as usize];
+            let v = &values[out as usize];
             after_op(i, &arena[v.offset..v.offset + v.nbytes]);
         }
         Ok(())
     }
 
+    /// The values' arena places in the schedule this session runs.
+    fn values(&self) -> &'m [crate::model::ValueInfo] {
+        if self.as_written {
+            &self.plan.values
+        } else {
+            &self.plan.cpu_values
+        }
+    }
+
     /// Bytes of output `i` after `run`.
     pub fn output(&self, i: usize) -> &[u8] {
-        let v = &self.plan.values[self.plan.outputs[i] as usize];
+        let v = &self.values()[self.plan.outputs[i] as usize];
         let arena: &[u8] = self.arena.bytes();
         &arena[v.offset..v.offset + v.nbytes]
     }

@@ -226,10 +226,47 @@ fn tight_budget_widens_through_dynamic_int8_first() {
 /// copies gone.
 #[test]
 fn folded_head_shuffles_give_the_written_plans_bits() {
+    let (bytes, _) = quantize(8);
+    schedule_gives_the_written_plans_bits(&bytes, &|p, batch, all, ran| {
+        // Per layer: Q's, K's and V's Reshape and Transpose, and the output's Transpose and
+        // Reshape (the CPU schedule places its own arena, so every one folds).
+        assert!(all - ran >= 24, "batch {batch}: only {} of {all} ops folded", all - ran);
+        // And each layer's softmax overwrites its scores instead of a slot of its own.
+        let in_place = (0..p.records.len()).filter(|i| p.in_place_on_cpu(*i)).count();
+        assert_eq!(in_place, 3, "batch {batch}: {in_place} ops in place");
+    });
+}
+
+/// The default build's float attention runs fused on the CPU (scores, softmax and P·V per
+/// head in a thread's slot, the head shuffles folded): the bits of the plan as written, in
+/// a smaller arena.
+#[test]
+fn fused_float_attention_gives_the_written_plans_bits() {
+    let (bytes, _) = quantize_with(8, |o| o.int8_act_matmul = false);
+    schedule_gives_the_written_plans_bits(&bytes, &|p, batch, all, ran| {
+        let fused = (0..p.records.len()).filter(|i| p.attention_on_cpu(*i)).count();
+        assert_eq!(fused, 3, "batch {batch}: {fused} fused attentions");
+        // Per layer: the scores MatMul, the Softmax, and the eight shuffle copies.
+        assert!(all - ran >= 30, "batch {batch}: only {} of {all} ops folded", all - ran);
+        // The scores never reach the arena: at batch 1 they alone were 786 KB of it.
+        assert!(
+            p.cpu_arena_size + (p.batch * 12 * 128 * 128 * 4) / 2 <= p.arena_size,
+            "batch {batch}: CPU arena {} against {} as written",
+            p.cpu_arena_size,
+            p.arena_size
+        );
+    });
+}
+
+/// Runs the eval inputs through the CPU schedule and the plan as written at batch 1 and 8, on
+/// one and two threads: the same output bits; `check(plan, batch, ops, ops run)` then.
+fn schedule_gives_the_written_plans_bits(
+    bytes: &[u8],
+    check: &dyn Fn(&ember_runtime::Plan, usize, usize, usize),
+) {
     use ember_runtime::{Pool, Session};
     use std::sync::Arc;
-    let (bytes, _) = quantize(8);
-    let model = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+    let model = Model::parse(AlignedBuf::from_bytes(bytes)).unwrap();
     let (_, dir) = ember_tests::minilm();
     let ev = npz::read_npz(&dir.join("eval.npz")).unwrap();
     let (inputs, _) = exec::check_inputs(&exec::model_inputs(&model), &ev, "eval").unwrap();
@@ -251,14 +288,8 @@ fn folded_head_shuffles_give_the_written_plans_bits() {
             };
             let (want, all) = run(true);
             let (got, ran) = run(false);
-            assert!(got == want, "batch {batch}, {threads} threads: folded schedule differs");
-            // Per layer: Q's and V's Reshape and Transpose, K's Transpose, and the output's
-            // Transpose and Reshape (K's Reshape stays: its source's slot is reused before).
-            assert!(all - ran >= 21, "batch {batch}: only {} of {all} ops folded", all - ran);
-            // And each layer's softmax overwrites its scores instead of a slot of its own.
-            let p = &model.plans[model.plan_index(batch).unwrap()];
-            let in_place = (0..p.records.len()).filter(|i| p.in_place_on_cpu(*i)).count();
-            assert_eq!(in_place, 3, "batch {batch}: {in_place} ops in place");
+            assert!(got == want, "batch {batch}, {threads} threads: the CPU schedule differs");
+            check(&model.plans[model.plan_index(batch).unwrap()], batch, all, ran);
         }
     }
 }

@@ -67,6 +67,9 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                     let folded = p.folded_on_cpu(i);
                     if folded {
                         kernel = "none: folded into a matmul on the CPU".into();
+                    } else if p.attention_on_cpu(i) {
+                        kernel.push_str(" (attention fused: scores, softmax, P·V");
+                        kernel.push_str(if p.heads_in_place(i) { ", heads in place)" } else { ")" });
                     } else if p.heads_in_place(i) {
                         kernel.push_str(" (heads in place)");
                     } else if p.in_place_on_cpu(i) {
@@ -76,7 +79,7 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                     json!({"index": i, "op": code.name(), "node": names.get(i), "kernel": kernel, "precision": precision, "cpu_folded": folded, "output_shape": out.dims, "output_dtype": out.dtype.name()})
                 })
                 .collect();
-            json!({"batch": p.batch, "arena_bytes": p.arena_size, "values": p.values.len(), "ops": ops})
+            json!({"batch": p.batch, "arena_bytes": p.arena_size, "cpu_arena_bytes": p.cpu_arena_size, "values": p.values.len(), "ops": ops})
         })
         .collect();
     let sig = |v: &[ember_runtime::SigEntry]| -> Vec<serde_json::Value> {
@@ -135,8 +138,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     for p in d["plans"].as_array().into_iter().flatten() {
         println!(
-            "\nplan batch {}: arena {} bytes, {} values",
-            p["batch"], p["arena_bytes"], p["values"]
+            "\nplan batch {}: arena {} bytes ({} on the CPU schedule), {} values",
+            p["batch"], p["arena_bytes"], p["cpu_arena_bytes"], p["values"]
         );
         println!("{:>4} {:<16} {:<24} {:<6} {:<40} output", "#", "op", "node", "prec", "kernel");
         for o in p["ops"].as_array().into_iter().flatten() {

@@ -737,6 +737,9 @@ fn plan_op<B: AsRef<[u8]>>(
             a.i[..3].copy_from_slice(&[n as i64, *from as i64, *to as i64]);
             v.push(grid_stride("ember_cast", n, a));
         }
+        // Built only by the CPU schedule (`ops::fuse`); the CUDA executor takes `plan.ops`,
+        // the plan as written, whose ops all come from `prepare`.
+        Op::AttentionF32 { .. } => unreachable!("fused attention in a plan as written"),
     }
     // Zero-sized outputs launch nothing (a grid of zero blocks is invalid).
     if ov.nbytes == 0 {

@@ -1,7 +1,7 @@
 //! Execution of validated ops. No allocation, no locks, no I/O: every size was checked by
 //! `prepare`, and the arena slots of an op's output and its live inputs never overlap.
 
-use super::{BinFast, BinaryKind, MatMulDims, Op, UnaryKind, F16_PANEL};
+use super::{BinFast, BinaryKind, Dims, MatMulDims, Op, Strides, UnaryKind, F16_PANEL};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
 use crate::overlay::{patch_of, Patch, RowPatch};
@@ -383,32 +383,96 @@ pub(crate) fn run_op(
             let ids = Ids { ix, idx64: *idx64, n: *n_idx, rows: *rows, op: op_index };
             gather_rows(cache, &ids, (&t, &s, &b), o, d, deq)?;
         }
-        Op::MatMulF32 { a, b, d: MatMulDims { batch, m, k: kk, n, a_bs, b_bs, b_t, alpha } } => {
+        Op::MatMulF32 { a, b, d } => {
+            let MatMulDims { batch, m, n, a_bs, b_bs, .. } = *d;
             let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
             let o: &mut [f32] = cast_mut(out)?;
-            let (m, kk, n, a_bs, b_bs, b_t, alpha) = (*m, *kk, *n, *a_bs, *b_bs, *b_t, *alpha);
             let op = SharedMut(o[..batch * m * n].as_mut_ptr());
             // Head i (prepare proved every head's operands and output in range).
             let head = |i: usize| {
                 // SAFETY: head i's outputs are i·m·n..(i+1)·m·n, disjoint between heads.
                 let oi = unsafe { op.slice(i * m * n, m * n) };
-                let (ai, bi) = (&a[i * a_bs..], &b[i * b_bs..]);
-                if b_t {
-                    (k.f32_gemm)(m, kk, n, ai, bi, &[], Act::None, oi);
-                } else {
-                    (k.f32_matmul)(m, kk, n, ai, bi, oi);
-                }
-                if alpha != 1.0 {
-                    oi.iter_mut().for_each(|v| *v *= alpha);
-                }
+                matmul_f32(k, d, &a[i * a_bs..], &b[i * b_bs..], oi);
             };
             // Heads over the threads (attention), each head one kernel call as on one thread,
             // so the thread count changes no bits. (A single matrix stays whole: a split would
             // send a short last row block to the kernels' unpacked path, other bits.)
-            let tasks = ctx.par.threads().min(*batch);
-            split_tasks(ctx.par, *batch, tasks, 1, &|_, h0, h1| {
+            let tasks = ctx.par.threads().min(batch);
+            split_tasks(ctx.par, batch, tasks, 1, &|_, h0, h1| {
                 for i in h0..h1 {
                     head(i);
+                }
+            });
+        }
+        Op::AttentionF32 { q, k: keys, v, qk, pv, lq, lk, lv, lo, mask, rank, rows, mstrides } => {
+            let (qs, ks, vs): (&[f32], &[f32], &[f32]) =
+                (cast(io.bytes(*q))?, cast(io.bytes(*keys))?, cast(io.bytes(*v))?);
+            let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
+            let o: &mut [f32] = cast_mut(out)?;
+            let (batch, m, d, n, dv) = (qk.batch, qk.m, qk.k, qk.n, pv.n);
+            let (kr, kc) = if qk.b_t { (n, d) } else { (d, n) };
+            let (vr, vc) = if pv.b_t { (dv, n) } else { (n, dv) };
+            if batch == 0 || m == 0 || dv == 0 {
+                return Ok(());
+            }
+            // The schedule built these layouts from the dims prepare checked; checked again
+            // here because the output is written through a shared pointer.
+            let per = op.scratch().1;
+            let tasks = ctx.par.threads().min(scratch.slots).min(batch).max(1);
+            if n > super::fuse::SOFTMAX_IN_PLACE_MAX
+                || lq.extent(batch, m, d) > qs.len()
+                || lk.extent(batch, kr, kc) > ks.len()
+                || lv.extent(batch, vr, vc) > vs.len()
+                || lo.extent(batch, m, dv) > o.len()
+                || scratch.i32s.len() < tasks * per
+            {
+                return Err(crate::error::corrupt!(
+                    "op #{op_index}: attention layout outside its operands"
+                ));
+            }
+            let sp = SharedMut(scratch.i32s.as_mut_ptr() as *mut f32);
+            let op = SharedMut(o.as_mut_ptr());
+            let head = |slot: usize, i: usize| {
+                // SAFETY: slot < tasks ≤ scratch.slots, each slot's `per` elements (this op's
+                // `Op::scratch`, checked against the scratch above) belong to one task; i32 and
+                // f32 have the same size and alignment.
+                let buf = unsafe { sp.slice(slot * per, per) };
+                let (qh, buf) = matrix(qs, lq, i, m, d, buf);
+                let (kh, buf) = matrix(ks, lk, i, kr, kc, buf);
+                let (vh, buf) = matrix(vs, lv, i, vr, vc, buf);
+                let (sc, tile) = buf.split_at_mut(m * n);
+                matmul_f32(k, qk, qh, kh, sc);
+                let mut row = [0f32; super::fuse::SOFTMAX_IN_PLACE_MAX];
+                for (r, sr) in sc.chunks_exact_mut(n).enumerate() {
+                    let mrow = mask_row(mk, i * m + r, n, *rank, rows, mstrides);
+                    row[..n].copy_from_slice(sr);
+                    (k.softmax_row)(&row[..n], mrow, sr);
+                }
+                let oh = if lo.is_dense() {
+                    // SAFETY: head i's outputs are lo.base(i)..+m·dv, inside `o` (checked
+                    // above) and disjoint between heads.
+                    unsafe { op.slice(lo.base(i), m * dv) }
+                } else {
+                    &mut tile[..m * dv]
+                };
+                matmul_f32(k, pv, sc, vh, oh);
+                if !lo.is_dense() {
+                    for (r, orow) in oh.chunks_exact(dv).enumerate() {
+                        // SAFETY: row r of head i ends inside `o` (checked above); its dv
+                        // elements belong to this head alone.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(
+                                orow.as_ptr(),
+                                op.0.add(lo.base(i) + r * lo.row),
+                                dv,
+                            )
+                        };
+                    }
+                }
+            };
+            split_tasks(ctx.par, batch, tasks, 1, &|slot, h0, h1| {
+                for i in h0..h1 {
+                    head(slot, i);
                 }
             });
         }
@@ -621,17 +685,7 @@ pub(crate) fn run_op(
                 let mut buf =
                     if in_place { Some([0f32; super::fuse::SOFTMAX_IN_PLACE_MAX]) } else { None };
                 for (r, or) in os.chunks_exact_mut(n).enumerate() {
-                    let m = if mk.is_empty() {
-                        &[][..]
-                    } else {
-                        // The mask row of output row r0 + r (validated to lie inside the mask).
-                        let (mut rest, mut off) = (r0 + r, 0);
-                        for d in (0..*rank).rev() {
-                            off += rest % rows[d] * mstrides[d];
-                            rest /= rows[d];
-                        }
-                        &mk[off * n..off * n + n]
-                    };
+                    let m = mask_row(mk, r0 + r, n, *rank, rows, mstrides);
                     if let Some(buf) = &mut buf {
                         buf[..n].copy_from_slice(or);
                         (k.softmax_row)(&buf[..n], m, or);
@@ -743,6 +797,60 @@ pub(crate) fn run_op(
         }
     }
     Ok(())
+}
+
+/// One float matmul of a batch: `o = alpha · a·b` (`b` as `[n, k]` when `d.b_t`).
+fn matmul_f32(k: &KernelSet, d: &MatMulDims, a: &[f32], b: &[f32], o: &mut [f32]) {
+    if d.b_t {
+        (k.f32_gemm)(d.m, d.k, d.n, a, b, &[], Act::None, o);
+    } else {
+        (k.f32_matmul)(d.m, d.k, d.n, a, b, o);
+    }
+    if d.alpha != 1.0 {
+        o.iter_mut().for_each(|v| *v *= d.alpha);
+    }
+}
+
+/// The `n` mask values of softmax row `r` (empty without a mask): the mask broadcast along the
+/// leading axes, row `r` being multi-index `i` over `rows` (validated to lie inside the mask).
+fn mask_row<'m>(
+    mk: &'m [f32],
+    r: usize,
+    n: usize,
+    rank: usize,
+    rows: &Dims,
+    mstrides: &Dims,
+) -> &'m [f32] {
+    if mk.is_empty() {
+        return mk;
+    }
+    let (mut rest, mut off) = (r, 0);
+    for d in (0..rank).rev() {
+        off += rest % rows[d] * mstrides[d];
+        rest /= rows[d];
+    }
+    &mk[off * n..off * n + n]
+}
+
+/// Matrix `i` (`rows × cols`) of an operand laid out by `l`: read in place when dense, else its
+/// rows copied to the front of `buf`; with the rest of `buf`.
+fn matrix<'b>(
+    x: &'b [f32],
+    l: &Strides,
+    i: usize,
+    rows: usize,
+    cols: usize,
+    buf: &'b mut [f32],
+) -> (&'b [f32], &'b mut [f32]) {
+    if l.is_dense() {
+        return (&x[l.base(i)..], buf);
+    }
+    let (dst, rest) = buf.split_at_mut(rows * cols);
+    for (r, dr) in dst.chunks_exact_mut(cols).enumerate() {
+        let s = l.base(i) + r * l.row;
+        dr.copy_from_slice(&x[s..s + cols]);
+    }
+    (dst, rest)
 }
 
 /// Work on a row range `r0..r1`, run by [`split_rows`].

@@ -1,14 +1,16 @@
 //! The CPU schedule of a plan: the plan's ops, with the head shuffles of attention folded into
-//! the integer matmuls that read or write them.
+//! the matmuls that read or write them, and float attention fused per head.
 //!
 //! A BERT-style export splits a linear's output `[B0, S, H·D]` into heads with a Reshape (a
 //! byte copy here) and a Transpose to `[B0, H, S, D]` before each attention MatMul, and undoes
-//! it after `P·V` with a Transpose and a Reshape. [`Op::MatMulI8`] can read each head in place
-//! from the linear's output and write each head's rows straight to their places in the merged
-//! output ([`Strides::heads`]), so those copies are not made: MiniLM-L3 drops 24 of its 83 ops.
-//! The file's plan is unchanged (the CUDA executor runs it as written); a fold is kept only
-//! when the plan's arena assignment stays valid with the source read later and the target
-//! written earlier, checked with the loader's own liveness check.
+//! it after `P·V` with a Transpose and a Reshape. [`Op::MatMulI8`] and [`Op::AttentionF32`] read
+//! each head in place from the linear's output and write each head's rows straight to their
+//! places in the merged output ([`Strides::heads`]), so those copies are not made. A float
+//! scores MatMul, its Softmax and the P·V MatMul become one [`Op::AttentionF32`], whose scores
+//! stay in a thread's scratch slot. The file's plan is unchanged (the CUDA executor runs it as
+//! written). The folds change when values are written and read; the loader then places the
+//! schedule's values in an arena of its own and checks it with its liveness check
+//! ([`Scheduled`]).
 
 use super::{MatMulDims, Op, Strides};
 use crate::format::{OpCode, OpRecord, REF_NONE, REF_TENSOR};
@@ -26,11 +28,11 @@ pub(crate) struct Step {
 /// The schedule: `None` where an op's work went into a matmul.
 pub(crate) type Schedule = Vec<Option<Step>>;
 
-const NEVER: i64 = i64::MAX;
+/// `def_at` of a value that no step writes.
+pub(crate) const NEVER: i64 = i64::MAX;
 
 /// The plan facts the folds need. `def_at[v]`: the op defining value `v` (-1 for inputs),
-/// `last_use[v]`: the last op reading it (n_ops for outputs); `valid(def_at, last_use)` is the
-/// loader's arena liveness check.
+/// `last_use[v]`: the last op reading it (n_ops for outputs).
 pub(crate) struct Facts<'a> {
     pub records: &'a [OpRecord],
     pub ops: &'a [Op],
@@ -38,7 +40,14 @@ pub(crate) struct Facts<'a> {
     pub def_at: &'a [i64],
     pub last_use: &'a [i64],
     pub outputs: &'a [u32],
-    pub valid: &'a dyn Fn(&[i64], &[i64]) -> bool,
+}
+
+/// The CPU schedule and the liveness of its values (`def_at`, `last_use` as in [`Facts`];
+/// `def_at` is [`NEVER`] for a value no step writes), from which the loader plans its arena.
+pub(crate) struct Scheduled {
+    pub steps: Schedule,
+    pub def_at: Vec<i64>,
+    pub last_use: Vec<i64>,
 }
 
 /// Where a folded operand comes from: the value (or tensor) holding `[B0, S, H, D]`, the ops
@@ -58,22 +67,37 @@ struct State {
     last_use: Vec<i64>,
 }
 
+/// Where a matmul's output goes when its head shuffle back is folded: the ops no longer run,
+/// the value then written, and its layout.
+struct OutFold {
+    elided: Vec<usize>,
+    target: u32,
+    lo: Strides,
+}
+
 impl State {
-    /// Applies `edit` to copies of the liveness facts and keeps them when the loader's check
-    /// still passes with them (the arena assignment stays valid); returns whether it did.
-    fn relive(&mut self, f: &Facts, edit: impl FnOnce(&mut [i64], &mut [i64])) -> bool {
-        let (mut def_at, mut last_use) = (self.def_at.clone(), self.last_use.clone());
-        edit(&mut def_at, &mut last_use);
-        let ok = (f.valid)(&def_at, &last_use);
-        if ok {
-            (self.def_at, self.last_use) = (def_at, last_use);
+    /// Makes op `i` write `of.target` instead of `out` (the shuffle ops elided); the caller
+    /// then sets the op's layout and output.
+    fn fold_output(&mut self, f: &Facts, i: usize, out: u32, of: &OutFold) {
+        for &e in &of.elided {
+            self.def_at[f.records[e].outputs[0] as usize] = NEVER;
+            self.steps[e] = None;
         }
-        ok
+        self.def_at[out as usize] = NEVER;
+        self.def_at[of.target as usize] = i as i64;
+    }
+
+    /// Value `x` (when it is one) is read at op `at` too.
+    fn read_at(&mut self, x: u32, at: usize) {
+        if x != REF_NONE && x & REF_TENSOR == 0 {
+            let l = &mut self.last_use[x as usize];
+            *l = (*l).max(at as i64);
+        }
     }
 }
 
 /// Builds the CPU schedule of a plan (see the module docs).
-pub(crate) fn schedule(f: &Facts) -> Schedule {
+pub(crate) fn schedule(f: &Facts) -> Scheduled {
     let n = f.ops.len();
     let nv = f.def_at.len();
     // Readers per value (every input slot counts; a model output counts as one more), and the
@@ -134,6 +158,31 @@ pub(crate) fn schedule(f: &Facts) -> Schedule {
         let od = &f.values[v as usize].dims;
         Some(Fold { src, elided, heads: od[1], seq: od[2], d: od[3] })
     };
+    // The output [B0, H, S, N] of a matmul (value `out`) shuffled back to [B0, S, H, N] by its
+    // one reader (and copied to [B0, S, H·N]).
+    let out_fold = |st: &State, out: u32, batch: usize, m: usize, nn: usize| -> Option<OutFold> {
+        if !single_value_use(out) {
+            return None;
+        }
+        let t = reader[out as usize];
+        if t >= n || !is_shuffle(st, t) {
+            return None;
+        }
+        let zd = &f.values[out as usize].dims;
+        let (b0, heads, seq, dn) = (zd[0], zd[1], zd[2], zd[3]);
+        if batch != b0 * heads || m != seq || nn != dn {
+            return None;
+        }
+        let w = f.records[t].outputs[0];
+        let mut elided = vec![t];
+        let mut target = w;
+        if single_value_use(w) && reader[w as usize] < n && is_copy(st, reader[w as usize]) {
+            let c = reader[w as usize];
+            elided.push(c);
+            target = f.records[c].outputs[0];
+        }
+        Some(OutFold { elided, target, lo: Strides::heads(heads, seq, dn) })
+    };
     for i in 0..n {
         let Some(Step { op: Op::MatMulI8 { a, b, d, lo, .. }, out }) = st.steps[i].clone() else {
             continue;
@@ -142,7 +191,7 @@ pub(crate) fn schedule(f: &Facts) -> Schedule {
         // a [S, D] per head.
         if let Some(fd) = source(&st, a) {
             if batch == f.values[a as usize].dims[0] * fd.heads && m == fd.seq && k == fd.d {
-                try_fold(&mut st, f, i, &fd, |op, src| {
+                fold(&mut st, f, i, &fd, |op, src| {
                     if let Op::MatMulI8 { a, la, .. } = op {
                         *a = src;
                         *la = Strides::heads(fd.heads, fd.seq, fd.d);
@@ -154,7 +203,7 @@ pub(crate) fn schedule(f: &Facts) -> Schedule {
         if let Some(fd) = source(&st, b) {
             let (rows, cols) = if b_t { (nn, k) } else { (k, nn) };
             if batch == f.values[b as usize].dims[0] * fd.heads && rows == fd.seq && cols == fd.d {
-                try_fold(&mut st, f, i, &fd, |op, src| {
+                fold(&mut st, f, i, &fd, |op, src| {
                     if let Op::MatMulI8 { b, lb, .. } = op {
                         *b = src;
                         *lb = Strides::heads(fd.heads, fd.seq, fd.d);
@@ -162,48 +211,132 @@ pub(crate) fn schedule(f: &Facts) -> Schedule {
                 });
             }
         }
-        // The output [B0, H, S, N] shuffled back to [B0, S, H, N] (and copied to [B0, S, H·N]).
-        if !lo.is_dense() || !single_value_use(out) {
+        if !lo.is_dense() {
             continue;
         }
-        let t = reader[out as usize];
-        if t >= n || !is_shuffle(&st, t) {
-            continue;
-        }
-        let zd = &f.values[out as usize].dims;
-        let (b0, heads, seq, dn) = (zd[0], zd[1], zd[2], zd[3]);
-        if batch != b0 * heads || m != seq || nn != dn {
-            continue;
-        }
-        let w = f.records[t].outputs[0];
-        let mut elided = vec![t];
-        let mut target = w;
-        if single_value_use(w) && reader[w as usize] < n && is_copy(&st, reader[w as usize]) {
-            let c = reader[w as usize];
-            elided.push(c);
-            target = f.records[c].outputs[0];
-        }
-        let retarget = |def_at: &mut [i64], _: &mut [i64]| {
-            for &e in &elided {
-                def_at[f.records[e].outputs[0] as usize] = NEVER;
-            }
-            def_at[out as usize] = NEVER;
-            def_at[target as usize] = i as i64;
-        };
-        if st.relive(f, retarget) {
-            for &e in &elided {
-                st.steps[e] = None;
-            }
+        if let Some(of) = out_fold(&st, out, batch, m, nn) {
+            st.fold_output(f, i, out, &of);
             if let Some(Step { op: Op::MatMulI8 { lo, .. }, out }) = &mut st.steps[i] {
-                *lo = Strides::heads(heads, seq, dn);
-                *out = target;
+                (*lo, *out) = (of.lo, of.target);
+            }
+        }
+    }
+    // Float attention: a scores MatMulF32, the Softmax of its output and the P·V MatMulF32 of
+    // that, each the only reader of the one before, become one step in place of the last.
+    for j in 0..n {
+        let Some((i, sm, op)) = attention_at(&st, j, &single_value_use) else {
+            continue;
+        };
+        let Op::AttentionF32 { q, k: kv, v, qk, pv, mask, .. } = op else {
+            continue;
+        };
+        let Some(Step { out, .. }) = st.steps[j] else {
+            continue;
+        };
+        // The fused step runs where the P·V MatMul ran: q, k and the mask are read there.
+        st.def_at[f.records[i].outputs[0] as usize] = NEVER;
+        st.def_at[f.records[sm].outputs[0] as usize] = NEVER;
+        for x in [q, kv, mask] {
+            st.read_at(x, j);
+        }
+        (st.steps[i], st.steps[sm]) = (None, None);
+        st.steps[j] = Some(Step { op, out });
+        // q [S, D] per head; keys ([n, k] when transposed, else [k, n]); values ([k, n]).
+        let (kr, kc) = if qk.b_t { (qk.n, qk.k) } else { (qk.k, qk.n) };
+        let (vr, vc) = if pv.b_t { (pv.n, pv.k) } else { (pv.k, pv.n) };
+        for (x, rows, cols, which) in [(q, qk.m, qk.k, 0), (kv, kr, kc, 1), (v, vr, vc, 2)] {
+            let Some(fd) = source(&st, x) else {
+                continue;
+            };
+            if qk.batch != f.values[x as usize].dims[0] * fd.heads || rows != fd.seq || cols != fd.d
+            {
+                continue;
+            }
+            fold(&mut st, f, j, &fd, |op, src| {
+                if let Op::AttentionF32 { q, k, v, lq, lk, lv, .. } = op {
+                    let (x, l) = match which {
+                        0 => (q, lq),
+                        1 => (k, lk),
+                        _ => (v, lv),
+                    };
+                    (*x, *l) = (src, Strides::heads(fd.heads, fd.seq, fd.d));
+                }
+            });
+        }
+        if let Some(of) = out_fold(&st, out, pv.batch, pv.m, pv.n) {
+            st.fold_output(f, j, out, &of);
+            if let Some(Step { op: Op::AttentionF32 { lo, .. }, out }) = &mut st.steps[j] {
+                (*lo, *out) = (of.lo, of.target);
             }
         }
     }
     for i in 0..n {
         softmax_in_place(&mut st, f, i, &uses, &reader);
     }
-    st.steps
+    Scheduled { steps: st.steps, def_at: st.def_at, last_use: st.last_use }
+}
+
+/// Scores per head the fused attention holds in a scratch slot at most (1 MiB of f32).
+const ATTENTION_MAX_SCORES: usize = 1 << 18;
+
+/// The float attention ending at op `j`: `(i, s, op)` when `j` is a MatMulF32 whose `a` is the
+/// output of Softmax `s` (rows along the last axis, no longer than
+/// [`SOFTMAX_IN_PLACE_MAX`]) over the output of MatMulF32 `i`, each the only reader of the one
+/// before, with matching shapes; `op` is the fused step with dense layouts.
+fn attention_at(
+    st: &State,
+    j: usize,
+    single_value_use: &dyn Fn(u32) -> bool,
+) -> Option<(usize, usize, Op)> {
+    let def = |v: u32| usize::try_from(st.def_at[v as usize]).ok().filter(|d| *d < j);
+    let Some(Step { op: Op::MatMulF32 { a: p, b: v, d: pv }, .. }) = &st.steps[j] else {
+        return None;
+    };
+    if !single_value_use(*p) || *v == *p {
+        return None;
+    }
+    let s = def(*p)?;
+    let Some(Step { op: Op::Softmax { x, outer, n, inner: 1, mask, rank, rows, mstrides }, out }) =
+        &st.steps[s]
+    else {
+        return None;
+    };
+    if out != p || !single_value_use(*x) {
+        return None;
+    }
+    let i = def(*x)?;
+    let Some(Step { op: Op::MatMulF32 { a: q, b: kv, d: qk }, out: sc }) = &st.steps[i] else {
+        return None;
+    };
+    let fits = *sc == *x
+        && qk.batch == pv.batch
+        && pv.m == qk.m
+        && pv.k == qk.n
+        && *n == qk.n
+        && *outer == qk.batch * qk.m
+        && pv.a_bs == pv.m * pv.k
+        && qk.n <= SOFTMAX_IN_PLACE_MAX
+        && qk.m * qk.n <= ATTENTION_MAX_SCORES
+        && ![*q, *kv, *v].contains(x);
+    if !fits {
+        return None;
+    }
+    let op = Op::AttentionF32 {
+        q: *q,
+        k: *kv,
+        v: *v,
+        qk: *qk,
+        pv: *pv,
+        lq: Strides::dense(qk.a_bs, qk.k),
+        lk: Strides::dense(qk.b_bs, if qk.b_t { qk.k } else { qk.n }),
+        lv: Strides::dense(pv.b_bs, if pv.b_t { pv.k } else { pv.n }),
+        lo: Strides::dense(pv.m * pv.n, pv.n),
+        mask: *mask,
+        rank: *rank,
+        rows: *rows,
+        mstrides: *mstrides,
+    };
+    Some((i, s, op))
 }
 
 /// Longest row a softmax runs in place (each row is copied to a stack buffer this long).
@@ -237,13 +370,8 @@ fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader:
     if *a != y || *b == y {
         return;
     }
-    let hand_over = |def_at: &mut [i64], last_use: &mut [i64]| {
-        def_at[y as usize] = NEVER;
-        last_use[x as usize] = last_use[x as usize].max(r as i64);
-    };
-    if !st.relive(f, hand_over) {
-        return;
-    }
+    st.def_at[y as usize] = NEVER;
+    st.read_at(x, r);
     if let Some(s) = &mut st.steps[i] {
         s.out = x;
     }
@@ -254,34 +382,15 @@ fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader:
     }
 }
 
-/// Reads `fd.src` in place at op `i` (rewriting the op with `set`) when the arena allows it;
-/// else, when the fold skipped a Reshape copy too, keeps that copy and reads its output.
-fn try_fold(st: &mut State, f: &Facts, i: usize, fd: &Fold, set: impl Fn(&mut Op, u32)) {
-    if !fold(st, f, i, fd, &set) && fd.elided.len() == 2 {
-        let t = fd.elided[0];
-        let kept = Fold { src: f.records[t].inputs[0], elided: vec![t], ..*fd };
-        fold(st, f, i, &kept, &set);
-    }
-}
-
-fn fold(st: &mut State, f: &Facts, i: usize, fd: &Fold, set: &impl Fn(&mut Op, u32)) -> bool {
-    let elide_and_extend = |def_at: &mut [i64], last_use: &mut [i64]| {
-        for &e in &fd.elided {
-            def_at[f.records[e].outputs[0] as usize] = NEVER;
-        }
-        if fd.src & REF_TENSOR == 0 {
-            let s = fd.src as usize;
-            last_use[s] = last_use[s].max(i as i64);
-        }
-    };
-    if !st.relive(f, elide_and_extend) {
-        return false;
-    }
+/// Reads `fd.src` in place at op `i` (rewriting the op with `set`): the shuffle ops no longer
+/// run.
+fn fold(st: &mut State, f: &Facts, i: usize, fd: &Fold, set: impl Fn(&mut Op, u32)) {
     for &e in &fd.elided {
+        st.def_at[f.records[e].outputs[0] as usize] = NEVER;
         st.steps[e] = None;
     }
+    st.read_at(fd.src, i);
     if let Some(Step { op, .. }) = &mut st.steps[i] {
         set(op, fd.src);
     }
-    true
 }

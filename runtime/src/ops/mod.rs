@@ -140,6 +140,27 @@ pub(crate) enum Op {
         lb: Strides,
         lo: Strides,
     },
+    /// Float attention of the CPU schedule ([`fuse`]): per head, the scores `q·kᵀ` (or `q·k`),
+    /// the softmax of the plan's Softmax op (with its mask) and the product with `v`, one head
+    /// at a time in a task's scratch slot, so the scores never reach the arena. The same kernel
+    /// calls on the same operands as the three ops it replaces (the same bits).
+    AttentionF32 {
+        q: u32,
+        k: u32,
+        v: u32,
+        /// The scores MatMul (`a` = q, `b` = k) and the P·V MatMul (`b` = v).
+        qk: MatMulDims,
+        pv: MatMulDims,
+        lq: Strides,
+        lk: Strides,
+        lv: Strides,
+        lo: Strides,
+        /// The Softmax's mask and its broadcast (see [`Op::Softmax`]), rows over `[batch, m]`.
+        mask: u32,
+        rank: usize,
+        rows: Dims,
+        mstrides: Dims,
+    },
     Unary {
         x: u32,
         kind: UnaryKind,
@@ -327,6 +348,17 @@ impl Op {
                 let tile = if lo.is_dense() { 0 } else { d.m * d.n };
                 let a_all = if la.is_dense() { 0 } else { (d.batch * d.m * d.k).div_ceil(4) };
                 (d.m * k4(d.k) + k4n16_len(d.n, d.k), d.n + tile, 2 * d.n + a_all)
+            }
+            // Per slot, as f32 in the i32s: q, k and v gathered when not dense, the scores,
+            // and the output tile when the output goes to heads in place.
+            Op::AttentionF32 { qk, pv, lq, lk, lv, lo, .. } => {
+                let gathered = |l: &Strides, len: usize| if l.is_dense() { 0 } else { len };
+                let per = gathered(lq, qk.m * qk.k)
+                    + gathered(lk, qk.k * qk.n)
+                    + gathered(lv, pv.k * pv.n)
+                    + qk.m * qk.n
+                    + gathered(lo, pv.m * pv.n);
+                (0, per, 0)
             }
             _ => (0, 0, 0),
         }
