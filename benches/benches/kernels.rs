@@ -243,6 +243,45 @@ fn f32_gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// One MiniLM attention head (S = 128 keys, D = 32): the scores `q·kᵀ` (f32 GEMM, `k` as
+/// `[n, k]`), a softmax per row and `P·v` (f32 matmul), as the fused attention step runs them.
+fn attention_head(c: &mut Criterion) {
+    let (s, d) = (128usize, 32usize);
+    let q: Vec<f32> = (0..s * d).map(|i| ((i * 13) % 17) as f32 * 0.1 - 0.8).collect();
+    let k: Vec<f32> = (0..s * d).map(|i| ((i * 7) % 19) as f32 * 0.1 - 0.9).collect();
+    let v: Vec<f32> = (0..s * d).map(|i| ((i * 5) % 23) as f32 * 0.1 - 1.1).collect();
+    let (mut sc, mut p, mut o) = (vec![0f32; s * s], vec![0f32; s * s], vec![0f32; s * d]);
+    let mut g = c.benchmark_group("attention_head");
+    g.throughput(Throughput::Elements((2 * s * d * s) as u64));
+    for (name, f) in Kernels::f32_gemms() {
+        g.bench_function(BenchmarkId::new(name, "scores 128x32x128"), |bch| {
+            bch.iter(|| {
+                f(s, d, s, &q, &k, &[], Act::None, &mut sc);
+                black_box(&sc);
+            })
+        });
+    }
+    for (name, f) in Kernels::f32_matmuls() {
+        g.bench_function(BenchmarkId::new(name, "p.v 128x128x32"), |bch| {
+            bch.iter(|| {
+                f(s, s, d, &p, &v, &mut o);
+                black_box(&o);
+            })
+        });
+    }
+    for (name, f) in Kernels::softmaxes() {
+        g.bench_function(BenchmarkId::new(name, "128 rows x 128"), |bch| {
+            bch.iter(|| {
+                for (xr, or) in sc.chunks_exact(s).zip(p.chunks_exact_mut(s)) {
+                    f(xr, &[], or);
+                }
+                black_box(&p);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn elementwise(c: &mut Criterion) {
     let rows = 12 * 128;
     let x: Vec<f32> = (0..rows * 128).map(|i| ((i * 37) % 101) as f32 * 0.05 - 2.5).collect();
@@ -529,6 +568,7 @@ criterion_group!(
     i4_gemm,
     i4_gemm_rows,
     f32_gemm,
+    attention_head,
     elementwise,
     mf_step,
     peak_summary,
