@@ -88,6 +88,18 @@ impl Plan {
         }
     }
 
+    /// Whether quantized linear op `i` hands its output over on the CPU as the u8 codes of
+    /// the next linear (first), and whether it reads such codes (second).
+    pub fn handoff_on_cpu(&self, i: usize) -> (bool, bool) {
+        match self.cpu.get(i) {
+            Some(Some(step)) => match crate::ops::static_linear(&step.op) {
+                Some((.., hand)) => (hand.out_q.is_some(), hand.x_codes),
+                None => (false, false),
+            },
+            _ => (false, false),
+        }
+    }
+
     /// Whether op `i` (a float P·V MatMul) runs the whole attention of its heads on the CPU:
     /// the scores MatMul and the Softmax before it fold into it, and the scores stay in a
     /// per-thread slot instead of the arena.
@@ -667,7 +679,11 @@ fn parse_plan(
     // The schedule's own arena: its values' lifetimes differ from the file's (folded copies
     // never written, sources read later), so their slots are placed again, and checked as the
     // file's were.
-    let (cpu_values, cpu_arena_size) = place_values(&values, &cpu.def_at, &cpu.last_use);
+    let mut sized = values.clone();
+    for &(v, bytes) in &cpu.resized {
+        sized[v as usize].nbytes = bytes;
+    }
+    let (cpu_values, cpu_arena_size) = place_values(&sized, &cpu.def_at, &cpu.last_use);
     if cpu_arena_size as u64 > MAX_ARENA {
         return Err(corrupt!("{p}: the CPU schedule's arena of {cpu_arena_size} bytes exceeds the cap of {MAX_ARENA}"));
     }

@@ -234,7 +234,28 @@ fn folded_head_shuffles_give_the_written_plans_bits() {
         // And each layer's softmax overwrites its scores instead of a slot of its own.
         let in_place = (0..p.records.len()).filter(|i| p.in_place_on_cpu(*i)).count();
         assert_eq!(in_place, 3, "batch {batch}: {in_place} ops in place");
+        assert_handoffs(p, batch);
     });
+}
+
+/// Each layer's first feed-forward linear writes the second's u8 codes on the CPU.
+fn assert_handoffs(p: &ember_runtime::Plan, batch: usize) {
+    let n = p.records.len();
+    let writes: Vec<usize> = (0..n).filter(|i| p.handoff_on_cpu(*i) == (true, false)).collect();
+    let reads: Vec<usize> = (0..n).filter(|i| p.handoff_on_cpu(*i) == (false, true)).collect();
+    assert_eq!(writes.len(), 3, "batch {batch}: hand-overs written by {writes:?}");
+    assert_eq!(reads, writes.iter().map(|i| i + 1).collect::<Vec<_>>(), "batch {batch}");
+}
+
+/// The INT4 build's feed-forward linears hand their codes over too: the bits of the plan as
+/// written.
+#[test]
+fn int4_handoffs_give_the_written_plans_bits() {
+    let (bytes, _) = quantize_with(4, |o| {
+        o.group = 32;
+        o.int8_act_matmul = false;
+    });
+    schedule_gives_the_written_plans_bits(&bytes, &|p, batch, _, _| assert_handoffs(p, batch));
 }
 
 /// The default build's float attention runs fused on the CPU (scores, softmax and P·V per
@@ -249,6 +270,7 @@ fn fused_float_attention_gives_the_written_plans_bits() {
         // Per layer: the scores MatMul, the Softmax, and the eight shuffle copies.
         assert!(all - ran >= 30, "batch {batch}: only {} of {all} ops folded", all - ran);
         // The scores never reach the arena: at batch 1 they alone were 786 KB of it.
+        assert_handoffs(p, batch);
         assert!(
             p.cpu_arena_size + (p.batch * 12 * 128 * 128 * 4) / 2 <= p.arena_size,
             "batch {batch}: CPU arena {} against {} as written",

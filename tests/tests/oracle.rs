@@ -258,6 +258,7 @@ fn threads_and_kernel_tiers_give_identical_bits() {
     let builds = |n: String| {
         [(n.clone(), 8, I4Scales::Mult), (n.clone(), 4, I4Scales::Mult), (n, 4, I4Scales::Group)]
     };
+    let mut handoffs = std::collections::BTreeMap::new();
     for (case_name, bits, scales) in cases().into_iter().flat_map(builds) {
         if case_name == "unsupported" {
             continue;
@@ -327,6 +328,13 @@ fn threads_and_kernel_tiers_give_identical_bits() {
         for r in &model.plans[0].records {
             *int4_ops.entry(r.opcode).or_insert(0usize) += (bits == 4) as usize;
         }
+        // Linears feeding linears hand over u8 codes on the CPU (compared with the plan as
+        // written above): counted per weight form.
+        let p = &model.plans[0];
+        let writes = (0..p.records.len()).filter(|i| p.handoff_on_cpu(*i).0).count();
+        let reads = (0..p.records.len()).filter(|i| p.handoff_on_cpu(*i).1).count();
+        assert_eq!(writes, reads, "{name}: {writes} hand-overs written, {reads} read");
+        *handoffs.entry((bits, format!("{scales:?}"))).or_insert(0usize) += writes;
         // The attention block's head shuffles (Q, K, V and the context: Reshape + Transpose
         // each) are folded into the matmuls (the CPU schedule places its own arena).
         if case_name == "bert_block" && bits == 8 {
@@ -336,6 +344,10 @@ fn threads_and_kernel_tiers_give_identical_bits() {
             let in_place = (0..p.records.len()).filter(|i| p.in_place_on_cpu(*i)).count();
             assert_eq!(in_place, 1, "{name}: {in_place} ops in place");
         }
+    }
+    // Every weight form handed codes over in some case (dlrm's MLPs).
+    for (form, n) in &handoffs {
+        assert!(*n > 0, "no linear handed its codes over in the {form:?} builds");
     }
     // The INT4 builds did run the INT4 ops.
     for code in [

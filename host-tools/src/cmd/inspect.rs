@@ -75,6 +75,12 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                     } else if p.in_place_on_cpu(i) {
                         kernel.push_str(" (in place over its input)");
                     }
+                    match p.handoff_on_cpu(i) {
+                        (true, true) => kernel.push_str(" (reads and writes u8 codes)"),
+                        (true, false) => kernel.push_str(" (writes the next linear's u8 codes)"),
+                        (false, true) => kernel.push_str(" (reads u8 codes, no quantize pass)"),
+                        _ => {}
+                    }
                     let out = &p.values[r.outputs[0] as usize];
                     json!({"index": i, "op": code.name(), "node": names.get(i), "kernel": kernel, "precision": precision, "cpu_folded": folded, "output_shape": out.dims, "output_dtype": out.dtype.name()})
                 })

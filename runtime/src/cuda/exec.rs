@@ -467,7 +467,7 @@ fn plan_op<B: AsRef<[u8]>>(
             a.f[0] = 1.0;
             v.push(gemm_f32(a, *m, *n, 1));
         }
-        Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k, n, act, inv_scale, zp } => {
+        Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k, n, act, inv_scale, zp, .. } => {
             let lda = k4(*k);
             v.push(quantize(addr(*x), addr(*mult), b.scratch, *m, *k, *zp, 1, 0, 0, *inv_scale));
             a.p[..6].copy_from_slice(&[
@@ -504,6 +504,7 @@ fn plan_op<B: AsRef<[u8]>>(
             zp,
             group,
             x_scale,
+            ..
         } => {
             let lda = k4(*k);
             v.push(quantize(addr(*x), addr(*mult), b.scratch, *m, *k, *zp, 1, 0, 0, *inv_scale));
@@ -547,6 +548,7 @@ fn plan_op<B: AsRef<[u8]>>(
             inv_scale,
             zp,
             group,
+            ..
         } => {
             let lda = k4(*k);
             v.push(quantize(addr(*x), addr(*mult), b.scratch, *m, *k, *zp, 1, 0, 0, *inv_scale));

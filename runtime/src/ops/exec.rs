@@ -1,7 +1,9 @@
 //! Execution of validated ops. No allocation, no locks, no I/O: every size was checked by
 //! `prepare`, and the arena slots of an op's output and its live inputs never overlap.
 
-use super::{BinFast, BinaryKind, Dims, MatMulDims, Op, Strides, UnaryKind, F16_PANEL};
+use super::{
+    BinFast, BinaryKind, Dims, MatMulDims, Op, Strides, UnaryKind, F16_PANEL, HANDOFF_ROWS,
+};
 use crate::format::{DType, MAX_RANK, REF_NONE, REF_TENSOR};
 use crate::model::{TensorInfo, ValueInfo};
 use crate::overlay::{patch_of, Patch, RowPatch};
@@ -289,11 +291,11 @@ pub(crate) fn run_op(
                 }
             }
         }
-        Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k: kk, n, act, inv_scale, zp } => {
+        Op::LinearI8 { x, w, w_sum, scale, bias, mult, m, k: kk, n, act, inv_scale, zp, hand } => {
             let (w, w_sum) = (cast(io.bytes(*w))?, cast(io.bytes(*w_sum))?);
             let (scale, bias) = (cast(io.bytes(*scale))?, cast(io.bytes(*bias))?);
             let (kk, n, act) = (*kk, *n, *act);
-            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
+            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp, hand)?;
             if *inv_scale == 0.0 {
                 let (zeros, row_scale) = scratch.f32s.split_at_mut(n);
                 zeros.fill(0.0);
@@ -312,9 +314,9 @@ pub(crate) fn run_op(
                     },
                 );
             } else {
-                q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
+                q.run(ctx.par, scratch, out, n, &|rows, qs, lda, zp, os| {
                     (k.i8_gemm)(rows, kk, n, qs, lda, zp, w, w_sum, scale, bias, act, os, n)
-                });
+                })?;
             }
         }
         Op::LinearI4 {
@@ -332,17 +334,18 @@ pub(crate) fn run_op(
             zp,
             group,
             x_scale,
+            hand,
         } => {
             let w: &[u8] = io.bytes(*w);
             let (gsum, gscale) = (cast(io.bytes(*gsum))?, cast(io.bytes(*gscale))?);
             let bias: &[f32] = cast(io.bytes(*bias))?;
             let (kk, n, act, group, x_scale) = (*kk, *n, *act, *group, *x_scale);
-            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
-            q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
+            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp, hand)?;
+            q.run(ctx.par, scratch, out, n, &|rows, qs, lda, zp, os| {
                 (k.i4_gemm)(
                     rows, kk, n, qs, lda, zp, w, group, gsum, gscale, x_scale, bias, act, os, n,
                 )
-            });
+            })?;
         }
         Op::LinearI4M {
             x,
@@ -359,17 +362,18 @@ pub(crate) fn run_op(
             inv_scale,
             zp,
             group,
+            hand,
         } => {
             let (w, gmul): (&[u8], &[u8]) = (io.bytes(*w), io.bytes(*gmul));
             let w_sum: &[i32] = cast(io.bytes(*w_sum))?;
             let (scale, bias): (&[f32], &[f32]) = (cast(io.bytes(*scale))?, cast(io.bytes(*bias))?);
             let (kk, n, act, group) = (*kk, *n, *act, *group);
-            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp)?;
-            q.run(ctx.par, scratch.u8s, cast_mut(out)?, n, &|rows, qs, lda, zp, os| {
+            let q = QuantIn::new(&io, k, *x, *mult, *m, kk, *inv_scale, *zp, hand)?;
+            q.run(ctx.par, scratch, out, n, &|rows, qs, lda, zp, os| {
                 (k.i4m_gemm)(
                     rows, kk, n, qs, lda, zp, w, group, gmul, w_sum, scale, bias, act, os, n,
                 )
-            });
+            })?;
         }
         Op::GatherRowsI4 { table, scale, bias, idx, idx64, rows, d, group, n_idx } => {
             let ix = io.bytes(*idx);
@@ -1174,14 +1178,21 @@ type RowGemm<'g> = dyn Fn(usize, &[u8], usize, i32, &mut [f32]) + Sync + 'g;
 
 /// The f32 input of an integer Linear op with its static quantization: each task quantizes its
 /// own rows into the scratch (u8 codes at row stride `k4(k)`) and multiplies them right away.
+/// On the CPU schedule ([`super::Handoff`]) the input may already be those codes, and the
+/// output may go out as the next linear's codes.
 struct QuantIn<'a> {
+    /// The f32 input (empty when `codes` holds it).
     x: &'a [f32],
+    /// The input as u8 codes, rows `k4(k)` bytes apart (empty unless handed over).
+    codes: &'a [u8],
     mult: &'a [f32],
     m: usize,
     k: usize,
     inv_scale: f32,
     /// Zero point of the u8 codes the kernels take (the file's i8 zero point + 128).
     zp: i32,
+    /// Quantization of the output for the next linear: scale, multipliers, u8 zero point.
+    out_q: Option<(f32, &'a [f32], i32)>,
     kernels: &'a KernelSet,
 }
 
@@ -1196,9 +1207,39 @@ impl<'a> QuantIn<'a> {
         k: usize,
         inv_scale: f32,
         zp: i32,
+        hand: &super::Handoff,
     ) -> Result<Self, Error> {
-        let mult: &[f32] = if mult == REF_NONE { &[] } else { cast(io.bytes(mult))? };
-        Ok(QuantIn { x: cast(io.bytes(x))?, mult, m, k, inv_scale, zp: zp + 128, kernels })
+        let mults = |r: u32| -> Result<&'a [f32], Error> {
+            if r == REF_NONE {
+                Ok(&[])
+            } else {
+                cast(io.bytes(r))
+            }
+        };
+        let (xf, codes): (&[f32], &[u8]) = if hand.x_codes {
+            let c = io.bytes(x);
+            if c.len() < m * k4(k) {
+                return Err(crate::error::corrupt!("handed-over codes shorter than {m} rows"));
+            }
+            (&[], c)
+        } else {
+            (cast(io.bytes(x))?, &[])
+        };
+        let out_q = match &hand.out_q {
+            Some(q) => Some((q.inv_scale, mults(q.mult)?, q.zp + 128)),
+            None => None,
+        };
+        Ok(QuantIn {
+            x: xf,
+            codes,
+            mult: mults(mult)?,
+            m,
+            k,
+            inv_scale,
+            zp: zp + 128,
+            out_q,
+            kernels,
+        })
     }
 
     /// Runs `task(r0, r1, codes, out_rows)` on row blocks of `out` (`n` per row), spread over
@@ -1221,32 +1262,75 @@ impl<'a> QuantIn<'a> {
         });
     }
 
-    /// Quantizes each row block with the static scale (or channel multipliers) and calls
-    /// `gemm(rows, codes, lda, zp, out_rows)` on it.
+    /// The u8 codes of rows `r0..r1` (rows `k4(k)` apart): handed over, or quantized into `qs`
+    /// with the static scale (or channel multipliers).
+    fn codes<'q>(&'q self, r0: usize, r1: usize, qs: &'q mut [u8]) -> &'q [u8] {
+        let (k, lda) = (self.k, k4(self.k));
+        if !self.codes.is_empty() {
+            return &self.codes[r0 * lda..r1 * lda];
+        }
+        let x = &self.x[r0 * k..r1 * k];
+        (self.kernels.quantize_u8)(x, r1 - r0, k, k, lda, self.inv_scale, self.mult, self.zp, qs);
+        qs
+    }
+
+    /// Calls `gemm(rows, codes, lda, zp, out_rows)` on each row block's codes. `out` is the
+    /// f32 output (`n` per row), or, handing over, the next linear's codes (rows `k4(n)` bytes
+    /// apart): each task then runs [`HANDOFF_ROWS`] rows at a time into its f32 tile (a slot
+    /// of the i32 scratch) and quantizes them, as the next linear would, into their rows.
     fn run(
         &self,
         par: &dyn Parallel,
-        scratch: &mut [u8],
-        out: &mut [f32],
+        scratch: &mut Scratch,
+        out: &mut [u8],
         n: usize,
         gemm: &RowGemm<'_>,
-    ) {
-        let (k, lda) = (self.k, k4(self.k));
-        self.blocks(par, scratch, out, n, &|r0, r1, qs, os| {
-            let x = &self.x[r0 * k..r1 * k];
-            (self.kernels.quantize_u8)(
-                x,
-                r1 - r0,
-                k,
-                k,
-                lda,
-                self.inv_scale,
-                self.mult,
-                self.zp,
-                qs,
-            );
-            gemm(r1 - r0, qs, lda, self.zp, os);
+    ) -> Result<(), Error> {
+        let lda = k4(self.k);
+        let Some((inv, mult, zp)) = self.out_q else {
+            self.blocks(par, scratch.u8s, cast_mut(out)?, n, &|r0, r1, qs, os| {
+                gemm(r1 - r0, self.codes(r0, r1, qs), lda, self.zp, os);
+            });
+            return Ok(());
+        };
+        let (m, ldq, per) = (self.m, k4(n), HANDOFF_ROWS * n);
+        let tasks = par.threads().min(scratch.slots).min(m / 16).max(1);
+        if out.len() < m * ldq || scratch.i32s.len() < tasks * per || scratch.u8s.len() < m * lda {
+            return Err(crate::error::corrupt!("handed-over output or scratch too short"));
+        }
+        let (q, o) = (SharedMut(scratch.u8s.as_mut_ptr()), SharedMut(out.as_mut_ptr()));
+        let tiles = SharedMut(scratch.i32s.as_mut_ptr() as *mut f32);
+        split_tasks(par, m, tasks, 8, &|slot, r0, r1| {
+            // SAFETY: tasks get disjoint row ranges r0..r1 ≤ m of the scratch's m·lda bytes and
+            // of the output's m·ldq (both checked above), and slot < tasks ≤ scratch.slots
+            // their own `per` tile elements (i32 and f32 have one size and alignment).
+            let (qs, os, tile) = unsafe {
+                (
+                    q.slice(r0 * lda, (r1 - r0) * lda),
+                    o.slice(r0 * ldq, (r1 - r0) * ldq),
+                    tiles.slice(slot * per, per),
+                )
+            };
+            let a = self.codes(r0, r1, qs);
+            let mut b0 = 0;
+            while b0 < r1 - r0 {
+                let rb = (r1 - r0 - b0).min(HANDOFF_ROWS);
+                gemm(rb, &a[b0 * lda..], lda, self.zp, &mut tile[..rb * n]);
+                (self.kernels.quantize_u8)(
+                    &tile[..rb * n],
+                    rb,
+                    n,
+                    n,
+                    ldq,
+                    inv,
+                    mult,
+                    zp,
+                    &mut os[b0 * ldq..],
+                );
+                b0 += rb;
+            }
         });
+        Ok(())
     }
 
     /// As [`QuantIn::run`], with each row quantized symmetrically by its own scale

@@ -76,6 +76,7 @@ pub(crate) enum Op {
         act: Act,
         inv_scale: f32,
         zp: i32,
+        hand: Handoff,
     },
     LinearI4 {
         x: u32,
@@ -93,6 +94,7 @@ pub(crate) enum Op {
         group: usize,
         /// `1 / inv_scale`, the kernels' dequantization factor (computed once at load).
         x_scale: f32,
+        hand: Handoff,
     },
     LinearI4M {
         x: u32,
@@ -109,6 +111,7 @@ pub(crate) enum Op {
         inv_scale: f32,
         zp: i32,
         group: usize,
+        hand: Handoff,
     },
     MatMulF32 {
         a: u32,
@@ -255,6 +258,30 @@ pub(crate) enum Op {
     },
 }
 
+/// How a statically quantized linear hands its activations over on the CPU schedule: the
+/// codes of the linear it feeds are written by it instead of an f32 tensor ([`fuse`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Handoff {
+    /// `x` holds the u8 codes the linear before wrote (rows `k4(k)` bytes apart), not f32.
+    pub x_codes: bool,
+    /// The output is written as the next linear's u8 codes (rows `k4(n)` bytes apart),
+    /// quantized as that linear would quantize it.
+    pub out_q: Option<OutQuant>,
+}
+
+/// The activation quantization of the linear a [`Handoff`] writes for: its scale, channel
+/// multipliers (`REF_NONE` when absent) and zero point, as in [`Op::LinearI8`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct OutQuant {
+    pub inv_scale: f32,
+    pub mult: u32,
+    pub zp: i32,
+}
+
+/// Rows a handing-over linear computes in f32 at a time before quantizing them (its tile in
+/// a task's scratch slot is this many output rows).
+pub(crate) const HANDOFF_ROWS: usize = 16;
+
 /// Shape of a (batched) activation matmul: `batch` products of [m,k] x [k,n]; a batch stride of 0
 /// broadcasts that operand.
 #[derive(Clone, Copy, Debug)]
@@ -329,6 +356,31 @@ pub(crate) enum BinFast {
 /// Weight rows LinearF16 widens to f32 at a time.
 pub(crate) const F16_PANEL: usize = 16;
 
+/// The quantized input of a statically quantized linear, when `op` is one (LinearI8 with a
+/// calibrated scale, LinearI4, LinearI4M): `(x, m, k, n, its quantization, hand-over)`.
+pub(crate) fn static_linear(op: &Op) -> Option<(u32, usize, usize, usize, OutQuant, Handoff)> {
+    match op {
+        Op::LinearI8 { x, m, k, n, inv_scale, mult, zp, hand, .. } if *inv_scale != 0.0 => {
+            Some((*x, *m, *k, *n, OutQuant { inv_scale: *inv_scale, mult: *mult, zp: *zp }, *hand))
+        }
+        Op::LinearI4 { x, m, k, n, inv_scale, mult, zp, hand, .. }
+        | Op::LinearI4M { x, m, k, n, inv_scale, mult, zp, hand, .. } => {
+            Some((*x, *m, *k, *n, OutQuant { inv_scale: *inv_scale, mult: *mult, zp: *zp }, *hand))
+        }
+        _ => None,
+    }
+}
+
+/// The hand-over of a quantized linear.
+pub(crate) fn handoff_mut(op: &mut Op) -> Option<&mut Handoff> {
+    match op {
+        Op::LinearI8 { hand, .. } | Op::LinearI4 { hand, .. } | Op::LinearI4M { hand, .. } => {
+            Some(hand)
+        }
+        _ => None,
+    }
+}
+
 impl Op {
     /// Scratch this op needs: (i8 elements, i32 elements, f32 elements).
     pub fn scratch(&self) -> (usize, usize, usize) {
@@ -336,8 +388,12 @@ impl Op {
             // u8 activations at row stride k4(k)
             // (dynamic LinearI8: and a zero bias for the kernel's epilogue, and the row scales)
             Op::LinearI8 { m, k, n, inv_scale, .. } if *inv_scale == 0.0 => (m * k4(*k), 0, n + m),
-            Op::LinearI8 { m, k, .. } | Op::LinearI4 { m, k, .. } | Op::LinearI4M { m, k, .. } => {
-                (m * k4(*k), 0, 0)
+            // (handing over: a tile of HANDOFF_ROWS f32 output rows per task, in the i32s)
+            Op::LinearI8 { m, k, n, hand, .. }
+            | Op::LinearI4 { m, k, n, hand, .. }
+            | Op::LinearI4M { m, k, n, hand, .. } => {
+                let tile = if hand.out_q.is_some() { HANDOFF_ROWS * n } else { 0 };
+                (m * k4(*k), tile, 0)
             }
             // u8 a, packed quantized b; b's column sums; per-column scale and zero bias
             // one panel of weights widened to f32, and its [m, 16] output
@@ -512,6 +568,7 @@ pub(crate) fn prepare<'a>(
                     act,
                     inv_scale,
                     zp,
+                    hand: Handoff::default(),
                 }
             }
         }
@@ -589,6 +646,7 @@ pub(crate) fn prepare<'a>(
                     inv_scale,
                     zp,
                     group,
+                    hand: Handoff::default(),
                 }
             } else {
                 Op::LinearI4 {
@@ -606,6 +664,7 @@ pub(crate) fn prepare<'a>(
                     zp,
                     group,
                     x_scale: 1.0 / inv_scale,
+                    hand: Handoff::default(),
                 }
             }
         }
