@@ -271,6 +271,15 @@ fn fused_float_attention_gives_the_written_plans_bits() {
         assert!(all - ran >= 30, "batch {batch}: only {} of {all} ops folded", all - ran);
         // The scores never reach the arena: at batch 1 they alone were 786 KB of it.
         assert_handoffs(p, batch);
+        // At most four hidden states live at once: the attention step's k and v sources, the
+        // residual, and q with the context written over it (the feed-forward intermediate goes
+        // as u8 codes).
+        let hidden = p.batch * 128 * 384 * 4;
+        assert!(
+            p.cpu_arena_size <= 4 * hidden + (64 << 10),
+            "batch {batch}: CPU arena {} for hidden states of {hidden}",
+            p.cpu_arena_size
+        );
         assert!(
             p.cpu_arena_size + (p.batch * 12 * 128 * 128 * 4) / 2 <= p.arena_size,
             "batch {batch}: CPU arena {} against {} as written",

@@ -409,8 +409,11 @@ pub(crate) fn run_op(
             });
         }
         Op::AttentionF32 { q, k: keys, v, qk, pv, lq, lk, lv, lo, mask, rank, rows, mstrides } => {
-            let (qs, ks, vs): (&[f32], &[f32], &[f32]) =
-                (cast(io.bytes(*q))?, cast(io.bytes(*keys))?, cast(io.bytes(*v))?);
+            // The CPU schedule may write the context over q (same heads layout): q's heads are
+            // then read from the output, each by the task that writes it.
+            let q_in_out = *q == out_v;
+            let qs: &[f32] = if q_in_out { &[] } else { cast(io.bytes(*q))? };
+            let (ks, vs): (&[f32], &[f32]) = (cast(io.bytes(*keys))?, cast(io.bytes(*v))?);
             let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
             let o: &mut [f32] = cast_mut(out)?;
             let (batch, m, d, n, dv) = (qk.batch, qk.m, qk.k, qk.n, pv.n);
@@ -424,7 +427,8 @@ pub(crate) fn run_op(
             let per = op.scratch().1;
             let tasks = ctx.par.threads().min(scratch.slots).min(batch).max(1);
             if n > super::fuse::SOFTMAX_IN_PLACE_MAX
-                || lq.extent(batch, m, d) > qs.len()
+                || (q_in_out && (lq != lo || lq.is_dense()))
+                || lq.extent(batch, m, d) > if q_in_out { o.len() } else { qs.len() }
                 || lk.extent(batch, kr, kc) > ks.len()
                 || lv.extent(batch, vr, vc) > vs.len()
                 || lo.extent(batch, m, dv) > o.len()
@@ -441,7 +445,23 @@ pub(crate) fn run_op(
                 // `Op::scratch`, checked against the scratch above) belong to one task; i32 and
                 // f32 have the same size and alignment.
                 let buf = unsafe { sp.slice(slot * per, per) };
-                let (qh, buf) = matrix(qs, lq, i, m, d, buf);
+                let (qh, buf) = if q_in_out {
+                    let (dst, rest) = buf.split_at_mut(m * d);
+                    for (r, dr) in dst.chunks_exact_mut(d).enumerate() {
+                        // SAFETY: row r of head i's q columns lies inside `o` (checked above);
+                        // only this task reads them, before it writes head i's output there.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(
+                                op.0.add(lq.base(i) + r * lq.row),
+                                dr.as_mut_ptr(),
+                                d,
+                            )
+                        };
+                    }
+                    (&*dst, rest)
+                } else {
+                    matrix(qs, lq, i, m, d, buf)
+                };
                 let (kh, buf) = matrix(ks, lk, i, kr, kc, buf);
                 let (vh, buf) = matrix(vs, lv, i, vr, vc, buf);
                 let (sc, tile) = buf.split_at_mut(m * n);

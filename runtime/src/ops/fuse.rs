@@ -273,6 +273,35 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
                 (*lo, *out) = (of.lo, of.target);
             }
         }
+        // The context overwrites q when both are heads in place in one layout: each head's
+        // output columns are its q columns, which the step gathers into the task's slot before
+        // it writes them, and no other head touches. The linear reading the context then
+        // reads q's slot (MiniLM: one 196 KB slot less at batch 1, the attention step's peak).
+        let Some(Step { op: Op::AttentionF32 { q, lq, lo, .. }, out: t }) = &st.steps[j] else {
+            continue;
+        };
+        let (q, t, r) = (*q, *t, reader[*t as usize]);
+        if lq.is_dense()
+            || lq != lo
+            || !single_value_use(q)
+            || !single_value_use(t)
+            || r >= n
+            || f.values[q as usize].nbytes != f.values[t as usize].nbytes
+        {
+            continue;
+        }
+        let Some(x) = st.steps[r].as_mut().and_then(|s| ops::linear_x_mut(&mut s.op)) else {
+            continue;
+        };
+        if *x != t {
+            continue;
+        }
+        *x = q;
+        st.def_at[t as usize] = NEVER;
+        st.read_at(q, r);
+        if let Some(s) = &mut st.steps[j] {
+            s.out = q;
+        }
     }
     for i in 0..n {
         softmax_in_place(&mut st, f, i, &uses, &reader);

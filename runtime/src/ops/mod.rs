@@ -371,6 +371,17 @@ pub(crate) fn static_linear(op: &Op) -> Option<(u32, usize, usize, usize, OutQua
     }
 }
 
+/// The input of a linear (any weight form).
+pub(crate) fn linear_x_mut(op: &mut Op) -> Option<&mut u32> {
+    match op {
+        Op::LinearF32 { x, .. }
+        | Op::LinearI8 { x, .. }
+        | Op::LinearI4 { x, .. }
+        | Op::LinearI4M { x, .. } => Some(x),
+        _ => None,
+    }
+}
+
 /// The hand-over of a quantized linear.
 pub(crate) fn handoff_mut(op: &mut Op) -> Option<&mut Handoff> {
     match op {
