@@ -345,9 +345,10 @@ fn threads_and_kernel_tiers_give_identical_bits() {
             assert_eq!(in_place, 1, "{name}: {in_place} ops in place");
         }
     }
-    // Every weight form handed codes over in some case (dlrm's MLPs).
+    // The INT8 builds handed codes over in some case (dlrm's MLPs; INT4 linears do not write
+    // codes, they may read them).
     for (form, n) in &handoffs {
-        assert!(*n > 0, "no linear handed its codes over in the {form:?} builds");
+        assert!(form.0 != 8 || *n > 0, "no linear handed its codes over in the {form:?} builds");
     }
     // The INT4 builds did run the INT4 ops.
     for code in [

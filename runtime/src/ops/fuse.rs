@@ -306,14 +306,16 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
     for i in 0..n {
         softmax_in_place(&mut st, f, i, &uses, &reader);
     }
-    // A statically quantized linear whose output only the next one reads, as its input: it
-    // writes that linear's u8 codes (quantized the same way, a tile of rows at a time) instead
-    // of the f32 tensor, which then takes a quarter of the bytes, and the next linear skips
-    // its quantization pass (MiniLM: each feed-forward intermediate, 786 KB -> 196 KB at
-    // batch 1).
+    // A statically quantized LinearI8 whose output only the next quantized linear reads, as
+    // its input: it writes that linear's u8 codes (quantized the same way, a tile of rows at a
+    // time) instead of the f32 tensor, which then takes a quarter of the bytes, and the next
+    // linear skips its quantization pass (MiniLM: each feed-forward intermediate, 786 KB ->
+    // 196 KB at batch 1). Not an INT4 writer: its kernels widen every weight panel once per
+    // call, and a tile of rows per call widened them four times as often (MiniLM INT4 at
+    // batch 1: 1.03 -> 1.09x the INT8 file's latency).
     let mut resized = Vec::new();
     for i in 0..n {
-        let Some(Step { op, out: y }) = &st.steps[i] else {
+        let Some(Step { op: op @ Op::LinearI8 { .. }, out: y }) = &st.steps[i] else {
             continue;
         };
         let y = *y;
