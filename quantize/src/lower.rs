@@ -14,7 +14,7 @@ use crate::report::{LayerReport, OpReport};
 use ember_kernels::pack;
 use ember_runtime::format::writer::{PlanSpec, Writer};
 use ember_runtime::format::{
-    align_up, OpRecord, TensorRole, ValueRecord, MAX_RANK, OP_MAX_INPUTS, REF_NONE, REF_TENSOR,
+    OpRecord, TensorRole, ValueRecord, MAX_RANK, OP_MAX_INPUTS, REF_NONE, REF_TENSOR,
 };
 use ember_runtime::{BinaryKind, DType, OpCode, ReduceKind, UnaryKind};
 use std::collections::HashMap;
@@ -1137,36 +1137,17 @@ pub fn plan_memory(
     for v in outputs {
         last[*v as usize] = end;
     }
-    let mut live: Vec<(u64, u64, usize)> = vec![]; // (start, end, value), sorted by start
-    let mut arena = 0u64;
-    let mut place = |live: &mut Vec<(u64, u64, usize)>, v: usize, values: &mut [ValueRecord]| {
-        let size = align_up(values[v].nbytes);
-        if size == 0 {
-            values[v].offset = 0;
-            return;
-        }
-        let mut cand = 0u64;
-        let mut pos = live.len();
-        for (j, (s, e, _)) in live.iter().enumerate() {
-            if cand + size <= *s {
-                pos = j;
-                break;
-            }
-            cand = cand.max(align_up(*e));
-        }
-        values[v].offset = cand;
-        arena = arena.max(cand + size);
-        live.insert(pos, (cand, cand + values[v].nbytes, v));
-    };
-    for v in inputs {
-        place(&mut live, *v as usize, values);
+    // Inputs first, then each op's output in op order (first fit, shared with the loader's
+    // placement of its CPU schedule).
+    let order: Vec<usize> = inputs
+        .iter()
+        .map(|v| *v as usize)
+        .chain(ops.iter().map(|op| op.outputs[0] as usize))
+        .collect();
+    let nbytes: Vec<usize> = values.iter().map(|v| v.nbytes as usize).collect();
+    let (offsets, arena) = ember_runtime::first_fit(&nbytes, &def, &last, &order);
+    for (v, o) in values.iter_mut().zip(offsets) {
+        v.offset = o as u64;
     }
-    let retire = |live: &mut Vec<(u64, u64, usize)>, step: i64, def: &[i64], last: &[i64]| {
-        live.retain(|(_, _, v)| last[*v].max(def[*v]) > step);
-    };
-    for (i, op) in ops.iter().enumerate() {
-        place(&mut live, op.outputs[0] as usize, values);
-        retire(&mut live, i as i64, &def, &last);
-    }
-    arena
+    arena as u64
 }

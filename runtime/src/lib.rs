@@ -37,7 +37,7 @@ pub use error::Error;
 pub use format::{DType, OpCode};
 #[cfg(feature = "std")]
 pub use load::{load_file, load_file_with, AlignedBuf, FileBytes};
-pub use model::{op_names_key, Model, Plan, SigEntry, TensorInfo, ValueInfo, Verify};
+pub use model::{first_fit, op_names_key, Model, Plan, SigEntry, TensorInfo, ValueInfo, Verify};
 pub use ops::{BinaryKind, ReduceKind, UnaryKind};
 pub use overlay::{Overlay, Patch};
 pub use par::{Parallel, Serial};
