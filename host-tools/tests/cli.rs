@@ -24,6 +24,8 @@ fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ember-cli-{}-{tag}", std::process::id()));
+    // A directory of an earlier run with the same process id would hold its outputs.
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -33,6 +33,8 @@ fn model() -> &'static Path {
     M.get_or_init(|| {
         let (onnx, dir) = ember_tests::minilm();
         let d = std::env::temp_dir().join(format!("ember-embed-{}", std::process::id()));
+        // A directory of an earlier run with the same process id would hold its outputs.
+        let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         let m = d.join("minilm.ember");
         let calib = dir.join("calib.npz");

@@ -109,6 +109,8 @@ fn cached_tables_serve_the_same_bits_and_count_hits() {
 #[test]
 fn bench_cycles_the_input_and_reports_the_caches() {
     let d = std::env::temp_dir().join(format!("ember-rowcache-{}", std::process::id()));
+    // A directory of an earlier run with the same process id would hold its outputs.
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     let (m, ids) = (d.join("mf.ember"), d.join("ids.npz"));
     std::fs::write(&m, model(8)).unwrap();

@@ -19,6 +19,8 @@ fn ember() -> Command {
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ember-serve-{}-{tag}", std::process::id()));
+    // A directory of an earlier run with the same process id would hold its outputs.
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
