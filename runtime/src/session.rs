@@ -48,8 +48,8 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
     ) -> Result<Self, Error> {
         let idx = model.plan_index(batch).ok_or(Error::NoSuchPlan { batch: batch as u32 })?;
         let plan = &model.plans[idx];
-        // Room for either schedule (untouched pages of a mapped arena cost nothing).
-        let arena = Arena::new(plan.arena_size.max(plan.cpu_arena_size))?;
+        // The CPU schedule's arena; a run of the plan as written grows it first.
+        let arena = Arena::new(plan.cpu_arena_size)?;
         let (n8, n32, nf) = plan.scratch;
         let scratch_u8 = zeroed(n8)?;
         let scratch_i32 = zeroed(n32)?;
@@ -74,6 +74,7 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
     /// Transpose copies around the attention MatMuls) are folded into the matmuls: same output
     /// bits, fewer ops, but [`Session::run_with`] then reports no output for the folded ops and
     /// a folded matmul's output in its merged-heads place. Per-layer comparisons want this on.
+    /// The first run as written allocates the file's arena when it is the larger one.
     pub fn run_as_written(&mut self, on: bool) {
         self.as_written = on;
     }
@@ -196,6 +197,9 @@ impl<'m, B: AsRef<[u8]>> Session<'m, B> {
         let plan = self.plan;
         if inputs.len() != plan.inputs.len() {
             return Err(Error::InputCount { expected: plan.inputs.len(), got: inputs.len() });
+        }
+        if self.as_written && self.arena.bytes().len() < plan.arena_size {
+            self.arena = Arena::new(plan.arena_size)?;
         }
         let values = self.values();
         let arena: &mut [u8] = self.arena.bytes_mut();

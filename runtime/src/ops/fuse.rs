@@ -55,14 +55,11 @@ pub(crate) struct Scheduled {
 }
 
 /// Where a folded operand comes from: the value (or tensor) holding `[B0, S, H, D]`, the ops
-/// that no longer run, and the head layout.
-#[derive(Clone)]
+/// that no longer run, and the heads layout it is read in.
 struct Fold {
     src: u32,
     elided: Vec<usize>,
-    heads: usize,
-    seq: usize,
-    d: usize,
+    layout: Strides,
 }
 
 struct State {
@@ -139,9 +136,14 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
     let single_value_use = |v: u32| v & REF_TENSOR == 0 && uses[v as usize] == 1;
     let is_copy =
         |st: &State, c: usize| matches!(st.steps[c], Some(Step { op: Op::Copy { .. }, .. }));
-    // The source of matmul operand `v` when it is a head shuffle of (a copy of) a tensor.
-    let source = |st: &State, v: u32| -> Option<Fold> {
+    // The source of matmul operand `v` (`batch` matrices of `rows × cols`) when it is a head
+    // shuffle of (a copy of) a tensor `[B0, S, H, D]` with `B0·H = batch`, `S = rows`, `D = cols`.
+    let source = |st: &State, v: u32, batch: usize, rows: usize, cols: usize| -> Option<Fold> {
         if !single_value_use(v) {
+            return None;
+        }
+        let od = &f.values[v as usize].dims;
+        if od.len() != 4 || batch != od[0] * od[1] || rows != od[2] || cols != od[3] {
             return None;
         }
         let t = usize::try_from(st.def_at[v as usize]).ok().filter(|t| *t < n)?;
@@ -159,8 +161,7 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
                 }
             }
         }
-        let od = &f.values[v as usize].dims;
-        Some(Fold { src, elided, heads: od[1], seq: od[2], d: od[3] })
+        Some(Fold { src, elided, layout: Strides::heads(od[1], od[2], od[3]) })
     };
     // The output [B0, H, S, N] of a matmul (value `out`) shuffled back to [B0, S, H, N] by its
     // one reader (and copied to [B0, S, H·N]).
@@ -193,27 +194,21 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
         };
         let MatMulDims { batch, m, k, n: nn, b_t, .. } = d;
         // a [S, D] per head.
-        if let Some(fd) = source(&st, a) {
-            if batch == f.values[a as usize].dims[0] * fd.heads && m == fd.seq && k == fd.d {
-                fold(&mut st, f, i, &fd, |op, src| {
-                    if let Op::MatMulI8 { a, la, .. } = op {
-                        *a = src;
-                        *la = Strides::heads(fd.heads, fd.seq, fd.d);
-                    }
-                });
-            }
+        if let Some(fd) = source(&st, a, batch, m, k) {
+            fold(&mut st, f, i, &fd, |op, src, l| {
+                if let Op::MatMulI8 { a, la, .. } = op {
+                    (*a, *la) = (src, l);
+                }
+            });
         }
         // b [S, D] per head: keys (`b_t`, [n, k]) or values ([k, n]).
-        if let Some(fd) = source(&st, b) {
-            let (rows, cols) = if b_t { (nn, k) } else { (k, nn) };
-            if batch == f.values[b as usize].dims[0] * fd.heads && rows == fd.seq && cols == fd.d {
-                fold(&mut st, f, i, &fd, |op, src| {
-                    if let Op::MatMulI8 { b, lb, .. } = op {
-                        *b = src;
-                        *lb = Strides::heads(fd.heads, fd.seq, fd.d);
-                    }
-                });
-            }
+        let (rows, cols) = if b_t { (nn, k) } else { (k, nn) };
+        if let Some(fd) = source(&st, b, batch, rows, cols) {
+            fold(&mut st, f, i, &fd, |op, src, l| {
+                if let Op::MatMulI8 { b, lb, .. } = op {
+                    (*b, *lb) = (src, l);
+                }
+            });
         }
         if !lo.is_dense() {
             continue;
@@ -249,21 +244,17 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
         let (kr, kc) = if qk.b_t { (qk.n, qk.k) } else { (qk.k, qk.n) };
         let (vr, vc) = if pv.b_t { (pv.n, pv.k) } else { (pv.k, pv.n) };
         for (x, rows, cols, which) in [(q, qk.m, qk.k, 0), (kv, kr, kc, 1), (v, vr, vc, 2)] {
-            let Some(fd) = source(&st, x) else {
+            let Some(fd) = source(&st, x, qk.batch, rows, cols) else {
                 continue;
             };
-            if qk.batch != f.values[x as usize].dims[0] * fd.heads || rows != fd.seq || cols != fd.d
-            {
-                continue;
-            }
-            fold(&mut st, f, j, &fd, |op, src| {
+            fold(&mut st, f, j, &fd, |op, src, l| {
                 if let Op::AttentionF32 { q, k, v, lq, lk, lv, .. } = op {
-                    let (x, l) = match which {
+                    let (x, lx) = match which {
                         0 => (q, lq),
                         1 => (k, lk),
                         _ => (v, lv),
                     };
-                    (*x, *l) = (src, Strides::heads(fd.heads, fd.seq, fd.d));
+                    (*x, *lx) = (src, l);
                 }
             });
         }
@@ -418,8 +409,8 @@ pub(crate) const SOFTMAX_IN_PLACE_MAX: usize = 1024;
 
 /// Runs softmax op `i` in place over its input (the attention scores) when the input is read
 /// by nothing else and the output only by a matmul as its `a`, which then reads the input's
-/// slot: the output's slot is never written (MiniLM: 31 % fewer arena pages touched, so fewer
-/// page faults in a fresh process's first run and less cache traffic).
+/// slot: the scores need one slot instead of two (the INT8 attention's `MatMulI8`; float
+/// attention fuses the three ops instead).
 fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader: &[usize]) {
     let Some(Step { op: Op::Softmax { x, n: row, inner: 1, .. }, out }) = &st.steps[i] else {
         return;
@@ -456,15 +447,15 @@ fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader:
     }
 }
 
-/// Reads `fd.src` in place at op `i` (rewriting the op with `set`): the shuffle ops no longer
-/// run.
-fn fold(st: &mut State, f: &Facts, i: usize, fd: &Fold, set: impl Fn(&mut Op, u32)) {
+/// Reads `fd.src` in place at op `i` (`set(op, source, its heads layout)` rewrites the op): the
+/// shuffle ops no longer run.
+fn fold(st: &mut State, f: &Facts, i: usize, fd: &Fold, set: impl Fn(&mut Op, u32, Strides)) {
     for &e in &fd.elided {
         st.def_at[f.records[e].outputs[0] as usize] = NEVER;
         st.steps[e] = None;
     }
     st.read_at(fd.src, i);
     if let Some(Step { op, .. }) = &mut st.steps[i] {
-        set(op, fd.src);
+        set(op, fd.src, fd.layout);
     }
 }
