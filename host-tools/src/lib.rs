@@ -11,6 +11,7 @@ pub mod serve;
 
 /// Installs a panic hook that reports a panic as a one-line internal error (exit status 1 via
 /// [`guard`]) instead of a backtrace dump. Panics are bugs; this keeps the user's terminal clean.
+/// Printing to a closed pipe is not one: it exits with status 141 and no message.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -19,6 +20,11 @@ pub fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
+        // A reader that stopped early (`ember inspect m.ember | head`) is not a bug: end as a
+        // process killed by SIGPIPE would, quietly and with the shell's status for it.
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
         let at =
             info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error: {msg}{at} (this is a bug in Ember; please report it)");

@@ -82,6 +82,18 @@ fn quantize_run_inspect_compare() {
     assert!(ops.iter().any(|o| o["precision"] == "f32" && o["node"] == "sigmoid"));
     let text = ok(&run("ember", &[&"inspect", &ember]));
     assert!(text.contains("compute in float"), "{text}");
+    // A reader that closes the pipe at once (`ember inspect m.ember | head -0`): status 141,
+    // as for a process killed by SIGPIPE, and no "internal error".
+    let mut child = bin("ember")
+        .args(["inspect".as_ref(), ember.as_os_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&closed.stderr);
+    assert!(closed.status.code() == Some(141) && err.is_empty(), "{:?}: {err}", closed.status);
     // Signature shapes read as one list with the batch axis first.
     assert!(text.contains("[N, ") && !text.contains("[N, ["), "{text}");
 
