@@ -4,8 +4,9 @@
 use ember_quantize::npz;
 use ember_runtime::format::writer::{PlanSpec, SigSpec, Writer};
 use ember_runtime::format::*;
-use ember_runtime::{AlignedBuf, DType, Error, Model, Session};
+use ember_runtime::{AlignedBuf, DType, Error, Model, Pool, Session};
 use ember_tests::{reseal, sections, Rng};
+use std::sync::Arc;
 
 const DEMO_ONNX: &[u8] = include_bytes!("../../host-tools/demo/model.onnx");
 
@@ -25,15 +26,25 @@ fn parse(b: &[u8]) -> Result<Model<AlignedBuf>, Error> {
 
 /// Parses, and when the file is accepted, runs every plan on arbitrary inputs: must not panic.
 fn parse_and_run(b: &[u8], rng: &mut Rng) {
-    if let Ok(m) = parse(b) {
-        for batch in m.batch_sizes() {
-            if let Ok(mut s) = Session::new(&m, batch) {
-                let inputs: Vec<Vec<u8>> = (0..m.inputs.len())
-                    .map(|i| (0..s.input_len(i)).map(|_| rng.below(4) as u8).collect())
-                    .collect();
-                let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
-                let _ = s.run(&refs);
+    parse_and_run_on(b, rng, &[(None, false)]);
+}
+
+/// [`parse_and_run`] once per `(pool, as_written)`: on the pool's threads (one without), by
+/// the CPU schedule or by the plan as written.
+fn parse_and_run_on(b: &[u8], rng: &mut Rng, ways: &[(Option<&Arc<Pool>>, bool)]) {
+    let Ok(m) = parse(b) else { return };
+    for batch in m.batch_sizes() {
+        for (pool, as_written) in ways {
+            let Ok(mut s) = Session::new(&m, batch) else { continue };
+            if let Some(p) = pool {
+                s.set_pool(Arc::clone(p)).unwrap();
             }
+            s.run_as_written(*as_written);
+            let inputs: Vec<Vec<u8>> = (0..m.inputs.len())
+                .map(|i| (0..s.input_len(i)).map(|_| rng.below(4) as u8).collect())
+                .collect();
+            let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
+            let _ = s.run(&refs);
         }
     }
 }
@@ -106,6 +117,61 @@ fn resealed_random_mutations_never_panic() {
         }
         reseal(&mut x);
         parse_and_run(&x, &mut rng);
+    }
+}
+
+/// The oracle's attention block quantized three ways (INT8 with float attention, INT8 with
+/// INT8 attention matmuls, INT4 in groups of 4: its hidden size is 8), its plans' records edited at random and resealed: whatever
+/// parses runs on one thread and on two, by the CPU schedule (fused attention, folded head
+/// shuffles, codes handed between linears, its own arena) and as written, without a panic.
+#[test]
+fn resealed_mutations_of_an_attention_block_never_panic() {
+    let case = ember_tests::case("bert_block");
+    let onnx = std::fs::read(case.join("model.onnx")).unwrap();
+    let calib = npz::read_npz(&case.join("calib.npz")).unwrap();
+    let pool = Arc::new(Pool::new(2).unwrap());
+    let ways = [(None, false), (Some(&pool), false), (None, true)];
+    for (seed, bits, act_matmul) in [(5u64, 8, false), (6, 8, true), (7, 4, false)] {
+        let opts = ember_quantize::Options {
+            batches: vec![1, 2],
+            bits,
+            group: 4,
+            int8_act_matmul: act_matmul,
+            ..Default::default()
+        };
+        let b = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap().0;
+        // The schedule has something to rewrite: a fused attention or folded matmuls.
+        let m = parse(&b).unwrap();
+        let p = &m.plans[0];
+        assert!(
+            (0..p.records.len()).any(|i| p.attention_on_cpu(i) || p.handoff_on_cpu(i).0)
+                || act_matmul,
+            "{bits} bits: nothing fused"
+        );
+        let int4 = [OpCode::LinearI4 as u16, OpCode::LinearI4M as u16];
+        assert_eq!(p.records.iter().any(|r| int4.contains(&r.opcode)), bits == 4, "{bits} bits");
+        // The plans' records (ops, values, parameters) are what the schedule reads: three
+        // edits in four go there, the rest anywhere outside the weights.
+        let meta: Vec<(u32, usize, usize)> =
+            sections(&b).into_iter().filter(|s| s.0 != SectionKind::Data as u32).collect();
+        let plans: Vec<(u32, usize, usize)> =
+            meta.iter().copied().filter(|s| s.0 == SectionKind::Plan as u32).collect();
+        let mut rng = Rng::new(seed);
+        for _ in 0..2000 {
+            let mut x = b.clone();
+            for _ in 0..1 + rng.below(3) {
+                let from = if rng.below(4) == 0 { &meta } else { &plans };
+                let (_, off, len) = from[rng.below(from.len())];
+                let p = off + rng.below(len.max(1));
+                match rng.below(3) {
+                    0 => x[p] ^= 1 << rng.below(8),
+                    1 => x[p] = 0xFF,
+                    _ => x[p] = x[p].wrapping_add(1),
+                }
+            }
+            reseal(&mut x);
+            parse_and_run_on(&x, &mut rng, &ways);
+        }
     }
 }
 
