@@ -93,7 +93,7 @@ impl Plan {
     pub fn handoff_on_cpu(&self, i: usize) -> (bool, bool) {
         match self.cpu.get(i) {
             Some(Some(step)) => match crate::ops::static_linear(&step.op) {
-                Some((.., hand)) => (hand.out_q.is_some(), hand.x_codes),
+                Some(l) => (l.hand.out_q.is_some(), l.hand.x_codes),
                 None => (false, false),
             },
             _ => (false, false),

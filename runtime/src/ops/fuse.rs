@@ -310,22 +310,21 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
             continue;
         };
         let y = *y;
-        let Some((_, m, _, wn, _, hand)) = ops::static_linear(op) else {
+        let Some(w) = ops::static_linear(op) else {
             continue;
         };
-        if hand.out_q.is_some() || !single_value_use(y) || reader[y as usize] >= n {
+        if w.hand.out_q.is_some() || !single_value_use(y) || reader[y as usize] >= n {
             continue;
         }
         let r = reader[y as usize];
-        let Some((x, rm, rk, _, q, rhand)) =
-            st.steps[r].as_ref().and_then(|s| ops::static_linear(&s.op))
-        else {
+        let Some(rd) = st.steps[r].as_ref().and_then(|s| ops::static_linear(&s.op)) else {
             continue;
         };
-        if x != y
-            || rm != m
-            || rk != wn
-            || rhand.x_codes
+        let q = rd.quant;
+        if rd.x != y
+            || rd.m != w.m
+            || rd.k != w.n
+            || rd.hand.x_codes
             || (q.mult != REF_NONE && q.mult & REF_TENSOR == 0)
         {
             continue;
@@ -336,7 +335,7 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
         if let Some(h) = st.steps[r].as_mut().and_then(|s| ops::handoff_mut(&mut s.op)) {
             h.x_codes = true;
         }
-        resized.push((y, m * k4(wn)));
+        resized.push((y, w.m * k4(w.n)));
     }
     Scheduled { steps: st.steps, def_at: st.def_at, last_use: st.last_use, resized }
 }

@@ -356,16 +356,31 @@ pub(crate) enum BinFast {
 /// Weight rows LinearF16 widens to f32 at a time.
 pub(crate) const F16_PANEL: usize = 16;
 
+/// A statically quantized linear as the hand-over sees it ([`static_linear`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StaticLinear {
+    /// The input value.
+    pub x: u32,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// How it quantizes its input.
+    pub quant: OutQuant,
+    pub hand: Handoff,
+}
+
 /// The quantized input of a statically quantized linear, when `op` is one (LinearI8 with a
-/// calibrated scale, LinearI4, LinearI4M): `(x, m, k, n, its quantization, hand-over)`.
-pub(crate) fn static_linear(op: &Op) -> Option<(u32, usize, usize, usize, OutQuant, Handoff)> {
+/// calibrated scale, LinearI4, LinearI4M).
+pub(crate) fn static_linear(op: &Op) -> Option<StaticLinear> {
     match op {
         Op::LinearI8 { x, m, k, n, inv_scale, mult, zp, hand, .. } if *inv_scale != 0.0 => {
-            Some((*x, *m, *k, *n, OutQuant { inv_scale: *inv_scale, mult: *mult, zp: *zp }, *hand))
+            let quant = OutQuant { inv_scale: *inv_scale, mult: *mult, zp: *zp };
+            Some(StaticLinear { x: *x, m: *m, k: *k, n: *n, quant, hand: *hand })
         }
         Op::LinearI4 { x, m, k, n, inv_scale, mult, zp, hand, .. }
         | Op::LinearI4M { x, m, k, n, inv_scale, mult, zp, hand, .. } => {
-            Some((*x, *m, *k, *n, OutQuant { inv_scale: *inv_scale, mult: *mult, zp: *zp }, *hand))
+            let quant = OutQuant { inv_scale: *inv_scale, mult: *mult, zp: *zp };
+            Some(StaticLinear { x: *x, m: *m, k: *k, n: *n, quant, hand: *hand })
         }
         _ => None,
     }
