@@ -162,8 +162,9 @@ pub type F32MatMulFn = fn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], ou
 /// Layer normalization of one row; see [`crate::generic::math::layer_norm_row`].
 pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &mut [f32]);
 
-/// `o = softmax(x + mask)` over one row; `mask` empty or as long as `x`.
-pub type SoftmaxFn = fn(x: &[f32], mask: &[f32], o: &mut [f32]);
+/// `x = softmax(alpha·x + mask)` over one row, in place; `mask` empty or as long as `x`
+/// (see [`crate::generic::math::softmax_row`]).
+pub type SoftmaxFn = fn(x: &mut [f32], mask: &[f32], alpha: f32);
 
 /// One matrix-factorization SGD step on f32 rows; see [`crate::generic::mf`]. Returns the error.
 pub type MfStepF32Fn = fn(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32;

@@ -439,11 +439,11 @@ fn vector_math_matches_libm_and_twins() {
         let x: Vec<f32> = (0..len).map(|_| r.f32() * 20.0).collect();
         let mask: Vec<f32> =
             (0..len).map(|i| if i % 3 == 0 { -10_000.0 } else { r.f32() }).collect();
-        for mk in [&[][..], &mask[..]] {
-            let mut want = vec![0f32; len];
-            generic::math::softmax_row(&x, mk, &mut want);
+        for (mk, alpha) in [(&[][..], 1.0), (&mask[..], 1.0), (&[][..], 0.17), (&mask[..], 0.35)] {
+            let mut want = x.clone();
+            generic::math::softmax_row(&mut want, mk, alpha);
             let t: Vec<f64> = (0..len)
-                .map(|i| x[i] as f64 + mk.get(i).map(|v| *v as f64).unwrap_or(0.0))
+                .map(|i| (x[i] * alpha) as f64 + mk.get(i).map(|v| *v as f64).unwrap_or(0.0))
                 .collect();
             let m = t.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = t.iter().map(|v| (v - m).exp()).sum();
@@ -451,9 +451,14 @@ fn vector_math_matches_libm_and_twins() {
                 let d = (v - m).exp() / sum;
                 assert!((*w as f64 - d).abs() <= 2e-6 * d.max(1e-3), "softmax {len}: {w} vs {d}");
             }
+            // The scale read with the row gives the bits of a scaling pass before it (what the
+            // fused attention relies on to match the plan as written).
+            let mut scaled: Vec<f32> = x.iter().map(|v| v * alpha).collect();
+            generic::math::softmax_row(&mut scaled, mk, 1.0);
+            assert_eq!(scaled, want, "alpha {alpha} at {len}");
             for (name, f) in Kernels::softmaxes() {
-                let mut got = vec![f32::NAN; len];
-                f(&x, mk, &mut got);
+                let mut got = x.clone();
+                f(&mut got, mk, alpha);
                 assert_eq!(got, want, "{name} differs from its twin at {len}");
             }
         }

@@ -102,57 +102,85 @@ pub fn erf_slice(x: &[f32], o: &mut [f32]) {
 
 const LANES: usize = 16;
 
-/// Softmax of one contiguous row plus an optional additive mask (`mask` empty, or as long as
-/// the row): `o = softmax(x + mask)`. The maximum and the sum are taken over 16 interleaved
-/// lanes, then across lanes as a tree ([`lanes_sum`]), in a fixed order.
+/// Softmax of one contiguous row in place, of the row scaled by `alpha` plus an optional
+/// additive mask (`mask` empty, or as long as the row): `x = softmax(alpha·x + mask)`, each
+/// term rounded as written (`alpha·x` to f32, then `+ mask`), so scores scaled by a separate
+/// pass first give the same bits; `alpha` 1 skips the multiply (x·1 is x). The maximum and the
+/// sum are taken over 16 interleaved lanes, then across lanes as a tree ([`lanes_sum`]), in a
+/// fixed order.
 #[inline(always)]
-pub fn softmax_row(x: &[f32], mask: &[f32], o: &mut [f32]) {
+pub fn softmax_row(x: &mut [f32], mask: &[f32], alpha: f32) {
+    const ZERO: [f32; LANES] = [0.0; LANES];
     if mask.is_empty() {
-        softmax_impl::<false>(x, x, o);
+        // Without a mask the lanes' mask terms are ignored (`MASK = false`): zeros stand in.
+        let zeros = core::iter::repeat(&ZERO[..]);
+        let tail = &ZERO[..x.len() % LANES];
+        if alpha == 1.0 {
+            softmax_impl::<false, false, _>(x, zeros, tail, alpha);
+        } else {
+            softmax_impl::<false, true, _>(x, zeros, tail, alpha);
+        }
     } else {
-        softmax_impl::<true>(x, mask, o);
+        let n = x.len().min(mask.len());
+        let (x, m) = (&mut x[..n], &mask[..n]);
+        let tail = &m[n / LANES * LANES..];
+        if alpha == 1.0 {
+            softmax_impl::<true, false, _>(x, m.chunks_exact(LANES), tail, alpha);
+        } else {
+            softmax_impl::<true, true, _>(x, m.chunks_exact(LANES), tail, alpha);
+        }
     }
 }
 
-/// `MASK = false` ignores `m` (callers pass `x` again so the slices line up).
+/// `masks` yields the mask of each whole 16-lane chunk of `x`, `tail` the mask of the rest
+/// (both ignored when `MASK` is false).
 #[inline(always)]
-fn softmax_impl<const MASK: bool>(x: &[f32], m: &[f32], o: &mut [f32]) {
-    let n = x.len().min(o.len());
-    let (x, m, o) = (&x[..n], &m[..n], &mut o[..n]);
-    let at = |xv: f32, mv: f32| if MASK { xv + mv } else { xv };
+fn softmax_impl<'m, const MASK: bool, const SCALE: bool, I>(
+    x: &mut [f32],
+    masks: I,
+    tail: &[f32],
+    alpha: f32,
+) where
+    I: Iterator<Item = &'m [f32]> + Clone,
+{
+    let n = x.len();
     let full = n / LANES * LANES;
+    let at = |xv: f32, mv: f32| {
+        let s = if SCALE { xv * alpha } else { xv };
+        if MASK {
+            s + mv
+        } else {
+            s
+        }
+    };
     let mut mx = [f32::NEG_INFINITY; LANES];
-    for (xc, mc) in x[..full].chunks_exact(LANES).zip(m[..full].chunks_exact(LANES)) {
+    for (xc, mc) in x[..full].chunks_exact(LANES).zip(masks.clone()) {
         for l in 0..LANES {
             let t = at(xc[l], mc[l]);
             mx[l] = if t > mx[l] { t } else { mx[l] };
         }
     }
     let mut top = lanes_max(mx);
-    for (xv, mv) in x[full..].iter().zip(&m[full..]) {
+    for (xv, mv) in x[full..].iter().zip(tail) {
         let t = at(*xv, *mv);
         top = if t > top { t } else { top };
     }
     let mut sums = [0f32; LANES];
-    for ((oc, xc), mc) in o[..full]
-        .chunks_exact_mut(LANES)
-        .zip(x[..full].chunks_exact(LANES))
-        .zip(m[..full].chunks_exact(LANES))
-    {
+    for (xc, mc) in x[..full].chunks_exact_mut(LANES).zip(masks) {
         for l in 0..LANES {
             let e = exp(at(xc[l], mc[l]) - top);
-            oc[l] = e;
+            xc[l] = e;
             sums[l] += e;
         }
     }
     let mut sum = lanes_sum(sums);
-    for ((oi, xv), mv) in o[full..].iter_mut().zip(&x[full..]).zip(&m[full..]) {
-        *oi = exp(at(*xv, *mv) - top);
-        sum += *oi;
+    for (xv, mv) in x[full..].iter_mut().zip(tail) {
+        *xv = exp(at(*xv, *mv) - top);
+        sum += *xv;
     }
     let inv = 1.0 / sum;
-    for oi in o.iter_mut() {
-        *oi *= inv;
+    for v in x.iter_mut() {
+        *v *= inv;
     }
 }
 

@@ -42,14 +42,14 @@ overlay_ln!(layer_norm_row_avx2, "avx2", super::has_avx2);
 macro_rules! overlay_softmax {
     ($name:ident, $feat:literal, $has:path) => {
         /// Same contract and bits as the generic twin; panics on a CPU without the feature.
-        pub fn $name(x: &[f32], mask: &[f32], o: &mut [f32]) {
+        pub fn $name(x: &mut [f32], mask: &[f32], alpha: f32) {
             #[target_feature(enable = $feat)]
-            fn inner(x: &[f32], mask: &[f32], o: &mut [f32]) {
-                math::softmax_row(x, mask, o)
+            fn inner(x: &mut [f32], mask: &[f32], alpha: f32) {
+                math::softmax_row(x, mask, alpha)
             }
             assert!($has(), concat!(stringify!($name), " on a CPU without ", $feat));
             // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
-            unsafe { inner(x, mask, o) }
+            unsafe { inner(x, mask, alpha) }
         }
     };
 }

@@ -426,8 +426,7 @@ pub(crate) fn run_op(
             // here because the output is written through a shared pointer.
             let per = op.scratch().1;
             let tasks = ctx.par.threads().min(scratch.slots).min(batch).max(1);
-            if n > super::fuse::SOFTMAX_IN_PLACE_MAX
-                || (q_in_out && (lq != lo || lq.is_dense()))
+            if (q_in_out && (lq != lo || lq.is_dense()))
                 || lq.extent(batch, m, d) > if q_in_out { o.len() } else { qs.len() }
                 || lk.extent(batch, kr, kc) > ks.len()
                 || lv.extent(batch, vr, vc) > vs.len()
@@ -465,12 +464,12 @@ pub(crate) fn run_op(
                 let (kh, buf) = matrix(ks, lk, i, kr, kc, buf);
                 let (vh, buf) = matrix(vs, lv, i, vr, vc, buf);
                 let (sc, tile) = buf.split_at_mut(m * n);
-                matmul_f32(k, qk, qh, kh, sc);
-                let mut row = [0f32; super::fuse::SOFTMAX_IN_PLACE_MAX];
+                // The scores' scale is applied by the softmax as it reads them (the same
+                // rounding as the scaling pass of the plan as written).
+                matmul_f32(k, &MatMulDims { alpha: 1.0, ..*qk }, qh, kh, sc);
                 for (r, sr) in sc.chunks_exact_mut(n).enumerate() {
                     let mrow = mask_row(mk, i * m + r, n, *rank, rows, mstrides);
-                    row[..n].copy_from_slice(sr);
-                    (k.softmax_row)(&row[..n], mrow, sr);
+                    (k.softmax_row)(sr, mrow, qk.alpha);
                 }
                 let oh = if lo.is_dense() {
                     // SAFETY: head i's outputs are lo.base(i)..+m·dv, inside `o` (checked
@@ -696,26 +695,16 @@ pub(crate) fn run_op(
             let n = *n;
             // In place (the CPU schedule's `fuse::softmax_in_place`): the op writes its input.
             let in_place = *x == out_v;
-            if in_place && n > super::fuse::SOFTMAX_IN_PLACE_MAX {
-                return Err(crate::error::corrupt!(
-                    "op #{op_index}: in-place softmax over rows of {n}"
-                ));
-            }
             let x: &[f32] = if in_place { &[] } else { cast(io.bytes(*x))? };
             let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
             let o: &mut [f32] = cast_mut(out)?;
             split_rows_mut(ctx.par, &mut o[..outer * n], n, 64, 1, &|r0, _r1, os| {
-                // In place: a copy of the row being overwritten (the kernel reads it from here).
-                let mut buf =
-                    if in_place { Some([0f32; super::fuse::SOFTMAX_IN_PLACE_MAX]) } else { None };
                 for (r, or) in os.chunks_exact_mut(n).enumerate() {
                     let m = mask_row(mk, r0 + r, n, *rank, rows, mstrides);
-                    if let Some(buf) = &mut buf {
-                        buf[..n].copy_from_slice(or);
-                        (k.softmax_row)(&buf[..n], m, or);
-                    } else {
-                        (k.softmax_row)(&x[(r0 + r) * n..(r0 + r + 1) * n], m, or);
+                    if !in_place {
+                        or.copy_from_slice(&x[(r0 + r) * n..(r0 + r + 1) * n]);
                     }
+                    (k.softmax_row)(or, m, 1.0);
                 }
             });
         }

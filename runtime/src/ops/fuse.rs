@@ -344,9 +344,8 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
 const ATTENTION_MAX_SCORES: usize = 1 << 18;
 
 /// The float attention ending at op `j`: `(i, s, op)` when `j` is a MatMulF32 whose `a` is the
-/// output of Softmax `s` (rows along the last axis, no longer than
-/// [`SOFTMAX_IN_PLACE_MAX`]) over the output of MatMulF32 `i`, each the only reader of the one
-/// before, with matching shapes; `op` is the fused step with dense layouts.
+/// output of Softmax `s` (rows along the last axis) over the output of MatMulF32 `i`, each the
+/// only reader of the one before, with matching shapes; `op` is the fused step with dense layouts.
 fn attention_at(
     st: &State,
     j: usize,
@@ -379,7 +378,6 @@ fn attention_at(
         && *n == qk.n
         && *outer == qk.batch * qk.m
         && pv.a_bs == pv.m * pv.k
-        && qk.n <= SOFTMAX_IN_PLACE_MAX
         && qk.m * qk.n <= ATTENTION_MAX_SCORES
         && ![*q, *kv, *v].contains(x);
     if !fits {
@@ -403,23 +401,19 @@ fn attention_at(
     Some((i, s, op))
 }
 
-/// Longest row a softmax runs in place (each row is copied to a stack buffer this long).
-pub(crate) const SOFTMAX_IN_PLACE_MAX: usize = 1024;
-
 /// Runs softmax op `i` in place over its input (the attention scores) when the input is read
 /// by nothing else and the output only by a matmul as its `a`, which then reads the input's
 /// slot: the scores need one slot instead of two (the INT8 attention's `MatMulI8`; float
 /// attention fuses the three ops instead).
 fn softmax_in_place(st: &mut State, f: &Facts, i: usize, uses: &[usize], reader: &[usize]) {
-    let Some(Step { op: Op::Softmax { x, n: row, inner: 1, .. }, out }) = &st.steps[i] else {
+    let Some(Step { op: Op::Softmax { x, inner: 1, .. }, out }) = &st.steps[i] else {
         return;
     };
-    let (x, y, row) = (*x, *out, *row);
+    let (x, y) = (*x, *out);
     if x & REF_TENSOR != 0
         || uses[x as usize] != 1
         || uses[y as usize] != 1
         || !(0..NEVER).contains(&st.def_at[x as usize])
-        || row > SOFTMAX_IN_PLACE_MAX
         || f.values[x as usize].nbytes != f.values[y as usize].nbytes
     {
         return;
