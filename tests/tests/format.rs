@@ -157,7 +157,10 @@ fn resealed_mutations_of_an_attention_block_never_panic() {
         let plans: Vec<(u32, usize, usize)> =
             meta.iter().copied().filter(|s| s.0 == SectionKind::Plan as u32).collect();
         let mut rng = Rng::new(seed);
-        for _ in 0..2000 {
+        // Fewer under emulation (the cross-compiled suite runs under qemu; the schedule's
+        // logic is the same on every target).
+        let edits = if cfg!(target_arch = "x86_64") { 2000 } else { 500 };
+        for _ in 0..edits {
             let mut x = b.clone();
             for _ in 0..1 + rng.below(3) {
                 let from = if rng.below(4) == 0 { &meta } else { &plans };
