@@ -100,6 +100,22 @@ impl Plan {
         }
     }
 
+    /// Whether op `i` is a LayerNorm that forms the residual sum it normalizes itself on the
+    /// CPU, or the Add whose sum it forms (which then does not run; [`Plan::folded_on_cpu`]).
+    pub fn add_norm_on_cpu(&self, i: usize) -> bool {
+        let fused = |s: &Option<crate::ops::fuse::Step>| {
+            matches!(s, Some(crate::ops::fuse::Step { op: Op::AddLayerNorm { .. }, .. }))
+        };
+        match self.cpu.get(i) {
+            Some(s @ Some(_)) => fused(s),
+            Some(None) => {
+                let sum = self.records[i].outputs[0];
+                self.cpu.iter().zip(&self.records).any(|(s, r)| fused(s) && r.inputs[0] == sum)
+            }
+            None => false,
+        }
+    }
+
     /// Whether op `i` (a float P·V MatMul) runs the whole attention of its heads on the CPU:
     /// the scores MatMul and the Softmax before it fold into it, and the scores stay in a
     /// per-thread slot instead of the arena.

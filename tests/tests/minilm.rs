@@ -275,6 +275,13 @@ fn fused_float_attention_gives_the_written_plans_bits() {
         assert_eq!(fused, 3, "batch {batch}: {fused} fused attentions");
         // Per layer: the scores MatMul, the Softmax, and the eight shuffle copies.
         assert!(all - ran >= 30, "batch {batch}: only {} of {all} ops folded", all - ran);
+        // Every layer norm after a residual add of two same-shape values (two per layer, and
+        // at batch 1 the embeddings': at batch 8 its position term broadcasts) forms the sum
+        // itself; the adds do not run.
+        let norms = (0..all).filter(|i| p.add_norm_on_cpu(*i) && !p.folded_on_cpu(*i)).count();
+        let adds = (0..all).filter(|i| p.add_norm_on_cpu(*i) && p.folded_on_cpu(*i)).count();
+        let want = if batch == 1 { 7 } else { 6 };
+        assert_eq!((norms, adds), (want, want), "batch {batch}: norms that add, adds folded");
         // The scores never reach the arena: at batch 1 they alone were 786 KB of it.
         assert_handoffs(p, batch);
         // At most four hidden states live at once: the attention step's k and v sources, the

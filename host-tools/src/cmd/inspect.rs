@@ -65,8 +65,12 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                     let code = OpCode::from_u16(r.opcode).unwrap_or(OpCode::Copy);
                     let (mut kernel, precision) = kernel_of(code, &r.params, &k);
                     let folded = p.folded_on_cpu(i);
-                    if folded {
+                    if folded && p.add_norm_on_cpu(i) {
+                        kernel = "none: summed by the next layer norm on the CPU".into();
+                    } else if folded {
                         kernel = "none: folded into a matmul on the CPU".into();
+                    } else if p.add_norm_on_cpu(i) {
+                        kernel.push_str(" (sums its residual input itself)");
                     } else if p.attention_on_cpu(i) {
                         kernel.push_str(" (attention fused: scores, softmax, P·V");
                         kernel.push_str(if p.heads_in_place(i) { ", heads in place)" } else { ")" });

@@ -742,6 +742,7 @@ fn plan_op<B: AsRef<[u8]>>(
         // Built only by the CPU schedule (`ops::fuse`); the CUDA executor takes `plan.ops`,
         // the plan as written, whose ops all come from `prepare`.
         Op::AttentionF32 { .. } => unreachable!("fused attention in a plan as written"),
+        Op::AddLayerNorm { .. } => unreachable!("fused add and norm in a plan as written"),
     }
     // Zero-sized outputs launch nothing (a grid of zero blocks is invalid).
     if ov.nbytes == 0 {

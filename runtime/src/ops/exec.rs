@@ -687,6 +687,29 @@ pub(crate) fn run_op(
                 }
             });
         }
+        Op::AddLayerNorm { a, b, scale, bias, rows, d, eps } => {
+            let (a, b): (&[f32], &[f32]) = (cast(io.bytes(*a))?, cast(io.bytes(*b))?);
+            let (rows, d, eps) = (*rows, *d, *eps);
+            let g: &[f32] = cast(io.bytes(*scale))?;
+            let bb: &[f32] = if *bias == REF_NONE { &[] } else { cast(io.bytes(*bias))? };
+            let o: &mut [f32] = cast_mut(out)?;
+            if d > super::fuse::ADD_NORM_MAX_D || a.len() < rows * d || b.len() < rows * d {
+                return Err(crate::error::corrupt!("op #{op_index}: add and norm operands"));
+            }
+            split_rows_mut(ctx.par, &mut o[..rows * d], d, 64, 1, &|r0, r1, os| {
+                // The row of a + b (the add as the Binary op computes it), then its norm.
+                let mut sum = [0f32; super::fuse::ADD_NORM_MAX_D];
+                let (ar, br) = (&a[r0 * d..r1 * d], &b[r0 * d..r1 * d]);
+                for ((or, xr), yr) in
+                    os.chunks_exact_mut(d).zip(ar.chunks_exact(d)).zip(br.chunks_exact(d))
+                {
+                    for ((s, x), y) in sum[..d].iter_mut().zip(xr).zip(yr) {
+                        *s = x + y;
+                    }
+                    (k.layer_norm_row)(&sum[..d], g, bb, eps, or);
+                }
+            });
+        }
         Op::Expand { x, elem, rank, out: od, strides } => {
             // A permuted copy with zero strides on the broadcast axes.
             transpose(ctx.par, io.bytes(*x), out, *elem, *rank, od, strides);

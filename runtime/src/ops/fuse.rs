@@ -12,9 +12,10 @@
 //! schedule's values in an arena of its own and checks it with its liveness check
 //! ([`Scheduled`]).
 
-use super::{self as ops, MatMulDims, Op, Strides};
+use super::{self as ops, BinFast, MatMulDims, Op, Strides};
 use crate::format::{OpCode, OpRecord, REF_NONE, REF_TENSOR};
 use crate::model::ValueInfo;
+use crate::{BinaryKind, DType};
 use alloc::vec;
 use alloc::vec::Vec;
 use ember_kernels::pack::k4;
@@ -337,7 +338,63 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
         }
         resized.push((y, w.m * k4(w.n)));
     }
+    add_layer_norm(&mut st, f, &uses, &reader);
     Scheduled { steps: st.steps, def_at: st.def_at, last_use: st.last_use, resized }
+}
+
+/// Widest row an [`Op::AddLayerNorm`] takes (its sum row is on the stack: 16 KB).
+pub(crate) const ADD_NORM_MAX_D: usize = 4096;
+
+/// A LayerNorm whose input is the sum of two f32 values of its shape (a Binary Add, no
+/// broadcast) that nothing else reads becomes one [`Op::AddLayerNorm`] where the norm ran: the
+/// sum is formed row by row on the stack (the same additions, so the same bits) and never
+/// written, read back or given arena room (MiniLM: two per layer, 196 KB each at batch 1).
+fn add_layer_norm(st: &mut State, f: &Facts, uses: &[usize], reader: &[usize]) {
+    for j in 0..st.steps.len() {
+        let Some(Step { op: Op::LayerNorm { x, scale, bias, rows, d, eps }, out }) = &st.steps[j]
+        else {
+            continue;
+        };
+        let (t, out) = (*x, *out);
+        if t & REF_TENSOR != 0
+            || uses[t as usize] != 1
+            || reader[t as usize] != j
+            || *d > ADD_NORM_MAX_D
+        {
+            continue;
+        }
+        let Ok(i) = usize::try_from(st.def_at[t as usize]) else {
+            continue;
+        };
+        let Some(Step {
+            op:
+                Op::Binary {
+                    a, b, kind: BinaryKind::Add, dtype: DType::F32, fast: BinFast::Same, ..
+                },
+            out: sum,
+        }) = st.steps.get(i).and_then(Option::as_ref)
+        else {
+            continue;
+        };
+        if *sum != t || f.values[t as usize].nbytes != rows * d * 4 {
+            continue;
+        }
+        let op = Op::AddLayerNorm {
+            a: *a,
+            b: *b,
+            scale: *scale,
+            bias: *bias,
+            rows: *rows,
+            d: *d,
+            eps: *eps,
+        };
+        for v in [*a, *b] {
+            st.read_at(v, j);
+        }
+        st.def_at[t as usize] = NEVER;
+        st.steps[i] = None;
+        st.steps[j] = Some(Step { op, out });
+    }
 }
 
 /// Scores per head the fused attention holds in a scratch slot at most (1 MiB of f32).

@@ -178,6 +178,18 @@ pub(crate) enum Op {
         d: usize,
         eps: f32,
     },
+    /// CPU schedule only ([`fuse`]): a LayerNorm of `a + b` (two f32 `[rows, d]` operands, the
+    /// residual add of a transformer block) with the sum formed row by row on the stack
+    /// instead of in the arena; `d` is at most [`fuse::ADD_NORM_MAX_D`].
+    AddLayerNorm {
+        a: u32,
+        b: u32,
+        scale: u32,
+        bias: u32,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    },
     Expand {
         x: u32,
         elem: usize,
