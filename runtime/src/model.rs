@@ -116,6 +116,30 @@ impl Plan {
         }
     }
 
+    /// Whether op `i` is the scores MatMul or the Softmax of an attention that runs fused on
+    /// the CPU (they do not run; the step [`Plan::attention_on_cpu`] names does their work).
+    pub fn in_attention_on_cpu(&self, i: usize) -> bool {
+        let part = |i: usize| {
+            let code = OpCode::from_u16(self.records[i].opcode);
+            self.folded_on_cpu(i) && matches!(code, Some(OpCode::MatMulF32 | OpCode::Softmax))
+        };
+        // scores -> softmax -> P·V: follow the output through at most two readers.
+        let (mut i, mut hops) = (i, 0);
+        while part(i) && hops < 2 {
+            let v = self.records[i].outputs[0];
+            let reads =
+                |r: &OpRecord| r.inputs[..(r.n_inputs as usize).min(r.inputs.len())].contains(&v);
+            let Some(r) = self.records.iter().position(reads) else {
+                return false;
+            };
+            if self.attention_on_cpu(r) {
+                return true;
+            }
+            (i, hops) = (r, hops + 1);
+        }
+        false
+    }
+
     /// Whether op `i` (a float P·V MatMul) runs the whole attention of its heads on the CPU:
     /// the scores MatMul and the Softmax before it fold into it, and the scores stay in a
     /// per-thread slot instead of the arena.

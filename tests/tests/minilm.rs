@@ -273,6 +273,8 @@ fn fused_float_attention_gives_the_written_plans_bits() {
     schedule_gives_the_written_plans_bits(&bytes, &|p, batch, all, ran| {
         let fused = (0..p.records.len()).filter(|i| p.attention_on_cpu(*i)).count();
         assert_eq!(fused, 3, "batch {batch}: {fused} fused attentions");
+        let parts = (0..p.records.len()).filter(|i| p.in_attention_on_cpu(*i)).count();
+        assert_eq!(parts, 6, "batch {batch}: scores and softmax ops inside the fused steps");
         // Per layer: the scores MatMul, the Softmax, and the eight shuffle copies.
         assert!(all - ran >= 30, "batch {batch}: only {} of {all} ops folded", all - ran);
         // Every layer norm after a residual add of two same-shape values (two per layer, and

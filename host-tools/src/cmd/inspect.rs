@@ -67,6 +67,8 @@ pub fn describe(model: &Model<FileBytes>, file_len: u64) -> serde_json::Value {
                     let folded = p.folded_on_cpu(i);
                     if folded && p.add_norm_on_cpu(i) {
                         kernel = "none: summed by the next layer norm on the CPU".into();
+                    } else if p.in_attention_on_cpu(i) {
+                        kernel = "none: part of the fused attention on the CPU".into();
                     } else if folded {
                         kernel = "none: folded into a matmul on the CPU".into();
                     } else if p.add_norm_on_cpu(i) {
