@@ -53,6 +53,8 @@ pub struct Plan {
     /// What the CPU runs: `ops` with the attention head shuffles folded into the matmuls
     /// ([`crate::ops::fuse`]).
     pub(crate) cpu: crate::ops::fuse::Schedule,
+    /// Per op, the step that absorbed it ([`Plan::absorbed_on_cpu`]; `usize::MAX`: none).
+    cpu_absorbed_by: Vec<usize>,
     /// The values with the offsets of the CPU schedule's own arena ([`Plan::cpu_arena_size`]
     /// bytes; the file's `values` and `arena_size` are the plan as written).
     pub(crate) cpu_values: Vec<ValueInfo>,
@@ -100,44 +102,27 @@ impl Plan {
         }
     }
 
+    /// The step of the CPU schedule that does op `i`'s work when a fused step took it over
+    /// (then op `i` itself does not run): the scores MatMul and the Softmax of a fused
+    /// attention, the Add of an add-and-norm.
+    pub fn absorbed_on_cpu(&self, i: usize) -> Option<usize> {
+        self.cpu_absorbed_by.get(i).copied().filter(|j| *j != usize::MAX)
+    }
+
     /// Whether op `i` is a LayerNorm that forms the residual sum it normalizes itself on the
-    /// CPU, or the Add whose sum it forms (which then does not run; [`Plan::folded_on_cpu`]).
+    /// CPU, or the Add whose sum it forms (which then does not run).
     pub fn add_norm_on_cpu(&self, i: usize) -> bool {
-        let fused = |s: &Option<crate::ops::fuse::Step>| {
-            matches!(s, Some(crate::ops::fuse::Step { op: Op::AddLayerNorm { .. }, .. }))
-        };
-        match self.cpu.get(i) {
-            Some(s @ Some(_)) => fused(s),
-            Some(None) => {
-                let sum = self.records[i].outputs[0];
-                self.cpu.iter().zip(&self.records).any(|(s, r)| fused(s) && r.inputs[0] == sum)
-            }
-            None => false,
-        }
+        let j = self.absorbed_on_cpu(i).unwrap_or(i);
+        matches!(
+            self.cpu.get(j),
+            Some(Some(crate::ops::fuse::Step { op: Op::AddLayerNorm { .. }, .. }))
+        )
     }
 
     /// Whether op `i` is the scores MatMul or the Softmax of an attention that runs fused on
     /// the CPU (they do not run; the step [`Plan::attention_on_cpu`] names does their work).
     pub fn in_attention_on_cpu(&self, i: usize) -> bool {
-        let part = |i: usize| {
-            let code = OpCode::from_u16(self.records[i].opcode);
-            self.folded_on_cpu(i) && matches!(code, Some(OpCode::MatMulF32 | OpCode::Softmax))
-        };
-        // scores -> softmax -> P·V: follow the output through at most two readers.
-        let (mut i, mut hops) = (i, 0);
-        while part(i) && hops < 2 {
-            let v = self.records[i].outputs[0];
-            let reads =
-                |r: &OpRecord| r.inputs[..(r.n_inputs as usize).min(r.inputs.len())].contains(&v);
-            let Some(r) = self.records.iter().position(reads) else {
-                return false;
-            };
-            if self.attention_on_cpu(r) {
-                return true;
-            }
-            (i, hops) = (r, hops + 1);
-        }
-        false
+        self.absorbed_on_cpu(i).is_some_and(|j| self.attention_on_cpu(j))
     }
 
     /// Whether op `i` (a float P·V MatMul) runs the whole attention of its heads on the CPU:
@@ -747,6 +732,7 @@ fn parse_plan(
         records,
         ops: ops_v,
         cpu: cpu.steps,
+        cpu_absorbed_by: cpu.absorbed_by,
         cpu_values,
         cpu_arena_size,
         scratch,

@@ -53,6 +53,9 @@ pub(crate) struct Scheduled {
     /// Values whose size on the CPU differs from the file's: `(value, bytes)` (the u8 codes a
     /// linear hands over instead of its f32 output).
     pub resized: Vec<(u32, usize)>,
+    /// Per op, the step that does its work when a fused step took it over (the scores MatMul
+    /// and Softmax of a fused attention, the Add of an add-and-norm); `usize::MAX` otherwise.
+    pub absorbed_by: Vec<usize>,
 }
 
 /// Where a folded operand comes from: the value (or tensor) holding `[B0, S, H, D]`, the ops
@@ -67,6 +70,7 @@ struct State {
     steps: Schedule,
     def_at: Vec<i64>,
     last_use: Vec<i64>,
+    absorbed_by: Vec<usize>,
 }
 
 /// Where a matmul's output goes when its head shuffle back is folded: the ops no longer run,
@@ -126,6 +130,7 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
             .collect(),
         def_at: f.def_at.to_vec(),
         last_use: f.last_use.to_vec(),
+        absorbed_by: vec![usize::MAX; n],
     };
     // A head shuffle: a live Transpose [B0, S, H, D] -> [B0, H, S, D] (perm 0, 2, 1, 3).
     let is_shuffle = |st: &State, t: usize| {
@@ -240,6 +245,7 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
             st.read_at(x, j);
         }
         (st.steps[i], st.steps[sm]) = (None, None);
+        (st.absorbed_by[i], st.absorbed_by[sm]) = (j, j);
         st.steps[j] = Some(Step { op, out });
         // q [S, D] per head; keys ([n, k] when transposed, else [k, n]); values ([k, n]).
         let (kr, kc) = if qk.b_t { (qk.n, qk.k) } else { (qk.k, qk.n) };
@@ -339,7 +345,13 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
         resized.push((y, w.m * k4(w.n)));
     }
     add_layer_norm(&mut st, f, &uses, &reader);
-    Scheduled { steps: st.steps, def_at: st.def_at, last_use: st.last_use, resized }
+    Scheduled {
+        steps: st.steps,
+        def_at: st.def_at,
+        last_use: st.last_use,
+        resized,
+        absorbed_by: st.absorbed_by,
+    }
 }
 
 /// Widest row an [`Op::AddLayerNorm`] takes (its sum row is on the stack: 16 KB).
@@ -393,6 +405,7 @@ fn add_layer_norm(st: &mut State, f: &Facts, uses: &[usize], reader: &[usize]) {
         }
         st.def_at[t as usize] = NEVER;
         st.steps[i] = None;
+        st.absorbed_by[i] = j;
         st.steps[j] = Some(Step { op, out });
     }
 }
