@@ -274,8 +274,8 @@ fn attention_head(c: &mut Criterion) {
             bch.iter(|| {
                 // In place, scaled as the fused attention runs it (the rows' values change
                 // from one iteration to the next; the kernel's time does not depend on them).
-                for row in p.chunks_exact_mut(s) {
-                    f(row, &[], 0.176_776_7);
+                for rows in p.chunks_exact_mut(4 * s) {
+                    f(rows, s, &[&[][..]; 4], 0.176_776_7);
                 }
                 black_box(&p);
             })
@@ -294,8 +294,8 @@ fn elementwise(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(name, "1536 rows x 128"), |bch| {
             bch.iter(|| {
                 o.copy_from_slice(&x);
-                for row in o.chunks_exact_mut(128) {
-                    f(row, &[], 1.0);
+                for rows in o.chunks_exact_mut(4 * 128) {
+                    f(rows, 128, &[&[][..]; 4], 1.0);
                 }
                 black_box(&o);
             })

@@ -162,9 +162,14 @@ pub type F32MatMulFn = fn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], ou
 /// Layer normalization of one row; see [`crate::generic::math::layer_norm_row`].
 pub type LayerNormFn = fn(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, o: &mut [f32]);
 
-/// `x = softmax(alpha·x + mask)` over one row, in place; `mask` empty or as long as `x`
-/// (see [`crate::generic::math::softmax_row`]).
-pub type SoftmaxFn = fn(x: &mut [f32], mask: &[f32], alpha: f32);
+/// `x = softmax(alpha·x + mask)` in place over each of `masks.len()` rows of `n` values in `x`
+/// (row `r` at `x[r·n..]`, its mask `masks[r]` empty or at least `n` long), as
+/// [`crate::generic::math::softmax_row`] computes each row (twin:
+/// [`crate::generic::math::softmax_rows`]), within 5e-7 relatively; in every variant the
+/// scale read with the row gives the bits of a scaling pass before it, values more than 87.3
+/// below the row's maximum give 0 and NaN gives NaN. Variants may work on several rows at once.
+/// Panics if `x` is shorter than `masks.len()·n`.
+pub type SoftmaxFn = fn(x: &mut [f32], n: usize, masks: &[&[f32]], alpha: f32);
 
 /// One matrix-factorization SGD step on f32 rows; see [`crate::generic::mf`]. Returns the error.
 pub type MfStepF32Fn = fn(p: &mut [f32], q: &mut [f32], target: f32, lr: f32, reg: f32) -> f32;
@@ -313,12 +318,17 @@ static QUANTIZE_PACKS: &[Variant<QuantizePackFn>] = &[
     Variant { name: "quantize_pack_generic", f: crate::pack::quantize_pack_k4n16, usable: always },
 ];
 
+/// The generic rows as a plain function (the table's entry).
+fn softmax_rows_generic(x: &mut [f32], n: usize, masks: &[&[f32]], alpha: f32) {
+    generic::math::softmax_rows(x, n, masks, alpha)
+}
+
 static SOFTMAXES: &[Variant<SoftmaxFn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "softmax_row_avx512", f: x86::softmax_row_avx512, usable: x86::has_avx512f },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "softmax_row_avx2", f: x86::softmax_row_avx2, usable: x86::has_avx2 },
-    Variant { name: "softmax_row_generic", f: generic::math::softmax_row, usable: always },
+    Variant { name: "softmax_row_generic", f: softmax_rows_generic, usable: always },
 ];
 static ERFS: &[Variant<RowFn>] = &[
     #[cfg(target_arch = "x86_64")]

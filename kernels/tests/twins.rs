@@ -435,7 +435,7 @@ fn vector_math_matches_libm_and_twins() {
         let gd = 0.5 * xd * (1.0 + (c * (xd + 0.044715 * xd * xd * xd)).tanh());
         assert!((g - gd).abs() <= 1e-6 * (1.0 + xd.abs()), "gelu_tanh({x}) = {g}, want {gd}");
     }
-    for len in [1usize, 3, 17, 33, 127, 1000] {
+    for len in [1usize, 3, 16, 17, 33, 127, 128, 1000] {
         let x: Vec<f32> = (0..len).map(|_| r.f32() * 20.0).collect();
         let mask: Vec<f32> =
             (0..len).map(|i| if i % 3 == 0 { -10_000.0 } else { r.f32() }).collect();
@@ -458,8 +458,31 @@ fn vector_math_matches_libm_and_twins() {
             assert_eq!(scaled, want, "alpha {alpha} at {len}");
             for (name, f) in Kernels::softmaxes() {
                 let mut got = x.clone();
-                f(&mut got, mk, alpha);
-                assert_eq!(got, want, "{name} differs from its twin at {len}");
+                f(&mut got, len, &[mk], alpha);
+                softmax_within_bound(name, &got, &want);
+                // Every variant: the scale read with the row, bit for bit a scaling pass first.
+                let mut pre: Vec<f32> = x.iter().map(|v| v * alpha).collect();
+                f(&mut pre, len, &[mk], 1.0);
+                assert_eq!(pre, got, "{name}: alpha {alpha} at {len}");
+            }
+        }
+        // Rows with special values: NaN anywhere makes the row NaN, +inf too (inf − inf),
+        // −inf (a fully masked key) gives exactly 0, in the vector body and in the tail.
+        for (v, nan) in [(f32::NAN, true), (f32::INFINITY, true), (f32::NEG_INFINITY, false)] {
+            let mut y: Vec<f32> = (0..len).map(|_| r.f32() * 20.0).collect();
+            y[len / 2] = v;
+            let mut want = y.clone();
+            generic::math::softmax_row(&mut want, &[], 1.0);
+            for (name, f) in Kernels::softmaxes() {
+                let mut got = y.clone();
+                f(&mut got, len, &[&[]], 1.0);
+                if nan {
+                    assert!(got.iter().all(|g| g.is_nan()), "{name}: {v} at {len}");
+                } else {
+                    softmax_within_bound(name, &got, &want);
+                    // (A row of one −inf has no finite maximum: NaN, as the twin.)
+                    assert!(len == 1 || got[len / 2] == 0.0, "{name}: {v} at {len}");
+                }
             }
         }
         // Special values in every lane position class (vector body and tail).
@@ -479,6 +502,64 @@ fn vector_math_matches_libm_and_twins() {
             f(&x, &mut got);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{name} differs from its twin at {len}");
+        }
+    }
+}
+
+/// The softmax family's bound against the generic twin: each value within 5e-7 of it
+/// relatively (the FMA variant stays within 3.2e-7 here; a polynomial coefficient off by one
+/// in its fifth term gives 6.5e-7) (1e-37 absolutely, for values near the subnormals), zeros where it has zeros,
+/// NaN where it has NaN.
+fn softmax_within_bound(name: &str, got: &[f32], want: &[f32]) {
+    for (j, (g, w)) in got.iter().zip(want).enumerate() {
+        if w.is_nan() || *w == 0.0 {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{name}[{j}]: {g} vs {w}"
+            );
+        } else {
+            assert!((g - w).abs() <= 5e-7 * w.abs() + 1e-37, "{name}[{j}]: {g} vs {w}");
+        }
+    }
+}
+
+/// Several rows per call, as the runtime calls the family: each row as the generic row body
+/// computes it alone, for row counts around the AVX-512 kernel's group of four, awkward
+/// lengths, masked and unmasked rows mixed in one call, a mask shorter than the row (which
+/// limits it, as in the generic body), and the scale.
+#[test]
+fn softmax_rows_match_the_row_body() {
+    let mut r = Rng(0x50F7);
+    for n in [1usize, 5, 16, 31, 128, 130] {
+        for rows in [1usize, 3, 4, 5, 8, 9] {
+            let x: Vec<f32> = (0..rows * n + 7).map(|_| r.f32() * 16.0 - 4.0).collect();
+            let masks: Vec<Vec<f32>> = (0..rows)
+                .map(|i| match i % 4 {
+                    0 | 2 if rows != 4 || i == 0 => vec![],
+                    3 => (0..n / 2 + 1).map(|_| r.f32()).collect(),
+                    _ => (0..n).map(|j| if j % 5 == 1 { -10_000.0 } else { r.f32() }).collect(),
+                })
+                .collect();
+            let views: Vec<&[f32]> = masks.iter().map(|m| &m[..]).collect();
+            // Also every row masked alike, and none masked (the kernel's grouped paths).
+            let full: Vec<Vec<f32>> =
+                (0..rows).map(|_| (0..n).map(|_| r.f32()).collect()).collect();
+            let full: Vec<&[f32]> = full.iter().map(|m| &m[..]).collect();
+            let none: Vec<&[f32]> = vec![&[]; rows];
+            for ms in [&views, &full, &none] {
+                for alpha in [1.0f32, 0.125] {
+                    let mut want = x.clone();
+                    for (row, m) in want.chunks_exact_mut(n).zip(ms.iter()) {
+                        generic::math::softmax_row(row, m, alpha);
+                    }
+                    for (name, f) in Kernels::softmaxes() {
+                        let mut got = x.clone();
+                        f(&mut got, n, ms, alpha);
+                        softmax_within_bound(name, &got, &want);
+                        assert_eq!(got[rows * n..], x[rows * n..], "{name} wrote past its rows");
+                    }
+                }
+            }
         }
     }
 }

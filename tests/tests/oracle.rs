@@ -244,7 +244,8 @@ fn report_lists_float_ops_and_int8_layers() {
 
 /// Threads and kernel tiers change nothing: every oracle case at INT8 (activation matmuls
 /// integer too), run on every kernel tier this CPU has, with 1, 2 and 3 threads, gives the same
-/// bits as the generic kernels on one thread.
+/// bits as the generic kernels on one thread (with the tier's softmax, whose AVX-512 variant
+/// agrees with the generic one within a bound, not bit for bit).
 #[test]
 fn threads_and_kernel_tiers_give_identical_bits() {
     use ember_runtime::{Pool, Session};
@@ -311,12 +312,22 @@ fn threads_and_kernel_tiers_give_identical_bits() {
             folded.set(folded.get().max(ran[0] - ran[1]));
             first
         };
-        let want = run(ember_kernels::KernelSet::generic(), 1);
+        // The reference: the generic kernels, but the tier's softmax, the one float family these
+        // INT8 models run that is not bit-exact across tiers (the AVX-512 softmax agrees with
+        // its twin within 5e-7; the twins test checks that bound).
+        let mut wants: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
         for tier in tiers {
             let ks = ember_kernels::KernelSet::with_override(tier);
+            if !wants.iter().any(|(n, _)| *n == ks.softmax_row_name) {
+                let mut reference = ember_kernels::KernelSet::generic();
+                reference.softmax_row = ks.softmax_row;
+                reference.softmax_row_name = ks.softmax_row_name;
+                wants.push((ks.softmax_row_name, run(reference, 1)));
+            }
+            let want = &wants.iter().find(|(n, _)| *n == ks.softmax_row_name).unwrap().1;
             for threads in [1, 2, 3] {
                 assert!(
-                    run(ks, threads) == want,
+                    run(ks, threads) == *want,
                     "{name}: tier {tier} ({}, {}, {}, {}) with {threads} threads differs from generic",
                     ks.i8_gemm_name,
                     ks.i4_gemm_name,

@@ -1,6 +1,7 @@
 //! Float vector math: exp, erf, softmax rows. Written with fixed lane counts and no
 //! data-dependent branches so the compiler vectorizes them; the x86 overlays are these same
-//! bodies compiled for AVX2 / AVX-512, so every variant gives the same bits.
+//! bodies compiled for AVX2 / AVX-512, so those variants give the same bits (the AVX-512
+//! softmax is written out with FMA instead, within its family's bound: see `x86_64::softmax512`).
 //!
 //! Bounds against the correctly rounded functions (tested): `exp` relative 3e-7 for
 //! x in [-87, 88] (0 below -87.3), `erf` absolute 5e-7.
@@ -129,6 +130,18 @@ pub fn softmax_row(x: &mut [f32], mask: &[f32], alpha: f32) {
         } else {
             softmax_impl::<true, true, _>(x, m.chunks_exact(LANES), tail, alpha);
         }
+    }
+}
+
+/// [`softmax_row`] over each of `masks.len()` rows of `n` values in `x` (row `r` at
+/// `x[r·n..]`, with mask `masks[r]`), one after the other: the twin of [`crate::SoftmaxFn`].
+#[inline(always)]
+pub fn softmax_rows(x: &mut [f32], n: usize, masks: &[&[f32]], alpha: f32) {
+    if n == 0 {
+        return;
+    }
+    for (row, mask) in x[..masks.len() * n].chunks_exact_mut(n).zip(masks) {
+        softmax_row(row, mask, alpha);
     }
 }
 

@@ -10,6 +10,7 @@ mod f32_avx2;
 mod f32_avx512;
 mod mf;
 mod qpack;
+mod softmax512;
 mod vmath;
 
 pub use avx2::{i8_gemm_avx2, quantize_u8_avx2};
@@ -23,9 +24,9 @@ pub use mf::{
     mf_step_f32_avx2, mf_step_f32_avx512, mf_step_mixed_avx2, mf_step_mixed_avx512,
 };
 pub use qpack::{quantize_pack_avx2, quantize_pack_avx512};
+pub use softmax512::softmax_row_avx512;
 pub use vmath::{
     erf_avx2, erf_avx512, layer_norm_row_avx2, layer_norm_row_avx512, softmax_row_avx2,
-    softmax_row_avx512,
 };
 
 /// INT8 GEMM epilogue operands, shared by the x86 GEMMs: `(acc − a_zp·b_sum[j])·scale[j] +

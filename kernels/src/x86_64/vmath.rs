@@ -39,20 +39,13 @@ macro_rules! overlay_ln {
 overlay_ln!(layer_norm_row_avx512, "avx512f", super::has_avx512f);
 overlay_ln!(layer_norm_row_avx2, "avx2", super::has_avx2);
 
-macro_rules! overlay_softmax {
-    ($name:ident, $feat:literal, $has:path) => {
-        /// Same contract and bits as the generic twin; panics on a CPU without the feature.
-        pub fn $name(x: &mut [f32], mask: &[f32], alpha: f32) {
-            #[target_feature(enable = $feat)]
-            fn inner(x: &mut [f32], mask: &[f32], alpha: f32) {
-                math::softmax_row(x, mask, alpha)
-            }
-            assert!($has(), concat!(stringify!($name), " on a CPU without ", $feat));
-            // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
-            unsafe { inner(x, mask, alpha) }
-        }
-    };
+/// See [`crate::SoftmaxFn`]: the generic rows compiled for AVX2 (same bits).
+pub fn softmax_row_avx2(x: &mut [f32], n: usize, masks: &[&[f32]], alpha: f32) {
+    #[target_feature(enable = "avx2")]
+    fn inner(x: &mut [f32], n: usize, masks: &[&[f32]], alpha: f32) {
+        math::softmax_rows(x, n, masks, alpha)
+    }
+    assert!(super::has_avx2(), "softmax_row_avx2 on a CPU without avx2");
+    // SAFETY: the CPU has the feature (asserted above); `inner` is safe Rust otherwise.
+    unsafe { inner(x, n, masks, alpha) }
 }
-
-overlay_softmax!(softmax_row_avx512, "avx512f", super::has_avx512f);
-overlay_softmax!(softmax_row_avx2, "avx2", super::has_avx2);

@@ -467,10 +467,9 @@ pub(crate) fn run_op(
                 // The scores' scale is applied by the softmax as it reads them (the same
                 // rounding as the scaling pass of the plan as written).
                 matmul_f32(k, &MatMulDims { alpha: 1.0, ..*qk }, qh, kh, sc);
-                for (r, sr) in sc.chunks_exact_mut(n).enumerate() {
-                    let mrow = mask_row(mk, i * m + r, n, *rank, rows, mstrides);
-                    (k.softmax_row)(sr, mrow, qk.alpha);
-                }
+                softmax_rows(k, sc, n, qk.alpha, |r| {
+                    mask_row(mk, i * m + r, n, *rank, rows, mstrides)
+                });
                 let oh = if lo.is_dense() {
                     // SAFETY: head i's outputs are lo.base(i)..+m·dv, inside `o` (checked
                     // above) and disjoint between heads.
@@ -721,14 +720,11 @@ pub(crate) fn run_op(
             let x: &[f32] = if in_place { &[] } else { cast(io.bytes(*x))? };
             let mk: &[f32] = if *mask == REF_NONE { &[] } else { cast(io.bytes(*mask))? };
             let o: &mut [f32] = cast_mut(out)?;
-            split_rows_mut(ctx.par, &mut o[..outer * n], n, 64, 1, &|r0, _r1, os| {
-                for (r, or) in os.chunks_exact_mut(n).enumerate() {
-                    let m = mask_row(mk, r0 + r, n, *rank, rows, mstrides);
-                    if !in_place {
-                        or.copy_from_slice(&x[(r0 + r) * n..(r0 + r + 1) * n]);
-                    }
-                    (k.softmax_row)(or, m, 1.0);
+            split_rows_mut(ctx.par, &mut o[..outer * n], n, 64, 1, &|r0, r1, os| {
+                if !in_place {
+                    os.copy_from_slice(&x[r0 * n..r1 * n]);
                 }
+                softmax_rows(k, os, n, 1.0, |r| mask_row(mk, r0 + r, n, *rank, rows, mstrides));
             });
         }
         Op::Softmax { x, outer, n, inner, .. } => {
@@ -849,6 +845,29 @@ fn matmul_f32(k: &KernelSet, d: &MatMulDims, a: &[f32], b: &[f32], o: &mut [f32]
 
 /// The `n` mask values of softmax row `r` (empty without a mask): the mask broadcast along the
 /// leading axes, row `r` being multi-index `i` over `rows` (validated to lie inside the mask).
+/// Rows per softmax kernel call (the AVX-512 kernel works on four at once).
+const SOFTMAX_GROUP: usize = 4;
+
+/// `k.softmax_row` over the rows of `n` in `x`, in calls of [`SOFTMAX_GROUP`] rows; row `r` of
+/// `x` gets the mask `mask_of(r)` (empty for none).
+fn softmax_rows<'m>(
+    k: &KernelSet,
+    x: &mut [f32],
+    n: usize,
+    alpha: f32,
+    mask_of: impl Fn(usize) -> &'m [f32],
+) {
+    if n == 0 {
+        return;
+    }
+    for (g, xs) in x.chunks_mut(SOFTMAX_GROUP * n).enumerate() {
+        let rows = xs.len() / n;
+        let masks: [&[f32]; SOFTMAX_GROUP] =
+            core::array::from_fn(|j| if j < rows { mask_of(g * SOFTMAX_GROUP + j) } else { &[] });
+        (k.softmax_row)(xs, n, &masks[..rows], alpha);
+    }
+}
+
 fn mask_row<'m>(
     mk: &'m [f32],
     r: usize,
