@@ -6,15 +6,25 @@
 //! Bounds against the correctly rounded functions (tested): `exp` relative 3e-7 for
 //! x in [-87, 88] (0 below -87.3), `erf` absolute 5e-7.
 
+/// The constants of [`exp`] (shared with the AVX-512 softmax's FMA form of it).
+pub(crate) mod exp_consts {
+    pub const LOG2E: f32 = core::f32::consts::LOG2_E;
+    /// ln 2 split in two, so that n·LN2_HI is exact for the n that occur.
+    pub const LN2_HI: f32 = 0.693_145_75;
+    pub const LN2_LO: f32 = 1.428_606_8e-6;
+    /// 1.5·2^23: adding it rounds to an integer in the low mantissa bits.
+    pub const MAGIC: f32 = 12_582_912.0;
+    /// Inputs below give 0; above `HI`, e^HI.
+    pub const LO: f32 = -87.3;
+    pub const HI: f32 = 88.3;
+}
+
 /// e^x. Range reduction x = n·ln2 + r, |r| ≤ ln2/2, degree-7 Taylor polynomial for e^r, then
 /// 2^n through the exponent bits. Inputs below -87.3 give 0, above 88.3 saturate at e^88.3.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = core::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer in the low bits
-    let xc = x.clamp(-87.3, 88.3);
+    use exp_consts::{HI, LN2_HI, LN2_LO, LO, LOG2E, MAGIC};
+    let xc = x.clamp(LO, HI);
     let t = xc * LOG2E + MAGIC;
     let n = t - MAGIC;
     // The integer n sits in the low mantissa bits of t (no float→int cast, which would not
@@ -33,7 +43,7 @@ pub fn exp(x: f32) -> f32 {
     // NaN stays NaN; far below the range is 0.
     if x.is_nan() {
         x
-    } else if x < -87.3 {
+    } else if x < LO {
         0.0
     } else {
         v

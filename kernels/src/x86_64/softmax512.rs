@@ -83,23 +83,24 @@ fn lanes(len: usize) -> __mmask16 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn exp16(x: __m512) -> __m512 {
+    use crate::generic::math::exp_consts::{HI, LN2_HI, LN2_LO, LO, LOG2E, MAGIC};
     let s = _mm512_set1_ps;
     // max/min return their second operand when either is NaN: x stays NaN through both.
-    let xc = _mm512_min_ps(s(88.3), _mm512_max_ps(s(-87.3), x));
-    let t = _mm512_fmadd_ps(xc, s(core::f32::consts::LOG2_E), s(12_582_912.0));
-    let n = _mm512_sub_ps(t, s(12_582_912.0));
-    let r = _mm512_fnmadd_ps(n, s(0.693_145_75), xc);
-    let r = _mm512_fnmadd_ps(n, s(1.428_606_8e-6), r);
+    let xc = _mm512_min_ps(s(HI), _mm512_max_ps(s(LO), x));
+    let t = _mm512_fmadd_ps(xc, s(LOG2E), s(MAGIC));
+    let n = _mm512_sub_ps(t, s(MAGIC));
+    let r = _mm512_fnmadd_ps(n, s(LN2_HI), xc);
+    let r = _mm512_fnmadd_ps(n, s(LN2_LO), r);
     let mut p = s(1.0 / 5040.0);
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = _mm512_fmadd_ps(p, r, s(c));
     }
     // 2^n through the exponent bits (n sits in t's low mantissa bits).
-    let ni = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(s(12_582_912.0)));
+    let ni = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(s(MAGIC)));
     let scale =
         _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127))));
     // Zero where x < -87.3 (false for NaN, which keeps its NaN).
-    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, s(-87.3));
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, s(LO));
     _mm512_maskz_mul_ps(keep, p, scale)
 }
 
