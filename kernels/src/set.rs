@@ -318,17 +318,12 @@ static QUANTIZE_PACKS: &[Variant<QuantizePackFn>] = &[
     Variant { name: "quantize_pack_generic", f: crate::pack::quantize_pack_k4n16, usable: always },
 ];
 
-/// The generic rows as a plain function (the table's entry).
-fn softmax_rows_generic(x: &mut [f32], n: usize, masks: &[&[f32]], alpha: f32) {
-    generic::math::softmax_rows(x, n, masks, alpha)
-}
-
 static SOFTMAXES: &[Variant<SoftmaxFn>] = &[
     #[cfg(target_arch = "x86_64")]
     Variant { name: "softmax_row_avx512", f: x86::softmax_row_avx512, usable: x86::has_avx512f },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "softmax_row_avx2", f: x86::softmax_row_avx2, usable: x86::has_avx2 },
-    Variant { name: "softmax_row_generic", f: softmax_rows_generic, usable: always },
+    Variant { name: "softmax_row_generic", f: generic::math::softmax_rows, usable: always },
 ];
 static ERFS: &[Variant<RowFn>] = &[
     #[cfg(target_arch = "x86_64")]

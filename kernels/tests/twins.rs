@@ -507,9 +507,9 @@ fn vector_math_matches_libm_and_twins() {
 }
 
 /// The softmax family's bound against the generic twin: each value within 5e-7 of it
-/// relatively (the FMA variant stays within 3.2e-7 here; a polynomial coefficient off by one
-/// in its fifth term gives 6.5e-7) (1e-37 absolutely, for values near the subnormals), zeros where it has zeros,
-/// NaN where it has NaN.
+/// relatively, plus 1e-37 absolutely for values near the subnormals (the FMA variant stays
+/// within 3.2e-7 here; its polynomial's fifth coefficient set to 1/121 gives 6.5e-7); zeros
+/// where it has zeros, NaN where it has NaN.
 fn softmax_within_bound(name: &str, got: &[f32], want: &[f32]) {
     for (j, (g, w)) in got.iter().zip(want).enumerate() {
         if w.is_nan() || *w == 0.0 {

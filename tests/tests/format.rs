@@ -121,9 +121,10 @@ fn resealed_random_mutations_never_panic() {
 }
 
 /// The oracle's attention block quantized three ways (INT8 with float attention, INT8 with
-/// INT8 attention matmuls, INT4 in groups of 4: its hidden size is 8), its plans' records edited at random and resealed: whatever
-/// parses runs on one thread and on two, by the CPU schedule (fused attention, folded head
-/// shuffles, codes handed between linears, its own arena) and as written, without a panic.
+/// INT8 attention matmuls, INT4 in groups of 4: its hidden size is 8), its plans' records
+/// edited at random and resealed: whatever parses runs on one thread and on two, by the CPU
+/// schedule (fused attention, folded head shuffles, codes handed between linears, its own
+/// arena) and as written, without a panic.
 #[test]
 fn resealed_mutations_of_an_attention_block_never_panic() {
     let case = ember_tests::case("bert_block");

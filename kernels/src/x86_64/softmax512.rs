@@ -40,28 +40,12 @@ pub fn softmax_row_avx512(x: &mut [f32], n: usize, masks: &[&[f32]], alpha: f32)
             let mp: [*const f32; ROWS] = core::array::from_fn(|i| ms[i].as_ptr());
             // SAFETY: AVX-512 F is present (asserted); `xs` holds ROWS rows of n values and,
             // when `masked`, every mask at least n (checked above).
-            unsafe {
-                match (masked, alpha == 1.0) {
-                    (true, true) => rows_at::<ROWS, true, false>(xs, n, n, mp, alpha),
-                    (true, false) => rows_at::<ROWS, true, true>(xs, n, n, mp, alpha),
-                    (false, true) => rows_at::<ROWS, false, false>(xs, n, n, mp, alpha),
-                    (false, false) => rows_at::<ROWS, false, true>(xs, n, n, mp, alpha),
-                }
-            }
+            unsafe { rows_any(xs, n, n, mp, masked, alpha) };
         } else {
             for (i, m) in ms.iter().enumerate() {
-                let (l, mp) = (len(m), [m.as_ptr()]);
-                // SAFETY: as above for one row of n values (l ≤ n of them, l ≤ the mask's
-                // length when it has one).
-                unsafe {
-                    let xi = xs.add(i * n);
-                    match (m.is_empty(), alpha == 1.0) {
-                        (true, true) => rows_at::<1, false, false>(xi, n, l, mp, alpha),
-                        (true, false) => rows_at::<1, false, true>(xi, n, l, mp, alpha),
-                        (false, true) => rows_at::<1, true, false>(xi, n, l, mp, alpha),
-                        (false, false) => rows_at::<1, true, true>(xi, n, l, mp, alpha),
-                    }
-                }
+                // SAFETY: as above for one row of n values (len(m) ≤ n of them, and at most
+                // the mask's length when it has one).
+                unsafe { rows_any(xs.add(i * n), n, len(m), [m.as_ptr()], !m.is_empty(), alpha) };
             }
         }
         r += g;
@@ -102,6 +86,30 @@ fn exp16(x: __m512) -> __m512 {
     // Zero where x < -87.3 (false for NaN, which keeps its NaN).
     let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, s(LO));
     _mm512_maskz_mul_ps(keep, p, scale)
+}
+
+/// [`rows_at`] with MASK = `masked` and SCALE = `alpha != 1` chosen at run time.
+///
+/// # Safety
+/// As [`rows_at`] with MASK = `masked`.
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_any<const R: usize>(
+    x: *mut f32,
+    n: usize,
+    l: usize,
+    m: [*const f32; R],
+    masked: bool,
+    alpha: f32,
+) {
+    // SAFETY: the caller's contract is `rows_at`'s for the MASK chosen here.
+    unsafe {
+        match (masked, alpha == 1.0) {
+            (true, true) => rows_at::<R, true, false>(x, n, l, m, alpha),
+            (true, false) => rows_at::<R, true, true>(x, n, l, m, alpha),
+            (false, true) => rows_at::<R, false, false>(x, n, l, m, alpha),
+            (false, false) => rows_at::<R, false, true>(x, n, l, m, alpha),
+        }
+    }
 }
 
 /// The softmax in place of the first `l` values of each of R rows `n` apart at `x`, row `r`'s

@@ -843,8 +843,6 @@ fn matmul_f32(k: &KernelSet, d: &MatMulDims, a: &[f32], b: &[f32], o: &mut [f32]
     }
 }
 
-/// The `n` mask values of softmax row `r` (empty without a mask): the mask broadcast along the
-/// leading axes, row `r` being multi-index `i` over `rows` (validated to lie inside the mask).
 /// Rows per softmax kernel call (the AVX-512 kernel works on four at once).
 const SOFTMAX_GROUP: usize = 4;
 
@@ -868,6 +866,8 @@ fn softmax_rows<'m>(
     }
 }
 
+/// The `n` mask values of softmax row `r` (empty without a mask): the mask broadcast along the
+/// leading axes, row `r` being multi-index `i` over `rows` (validated to lie inside the mask).
 fn mask_row<'m>(
     mk: &'m [f32],
     r: usize,
