@@ -225,6 +225,52 @@ fn i4_gemm_rows(c: &mut Criterion) {
     g.finish();
 }
 
+/// INT8 against INT4M on one thread's share of MiniLM's batch-1 linears at two threads (64 of
+/// the 128 rows): the widening pass INT4M adds is paid once per call whatever the row count.
+fn i4m_vs_i8(c: &mut Criterion) {
+    let mut g = c.benchmark_group("i4m_vs_i8");
+    for (m, k, n) in
+        [(64usize, 384usize, 384usize), (64, 384, 1536), (64, 1536, 384), (128, 384, 1536)]
+    {
+        let label = format!("{m}x{k}x{n}");
+        let mut case = gemm_case(m, k, n);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let w = gemm4_case(n, k, 32);
+        for (name, _, v) in Int4::variants().into_iter().filter(|(_, f, _)| *f == "INT4M") {
+            g.bench_with_input(BenchmarkId::new(name, &label), &(), |bch, _| {
+                bch.iter(|| {
+                    v.run(&mut case, &w, 32);
+                    black_box(&case.out);
+                })
+            });
+        }
+        for (name, f) in Kernels::i8_gemms().filter(|(n, _)| !n.ends_with("generic")) {
+            g.bench_with_input(BenchmarkId::new(name, &label), &(), |bch, _| {
+                let lda = pack::k4(case.k);
+                bch.iter(|| {
+                    f(
+                        m,
+                        k,
+                        n,
+                        &case.a,
+                        lda,
+                        128,
+                        &case.bp,
+                        &case.sums,
+                        &case.scale,
+                        &case.bias,
+                        Act::None,
+                        &mut case.out,
+                        n,
+                    );
+                    black_box(&case.out);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn f32_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("f32_gemm");
     let (m, k, n) = (128, 384, 384);
@@ -570,6 +616,7 @@ criterion_group!(
     i8_gemm,
     i4_gemm,
     i4_gemm_rows,
+    i4m_vs_i8,
     f32_gemm,
     attention_head,
     elementwise,

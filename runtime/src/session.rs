@@ -285,40 +285,56 @@ fn par_of<'a>(
     &Serial
 }
 
-/// A zero-filled vector of `n` elements, or an out-of-memory error instead of an abort.
-fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>, Error> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::OutOfMemory { bytes: (n * core::mem::size_of::<T>()) as u64 })?;
-    v.resize(n, T::default());
-    Ok(v)
+/// A zero-filled vector of `n` elements, or an out-of-memory error instead of an abort. The
+/// memory comes zeroed from the allocator (`alloc_zeroed`), which hands large blocks over as
+/// fresh pages from the system, already zero: no fill pass when a session is created; each page
+/// is faulted in where a run first writes it.
+fn zeroed<T: bytemuck::Zeroable>(n: usize) -> Result<Vec<T>, Error> {
+    let oom = || Error::OutOfMemory { bytes: n.saturating_mul(core::mem::size_of::<T>()) as u64 };
+    let layout = core::alloc::Layout::array::<T>(n).map_err(|_| oom())?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout's size is not zero.
+    let p = unsafe { alloc::alloc::alloc_zeroed(layout) } as *mut T;
+    if p.is_null() {
+        return Err(oom());
+    }
+    // SAFETY: `p` comes from the global allocator with the layout of `n` elements of T (the one
+    // a Vec of capacity `n` frees with), and all-zero bytes are a valid T (`Zeroable`), so all
+    // `n` elements are initialized.
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
 }
 
-/// The arena's storage: heap blocks, or (with `mmap`, from 2 MiB up) an anonymous map, which
+/// The arena's storage: heap blocks, or (with `mmap`, from 64 KiB up) an anonymous map, which
 /// the kernel zero-fills page by page on first touch: creating a session then costs no zeroing
-/// pass (measured 1.2 ms for MiniLM's 2.5 MB arena). The map is not advised to use huge pages:
-/// with transparent huge pages on `madvise` (the common default) the first touch of an advised
-/// 2 MiB range may compact memory synchronously, and MiniLM's first run then took 17-30 ms
-/// instead of 6-10 in 3 of 24 fresh processes (none of 24 with small pages; medians equal).
+/// pass (measured 1.2 ms for MiniLM's 2.5 MB arena; under an earlier 2 MiB bound its 1.5 MB
+/// batch-1 arena was filled on the heap: 0.9 of a 1 ms session, now 0.05 ms in all).
+/// `MAP_POPULATE` (the pages allocated up front) moved 0.5 ms into the session and left open +
+/// first run unchanged (median of 30 alternated fresh processes). The map is not advised to use
+/// huge pages: with transparent huge pages on `madvise` (the common default) the first touch of
+/// an advised 2 MiB range may compact memory synchronously, and MiniLM's first run then took
+/// 17-30 ms instead of 6-10 in 3 of 24 fresh processes (none of 24 with small pages; medians
+/// equal).
 enum Arena {
     Heap(Vec<Block>),
     #[cfg(feature = "mmap")]
     Map(memmap2::MmapMut),
 }
 
+/// Arenas from this size up are anonymous maps (with `mmap`).
+#[cfg(feature = "mmap")]
+const MAP_ARENA_BYTES: usize = 64 << 10;
+
 impl Arena {
     fn new(bytes: usize) -> Result<Arena, Error> {
         #[cfg(feature = "mmap")]
-        if bytes >= 2 << 20 {
+        if bytes >= MAP_ARENA_BYTES {
             if let Ok(map) = memmap2::MmapMut::map_anon(bytes) {
                 return Ok(Arena::Map(map));
             }
         }
-        let blocks = bytes.div_ceil(64);
-        let mut v = Vec::new();
-        v.try_reserve_exact(blocks).map_err(|_| Error::OutOfMemory { bytes: bytes as u64 })?;
-        v.resize(blocks, Block([0; 64]));
-        Ok(Arena::Heap(v))
+        Ok(Arena::Heap(zeroed(bytes.div_ceil(64))?))
     }
 
     fn bytes(&self) -> &[u8] {
@@ -340,13 +356,14 @@ impl Arena {
 
 #[cfg(all(test, feature = "mmap"))]
 mod tests {
-    use super::Arena;
+    use super::{Arena, MAP_ARENA_BYTES};
 
     #[test]
     fn arenas_have_the_asked_length_zeroed_and_writable() {
-        for bytes in [64, (2 << 20) - 64, 2 << 20, (5 << 20) / 2 + 64] {
+        let map = MAP_ARENA_BYTES;
+        for bytes in [64, 4160, map - 64, map, map + 64, (5 << 20) / 2 + 64] {
             let mut a = Arena::new(bytes).expect("arena");
-            assert_eq!(matches!(a, Arena::Map(_)), bytes >= 2 << 20, "{bytes} B");
+            assert_eq!(matches!(a, Arena::Map(_)), bytes >= map, "{bytes} B");
             let s = a.bytes_mut();
             assert!(s.len() >= bytes && s.len() < bytes + 64, "{bytes} B arena is {}", s.len());
             assert!(s.iter().all(|&b| b == 0));
