@@ -4,34 +4,90 @@
 //! `vpdpbusd` on zmm; else AVX2's u8×i8→i32 sequence `vpmaddubsw`, `vpmaddwd` by ones,
 //! `vpaddd`, which is what ONNX Runtime's AVX2 kernels run, though `vpmaddubsw` saturates;
 //! aarch64: `sdot`), issued back to back into independent register accumulators (no loads, no
-//! dependency stalls) on one core, the best of five runs of about 0.1 s. Multiply by the number
-//! of cores for the machine; the benches compare one-thread kernels with the one-core figure. On AVX2 the
-//! exact form (`vpmaddwd` on i16, then `vpaddd`: what Ember's AVX2 kernel runs) has a lower
-//! ceiling, measured by [`int8_exact_avx2_macs_per_s`].
+//! dependency stalls) on one core, the best of five runs of about 0.1 s; the benches compare
+//! one-thread kernels with this one-core figure. The machine's peak is the same loop run on
+//! every core at once ([`int8_peak_all_threads_macs_per_s`]), not the one-core figure times
+//! the cores: on a virtual machine two vCPUs may be one physical core's two hardware threads.
+//! On AVX2 the exact form (`vpmaddwd` on i16, then `vpaddd`: what Ember's AVX2 kernel runs) has
+//! a lower ceiling, measured by [`int8_exact_avx2_macs_per_s`].
 
 use std::time::Instant;
 
-/// Measured single-core INT8 peak in multiply-accumulates per second, and what was measured.
-pub fn int8_peak_macs_per_s() -> (f64, &'static str) {
+/// `f(rounds)`: runs an INT8 multiply-accumulate loop, returns the MACs performed.
+type PeakLoop = fn(u64) -> u64;
+
+/// The widest INT8 multiply-accumulate loop this CPU has (a function of the round count that
+/// returns the MACs it performed) and its description; `None` without one.
+fn peak_loop() -> Option<(PeakLoop, &'static str)> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the features were detected just above.
-        return (time(|n| unsafe { x86::vnni_macs(n) }), "vpdpbusd zmm x16 accumulators");
+        return Some((
+            // SAFETY: the features were detected just above.
+            |n| unsafe { x86::vnni_macs(n) },
+            "vpdpbusd zmm x16 accumulators",
+        ));
     }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the feature was detected just above.
-        return (
-            time(|n| unsafe { x86::ubsw_macs(n) }),
+        return Some((
+            // SAFETY: the feature was detected just above.
+            |n| unsafe { x86::ubsw_macs(n) },
             "vpmaddubsw + vpmaddwd + vpaddd ymm x12 accumulators",
-        );
+        ));
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("dotprod") {
-        // SAFETY: the feature was detected just above.
-        return (time(|n| unsafe { arm::sdot_macs(n) }), "sdot q x16 accumulators");
+        return Some((
+            // SAFETY: the feature was detected just above.
+            |n| unsafe { arm::sdot_macs(n) },
+            "sdot q x16 accumulators",
+        ));
     }
-    (0.0, "no INT8 dot-product instruction measured on this CPU")
+    None
+}
+
+/// Measured single-core INT8 peak in multiply-accumulates per second, and what was measured.
+pub fn int8_peak_macs_per_s() -> (f64, &'static str) {
+    match peak_loop() {
+        Some((f, how)) => (time(f), how),
+        None => (0.0, "no INT8 dot-product instruction measured on this CPU"),
+    }
+}
+
+/// The same loop on `threads` threads at once (started together, timed until the last one
+/// ends), in MACs per second for them all: the machine's measured peak. On a virtual machine
+/// whose vCPUs share physical cores (SMT siblings on the host), this is less than the one-core
+/// figure times the core count. The best of five runs of about 0.1 s per thread; 0 without
+/// an INT8 dot-product loop.
+pub fn int8_peak_all_threads_macs_per_s(threads: usize) -> f64 {
+    let Some((f, _)) = peak_loop() else { return 0.0 };
+    let threads = threads.max(1);
+    let mut n = 1u64 << 16;
+    while {
+        let t = Instant::now();
+        f(n);
+        t.elapsed().as_secs_f64() < 0.1
+    } {
+        n *= 4;
+    }
+    let round = || {
+        let start = std::sync::Barrier::new(threads + 1);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        f(n)
+                    })
+                })
+                .collect();
+            start.wait();
+            let t = Instant::now();
+            let macs: u64 = workers.into_iter().map(|w| w.join().expect("peak thread")).sum();
+            macs as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+    (0..5).map(|_| round()).fold(0.0, f64::max)
 }
 
 /// The ceiling of an exact AVX2 INT8 GEMM (`vpmaddwd` on i16 operands, then `vpaddd`), in
