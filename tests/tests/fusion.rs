@@ -385,3 +385,66 @@ fn layer_norm_near_misses_are_left_alone() {
     let g = ember_quantize::prepare_graph(&bytes).unwrap();
     assert!(ops(&g).contains(&"ReduceMean".to_string()), "{:?}", ops(&g));
 }
+
+/// A residual add feeding a layer norm runs as one add-and-norm step on the CPU at any row
+/// width (the sum row lives in the task's scratch slot; rows wider than 4096, which a stack
+/// row held, used to stay two ops), with the bits of the plan as written on one and two
+/// threads, and the layer norm of the sum within float rounding.
+#[test]
+fn add_and_norm_fuses_at_any_width_with_the_written_plans_bits() {
+    use ember_runtime::{Pool, Session};
+    use std::sync::Arc;
+    let rows = 130; // more than two tasks' minimum of 64 rows: two threads split the rows
+    for d in [12usize, 4096, 5000] {
+        let gamma: Vec<f32> = (0..d).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+        let beta: Vec<f32> = (0..d).map(|i| (i % 5) as f32 * 0.05 - 0.1).collect();
+        let onnx = model(
+            vec![
+                node("Add", "residual", &["x", "r"], &["s"], vec![]),
+                node("LayerNormalization", "ln", &["s", "g", "b"], &["y"], vec![]),
+            ],
+            vec![value("x", 1, &[-1, d as i64]), value("r", 1, &[-1, d as i64])],
+            vec![value("y", 1, &[-1, d as i64])],
+            vec![tensor_f32("g", &[d as i64], &gamma), tensor_f32("b", &[d as i64], &beta)],
+        );
+        let x: Vec<f32> = (0..rows * d).map(|i| ((i * 29 % 31) as f32 - 15.0) * 0.37).collect();
+        let r: Vec<f32> = (0..rows * d).map(|i| ((i * 11 % 13) as f32 - 6.0) * 0.21).collect();
+        let calib = std::collections::BTreeMap::from([
+            ("x".to_string(), HostTensor::f32(vec![rows, d], x.clone())),
+            ("r".to_string(), HostTensor::f32(vec![rows, d], r.clone())),
+        ]);
+        let opts = Options { bits: 32, batches: vec![rows], ..Default::default() };
+        let (bytes, _) = ember_quantize::quantize(&onnx, &calib, &opts, &mut |_, _, _| {}).unwrap();
+        let m = Model::parse(AlignedBuf::from_bytes(&bytes)).unwrap();
+        let p = &m.plans[0];
+        let all = p.records.len();
+        let norms = (0..all).filter(|i| p.add_norm_on_cpu(*i) && !p.folded_on_cpu(*i)).count();
+        let adds = (0..all).filter(|i| p.add_norm_on_cpu(*i) && p.folded_on_cpu(*i)).count();
+        assert_eq!((all, norms, adds), (2, 1, 1), "d {d}: the add and the norm fuse");
+        let refs: Vec<&[u8]> = if m.inputs[0].name == "x" {
+            vec![bytemuck::cast_slice(&x), bytemuck::cast_slice(&r)]
+        } else {
+            vec![bytemuck::cast_slice(&r), bytemuck::cast_slice(&x)]
+        };
+        let run = |threads: usize, as_written: bool| {
+            let mut s = Session::new(&m, rows).unwrap();
+            s.set_pool(Arc::new(Pool::new(threads).unwrap())).unwrap();
+            s.run_as_written(as_written);
+            s.run(&refs).unwrap();
+            s.output_f32(0).unwrap().to_vec()
+        };
+        let written = run(1, true);
+        assert!(run(1, false) == written, "d {d}: fused on one thread differs");
+        assert!(run(2, false) == written, "d {d}: fused on two threads differs");
+        for i in (0..rows).step_by(43) {
+            let s: Vec<f64> = (0..d).map(|j| (x[i * d + j] + r[i * d + j]) as f64).collect();
+            let mu = s.iter().sum::<f64>() / d as f64;
+            let var = s.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / d as f64;
+            for j in (0..d).step_by(97) {
+                let want = (s[j] - mu) / (var + 1e-5).sqrt() * gamma[j] as f64 + beta[j] as f64;
+                let got = written[i * d + j] as f64;
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{got} vs {want}");
+            }
+        }
+    }
+}

@@ -692,20 +692,31 @@ pub(crate) fn run_op(
             let g: &[f32] = cast(io.bytes(*scale))?;
             let bb: &[f32] = if *bias == REF_NONE { &[] } else { cast(io.bytes(*bias))? };
             let o: &mut [f32] = cast_mut(out)?;
-            if d > super::fuse::ADD_NORM_MAX_D || a.len() < rows * d || b.len() < rows * d {
+            // One row of a + b per task, in the task's scratch slot (`Op::scratch`: d each).
+            let tasks = ctx.par.threads().min(scratch.slots).min(rows / 64).max(1);
+            if a.len() < rows * d
+                || b.len() < rows * d
+                || o.len() < rows * d
+                || scratch.i32s.len() < tasks * d
+            {
                 return Err(crate::error::corrupt!("op #{op_index}: add and norm operands"));
             }
-            split_rows_mut(ctx.par, &mut o[..rows * d], d, 64, 1, &|r0, r1, os| {
+            let (sp, op) =
+                (SharedMut(scratch.i32s.as_mut_ptr() as *mut f32), SharedMut(o.as_mut_ptr()));
+            split_tasks(ctx.par, rows, tasks, 1, &|slot, r0, r1| {
+                // SAFETY: slot < tasks ≤ scratch.slots owns scratch elements slot·d..(slot+1)·d
+                // (checked above; i32 and f32 have one size and alignment), and the task's rows
+                // r0..r1 ≤ rows of the output are its own.
+                let (sum, os) = unsafe { (sp.slice(slot * d, d), op.slice(r0 * d, (r1 - r0) * d)) };
                 // The row of a + b (the add as the Binary op computes it), then its norm.
-                let mut sum = [0f32; super::fuse::ADD_NORM_MAX_D];
                 let (ar, br) = (&a[r0 * d..r1 * d], &b[r0 * d..r1 * d]);
                 for ((or, xr), yr) in
                     os.chunks_exact_mut(d).zip(ar.chunks_exact(d)).zip(br.chunks_exact(d))
                 {
-                    for ((s, x), y) in sum[..d].iter_mut().zip(xr).zip(yr) {
+                    for ((s, x), y) in sum.iter_mut().zip(xr).zip(yr) {
                         *s = x + y;
                     }
-                    (k.layer_norm_row)(&sum[..d], g, bb, eps, or);
+                    (k.layer_norm_row)(sum, g, bb, eps, or);
                 }
             });
         }

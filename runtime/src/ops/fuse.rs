@@ -354,12 +354,9 @@ pub(crate) fn schedule(f: &Facts) -> Scheduled {
     }
 }
 
-/// Widest row an [`Op::AddLayerNorm`] takes (its sum row is on the stack: 16 KB).
-pub(crate) const ADD_NORM_MAX_D: usize = 4096;
-
 /// A LayerNorm whose input is the sum of two f32 values of its shape (a Binary Add, no
 /// broadcast) that nothing else reads becomes one [`Op::AddLayerNorm`] where the norm ran: the
-/// sum is formed row by row on the stack (the same additions, so the same bits) and never
+/// sum is formed row by row in a scratch row (the same additions, so the same bits) and never
 /// written, read back or given arena room (MiniLM: two per layer, 196 KB each at batch 1).
 fn add_layer_norm(st: &mut State, f: &Facts, uses: &[usize], reader: &[usize]) {
     for j in 0..st.steps.len() {
@@ -368,11 +365,7 @@ fn add_layer_norm(st: &mut State, f: &Facts, uses: &[usize], reader: &[usize]) {
             continue;
         };
         let (t, out) = (*x, *out);
-        if t & REF_TENSOR != 0
-            || uses[t as usize] != 1
-            || reader[t as usize] != j
-            || *d > ADD_NORM_MAX_D
-        {
+        if t & REF_TENSOR != 0 || uses[t as usize] != 1 || reader[t as usize] != j {
             continue;
         }
         let Ok(i) = usize::try_from(st.def_at[t as usize]) else {

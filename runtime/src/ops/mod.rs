@@ -179,8 +179,8 @@ pub(crate) enum Op {
         eps: f32,
     },
     /// CPU schedule only ([`fuse`]): a LayerNorm of `a + b` (two f32 `[rows, d]` operands, the
-    /// residual add of a transformer block) with the sum formed row by row on the stack
-    /// instead of in the arena; `d` is at most [`fuse::ADD_NORM_MAX_D`].
+    /// residual add of a transformer block) with the sum formed row by row in the task's
+    /// scratch slot instead of in the arena.
     AddLayerNorm {
         a: u32,
         b: u32,
@@ -454,6 +454,8 @@ impl Op {
                     + gathered(lo, pv.m * pv.n);
                 (0, per, 0)
             }
+            // Per slot, as f32 in the i32s: the row of a + b.
+            Op::AddLayerNorm { d, .. } => (0, *d, 0),
             _ => (0, 0, 0),
         }
     }
