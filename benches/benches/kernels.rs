@@ -53,6 +53,28 @@ fn gemm_case(m: usize, k: usize, n: usize) -> Gemm {
     Gemm { m, k, n, a, bp, sums, scale: vec![0.01; n], bias: vec![0.5; n], out: vec![0.0; m * n] }
 }
 
+impl Gemm {
+    /// `out = a · B` with the INT8 GEMM `f` (activation zero point 128, no activation).
+    fn run_i8(&mut self, f: ember_kernels::I8GemmFn) {
+        let lda = pack::k4(self.k);
+        f(
+            self.m,
+            self.k,
+            self.n,
+            &self.a,
+            lda,
+            128,
+            &self.bp,
+            &self.sums,
+            &self.scale,
+            &self.bias,
+            Act::None,
+            &mut self.out,
+            self.n,
+        );
+    }
+}
+
 fn i8_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("i8_gemm");
     for (m, k, n, label) in GEMMS {
@@ -63,23 +85,8 @@ fn i8_gemm(c: &mut Criterion) {
                 continue; // minutes per sample; the twin tests cover it
             }
             g.bench_with_input(BenchmarkId::new(name, label), &(), |bch, _| {
-                let lda = pack::k4(case.k);
                 bch.iter(|| {
-                    f(
-                        case.m,
-                        case.k,
-                        case.n,
-                        &case.a,
-                        lda,
-                        128,
-                        &case.bp,
-                        &case.sums,
-                        &case.scale,
-                        &case.bias,
-                        Act::None,
-                        &mut case.out,
-                        case.n,
-                    );
+                    case.run_i8(f);
                     black_box(&case.out);
                 })
             });
@@ -246,23 +253,8 @@ fn i4m_vs_i8(c: &mut Criterion) {
         }
         for (name, f) in Kernels::i8_gemms().filter(|(n, _)| !n.ends_with("generic")) {
             g.bench_with_input(BenchmarkId::new(name, &label), &(), |bch, _| {
-                let lda = pack::k4(case.k);
                 bch.iter(|| {
-                    f(
-                        m,
-                        k,
-                        n,
-                        &case.a,
-                        lda,
-                        128,
-                        &case.bp,
-                        &case.sums,
-                        &case.scale,
-                        &case.bias,
-                        Act::None,
-                        &mut case.out,
-                        n,
-                    );
+                    case.run_i8(f);
                     black_box(&case.out);
                 })
             });
@@ -522,7 +514,6 @@ fn peak_summary(_: &mut Criterion) {
     }
     for (m, k, n, label) in GEMMS {
         let mut case = gemm_case(*m, *k, *n);
-        let lda = pack::k4(*k);
         let w = gemm4_case(*n, *k, 32);
         for (name, form, v) in Int4::variants() {
             let secs = seconds_per_call(&mut || v.run(&mut case, &w, 32));
@@ -534,23 +525,7 @@ fn peak_summary(_: &mut Criterion) {
             );
         }
         for (name, f) in Kernels::i8_gemms().filter(|(n, _)| !n.ends_with("generic")) {
-            let mut run = || {
-                f(
-                    case.m,
-                    case.k,
-                    case.n,
-                    &case.a,
-                    lda,
-                    128,
-                    &case.bp,
-                    &case.sums,
-                    &case.scale,
-                    &case.bias,
-                    Act::None,
-                    &mut case.out,
-                    case.n,
-                )
-            };
+            let mut run = || case.run_i8(f);
             run();
             let secs = seconds_per_call(&mut run);
             let ops = 2.0 * (m * k * n) as f64 / secs;
