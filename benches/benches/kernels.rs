@@ -494,10 +494,19 @@ fn seconds_per_call(run: &mut dyn FnMut()) -> f64 {
 }
 
 /// GOP/s of each fast INT8 GEMM on one thread against the measured one-core INT8 peak.
+/// The INT8 peaks, measured once for both summaries: one core (MACs/s, how), every core at
+/// once (MACs/s), and the core count.
+fn peaks() -> (f64, &'static str, f64, usize) {
+    static PEAKS: std::sync::OnceLock<(f64, &'static str, f64, usize)> = std::sync::OnceLock::new();
+    *PEAKS.get_or_init(|| {
+        let (peak, how) = ember_benches::int8_peak_macs_per_s();
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (peak, how, ember_benches::int8_peak_all_threads_macs_per_s(cores), cores)
+    })
+}
+
 fn peak_summary(_: &mut Criterion) {
-    let (peak, how) = ember_benches::int8_peak_macs_per_s();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let all = ember_benches::int8_peak_all_threads_macs_per_s(cores);
+    let (peak, how, all, cores) = peaks();
     println!(
         "\nINT8 peak, one core: {:.1} GOP/s ({how}); machine, the same loop on all {cores} cores \
          at once: {:.1} GOP/s ({:.2} x one core)",
@@ -547,8 +556,7 @@ fn peak_summary(_: &mut Criterion) {
 /// machine's measured peak (the peak loop on every core at once) and against the one-core peak
 /// times the cores.
 fn machine_summary(_: &mut Criterion) {
-    let (peak, _) = ember_benches::int8_peak_macs_per_s();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (peak, _, all, cores) = peaks();
     let (m, k, n) = (1024, 1536, 1024);
     let case = gemm_case(m, k, n);
     let lda = pack::k4(k);
@@ -583,7 +591,6 @@ fn machine_summary(_: &mut Criterion) {
     run();
     let secs = seconds_per_call(&mut run);
     let ops = 2.0 * (m * k * n) as f64 / secs;
-    let all = ember_benches::int8_peak_all_threads_macs_per_s(cores);
     let share = |p: f64| if p > 0.0 { 50.0 * ops / p } else { 0.0 };
     println!(
         "  {name:<20} large 1024x1536x1024 on {cores} threads {:>8.1} GOP/s  {:.0}% of the \

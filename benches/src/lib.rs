@@ -60,34 +60,7 @@ pub fn int8_peak_macs_per_s() -> (f64, &'static str) {
 /// figure times the core count. The best of five runs of about 0.1 s per thread; 0 without
 /// an INT8 dot-product loop.
 pub fn int8_peak_all_threads_macs_per_s(threads: usize) -> f64 {
-    let Some((f, _)) = peak_loop() else { return 0.0 };
-    let threads = threads.max(1);
-    let mut n = 1u64 << 16;
-    while {
-        let t = Instant::now();
-        f(n);
-        t.elapsed().as_secs_f64() < 0.1
-    } {
-        n *= 4;
-    }
-    let round = || {
-        let start = std::sync::Barrier::new(threads + 1);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        start.wait();
-                        f(n)
-                    })
-                })
-                .collect();
-            start.wait();
-            let t = Instant::now();
-            let macs: u64 = workers.into_iter().map(|w| w.join().expect("peak thread")).sum();
-            macs as f64 / t.elapsed().as_secs_f64()
-        })
-    };
-    (0..5).map(|_| round()).fold(0.0, f64::max)
+    peak_loop().map_or(0.0, |(f, _)| time_on(threads, f))
 }
 
 /// The ceiling of an exact AVX2 INT8 GEMM (`vpmaddwd` on i16 operands, then `vpaddd`), in
@@ -105,14 +78,38 @@ pub fn int8_exact_avx2_macs_per_s() -> Option<f64> {
 /// 0.1 s, then four more calls of that size; the best rate of the five. On a shared or virtual
 /// machine a slow spell only lowers some calls, so the best is the machine's own rate (the
 /// GEMM summaries take the best of five too, so shares of the peak compare like with like).
-fn time(f: impl Fn(u64) -> u64) -> f64 {
-    let mut n = 1u64 << 16;
-    let rate = |n| {
-        let t = Instant::now();
-        let macs = f(n);
-        let s = t.elapsed().as_secs_f64();
+fn time(f: impl Fn(u64) -> u64 + Sync) -> f64 {
+    time_on(1, f)
+}
+
+/// [`time`] with `f(n)` run on `threads` threads at once (started together, timed until the
+/// last one ends), in MACs per second for them all.
+fn time_on(threads: usize, f: impl Fn(u64) -> u64 + Sync) -> f64 {
+    let rate = |n: u64| {
+        let (macs, s) = if threads <= 1 {
+            let t = Instant::now();
+            let macs = f(n);
+            (macs, t.elapsed().as_secs_f64())
+        } else {
+            let start = std::sync::Barrier::new(threads + 1);
+            std::thread::scope(|sc| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        sc.spawn(|| {
+                            start.wait();
+                            f(n)
+                        })
+                    })
+                    .collect();
+                start.wait();
+                let t = Instant::now();
+                let macs: u64 = workers.into_iter().map(|w| w.join().expect("peak thread")).sum();
+                (macs, t.elapsed().as_secs_f64())
+            })
+        };
         (macs as f64 / s, s)
     };
+    let mut n = 1u64 << 16;
     loop {
         let (r, s) = rate(n);
         if s > 0.1 {
